@@ -1,0 +1,24 @@
+//! paysync: a Kafka consumer-group bridge that pushes parking payment and
+//! refund events to Miaojie (喵街) through the Taobao Open Platform (TOP) API
+//! `taobao.taojie.parking.order.payinfo.sync`.
+//!
+//! # Layout
+//!
+//! * [`event`]: the Kafka message value, decoded and validated (never panics).
+//! * [`top`]: the TOP protocol — signing, the request, the response, the one
+//!   classification table, and the HTTP client.
+//! * [`config`]: settings from TOML and `PAYSYNC_…` variables, defaults, validation.
+//! * [`emulator`]: a local TOP gateway with fault injection, for tests and demos.
+//! * [`telemetry`]: logging set-up.
+//! * [`cli`]: the `paysync` command line.
+
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod cli;
+pub mod config;
+pub mod emulator;
+pub mod event;
+pub mod shutdown;
+pub mod telemetry;
+pub mod top;
