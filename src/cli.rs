@@ -39,6 +39,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Consume the configured topics and deliver every event to the API.
+    Run(RunArgs),
     /// Run a local TOP gateway emulator.
     Emulator(Box<EmulatorArgs>),
     /// Print the TOP signature of a parameter set.
@@ -134,6 +136,12 @@ pub struct CallArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct RunArgs {
+    #[arg(long)]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Args)]
 pub struct CheckConfigArgs {
     #[arg(long)]
     pub config: PathBuf,
@@ -167,6 +175,7 @@ pub fn main() -> ExitCode {
 
 pub async fn run(cli: Cli) -> ExitCode {
     match cli.command {
+        Command::Run(args) => run_pipeline(&args.config).await,
         Command::Emulator(args) => emulator(*args).await,
         Command::Sign(args) => sign_command(args),
         Command::Call(args) => call(args).await,
@@ -226,6 +235,54 @@ fn check_config(path: &Path) -> ExitCode {
         Err(error) => {
             eprint!("{}: {error}", path.display());
             ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+async fn run_pipeline(path: &Path) -> ExitCode {
+    let settings = match Settings::load(Some(path)) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprint!("{}: {error}", path.display());
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    crate::telemetry::init(&settings.log);
+    // The first signal drains and commits; a second one exits at once. Stored
+    // offsets only ever cover finished events, so nothing unfinished is committed.
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        crate::shutdown::signal().await;
+        let _ = stop.send(());
+        crate::shutdown::signal().await;
+        eprintln!("paysync: second signal, exiting now");
+        std::process::exit(130);
+    });
+    let built =
+        tokio::task::spawn_blocking(move || crate::pipeline::Pipeline::build(settings)).await;
+    let pipeline = match built {
+        Ok(Ok(pipeline)) => pipeline,
+        Ok(Err(error)) => {
+            tracing::error!(error = format!("{error:#}"), "Cannot start.");
+            eprintln!("paysync: {error:#}");
+            return ExitCode::FAILURE;
+        }
+        Err(error) => {
+            eprintln!("paysync: start-up failed: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!("Pipeline started.");
+    match pipeline
+        .run(async {
+            let _ = stopped.await;
+        })
+        .await
+    {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("paysync: {error:#}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -10,6 +10,7 @@
 //! `PAYSYNC_TOP__APP_SECRET`) or `top.app_secret_file`; it is held in a
 //! [`SecretString`] whose `Debug` is redacted, so it reaches no log or error.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -37,6 +38,10 @@ pub const ENV_SEPARATOR: &str = "__";
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     #[serde(default)]
+    pub kafka: KafkaSettings,
+    #[serde(default)]
+    pub delivery: DeliverySettings,
+    #[serde(default)]
     pub top: TopSettings,
     #[serde(default)]
     pub event: EventSettings,
@@ -44,6 +49,115 @@ pub struct Settings {
     pub classification: ClassificationSettings,
     #[serde(default)]
     pub log: LogSettings,
+}
+
+/// `[kafka]`: where events come from and where dead letters go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaSettings {
+    pub bootstrap_servers: String,
+    /// The consumer group; replicas with the same group share the partitions.
+    pub group_id: String,
+    /// Source topics.
+    pub topics: Vec<String>,
+    /// The dead-letter topic; it must exist before paysync starts.
+    pub dlq_topic: String,
+    /// librdkafka's group session timeout.
+    pub session_timeout_ms: u64,
+    /// How often stored (finished) offsets are committed in the background.
+    pub commit_interval_ms: u64,
+    /// Where a group with no committed offset starts: `earliest` or `latest`.
+    pub auto_offset_reset: String,
+    /// On revoke, how long in-flight calls of the revoked partitions may
+    /// finish before their offsets are committed; must stay below the session timeout.
+    pub revoke_drain_timeout_ms: u64,
+    /// Extra librdkafka properties for every client (e.g. `security.protocol`,
+    /// `sasl.mechanism`, `ssl.ca.location`); they override paysync's own.
+    pub librdkafka: BTreeMap<String, String>,
+    /// Extra librdkafka properties for the consumer only.
+    pub consumer: BTreeMap<String, String>,
+    /// Extra librdkafka properties for the dead-letter producer only.
+    pub producer: BTreeMap<String, String>,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        KafkaSettings {
+            bootstrap_servers: "localhost:9092".to_owned(),
+            group_id: "paysync".to_owned(),
+            topics: vec!["parking-payments".to_owned()],
+            dlq_topic: "parking-payments.dlq".to_owned(),
+            // librdkafka's default.
+            session_timeout_ms: 45_000,
+            commit_interval_ms: 1_000,
+            auto_offset_reset: "earliest".to_owned(),
+            // Half the session timeout, as Vector does: a slow drain must not
+            // push the consumer out of its group.
+            revoke_drain_timeout_ms: 22_500,
+            librdkafka: BTreeMap::new(),
+            consumer: BTreeMap::new(),
+            producer: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[delivery]`: concurrency, rate, retries, breaker, drains.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliverySettings {
+    /// Calls in flight at once, over all partitions.
+    pub max_in_flight: usize,
+    /// Messages taken from Kafka and not finished, per partition; a full
+    /// partition is paused until it drains.
+    pub partition_window: usize,
+    /// The same, over all partitions.
+    pub global_window: usize,
+    /// Calls per second (a token bucket in front of every call).
+    pub rate_limit_per_sec: u32,
+    /// Calls allowed at once above the rate; defaults to the rate (one second's worth).
+    pub rate_limit_burst: Option<u32>,
+    /// Attempts per event (transient failures while the gateway is otherwise
+    /// healthy) before it is dead-lettered as `retries_exhausted`.
+    pub max_attempts: u32,
+    /// Time spent retrying one event (not counting waits for a ban, an open
+    /// breaker or a halt) before it is dead-lettered as `retries_exhausted`.
+    pub max_retry_elapsed_ms: u64,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Transient failures in a row that open the circuit breaker.
+    pub breaker_failure_threshold: u32,
+    /// How often an open breaker lets a probe through.
+    pub breaker_probe_interval_ms: u64,
+    /// How often a halted pipeline probes the gateway again.
+    pub halt_probe_interval_ms: u64,
+    /// On SIGTERM/SIGINT, how long in-flight work may finish.
+    pub shutdown_drain_timeout_ms: u64,
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        DeliverySettings {
+            max_in_flight: 64,
+            partition_window: 1_000,
+            global_window: 10_000,
+            rate_limit_per_sec: 100,
+            rate_limit_burst: None,
+            max_attempts: 8,
+            max_retry_elapsed_ms: 600_000,
+            backoff_initial_ms: 200,
+            backoff_max_ms: 30_000,
+            breaker_failure_threshold: 10,
+            breaker_probe_interval_ms: 2_000,
+            halt_probe_interval_ms: 30_000,
+            shutdown_drain_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl DeliverySettings {
+    pub fn burst(&self) -> u32 {
+        self.rate_limit_burst.unwrap_or(self.rate_limit_per_sec)
+    }
 }
 
 /// `[top]`: the gateway and the app's credentials.
@@ -285,6 +399,80 @@ impl Settings {
                 ),
             );
         }
+        let kafka = &self.kafka;
+        for (key, value) in [
+            ("kafka.bootstrap_servers", &kafka.bootstrap_servers),
+            ("kafka.group_id", &kafka.group_id),
+            ("kafka.dlq_topic", &kafka.dlq_topic),
+        ] {
+            if value.trim().is_empty() {
+                problem(key, "is required".into());
+            }
+        }
+        if kafka.topics.is_empty() || kafka.topics.iter().any(|t| t.trim().is_empty()) {
+            problem("kafka.topics", "needs at least one non-empty topic".into());
+        }
+        if kafka.topics.contains(&kafka.dlq_topic) {
+            problem(
+                "kafka.dlq_topic",
+                "must not be one of the source topics".into(),
+            );
+        }
+        if !matches!(kafka.auto_offset_reset.as_str(), "earliest" | "latest") {
+            problem(
+                "kafka.auto_offset_reset",
+                format!(
+                    "must be earliest or latest, got {:?}",
+                    kafka.auto_offset_reset
+                ),
+            );
+        }
+        if kafka.revoke_drain_timeout_ms >= kafka.session_timeout_ms {
+            problem(
+                "kafka.revoke_drain_timeout_ms",
+                format!(
+                    "({}) must be below kafka.session_timeout_ms ({}), or a slow drain drops the consumer from its group",
+                    kafka.revoke_drain_timeout_ms, kafka.session_timeout_ms
+                ),
+            );
+        }
+        let delivery = &self.delivery;
+        for (key, value) in [
+            ("delivery.max_in_flight", delivery.max_in_flight as u64),
+            (
+                "delivery.partition_window",
+                delivery.partition_window as u64,
+            ),
+            ("delivery.global_window", delivery.global_window as u64),
+            (
+                "delivery.rate_limit_per_sec",
+                u64::from(delivery.rate_limit_per_sec),
+            ),
+            ("delivery.rate_limit_burst", u64::from(delivery.burst())),
+            ("delivery.max_attempts", u64::from(delivery.max_attempts)),
+            (
+                "delivery.breaker_failure_threshold",
+                u64::from(delivery.breaker_failure_threshold),
+            ),
+            (
+                "delivery.breaker_probe_interval_ms",
+                delivery.breaker_probe_interval_ms,
+            ),
+            (
+                "delivery.halt_probe_interval_ms",
+                delivery.halt_probe_interval_ms,
+            ),
+        ] {
+            if value == 0 {
+                problem(key, "must be greater than 0".into());
+            }
+        }
+        if delivery.backoff_initial_ms > delivery.backoff_max_ms {
+            problem(
+                "delivery.backoff_initial_ms",
+                "must not exceed delivery.backoff_max_ms".into(),
+            );
+        }
         if self.event.max_bytes == 0 {
             problem("event.max_bytes", "must be greater than 0".into());
         }
@@ -356,6 +544,9 @@ fn read_secret_file(path: &Path) -> Result<SecretString, String> {
     Ok(SecretString::from(secret.to_owned()))
 }
 
+/// Settings that are lists; from the environment they are comma-separated.
+const LIST_KEYS: [&str; 1] = ["kafka.topics"];
+
 /// `PAYSYNC_TOP__APP_KEY=x` → `{top: {app_key: "x"}}`, values kept as strings.
 fn env_overrides(env: impl IntoIterator<Item = (String, String)>) -> Dict {
     let mut root = Dict::new();
@@ -370,16 +561,26 @@ fn env_overrides(env: impl IntoIterator<Item = (String, String)>) -> Dict {
         if keys.iter().any(String::is_empty) {
             continue;
         }
+        let value = if LIST_KEYS.contains(&keys.join(".").as_str()) {
+            Value::from(
+                value
+                    .split(',')
+                    .map(|item| item.trim().to_owned())
+                    .collect::<Vec<String>>(),
+            )
+        } else {
+            Value::from(value)
+        };
         insert_path(&mut root, &keys, value);
     }
     root
 }
 
-fn insert_path(dict: &mut Dict, keys: &[String], value: String) {
+fn insert_path(dict: &mut Dict, keys: &[String], value: Value) {
     match keys {
         [] => {}
         [last] => {
-            dict.insert(last.clone(), Value::from(value));
+            dict.insert(last.clone(), value);
         }
         [first, rest @ ..] => {
             let entry = dict
@@ -431,12 +632,14 @@ mod tests {
                 ("PAYSYNC_TOP__APP_KEY", "12345678"),
                 ("PAYSYNC_TOP__APP_SECRET", "s3cret"),
                 ("PAYSYNC_TOP__CONNECT_TIMEOUT_MS", "250"),
+                ("PAYSYNC_KAFKA__TOPICS", "a, b"),
                 ("UNRELATED", "x"),
             ]),
         )
         .unwrap();
         assert_eq!(settings.top.app_key, "12345678");
         assert_eq!(settings.top.connect_timeout_ms, 250);
+        assert_eq!(settings.kafka.topics, ["a", "b"]);
         assert_eq!(settings.top.request_timeout_ms, 7000);
         assert_eq!(settings.app_secret().unwrap().expose_secret(), "s3cret");
     }

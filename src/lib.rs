@@ -19,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod emulator;
 pub mod event;
+pub mod pipeline;
 pub mod shutdown;
 pub mod telemetry;
 pub mod top;

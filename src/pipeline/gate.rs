@@ -1,0 +1,393 @@
+//! The gate every call passes before it is sent: it closes for a code-7 ban,
+//! while the circuit breaker is open, and while delivery is halted.
+//!
+//! * **Ban**: code 7 announces "This ban will last for N more seconds"; every
+//!   call waits until then. Waiting costs no retry attempt.
+//! * **Breaker**: `failure_threshold` transient failures in a row mean the
+//!   gateway is down, not that the events are bad. The breaker opens, calls
+//!   wait, and one probe call goes through every `probe_interval`; the first
+//!   answer from a healthy gateway closes it. Failures seen while the breaker
+//!   is open (or that open it) cost no retry attempt, so an outage never
+//!   exhausts an event's retries and never reaches the dead-letter topic.
+//! * **Halt**: the configuration is broken (signature, app key, permissions,
+//!   session, clock). Every call waits; one probe goes through every
+//!   `halt_probe_interval`, and the cause is logged each time it fails.
+//!
+//! The pipeline's main loop is woken on every change so it can pause or
+//! resume partitions and report readiness.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::top::classify::{Disposition, HaltCause, RetryCause};
+
+/// Breaker and halt timing.
+#[derive(Debug, Clone, Copy)]
+pub struct GateSettings {
+    pub failure_threshold: u32,
+    pub probe_interval: Duration,
+    pub halt_probe_interval: Duration,
+}
+
+/// The kind of passage a call was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    Normal,
+    /// The one call allowed through an open breaker or a halt, to test it.
+    Probe,
+}
+
+/// Circuit-breaker state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl BreakerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+        }
+    }
+}
+
+/// A snapshot for readiness and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GateStatus {
+    pub breaker: BreakerState,
+    pub halted: Option<HaltCause>,
+    pub ban_remaining: Option<Duration>,
+}
+
+impl GateStatus {
+    /// True when no call can go out now (apart from probes).
+    pub fn closed(&self) -> bool {
+        self.breaker != BreakerState::Closed
+            || self.halted.is_some()
+            || self.ban_remaining.is_some()
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    consecutive_failures: u32,
+    breaker: BreakerState,
+    /// When the breaker next lets a probe through.
+    breaker_probe_at: Instant,
+    halted: Option<HaltCause>,
+    halt_probe_at: Instant,
+    probe_in_flight: bool,
+    ban_until: Option<Instant>,
+}
+
+pub struct Gate {
+    settings: GateSettings,
+    state: Mutex<State>,
+    /// Wakes calls waiting to pass.
+    changed: Notify,
+    /// Wakes the pipeline's main loop.
+    observer: Arc<Notify>,
+}
+
+impl Gate {
+    pub fn new(settings: GateSettings, observer: Arc<Notify>) -> Gate {
+        let now = Instant::now();
+        Gate {
+            settings,
+            state: Mutex::new(State {
+                consecutive_failures: 0,
+                breaker: BreakerState::Closed,
+                breaker_probe_at: now,
+                halted: None,
+                halt_probe_at: now,
+                probe_in_flight: false,
+                ban_until: None,
+            }),
+            changed: Notify::new(),
+            observer,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn status(&self) -> GateStatus {
+        let state = self.lock();
+        let now = Instant::now();
+        GateStatus {
+            breaker: state.breaker,
+            halted: state.halted,
+            ban_remaining: state
+                .ban_until
+                .filter(|until| *until > now)
+                .map(|until| until - now),
+        }
+    }
+
+    /// Waits until a call may be sent.
+    pub async fn pass(&self) -> Pass {
+        loop {
+            let notified = self.changed.notified();
+            let wait_until = {
+                let mut state = self.lock();
+                match admit(&mut state, Instant::now()) {
+                    Ok(pass) => return pass,
+                    Err(until) => until,
+                }
+            };
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(wait_until) => {}
+            }
+        }
+    }
+
+    /// Gives back a probe that was not used (the call was abandoned).
+    pub fn release(&self, pass: Pass) {
+        if pass == Pass::Probe {
+            self.lock().probe_in_flight = false;
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Records a call's disposition; returns whether a transient failure
+    /// counts against the event's retry budget (only while the breaker is closed).
+    pub fn record(&self, pass: Pass, disposition: &Disposition) -> bool {
+        let now = Instant::now();
+        let mut state = self.lock();
+        if pass == Pass::Probe {
+            state.probe_in_flight = false;
+        }
+        let before = (state.breaker, state.halted);
+        let counts = match disposition {
+            Disposition::Halt { cause } => {
+                if state.halted.is_none() || pass == Pass::Probe {
+                    tracing::error!(
+                        cause = cause.as_str(),
+                        next_probe_in_s = self.settings.halt_probe_interval.as_secs_f64(),
+                        "Delivery halted: the configuration is broken. Nothing is dead-lettered; fix the cause and delivery resumes after the next probe."
+                    );
+                }
+                state.halted = Some(*cause);
+                state.halt_probe_at = now + self.settings.halt_probe_interval;
+                false
+            }
+            Disposition::Retry { cause, wait } if is_gateway_failure(*cause) => {
+                let _ = wait;
+                state.consecutive_failures += 1;
+                let trips = state.consecutive_failures >= self.settings.failure_threshold;
+                if state.breaker != BreakerState::Closed || trips {
+                    if state.breaker == BreakerState::Closed {
+                        tracing::warn!(
+                            consecutive_failures = state.consecutive_failures,
+                            "Circuit breaker opened: the gateway looks down. Calls wait and a probe goes out every {:?}.",
+                            self.settings.probe_interval
+                        );
+                    }
+                    state.breaker = BreakerState::Open;
+                    state.breaker_probe_at = now + self.settings.probe_interval;
+                    false
+                } else {
+                    // A halt probe that meets an outage keeps the halt.
+                    state.halted.is_none()
+                }
+            }
+            Disposition::Retry { wait, .. } => {
+                // Throttling or a per-event service failure: the gateway answered.
+                healthy(&mut state);
+                if let Some(wait) = wait {
+                    let until = now + *wait;
+                    if state.ban_until.is_none_or(|current| current < until) {
+                        tracing::warn!(
+                            ban_s = wait.as_secs(),
+                            "Calls are banned by flow control (code 7); every call waits."
+                        );
+                        state.ban_until = Some(until);
+                    }
+                    false
+                } else {
+                    true
+                }
+            }
+            Disposition::Delivered | Disposition::DeadLetter { .. } => {
+                healthy(&mut state);
+                false
+            }
+        };
+        if before != (state.breaker, state.halted) && state.halted.is_none() && before.1.is_some() {
+            tracing::info!("Delivery resumed: the halt probe succeeded.");
+        }
+        drop(state);
+        self.changed.notify_waiters();
+        self.observer.notify_one();
+        counts
+    }
+}
+
+/// The gateway answered sensibly: close the breaker and lift a halt.
+fn healthy(state: &mut State) {
+    if state.breaker != BreakerState::Closed {
+        tracing::info!("Circuit breaker closed: the gateway answers again.");
+    }
+    state.consecutive_failures = 0;
+    state.breaker = BreakerState::Closed;
+    state.halted = None;
+}
+
+/// Failures that say the gateway (or the way to it) is unwell, as opposed to
+/// answers about this particular event.
+fn is_gateway_failure(cause: RetryCause) -> bool {
+    !matches!(cause, RetryCause::Throttled)
+}
+
+fn admit(state: &mut State, now: Instant) -> Result<Pass, Instant> {
+    if let Some(until) = state.ban_until {
+        if now < until {
+            return Err(until);
+        }
+        state.ban_until = None;
+    }
+    if state.halted.is_some() {
+        if state.probe_in_flight || now < state.halt_probe_at {
+            return Err(state.halt_probe_at.max(now + Duration::from_millis(50)));
+        }
+        state.probe_in_flight = true;
+        return Ok(Pass::Probe);
+    }
+    match state.breaker {
+        BreakerState::Closed => Ok(Pass::Normal),
+        BreakerState::Open | BreakerState::HalfOpen => {
+            if state.probe_in_flight || now < state.breaker_probe_at {
+                return Err(state.breaker_probe_at.max(now + Duration::from_millis(50)));
+            }
+            state.breaker = BreakerState::HalfOpen;
+            state.probe_in_flight = true;
+            Ok(Pass::Probe)
+        }
+    }
+}
+
+/// Exponential backoff with full jitter: uniform in [0, min(max, initial·2^attempt)].
+pub fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
+    let ceiling = initial.saturating_mul(1u32 << attempt.min(20)).min(max);
+    let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+    Duration::from_millis(rand::random_range(0..=millis))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::top::classify::RejectCause;
+
+    fn gate(threshold: u32) -> Gate {
+        Gate::new(
+            GateSettings {
+                failure_threshold: threshold,
+                probe_interval: Duration::from_millis(100),
+                halt_probe_interval: Duration::from_millis(200),
+            },
+            Arc::new(Notify::new()),
+        )
+    }
+
+    const TIMEOUT: Disposition = Disposition::Retry {
+        cause: RetryCause::Timeout,
+        wait: None,
+    };
+
+    #[tokio::test(start_paused = true)]
+    async fn consecutive_failures_open_the_breaker_and_a_probe_closes_it() {
+        let gate = gate(3);
+        assert!(
+            gate.record(Pass::Normal, &TIMEOUT),
+            "below the threshold a failure counts"
+        );
+        assert!(gate.record(Pass::Normal, &TIMEOUT));
+        assert!(
+            !gate.record(Pass::Normal, &TIMEOUT),
+            "the failure that trips the breaker does not count"
+        );
+        assert_eq!(gate.status().breaker, BreakerState::Open);
+        assert!(
+            !gate.record(Pass::Normal, &TIMEOUT),
+            "failures while open do not count"
+        );
+        let started = Instant::now();
+        assert_eq!(gate.pass().await, Pass::Probe);
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        assert_eq!(gate.status().breaker, BreakerState::HalfOpen);
+        gate.record(Pass::Probe, &Disposition::Delivered);
+        assert_eq!(gate.status().breaker, BreakerState::Closed);
+        assert_eq!(gate.pass().await, Pass::Normal);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_probe_reopens_the_breaker() {
+        let gate = gate(1);
+        gate.record(Pass::Normal, &TIMEOUT);
+        assert_eq!(gate.pass().await, Pass::Probe);
+        assert!(!gate.record(Pass::Probe, &TIMEOUT));
+        assert_eq!(gate.status().breaker, BreakerState::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_ban_makes_everyone_wait_without_spending_attempts() {
+        let gate = gate(3);
+        let ban = Disposition::Retry {
+            cause: RetryCause::Throttled,
+            wait: Some(Duration::from_secs(2)),
+        };
+        assert!(!gate.record(Pass::Normal, &ban));
+        assert!(gate.status().ban_remaining.is_some());
+        let started = Instant::now();
+        assert_eq!(gate.pass().await, Pass::Normal);
+        assert!(started.elapsed() >= Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_halt_lets_one_probe_through_per_interval_and_lifts_on_success() {
+        let gate = gate(3);
+        gate.record(
+            Pass::Normal,
+            &Disposition::Halt {
+                cause: HaltCause::Signature,
+            },
+        );
+        assert_eq!(gate.status().halted, Some(HaltCause::Signature));
+        let started = Instant::now();
+        assert_eq!(gate.pass().await, Pass::Probe);
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        gate.record(
+            Pass::Probe,
+            &Disposition::Halt {
+                cause: HaltCause::Signature,
+            },
+        );
+        assert_eq!(gate.pass().await, Pass::Probe);
+        gate.record(
+            Pass::Probe,
+            &Disposition::DeadLetter {
+                cause: RejectCause::InvalidArguments,
+            },
+        );
+        assert_eq!(gate.status().halted, None);
+        assert_eq!(gate.pass().await, Pass::Normal);
+    }
+
+    #[test]
+    fn backoff_stays_within_its_bounds() {
+        for attempt in 0..40 {
+            let delay = backoff(attempt, Duration::from_millis(100), Duration::from_secs(5));
+            assert!(delay <= Duration::from_secs(5));
+            assert!(delay <= Duration::from_millis(100) * 2u32.pow(attempt.min(20)));
+        }
+    }
+}

@@ -1,0 +1,786 @@
+//! The delivery pipeline: a Kafka consumer group → decoded events →
+//! rate-limited, signed calls → offsets committed only after success, hard
+//! failures to a dead-letter topic.
+//!
+//! # The contract
+//!
+//! * **At-least-once.** A message's offset may be committed only after the
+//!   API accepted it or the dead-letter topic acknowledged its copy.
+//!   `enable.auto.offset.store` is off; for each partition the main loop
+//!   stores the lowest offset still unfinished ([`offsets::OffsetTracker`])
+//!   and librdkafka commits stored offsets every `kafka.commit_interval_ms`.
+//! * **Bounded memory.** A partition with `delivery.partition_window`
+//!   unfinished messages is paused, and all are paused when the total reaches
+//!   `delivery.global_window`; the consumer keeps polling, so the group never
+//!   sees it as dead.
+//! * **Order per order.** Events with the same `order_id` in a partition are
+//!   sent one after another, in offset order; different orders run
+//!   concurrently (up to `delivery.max_in_flight` calls).
+//! * **Outage is not poison.** See [`gate`]: bans, the circuit breaker and
+//!   halts make calls wait without spending retry attempts, and pause every
+//!   partition; only bad data is dead-lettered.
+//! * **Rebalance.** On revoke (inside librdkafka's callback) the revoked
+//!   partitions stop starting new work; tasks that are waiting give up, calls
+//!   and dead-letter writes under way finish, up to
+//!   `kafka.revoke_drain_timeout_ms`; then their positions are committed
+//!   synchronously and their state is dropped. Late completions for a
+//!   partition no longer owned are ignored.
+//! * **Shutdown.** Stop fetching; waiting tasks give up and work under way
+//!   finishes, up to `delivery.shutdown_drain_timeout_ms`; commit
+//!   synchronously; flush the dead-letter producer.
+//!
+//! A task that gives up never marks its offset finished, so the committed
+//! position stays at or below it and the next owner (or the next run) sends it.
+
+pub mod dead_letter;
+pub mod gate;
+pub mod offsets;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use chrono::Utc;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use tokio::sync::{Notify, Semaphore, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::config::Settings;
+use crate::event::{self, InvalidEvent, PaymentEvent};
+use crate::top::classify::{Classifier, Disposition};
+use crate::top::client::TopClient;
+use crate::top::request::dto_json;
+use dead_letter::{DeadLetterClass, DeadLetterProducer, Failure, SourceRecord};
+use gate::{Gate, GateSettings, GateStatus};
+use offsets::{OffsetTracker, PartitionId};
+
+/// Counters of what the pipeline did; shared with tests, the demo and metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub consumed: AtomicU64,
+    pub delivered: AtomicU64,
+    pub dead_lettered_invalid_event: AtomicU64,
+    pub dead_lettered_rejected: AtomicU64,
+    pub dead_lettered_retries_exhausted: AtomicU64,
+    /// Calls sent to the gateway, retries included.
+    pub calls: AtomicU64,
+    /// Calls whose disposition was retry or halt.
+    pub failed_calls: AtomicU64,
+    /// Tasks that gave up on revoke or shutdown (their events will be redelivered).
+    pub abandoned: AtomicU64,
+    pub rebalances: AtomicU64,
+}
+
+impl Stats {
+    fn dead_lettered(&self, class: DeadLetterClass) -> &AtomicU64 {
+        match class {
+            DeadLetterClass::InvalidEvent => &self.dead_lettered_invalid_event,
+            DeadLetterClass::Rejected => &self.dead_lettered_rejected,
+            DeadLetterClass::RetriesExhausted => &self.dead_lettered_retries_exhausted,
+        }
+    }
+
+    pub fn snapshot(&self) -> Summary {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        Summary {
+            consumed: get(&self.consumed),
+            delivered: get(&self.delivered),
+            dead_lettered_invalid_event: get(&self.dead_lettered_invalid_event),
+            dead_lettered_rejected: get(&self.dead_lettered_rejected),
+            dead_lettered_retries_exhausted: get(&self.dead_lettered_retries_exhausted),
+            calls: get(&self.calls),
+            failed_calls: get(&self.failed_calls),
+            abandoned: get(&self.abandoned),
+            rebalances: get(&self.rebalances),
+        }
+    }
+}
+
+/// A snapshot of [`Stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Summary {
+    pub consumed: u64,
+    pub delivered: u64,
+    pub dead_lettered_invalid_event: u64,
+    pub dead_lettered_rejected: u64,
+    pub dead_lettered_retries_exhausted: u64,
+    pub calls: u64,
+    pub failed_calls: u64,
+    pub abandoned: u64,
+    pub rebalances: u64,
+}
+
+impl Summary {
+    pub fn dead_lettered(&self) -> u64 {
+        self.dead_lettered_invalid_event
+            + self.dead_lettered_rejected
+            + self.dead_lettered_retries_exhausted
+    }
+}
+
+/// One owned partition.
+#[derive(Debug)]
+struct PartitionState {
+    tracker: OffsetTracker,
+    /// Tasks spawned for this partition that have not ended.
+    live_tasks: usize,
+    /// Distinguishes this ownership from an earlier one of the same partition.
+    generation: u64,
+    /// Tells waiting tasks to give up (revoke, shutdown).
+    cancel: CancellationToken,
+    paused: bool,
+}
+
+/// State shared by the main loop, the rebalance callbacks and the tasks.
+struct Shared {
+    partitions: Mutex<HashMap<PartitionId, PartitionState>>,
+    /// Signalled whenever a task ends (the revoke drain waits on it).
+    progress: Condvar,
+    /// Wakes the main loop.
+    wake: Arc<Notify>,
+    next_generation: AtomicU64,
+    revoke_drain: Duration,
+    stats: Arc<Stats>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, HashMap<PartitionId, PartitionState>> {
+        self.partitions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn assign(&self, tpl: &TopicPartitionList) {
+        let mut partitions = self.lock();
+        for element in tpl.elements() {
+            let id = PartitionId {
+                topic: element.topic().to_owned(),
+                partition: element.partition(),
+            };
+            tracing::info!(partition = %id, "Partition assigned.");
+            partitions.entry(id).or_insert_with(|| PartitionState {
+                tracker: OffsetTracker::default(),
+                live_tasks: 0,
+                generation: self.next_generation.fetch_add(1, Ordering::Relaxed),
+                cancel: CancellationToken::new(),
+                paused: false,
+            });
+        }
+    }
+
+    /// Drains the revoked partitions, commits their positions, drops them.
+    fn revoke(&self, consumer: &BaseConsumer<PipelineContext>, tpl: &TopicPartitionList) {
+        let revoked: Vec<PartitionId> = tpl
+            .elements()
+            .iter()
+            .map(|e| PartitionId {
+                topic: e.topic().to_owned(),
+                partition: e.partition(),
+            })
+            .collect();
+        let drain = || {
+            let mut partitions = self.lock();
+            for id in &revoked {
+                if let Some(state) = partitions.get(id) {
+                    state.cancel.cancel();
+                }
+            }
+            let deadline = std::time::Instant::now() + self.revoke_drain;
+            loop {
+                let live: usize = revoked
+                    .iter()
+                    .filter_map(|id| partitions.get(id))
+                    .map(|s| s.live_tasks)
+                    .sum();
+                let now = std::time::Instant::now();
+                if live == 0 {
+                    break;
+                }
+                if now >= deadline {
+                    tracing::warn!(
+                        live_tasks = live,
+                        "Revoke drain deadline reached; unfinished events go to the next owner."
+                    );
+                    break;
+                }
+                partitions = self
+                    .progress
+                    .wait_timeout(partitions, deadline - now)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+            let mut commit = TopicPartitionList::new();
+            for id in &revoked {
+                if let Some(state) = partitions.remove(id)
+                    && let Some(position) = state.tracker.position()
+                {
+                    let _ = commit.add_partition_offset(
+                        &id.topic,
+                        id.partition,
+                        Offset::Offset(position),
+                    );
+                }
+            }
+            commit
+        };
+        // The drain blocks this thread (librdkafka's callback is synchronous);
+        // on a multi-thread runtime, let the other tasks of this worker move on.
+        let commit = match tokio::runtime::Handle::try_current() {
+            Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(drain)
+            }
+            _ => drain(),
+        };
+        if commit.count() > 0 {
+            let _ = consumer.store_offsets(&commit);
+            match consumer.commit(&commit, CommitMode::Sync) {
+                Ok(()) => {
+                    tracing::info!(partitions = commit.count(), "Committed revoked partitions.")
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, "Commit of revoked partitions failed; their events may be sent again.")
+                }
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    /// A task ended; `finished` means its event reached a final outcome.
+    fn task_ended(&self, id: &PartitionId, generation: u64, offset: i64, finished: bool) {
+        let mut partitions = self.lock();
+        if let Some(state) = partitions
+            .get_mut(id)
+            .filter(|s| s.generation == generation)
+        {
+            state.live_tasks -= 1;
+            if finished {
+                state.tracker.finish(offset);
+            }
+        }
+        drop(partitions);
+        if !finished {
+            self.stats.abandoned.fetch_add(1, Ordering::Relaxed);
+        }
+        self.progress.notify_all();
+        self.wake.notify_one();
+    }
+}
+
+/// The consumer's context: rebalance and commit callbacks.
+pub struct PipelineContext {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for PipelineContext {}
+
+impl ConsumerContext for PipelineContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.shared.stats.rebalances.fetch_add(1, Ordering::Relaxed);
+        match rebalance {
+            Rebalance::Revoke(tpl) => self.shared.revoke(consumer, tpl),
+            Rebalance::Error(error) => tracing::warn!(error = %error, "Rebalance error."),
+            Rebalance::Assign(_) => {}
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            self.shared.assign(tpl);
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(error) = result {
+            tracing::warn!(error = %error, "Offset commit failed; it is retried with the next commit.");
+        }
+    }
+}
+
+/// What a task needs to deliver or dead-letter one event.
+struct Deliverer {
+    client: TopClient,
+    classifier: Classifier,
+    gate: Arc<Gate>,
+    limiter: DefaultDirectRateLimiter,
+    calls: Semaphore,
+    dead_letters: DeadLetterProducer,
+    max_attempts: u32,
+    max_retry_elapsed: Duration,
+    backoff_initial: Duration,
+    backoff_max: Duration,
+    stats: Arc<Stats>,
+}
+
+/// One message, detached from the consumer.
+struct Job {
+    source: SourceRecord,
+    event: Result<PaymentEvent, InvalidEvent>,
+}
+
+impl Deliverer {
+    /// Runs one event to its final outcome; false if it gave up when cancelled.
+    async fn run(
+        &self,
+        job: Job,
+        predecessor: Option<oneshot::Receiver<()>>,
+        cancel: CancellationToken,
+    ) -> bool {
+        if let Some(predecessor) = predecessor {
+            tokio::select! {
+                _ = predecessor => {}
+                _ = cancel.cancelled() => return false,
+            }
+        }
+        match &job.event {
+            Err(invalid) => {
+                tracing::warn!(error = %invalid, "Invalid event; dead-lettering it.");
+                self.dead_letter(&job.source, Failure::invalid_event(invalid), &cancel)
+                    .await
+            }
+            Ok(event) => self.deliver(&job.source, event, &cancel).await,
+        }
+    }
+
+    async fn dead_letter(
+        &self,
+        source: &SourceRecord,
+        failure: Failure,
+        cancel: &CancellationToken,
+    ) -> bool {
+        let class = failure.class;
+        let written = self
+            .dead_letters
+            .send(source, &failure, cancel.cancelled())
+            .await;
+        if written {
+            self.stats
+                .dead_lettered(class)
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(class = class.as_str(), reason = %failure.reason, "Event dead-lettered.");
+        }
+        written
+    }
+
+    async fn deliver(
+        &self,
+        source: &SourceRecord,
+        event: &PaymentEvent,
+        cancel: &CancellationToken,
+    ) -> bool {
+        let dto = dto_json(event);
+        let mut counted_failures = 0u32;
+        let mut calls = 0u32;
+        let mut retry_time = Duration::ZERO;
+        let mut first_attempt = None;
+        loop {
+            let pass = tokio::select! {
+                pass = self.gate.pass() => pass,
+                _ = cancel.cancelled() => return false,
+            };
+            let permit = tokio::select! {
+                permit = self.calls.acquire() => permit.expect("the semaphore is never closed"),
+                _ = cancel.cancelled() => { self.gate.release(pass); return false; }
+            };
+            tokio::select! {
+                _ = self.limiter.until_ready() => {}
+                _ = cancel.cancelled() => { self.gate.release(pass); return false; }
+            }
+            // Signed here, after every wait: the timestamp is fresh on each attempt.
+            let report = self.client.send(&dto).await;
+            drop(permit);
+            calls += 1;
+            let now = Utc::now();
+            first_attempt.get_or_insert(now);
+            self.stats.calls.fetch_add(1, Ordering::Relaxed);
+            let disposition = self.classifier.classify(&report.outcome);
+            let counts = self.gate.record(pass, &disposition);
+            tracing::debug!(
+                request_id = report.request_id.as_deref().unwrap_or("-"),
+                ?disposition,
+                elapsed_ms = report.elapsed.as_millis() as u64,
+                "Call answered."
+            );
+            let failure = |class: DeadLetterClass, reason: &str| {
+                Failure {
+                    class,
+                    reason: reason.to_owned(),
+                    message: String::new(),
+                    top_code: None,
+                    top_sub_code: None,
+                    request_id: None,
+                    attempts: calls,
+                    first_attempt,
+                    last_attempt: Some(now),
+                }
+                .with_outcome(&report.outcome, report.request_id.as_deref())
+            };
+            match disposition {
+                Disposition::Delivered => {
+                    self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                    return true;
+                }
+                Disposition::DeadLetter { cause } => {
+                    return self
+                        .dead_letter(
+                            source,
+                            failure(DeadLetterClass::Rejected, cause.as_str()),
+                            cancel,
+                        )
+                        .await;
+                }
+                Disposition::Halt { .. } => {
+                    // The gate is now halted; the loop waits there for a probe.
+                    self.stats.failed_calls.fetch_add(1, Ordering::Relaxed);
+                }
+                Disposition::Retry { cause, wait } => {
+                    self.stats.failed_calls.fetch_add(1, Ordering::Relaxed);
+                    if !counts {
+                        continue;
+                    }
+                    counted_failures += 1;
+                    retry_time += report.elapsed;
+                    if counted_failures >= self.max_attempts || retry_time >= self.max_retry_elapsed
+                    {
+                        return self
+                            .dead_letter(
+                                source,
+                                failure(DeadLetterClass::RetriesExhausted, cause.as_str()),
+                                cancel,
+                            )
+                            .await;
+                    }
+                    let delay = wait.unwrap_or_else(|| {
+                        gate::backoff(counted_failures - 1, self.backoff_initial, self.backoff_max)
+                    });
+                    retry_time += delay;
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = cancel.cancelled() => return false,
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A built pipeline, ready to [`Pipeline::run`].
+pub struct Pipeline {
+    consumer: StreamConsumer<PipelineContext>,
+    shared: Arc<Shared>,
+    deliverer: Arc<Deliverer>,
+    settings: Settings,
+}
+
+/// The librdkafka settings every client gets: bootstrap servers, then the
+/// user's pass-through properties.
+pub fn client_config(
+    settings: &Settings,
+    extra: &std::collections::BTreeMap<String, String>,
+) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &settings.kafka.bootstrap_servers);
+    config.set("client.id", concat!("paysync-", env!("CARGO_PKG_VERSION")));
+    for (key, value) in settings.kafka.librdkafka.iter().chain(extra.iter()) {
+        config.set(key, value);
+    }
+    config
+}
+
+impl Pipeline {
+    /// Connects to Kafka, checks the dead-letter topic exists, subscribes.
+    pub fn build(settings: Settings) -> anyhow::Result<Pipeline> {
+        let kafka = &settings.kafka;
+        let delivery = &settings.delivery;
+        let stats = Arc::new(Stats::default());
+        let wake = Arc::new(Notify::new());
+        let shared = Arc::new(Shared {
+            partitions: Mutex::new(HashMap::new()),
+            progress: Condvar::new(),
+            wake: wake.clone(),
+            next_generation: AtomicU64::new(0),
+            revoke_drain: Duration::from_millis(kafka.revoke_drain_timeout_ms),
+            stats: stats.clone(),
+        });
+        let mut consumer_config = ClientConfig::new();
+        consumer_config
+            .set("group.id", &kafka.group_id)
+            .set("enable.auto.commit", "true")
+            .set(
+                "auto.commit.interval.ms",
+                kafka.commit_interval_ms.to_string(),
+            )
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", &kafka.auto_offset_reset)
+            .set("session.timeout.ms", kafka.session_timeout_ms.to_string())
+            .set("enable.partition.eof", "false");
+        for (key, value) in client_config(&settings, &kafka.consumer).config_map() {
+            consumer_config.set(key, value);
+        }
+        let consumer: StreamConsumer<PipelineContext> = consumer_config
+            .create_with_context(PipelineContext {
+                shared: shared.clone(),
+            })
+            .context("cannot create the Kafka consumer")?;
+        let metadata = consumer
+            .fetch_metadata(Some(&kafka.dlq_topic), Duration::from_secs(10))
+            .context("cannot read Kafka metadata (is kafka.bootstrap_servers right?)")?;
+        let dlq_ok = metadata.topics().iter().any(|t| {
+            t.name() == kafka.dlq_topic && t.error().is_none() && !t.partitions().is_empty()
+        });
+        if !dlq_ok {
+            bail!(
+                "the dead-letter topic {:?} does not exist: create it before starting paysync",
+                kafka.dlq_topic
+            );
+        }
+        let topics: Vec<&str> = kafka.topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topics)
+            .context("cannot subscribe to the source topics")?;
+        let dead_letters = DeadLetterProducer::new(
+            client_config(&settings, &kafka.producer),
+            kafka.dlq_topic.clone(),
+            kafka.group_id.clone(),
+        )
+        .context("cannot create the dead-letter producer")?;
+        let gate = Arc::new(Gate::new(
+            GateSettings {
+                failure_threshold: delivery.breaker_failure_threshold,
+                probe_interval: Duration::from_millis(delivery.breaker_probe_interval_ms),
+                halt_probe_interval: Duration::from_millis(delivery.halt_probe_interval_ms),
+            },
+            wake,
+        ));
+        let rate = NonZeroU32::new(delivery.rate_limit_per_sec)
+            .context("delivery.rate_limit_per_sec must be above 0")?;
+        let burst = NonZeroU32::new(delivery.burst())
+            .context("delivery.rate_limit_burst must be above 0")?;
+        let deliverer = Arc::new(Deliverer {
+            client: settings.top_client()?,
+            classifier: settings.classifier(),
+            gate,
+            limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
+            calls: Semaphore::new(delivery.max_in_flight),
+            dead_letters,
+            max_attempts: delivery.max_attempts,
+            max_retry_elapsed: Duration::from_millis(delivery.max_retry_elapsed_ms),
+            backoff_initial: Duration::from_millis(delivery.backoff_initial_ms),
+            backoff_max: Duration::from_millis(delivery.backoff_max_ms),
+            stats,
+        });
+        Ok(Pipeline {
+            consumer,
+            shared,
+            deliverer,
+            settings,
+        })
+    }
+
+    pub fn stats(&self) -> Arc<Stats> {
+        self.shared.stats.clone()
+    }
+
+    pub fn gate_status(&self) -> GateStatus {
+        self.deliverer.gate.status()
+    }
+
+    /// The gate, to watch its state while the pipeline runs.
+    pub fn gate_handle(&self) -> Arc<Gate> {
+        self.deliverer.gate.clone()
+    }
+
+    /// Runs until `shutdown` resolves, then drains and commits.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<Summary> {
+        tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Per (partition, order_id): the completion signal of the latest event.
+        let mut chains: HashMap<(PartitionId, String), oneshot::Receiver<()>> = HashMap::new();
+        let wake = self.shared.wake.clone();
+        loop {
+            self.store_and_pause();
+            // Shutdown first, then housekeeping, then new messages: completions
+            // are handled before more work is taken on.
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                _ = wake.notified() => {}
+                _ = tick.tick() => {
+                    chains.retain(|_, done| matches!(done.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
+                }
+                message = self.consumer.recv() => match message {
+                    Ok(message) => self.dispatch(&message, &mut chains),
+                    Err(error) => {
+                        tracing::warn!(error = %error, "Kafka consumer error.");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        }
+        self.shutdown().await
+    }
+
+    fn dispatch(
+        &self,
+        message: &BorrowedMessage<'_>,
+        chains: &mut HashMap<(PartitionId, String), oneshot::Receiver<()>>,
+    ) {
+        let id = PartitionId {
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+        };
+        let offset = message.offset();
+        let (generation, cancel) = {
+            let mut partitions = self.shared.lock();
+            // A message of a partition this consumer no longer owns is the next owner's.
+            let Some(state) = partitions.get_mut(&id) else {
+                return;
+            };
+            state.tracker.start(offset);
+            state.live_tasks += 1;
+            (state.generation, state.cancel.clone())
+        };
+        self.shared.stats.consumed.fetch_add(1, Ordering::Relaxed);
+        let source = SourceRecord {
+            topic: id.topic.clone(),
+            partition: id.partition,
+            offset,
+            timestamp: message.timestamp().to_millis(),
+            key: message.key().map(<[u8]>::to_vec),
+            value: message.payload().map(<[u8]>::to_vec),
+            headers: message
+                .headers()
+                .map(|headers| {
+                    headers
+                        .iter()
+                        .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        let event = event::decode(source.value.as_deref(), self.settings.event.max_bytes);
+        let order_id = event.as_ref().ok().map(|e| e.order_id.clone());
+        let span = tracing::info_span!("event", topic = %id.topic, partition = id.partition, offset, order_id = order_id.as_deref().unwrap_or("-"));
+        let (done, done_signal) = oneshot::channel::<()>();
+        let predecessor =
+            order_id.and_then(|order_id| chains.insert((id.clone(), order_id), done_signal));
+        let deliverer = self.deliverer.clone();
+        let shared = self.shared.clone();
+        tokio::spawn(
+            async move {
+                let finished = deliverer
+                    .run(Job { source, event }, predecessor, cancel)
+                    .await;
+                shared.task_ended(&id, generation, offset, finished);
+                drop(done);
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Stores advanced positions and pauses or resumes partitions.
+    fn store_and_pause(&self) {
+        let delivery = &self.settings.delivery;
+        let gate_closed = self.deliverer.gate.status().closed();
+        let mut store = TopicPartitionList::new();
+        let mut pause = TopicPartitionList::new();
+        let mut resume = TopicPartitionList::new();
+        {
+            let mut partitions = self.shared.lock();
+            let total: usize = partitions.values().map(|s| s.tracker.in_flight()).sum();
+            let global_full = total >= delivery.global_window;
+            for (id, state) in partitions.iter_mut() {
+                if let Some(position) = state.tracker.take_advance() {
+                    let _ = store.add_partition_offset(
+                        &id.topic,
+                        id.partition,
+                        Offset::Offset(position),
+                    );
+                }
+                let want_paused = gate_closed
+                    || global_full
+                    || state.tracker.in_flight() >= delivery.partition_window;
+                if want_paused != state.paused {
+                    state.paused = want_paused;
+                    let list = if want_paused { &mut pause } else { &mut resume };
+                    list.add_partition(&id.topic, id.partition);
+                }
+            }
+        }
+        if store.count() > 0
+            && let Err(error) = self.consumer.store_offsets(&store)
+        {
+            tracing::debug!(error = %error, "Storing offsets failed (partition probably revoked).");
+        }
+        if pause.count() > 0
+            && let Err(error) = self.consumer.pause(&pause)
+        {
+            tracing::warn!(error = %error, "Pausing partitions failed.");
+        }
+        if resume.count() > 0
+            && let Err(error) = self.consumer.resume(&resume)
+        {
+            tracing::warn!(error = %error, "Resuming partitions failed.");
+        }
+    }
+
+    async fn shutdown(self) -> anyhow::Result<Summary> {
+        let drain = Duration::from_millis(self.settings.delivery.shutdown_drain_timeout_ms);
+        tracing::info!(
+            drain_s = drain.as_secs_f64(),
+            "Shutting down: finishing calls under way."
+        );
+        for state in self.shared.lock().values() {
+            state.cancel.cancel();
+        }
+        let deadline = tokio::time::Instant::now() + drain;
+        loop {
+            let live: usize = self.shared.lock().values().map(|s| s.live_tasks).sum();
+            if live == 0 {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    live_tasks = live,
+                    "Shutdown drain deadline reached; unfinished events will be sent again after restart."
+                );
+                break;
+            }
+            tokio::select! {
+                _ = self.shared.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+        let mut commit = TopicPartitionList::new();
+        for (id, state) in self.shared.lock().iter() {
+            if let Some(position) = state.tracker.position() {
+                let _ =
+                    commit.add_partition_offset(&id.topic, id.partition, Offset::Offset(position));
+            }
+        }
+        if commit.count() > 0 {
+            let _ = self.consumer.store_offsets(&commit);
+            match self.consumer.commit(&commit, CommitMode::Sync) {
+                Ok(()) => tracing::info!(partitions = commit.count(), "Final commit done."),
+                Err(error) => {
+                    tracing::warn!(error = %error, "Final commit failed; finished events may be sent again.")
+                }
+            }
+        }
+        if let Err(error) = self.deliverer.dead_letters.flush(Duration::from_secs(10)) {
+            tracing::warn!(error = %error, "Flushing the dead-letter producer failed.");
+        }
+        let summary = self.shared.stats.snapshot();
+        tracing::info!(?summary, "Stopped.");
+        Ok(summary)
+    }
+}
