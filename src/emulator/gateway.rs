@@ -62,6 +62,9 @@ pub enum Reply {
 /// Counters exposed at `GET /emulator/stats`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Stats {
+    /// Requests that arrived (counted before any latency is added).
+    pub received: u64,
+    /// Requests answered (or dropped).
     pub requests: u64,
     pub accepted: u64,
     pub duplicates: u64,
@@ -227,6 +230,10 @@ impl Gateway {
 
     /// Answers one request, with the configured latency and faults.
     pub async fn handle(&self, request: RawRequest) -> Reply {
+        self.stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .received += 1;
         let faults = self.faults();
         let jitter = if faults.latency_jitter_ms > 0 {
             self.rng

@@ -62,7 +62,7 @@ use crate::top::classify::{Classifier, Disposition};
 use crate::top::client::TopClient;
 use crate::top::request::dto_json;
 use dead_letter::{DeadLetterClass, DeadLetterProducer, Failure, SourceRecord};
-use gate::{Gate, GateSettings, GateStatus};
+use gate::{Gate, GateSettings, GateStatus, Pass};
 use offsets::{OffsetTracker, PartitionId};
 
 /// Counters of what the pipeline did; shared with tests, the demo and metrics.
@@ -382,17 +382,23 @@ impl Deliverer {
         let mut retry_time = Duration::ZERO;
         let mut first_attempt = None;
         loop {
+            // The call slot first, then the gate: at most `max_in_flight` calls
+            // are past the gate, so a ban or an open breaker stops everyone else.
+            let permit = tokio::select! {
+                permit = self.calls.acquire() => permit.expect("the semaphore is never closed"),
+                _ = cancel.cancelled() => return false,
+            };
             let pass = tokio::select! {
                 pass = self.gate.pass() => pass,
                 _ = cancel.cancelled() => return false,
             };
-            let permit = tokio::select! {
-                permit = self.calls.acquire() => permit.expect("the semaphore is never closed"),
-                _ = cancel.cancelled() => { self.gate.release(pass); return false; }
-            };
             tokio::select! {
                 _ = self.limiter.until_ready() => {}
                 _ = cancel.cancelled() => { self.gate.release(pass); return false; }
+            }
+            if pass == Pass::Normal && self.gate.status().closed() {
+                // A ban, a halt or an open breaker began while this call waited for a token.
+                continue;
             }
             // Signed here, after every wait: the timestamp is fresh on each attempt.
             let report = self.client.send(&dto).await;
