@@ -41,6 +41,8 @@ pub struct Cli {
 pub enum Command {
     /// Consume the configured topics and deliver every event to the API.
     Run(RunArgs),
+    /// Measure the pipeline against the mock cluster and the emulator.
+    Bench(BenchArgs),
     /// Run a local TOP gateway emulator.
     Emulator(Box<EmulatorArgs>),
     /// Print the TOP signature of a parameter set.
@@ -136,6 +138,26 @@ pub struct CallArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[arg(long, default_value_t = 20_000)]
+    pub events: usize,
+    /// Latency the emulator adds to every call.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    #[arg(long, default_value_t = 64)]
+    pub max_in_flight: usize,
+    /// Calls per second (default: no limit).
+    #[arg(long)]
+    pub rate: Option<u32>,
+    /// Token-bucket burst (default: rate / 50).
+    #[arg(long)]
+    pub burst: Option<u32>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct RunArgs {
     #[arg(long)]
     pub config: PathBuf,
@@ -176,6 +198,7 @@ pub fn main() -> ExitCode {
 pub async fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Run(args) => run_pipeline(&args.config).await,
+        Command::Bench(args) => bench(args).await,
         Command::Emulator(args) => emulator(*args).await,
         Command::Sign(args) => sign_command(args),
         Command::Call(args) => call(args).await,
@@ -235,6 +258,37 @@ fn check_config(path: &Path) -> ExitCode {
         Err(error) => {
             eprint!("{}: {error}", path.display());
             ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+async fn bench(args: BenchArgs) -> ExitCode {
+    crate::telemetry::init(&LogSettings {
+        level: "warn".into(),
+        ..LogSettings::default()
+    });
+    let options = crate::bench::BenchOptions {
+        events: args.events,
+        latency_ms: args.latency_ms,
+        max_in_flight: args.max_in_flight,
+        rate: args.rate,
+        burst: args.burst,
+    };
+    match crate::bench::run(options).await {
+        Ok(report) if args.json => {
+            println!(
+                "{}",
+                serde_json::to_string(&report).expect("a report serialises")
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(report) => {
+            print!("{}", report.render());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("paysync bench: {error:#}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod emulator;

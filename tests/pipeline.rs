@@ -849,3 +849,18 @@ async fn a_second_signal_exits_at_once_without_committing_unfinished_work() {
         "nothing unfinished was committed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_missing_dead_letter_topic_is_a_clear_start_up_error() {
+    let harness = Harness::new(1, Faults::default()).await;
+    let mut settings = harness.settings();
+    settings.kafka.dlq_topic = "no-such-topic".to_owned();
+    let built = tokio::task::spawn_blocking(move || Pipeline::build(settings))
+        .await
+        .unwrap();
+    let error = format!("{:#}", built.err().expect("start-up must fail"));
+    assert!(
+        error.contains("\"no-such-topic\" does not exist"),
+        "{error}"
+    );
+}

@@ -9,7 +9,7 @@
 //! → DTO (40/41, or 15 + `isv.*`) → backend faults (10, 15 + `isp.*`,
 //! `success=false`) → business rejection (`model=false`) → accepted.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -71,7 +71,12 @@ pub struct Stats {
     /// Answers by kind: `accepted`, `rejected`, `service_failure`, `error_<code>`,
     /// `http_502`, `http_503`, `dropped`.
     pub answers: HashMap<String, u64>,
+    /// Accepted orders per wall-clock second (unix seconds), the last hour.
+    pub accepted_per_second: BTreeMap<i64, u64>,
 }
+
+/// How many seconds `accepted_per_second` keeps.
+const PER_SECOND_HISTORY: usize = 3_600;
 
 /// Static settings of an emulated gateway.
 #[derive(Debug, Clone)]
@@ -191,6 +196,11 @@ impl Gateway {
 
     pub fn set_faults(&self, faults: Faults) {
         *self.faults.write().unwrap_or_else(|p| p.into_inner()) = faults;
+    }
+
+    /// Starts the counters again (the journal is kept).
+    pub fn reset_stats(&self) {
+        *self.stats.lock().unwrap_or_else(|p| p.into_inner()) = Stats::default();
     }
 
     pub fn stats(&self) -> Stats {
@@ -489,6 +499,13 @@ impl Gateway {
                 let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
                 stats.accepted += 1;
                 stats.duplicates += u64::from(duplicate);
+                *stats
+                    .accepted_per_second
+                    .entry(now.timestamp())
+                    .or_insert(0) += 1;
+                if stats.accepted_per_second.len() > PER_SECOND_HISTORY {
+                    stats.accepted_per_second.pop_first();
+                }
                 Answer::Result {
                     code: "200".into(),
                     success: true,

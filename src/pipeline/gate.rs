@@ -167,6 +167,7 @@ impl Gate {
             state.probe_in_flight = false;
         }
         let before = (state.breaker, state.halted);
+        let ban_before = state.ban_until;
         let counts = match disposition {
             Disposition::Halt { cause } => {
                 if state.halted.is_none() || pass == Pass::Probe {
@@ -225,9 +226,16 @@ impl Gate {
         if before != (state.breaker, state.halted) && state.halted.is_none() && before.1.is_some() {
             tracing::info!("Delivery resumed: the halt probe succeeded.");
         }
+        let changed = pass == Pass::Probe
+            || before != (state.breaker, state.halted)
+            || state.ban_until != ban_before;
         drop(state);
-        self.changed.notify_waiters();
-        self.observer.notify_one();
+        // Waking every waiter on every answer would cost more than the call;
+        // only a change of state (or a returned probe) can let someone pass.
+        if changed {
+            self.changed.notify_waiters();
+            self.observer.notify_one();
+        }
         counts
     }
 }

@@ -41,11 +41,12 @@ use std::future::Future;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use chrono::Utc;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use hdrhistogram::Histogram;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -66,7 +67,7 @@ use gate::{Gate, GateSettings, GateStatus, Pass};
 use offsets::{OffsetTracker, PartitionId};
 
 /// Counters of what the pipeline did; shared with tests, the demo and metrics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Stats {
     pub consumed: AtomicU64,
     pub delivered: AtomicU64,
@@ -80,9 +81,51 @@ pub struct Stats {
     /// Tasks that gave up on revoke or shutdown (their events will be redelivered).
     pub abandoned: AtomicU64,
     pub rebalances: AtomicU64,
+    /// Microseconds from taking a message from Kafka to the API accepting it.
+    pub delivery_latency_us: Mutex<Histogram<u64>>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            consumed: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            dead_lettered_invalid_event: AtomicU64::new(0),
+            dead_lettered_rejected: AtomicU64::new(0),
+            dead_lettered_retries_exhausted: AtomicU64::new(0),
+            calls: AtomicU64::new(0),
+            failed_calls: AtomicU64::new(0),
+            abandoned: AtomicU64::new(0),
+            rebalances: AtomicU64::new(0),
+            // 1 µs to 1 hour at 3 significant digits: a few tens of KiB.
+            delivery_latency_us: Mutex::new(
+                Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds"),
+            ),
+        }
+    }
 }
 
 impl Stats {
+    fn record_latency(&self, since: Instant) {
+        let micros = u64::try_from(since.elapsed().as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let mut histogram = self
+            .delivery_latency_us
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        histogram.saturating_record(micros);
+    }
+
+    /// A latency quantile in milliseconds (0 when nothing was delivered).
+    pub fn latency_ms(&self, quantile: f64) -> f64 {
+        let histogram = self
+            .delivery_latency_us
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        histogram.value_at_quantile(quantile) as f64 / 1000.0
+    }
+
     fn dead_lettered(&self, class: DeadLetterClass) -> &AtomicU64 {
         match class {
             DeadLetterClass::InvalidEvent => &self.dead_lettered_invalid_event,
@@ -322,6 +365,8 @@ struct Deliverer {
 
 /// One message, detached from the consumer.
 struct Job {
+    /// When the message was taken from Kafka.
+    received: Instant,
     source: SourceRecord,
     event: Result<PaymentEvent, InvalidEvent>,
 }
@@ -346,7 +391,7 @@ impl Deliverer {
                 self.dead_letter(&job.source, Failure::invalid_event(invalid), &cancel)
                     .await
             }
-            Ok(event) => self.deliver(&job.source, event, &cancel).await,
+            Ok(event) => self.deliver(&job, event, &cancel).await,
         }
     }
 
@@ -370,12 +415,8 @@ impl Deliverer {
         written
     }
 
-    async fn deliver(
-        &self,
-        source: &SourceRecord,
-        event: &PaymentEvent,
-        cancel: &CancellationToken,
-    ) -> bool {
+    async fn deliver(&self, job: &Job, event: &PaymentEvent, cancel: &CancellationToken) -> bool {
+        let source = &job.source;
         let dto = dto_json(event);
         let mut counted_failures = 0u32;
         let mut calls = 0u32;
@@ -432,6 +473,7 @@ impl Deliverer {
             match disposition {
                 Disposition::Delivered => {
                     self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                    self.stats.record_latency(job.received);
                     return true;
                 }
                 Disposition::DeadLetter { cause } => {
@@ -476,6 +518,16 @@ impl Deliverer {
             }
         }
     }
+}
+
+/// How long the global window may stay full before every partition is paused.
+const STALL_BEFORE_PAUSE: Duration = Duration::from_secs(1);
+
+/// The main loop's memory of the global window.
+#[derive(Debug, Default)]
+struct Flow {
+    full_since: Option<Instant>,
+    paused_all: bool,
 }
 
 /// A built pipeline, ready to [`Pipeline::run`].
@@ -612,8 +664,9 @@ impl Pipeline {
         // Per (partition, order_id): the completion signal of the latest event.
         let mut chains: HashMap<(PartitionId, String), oneshot::Receiver<()>> = HashMap::new();
         let wake = self.shared.wake.clone();
+        let mut flow = Flow::default();
         loop {
-            self.store_and_pause();
+            let may_poll = self.store_and_pause(&mut flow);
             // Shutdown first, then housekeeping, then new messages: completions
             // are handled before more work is taken on.
             tokio::select! {
@@ -623,7 +676,7 @@ impl Pipeline {
                 _ = tick.tick() => {
                     chains.retain(|_, done| matches!(done.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
                 }
-                message = self.consumer.recv() => match message {
+                message = self.consumer.recv(), if may_poll => match message {
                     Ok(message) => self.dispatch(&message, &mut chains),
                     Err(error) => {
                         tracing::warn!(error = %error, "Kafka consumer error.");
@@ -656,6 +709,7 @@ impl Pipeline {
             (state.generation, state.cancel.clone())
         };
         self.shared.stats.consumed.fetch_add(1, Ordering::Relaxed);
+        let received = Instant::now();
         let source = SourceRecord {
             topic: id.topic.clone(),
             partition: id.partition,
@@ -684,7 +738,15 @@ impl Pipeline {
         tokio::spawn(
             async move {
                 let finished = deliverer
-                    .run(Job { source, event }, predecessor, cancel)
+                    .run(
+                        Job {
+                            received,
+                            source,
+                            event,
+                        },
+                        predecessor,
+                        cancel,
+                    )
                     .await;
                 shared.task_ended(&id, generation, offset, finished);
                 drop(done);
@@ -693,17 +755,35 @@ impl Pipeline {
         );
     }
 
-    /// Stores advanced positions and pauses or resumes partitions.
-    fn store_and_pause(&self) {
+    /// Stores advanced positions, pauses or resumes partitions, and says
+    /// whether the main loop may take another message.
+    ///
+    /// A full global window is first handled by not polling: completions
+    /// free room within milliseconds, and a pause would drop librdkafka's
+    /// prefetched messages only to fetch them again. If the window stays full
+    /// for [`STALL_BEFORE_PAUSE`] (calls stuck in backoff), every partition is
+    /// paused instead, so the consumer can keep polling and take part in
+    /// rebalances. Pauses end at half the window, not at the edge, so they do
+    /// not flap. A closed gate (ban, open breaker, halt) pauses everything.
+    fn store_and_pause(&self, flow: &mut Flow) -> bool {
         let delivery = &self.settings.delivery;
         let gate_closed = self.deliverer.gate.status().closed();
         let mut store = TopicPartitionList::new();
         let mut pause = TopicPartitionList::new();
         let mut resume = TopicPartitionList::new();
-        {
+        let total = {
             let mut partitions = self.shared.lock();
             let total: usize = partitions.values().map(|s| s.tracker.in_flight()).sum();
-            let global_full = total >= delivery.global_window;
+            let now = Instant::now();
+            if total >= delivery.global_window {
+                let since = *flow.full_since.get_or_insert(now);
+                if now.duration_since(since) >= STALL_BEFORE_PAUSE {
+                    flow.paused_all = true;
+                }
+            } else if total <= delivery.global_window / 2 {
+                flow.full_since = None;
+                flow.paused_all = false;
+            }
             for (id, state) in partitions.iter_mut() {
                 if let Some(position) = state.tracker.take_advance() {
                     let _ = store.add_partition_offset(
@@ -712,16 +792,21 @@ impl Pipeline {
                         Offset::Offset(position),
                     );
                 }
-                let want_paused = gate_closed
-                    || global_full
-                    || state.tracker.in_flight() >= delivery.partition_window;
+                let in_flight = state.tracker.in_flight();
+                let partition_full = if state.paused {
+                    in_flight > delivery.partition_window / 2
+                } else {
+                    in_flight >= delivery.partition_window
+                };
+                let want_paused = gate_closed || flow.paused_all || partition_full;
                 if want_paused != state.paused {
                     state.paused = want_paused;
                     let list = if want_paused { &mut pause } else { &mut resume };
                     list.add_partition(&id.topic, id.partition);
                 }
             }
-        }
+            total
+        };
         if store.count() > 0
             && let Err(error) = self.consumer.store_offsets(&store)
         {
@@ -737,6 +822,7 @@ impl Pipeline {
         {
             tracing::warn!(error = %error, "Resuming partitions failed.");
         }
+        total < delivery.global_window || flow.paused_all || gate_closed
     }
 
     async fn shutdown(self) -> anyhow::Result<Summary> {
