@@ -436,6 +436,20 @@ impl Settings {
                 ),
             );
         }
+        for (table, map) in [
+            ("kafka.librdkafka", &kafka.librdkafka),
+            ("kafka.consumer", &kafka.consumer),
+            ("kafka.producer", &kafka.producer),
+        ] {
+            for name in map.keys() {
+                if let Some((_, reason)) = RESERVED_LIBRDKAFKA
+                    .iter()
+                    .find(|(reserved, _)| reserved == name)
+                {
+                    problem(&format!("{table}.\"{name}\""), (*reason).to_owned());
+                }
+            }
+        }
         let delivery = &self.delivery;
         for (key, value) in [
             ("delivery.max_in_flight", delivery.max_in_flight as u64),
@@ -543,6 +557,37 @@ fn read_secret_file(path: &Path) -> Result<SecretString, String> {
     }
     Ok(SecretString::from(secret.to_owned()))
 }
+
+/// librdkafka properties paysync owns: setting them through the pass-through
+/// tables would break a guarantee or bypass a validated setting.
+const RESERVED_LIBRDKAFKA: [(&str, &str); 8] = [
+    ("bootstrap.servers", "set kafka.bootstrap_servers instead"),
+    ("group.id", "set kafka.group_id instead"),
+    (
+        "enable.auto.offset.store",
+        "paysync stores offsets itself, only after success; this cannot be changed",
+    ),
+    (
+        "enable.auto.commit",
+        "paysync commits stored offsets in the background; set kafka.commit_interval_ms",
+    ),
+    (
+        "auto.commit.interval.ms",
+        "set kafka.commit_interval_ms instead",
+    ),
+    (
+        "session.timeout.ms",
+        "set kafka.session_timeout_ms instead (it is checked against the revoke drain)",
+    ),
+    (
+        "enable.idempotence",
+        "the dead-letter producer is always idempotent",
+    ),
+    (
+        "acks",
+        "the dead-letter producer always waits for all in-sync replicas",
+    ),
+];
 
 /// Settings that are lists; from the environment they are comma-separated.
 const LIST_KEYS: [&str; 1] = ["kafka.topics"];
@@ -698,6 +743,31 @@ mod tests {
         .unwrap();
         let debug = format!("{inline:?} {:?}", inline.request_profile().unwrap());
         assert!(!debug.contains("hunter2"), "{debug}");
+    }
+
+    #[test]
+    fn librdkafka_properties_that_would_break_a_guarantee_are_refused() {
+        let file = write_config(
+            "[top]\napp_key = \"k\"\napp_secret = \"s\"\n[kafka.consumer]\n\"enable.auto.offset.store\" = \"true\"\n[kafka.librdkafka]\n\"security.protocol\" = \"SASL_SSL\"\n",
+        );
+        let error = Settings::load_from(Some(file.path()), env(&[])).unwrap_err();
+        assert_eq!(error.problems.len(), 1, "{error}");
+        assert_eq!(
+            error.problems[0].key,
+            "kafka.consumer.\"enable.auto.offset.store\""
+        );
+    }
+
+    #[test]
+    fn the_revoke_drain_must_stay_below_the_session_timeout() {
+        let file = write_config(
+            "[top]\napp_key = \"k\"\napp_secret = \"s\"\n[kafka]\nsession_timeout_ms = 10000\nrevoke_drain_timeout_ms = 10000\n",
+        );
+        let error = Settings::load_from(Some(file.path()), env(&[])).unwrap_err();
+        assert_eq!(
+            error.problems[0].key, "kafka.revoke_drain_timeout_ms",
+            "{error}"
+        );
     }
 
     #[test]

@@ -780,9 +780,12 @@ impl Pipeline {
                 if now.duration_since(since) >= STALL_BEFORE_PAUSE {
                     flow.paused_all = true;
                 }
-            } else if total <= delivery.global_window / 2 {
+            } else {
+                // Room appeared: the window is moving, not stuck.
                 flow.full_since = None;
-                flow.paused_all = false;
+                if total <= delivery.global_window / 2 {
+                    flow.paused_all = false;
+                }
             }
             for (id, state) in partitions.iter_mut() {
                 if let Some(position) = state.tracker.take_advance() {
