@@ -236,14 +236,7 @@ impl<'a> Fields<'a> {
                 self.problem(names.0, "must not be empty");
                 None
             }
-            Value::String(s) => Some(s.clone()),
-            other => {
-                self.problem(
-                    names.0,
-                    format!("must be a string, got {}", type_name(other)),
-                );
-                None
-            }
+            other => self.string(names.0, other),
         }
     }
 
@@ -251,12 +244,16 @@ impl<'a> Fields<'a> {
         match self.lookup(names)? {
             // An empty optional value is the same as leaving it out: it is not sent.
             Value::String(s) if s.trim().is_empty() => None,
+            other => self.string(names.0, other),
+        }
+    }
+
+    /// A string value, or a "must be a string" problem.
+    fn string(&mut self, field: &'static str, value: &Value) -> Option<String> {
+        match value {
             Value::String(s) => Some(s.clone()),
             other => {
-                self.problem(
-                    names.0,
-                    format!("must be a string, got {}", type_name(other)),
-                );
+                self.problem(field, format!("must be a string, got {}", type_name(other)));
                 None
             }
         }

@@ -893,90 +893,34 @@ mod tests {
         let gateway = gateway();
         let now = datetime::format(Utc::now());
         let stale = datetime::format(Utc::now() - chrono::Duration::minutes(11));
+        let base = || base_params(&now, SignMethod::Md5);
+        let without = |name: &str| -> Vec<(&'static str, String)> {
+            base().into_iter().filter(|(k, _)| *k != name).collect()
+        };
+        let with = |name: &str, value: &str| -> Vec<(&'static str, String)> {
+            base()
+                .into_iter()
+                .map(|(k, v)| {
+                    if k == name {
+                        (k, value.to_owned())
+                    } else {
+                        (k, v)
+                    }
+                })
+                .collect()
+        };
         let cases: Vec<(Vec<(&str, String)>, i64)> = vec![
-            (
-                base_params(&now, SignMethod::Md5)
-                    .into_iter()
-                    .filter(|(k, _)| *k != "method")
-                    .collect(),
-                21,
-            ),
-            (
-                base_params(&now, SignMethod::Md5)
-                    .into_iter()
-                    .filter(|(k, _)| *k != "app_key")
-                    .collect(),
-                28,
-            ),
-            (
-                base_params(&now, SignMethod::Md5)
-                    .into_iter()
-                    .map(|(k, v)| {
-                        if k == "app_key" {
-                            (k, "999".into())
-                        } else {
-                            (k, v)
-                        }
-                    })
-                    .collect(),
-                29,
-            ),
-            (
-                base_params(&now, SignMethod::Md5)
-                    .into_iter()
-                    .filter(|(k, _)| *k != "timestamp")
-                    .collect(),
-                30,
-            ),
+            (without("method"), 21),
+            (without("app_key"), 28),
+            (with("app_key", "999"), 29),
+            (without("timestamp"), 30),
             (base_params(&stale, SignMethod::Md5), 31),
             (base_params("yesterday", SignMethod::Md5), 31),
-            (
-                base_params(&now, SignMethod::Md5)
-                    .into_iter()
-                    .filter(|(k, _)| *k != "v")
-                    .collect(),
-                32,
-            ),
-            (
-                base_params(&now, SignMethod::Md5)
-                    .into_iter()
-                    .map(|(k, v)| if k == "v" { (k, "3.0".into()) } else { (k, v) })
-                    .collect(),
-                33,
-            ),
-            (
-                base_params(&now, SignMethod::Md5)
-                    .into_iter()
-                    .map(|(k, v)| {
-                        if k == "format" {
-                            (k, "yaml".into())
-                        } else {
-                            (k, v)
-                        }
-                    })
-                    .collect(),
-                23,
-            ),
-            (
-                base_params(&now, SignMethod::Md5)
-                    .into_iter()
-                    .map(|(k, v)| {
-                        if k == "method" {
-                            (k, "taobao.other.api".into())
-                        } else {
-                            (k, v)
-                        }
-                    })
-                    .collect(),
-                22,
-            ),
-            (
-                base_params(&now, SignMethod::Md5)
-                    .into_iter()
-                    .filter(|(k, _)| *k != DTO_PARAM)
-                    .collect(),
-                40,
-            ),
+            (without("v"), 32),
+            (with("v", "3.0"), 33),
+            (with("format", "yaml"), 23),
+            (with("method", "taobao.other.api"), 22),
+            (without(DTO_PARAM), 40),
         ];
         for (params, expected) in cases {
             let refs: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
