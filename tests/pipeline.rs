@@ -2,38 +2,34 @@
 //! Kafka protocol, consumer groups and commits) and the emulator on port 0.
 //! One behaviour per test.
 
+mod support;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use paysync::config::Settings;
-use paysync::emulator::journal::Journal;
-use paysync::emulator::{Emulator, Faults, Gateway, GatewaySettings, RateLimit};
+use paysync::emulator::{Emulator, Faults, RateLimit};
 use paysync::pipeline::dead_letter::header;
 use paysync::pipeline::gate::BreakerState;
 use paysync::pipeline::{Pipeline, Stats, Summary};
 use paysync::top::classify::HaltCause;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use secrecy::SecretString;
+use support::{
+    APP_KEY, DeadLetter, Kafka, PATIENCE, Process, RunConfig, SECRET, event, valid_events,
+    wait_accepted,
+};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-const APP_KEY: &str = "12345678";
-const SECRET: &str = "helloworld";
 const SOURCE: &str = "payments";
 const DLQ: &str = "payments.dlq";
-const PATIENCE: Duration = Duration::from_secs(60);
-
-/// A record read back from the dead-letter topic: its value and headers.
-type DeadLetter = (Option<Vec<u8>>, HashMap<String, String>);
 
 /// A mock cluster with the source and dead-letter topics, and an emulator.
 struct Harness {
     cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    kafka: Kafka,
     emulator: Emulator,
     group: String,
     partitions: i32,
@@ -44,22 +40,14 @@ impl Harness {
         let cluster = MockCluster::new(1).unwrap();
         cluster.create_topic(SOURCE, partitions, 1).unwrap();
         cluster.create_topic(DLQ, 1, 1).unwrap();
-        let gateway = Gateway::new(
-            GatewaySettings {
-                apps: HashMap::from([(APP_KEY.to_owned(), SecretString::from(SECRET))]),
-                seed: Some(3),
-                ..GatewaySettings::default()
-            },
-            faults,
-            Journal::new(None).unwrap(),
-        );
-        let emulator = Emulator::start("127.0.0.1:0".parse().unwrap(), gateway)
-            .await
-            .unwrap();
+        let kafka = Kafka {
+            bootstrap: cluster.bootstrap_servers(),
+        };
         let group = format!("paysync-test-{}", rand::random::<u32>());
         Harness {
             cluster,
-            emulator,
+            kafka,
+            emulator: support::emulator(faults).await,
             group,
             partitions,
         }
@@ -88,109 +76,33 @@ impl Harness {
         settings
     }
 
-    fn client_config(&self) -> ClientConfig {
-        let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", self.cluster.bootstrap_servers());
-        config
+    /// A `paysync run` configuration for this harness.
+    fn run_config<'a>(&'a self, url: &'a str, delivery: &'a str, top: &'a str) -> RunConfig<'a> {
+        RunConfig {
+            bootstrap: &self.kafka.bootstrap,
+            group: &self.group,
+            topic: SOURCE,
+            dlq: DLQ,
+            gateway_url: url,
+            delivery,
+            top,
+        }
     }
 
-    /// Produces values keyed by order id (so one order stays in one partition).
     async fn produce(&self, records: &[(String, Vec<u8>)]) {
-        let producer: FutureProducer = self.client_config().create().unwrap();
-        let sends = records.iter().map(|(key, value)| {
-            let headers = OwnedHeaders::new().insert(Header {
-                key: "source-system",
-                value: Some("parking-platform"),
-            });
-            producer.send(
-                FutureRecord::to(SOURCE)
-                    .key(key.as_bytes())
-                    .payload(value.as_slice())
-                    .headers(headers),
-                Duration::from_secs(10),
-            )
-        });
-        for result in futures::future::join_all(sends).await {
-            result.unwrap();
-        }
+        self.kafka.produce(SOURCE, records).await;
     }
 
     fn committed(&self) -> BTreeMap<i32, i64> {
-        let mut config = self.client_config();
-        config.set("group.id", &self.group);
-        let consumer: BaseConsumer = config.create().unwrap();
-        let mut tpl = TopicPartitionList::new();
-        for partition in 0..self.partitions {
-            tpl.add_partition(SOURCE, partition);
-        }
-        let committed = consumer
-            .committed_offsets(tpl, Duration::from_secs(10))
-            .unwrap();
-        committed
-            .elements()
-            .iter()
-            .map(|e| {
-                (
-                    e.partition(),
-                    match e.offset() {
-                        Offset::Offset(o) => o,
-                        _ => 0,
-                    },
-                )
-            })
-            .collect()
+        self.kafka.committed(&self.group, SOURCE, self.partitions)
     }
 
     fn end_offsets(&self) -> BTreeMap<i32, i64> {
-        let consumer: BaseConsumer = self.client_config().create().unwrap();
-        (0..self.partitions)
-            .map(|p| {
-                (
-                    p,
-                    consumer
-                        .fetch_watermarks(SOURCE, p, Duration::from_secs(10))
-                        .unwrap()
-                        .1,
-                )
-            })
-            .collect()
+        self.kafka.end_offsets(SOURCE, self.partitions)
     }
 
-    /// Every record in the dead-letter topic: (value, headers).
     fn dead_letters(&self) -> Vec<DeadLetter> {
-        let mut config = self.client_config();
-        config
-            .set("group.id", format!("dlq-reader-{}", rand::random::<u32>()))
-            .set("enable.auto.commit", "false");
-        let consumer: BaseConsumer = config.create().unwrap();
-        let (_, high) = consumer
-            .fetch_watermarks(DLQ, 0, Duration::from_secs(10))
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(DLQ, 0, Offset::Beginning).unwrap();
-        consumer.assign(&tpl).unwrap();
-        let mut records = Vec::new();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while (records.len() as i64) < high && std::time::Instant::now() < deadline {
-            if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
-                let headers = message
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| {
-                                (
-                                    h.key.to_owned(),
-                                    String::from_utf8_lossy(h.value.unwrap_or_default())
-                                        .into_owned(),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                records.push((message.payload().map(<[u8]>::to_vec), headers));
-            }
-        }
-        records
+        self.kafka.dead_letters(DLQ)
     }
 
     fn accepted_order_ids(&self) -> Vec<String> {
@@ -254,32 +166,11 @@ impl Running {
     }
 }
 
-fn event(order_id: &str, order_type: u8) -> Vec<u8> {
-    format!(
-        r#"{{"car_no":"浙A888888","order_id":"{order_id}","park_id":"p1","pay_time":"2020-10-10 20:00:00","order_type":{order_type},"pay_fee":1000}}"#
-    )
-    .into_bytes()
-}
-
-fn valid_events(prefix: &str, n: usize) -> Vec<(String, Vec<u8>)> {
-    (0..n)
-        .map(|i| (format!("{prefix}-{i}"), event(&format!("{prefix}-{i}"), 1)))
-        .collect()
-}
-
 async fn wait_committed(harness: &Harness, expected: &BTreeMap<i32, i64>) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let committed = harness.committed();
-        if &committed == expected {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "committed {committed:?} never reached {expected:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    harness
+        .kafka
+        .wait_committed(&harness.group, SOURCE, expected)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -690,81 +581,6 @@ async fn shutdown_drains_and_commits_so_a_restart_sends_nothing_again() {
     assert_eq!(harness.emulator.gateway().order_counts(), (150, 150, 0));
 }
 
-/// `paysync run` as a child process, configured for the harness.
-struct Process {
-    child: std::process::Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Process {
-    fn start(harness: &Harness, delivery_toml: &str) -> Process {
-        Self::start_with(harness, delivery_toml, "")
-    }
-
-    /// With extra lines for the `[delivery]` and `[top]` tables.
-    fn start_with(harness: &Harness, delivery_toml: &str, top_toml: &str) -> Process {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("paysync.toml");
-        let text = format!(
-            "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{}\"\ntopics = [\"{SOURCE}\"]\ndlq_topic = \"{DLQ}\"\nsession_timeout_ms = 6000\nrevoke_drain_timeout_ms = 3000\ncommit_interval_ms = 100\n\n[top]\ngateway_url = \"{}\"\napp_key = \"{APP_KEY}\"\n{top_toml}\n\n[delivery]\n{delivery_toml}\n",
-            harness.cluster.bootstrap_servers(),
-            harness.group,
-            harness.emulator.url()
-        );
-        std::fs::write(&config, text).unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_paysync"))
-            .args(["run", "--config", config.to_str().unwrap()])
-            .env("PAYSYNC_TOP__APP_SECRET", SECRET)
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        Process { child, _dir: dir }
-    }
-
-    fn signal(&self, name: &str) {
-        let status = std::process::Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    async fn wait_exit(mut self, patience: Duration) -> Option<i32> {
-        let deadline = tokio::time::Instant::now() + patience;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the process did not exit"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn wait_accepted(harness: &Harness, at_least: usize) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while harness.emulator.gateway().order_counts().1 < at_least {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {:?} accepted",
-            harness.emulator.gateway().order_counts()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_crash_redelivers_everything_uncommitted_and_loses_nothing() {
     let harness = Harness::new(
@@ -776,11 +592,11 @@ async fn a_crash_redelivers_everything_uncommitted_and_loses_nothing() {
     )
     .await;
     harness.produce(&valid_events("crash", 500)).await;
-    let settings = "max_in_flight = 8";
-    let mut process = Process::start(&harness, settings);
-    wait_accepted(&harness, 150).await;
-    process.child.kill().unwrap(); // SIGKILL: no drain, no final commit.
-    process.child.wait().unwrap();
+    let url = harness.emulator.url();
+    let config = harness.run_config(&url, "max_in_flight = 8", "");
+    let process = Process::start(&config);
+    wait_accepted(&harness.emulator, 150).await;
+    process.kill(); // SIGKILL: no drain, no final commit.
     let accepted_before = harness.emulator.gateway().order_counts().0;
     let committed_at_crash: i64 = harness.committed().values().sum();
     assert!(committed_at_crash < 500, "the crash came before the end");
@@ -789,8 +605,8 @@ async fn a_crash_redelivers_everything_uncommitted_and_loses_nothing() {
         "nothing is committed before it is accepted"
     );
 
-    let restarted = Process::start(&harness, settings);
-    wait_accepted(&harness, 500).await;
+    let restarted = Process::start(&config);
+    wait_accepted(&harness.emulator, 500).await;
     wait_committed(&harness, &harness.end_offsets()).await;
     restarted.signal("TERM");
     assert_eq!(restarted.wait_exit(Duration::from_secs(20)).await, Some(0));
@@ -818,11 +634,12 @@ async fn a_second_signal_exits_at_once_without_committing_unfinished_work() {
     )
     .await;
     harness.produce(&valid_events("signal", 5)).await;
-    let mut process = Process::start_with(
-        &harness,
+    let url = harness.emulator.url();
+    let mut process = Process::start(&harness.run_config(
+        &url,
         "shutdown_drain_timeout_ms = 60000",
         "request_timeout_ms = 60000",
-    );
+    ));
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while harness.emulator.gateway().stats().received == 0 {
         assert!(tokio::time::Instant::now() < deadline, "no call was made");

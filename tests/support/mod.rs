@@ -1,0 +1,288 @@
+//! Helpers shared by the pipeline suites (mock cluster and real broker): a
+//! Kafka handle for producing and reading back, the emulator, event values,
+//! and `paysync run` as a child process.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use paysync::emulator::journal::Journal;
+use paysync::emulator::{Emulator, Faults, Gateway, GatewaySettings};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use secrecy::SecretString;
+
+pub const APP_KEY: &str = "12345678";
+pub const SECRET: &str = "helloworld";
+/// How long any wait in these suites may take before the test fails.
+pub const PATIENCE: Duration = Duration::from_secs(120);
+
+/// A record read back from a dead-letter topic: its value and headers.
+pub type DeadLetter = (Option<Vec<u8>>, HashMap<String, String>);
+
+/// An emulator on a free loopback port that knows the test app.
+pub async fn emulator(faults: Faults) -> Emulator {
+    let gateway = Gateway::new(
+        GatewaySettings {
+            apps: HashMap::from([(APP_KEY.to_owned(), SecretString::from(SECRET))]),
+            seed: Some(3),
+            ..GatewaySettings::default()
+        },
+        faults,
+        Journal::new(None).unwrap(),
+    );
+    Emulator::start("127.0.0.1:0".parse().unwrap(), gateway)
+        .await
+        .unwrap()
+}
+
+/// A valid event value.
+pub fn event(order_id: &str, order_type: u8) -> Vec<u8> {
+    format!(
+        r#"{{"car_no":"浙A888888","order_id":"{order_id}","park_id":"p1","pay_time":"2020-10-10 20:00:00","order_type":{order_type},"pay_fee":1000}}"#
+    )
+    .into_bytes()
+}
+
+/// `n` valid payments keyed by their order ids `{prefix}-{i}`.
+pub fn valid_events(prefix: &str, n: usize) -> Vec<(String, Vec<u8>)> {
+    (0..n)
+        .map(|i| (format!("{prefix}-{i}"), event(&format!("{prefix}-{i}"), 1)))
+        .collect()
+}
+
+/// A Kafka cluster reached through its bootstrap servers.
+#[derive(Clone)]
+pub struct Kafka {
+    pub bootstrap: String,
+}
+
+impl Kafka {
+    pub fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.bootstrap);
+        config
+    }
+
+    /// Produces values keyed by order id (one order stays in one partition),
+    /// each with a `source-system` header.
+    pub async fn produce(&self, topic: &str, records: &[(String, Vec<u8>)]) {
+        let producer: FutureProducer = self.client_config().set("linger.ms", "5").create().unwrap();
+        for chunk in records.chunks(5_000) {
+            let sends = chunk.iter().map(|(key, value)| {
+                let headers = OwnedHeaders::new().insert(Header {
+                    key: "source-system",
+                    value: Some("parking-platform"),
+                });
+                producer.send(
+                    FutureRecord::to(topic)
+                        .key(key.as_bytes())
+                        .payload(value.as_slice())
+                        .headers(headers),
+                    Duration::from_secs(30),
+                )
+            });
+            for result in futures::future::join_all(sends).await {
+                result.unwrap();
+            }
+        }
+    }
+
+    pub fn committed(&self, group: &str, topic: &str, partitions: i32) -> BTreeMap<i32, i64> {
+        let mut config = self.client_config();
+        config.set("group.id", group);
+        let consumer: BaseConsumer = config.create().unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for partition in 0..partitions {
+            tpl.add_partition(topic, partition);
+        }
+        let committed = consumer
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .unwrap();
+        committed
+            .elements()
+            .iter()
+            .map(|e| {
+                (
+                    e.partition(),
+                    if let Offset::Offset(o) = e.offset() {
+                        o
+                    } else {
+                        0
+                    },
+                )
+            })
+            .collect()
+    }
+
+    pub fn end_offsets(&self, topic: &str, partitions: i32) -> BTreeMap<i32, i64> {
+        let consumer: BaseConsumer = self.client_config().create().unwrap();
+        (0..partitions)
+            .map(|p| {
+                (
+                    p,
+                    consumer
+                        .fetch_watermarks(topic, p, Duration::from_secs(10))
+                        .unwrap()
+                        .1,
+                )
+            })
+            .collect()
+    }
+
+    /// Every record in a one-partition dead-letter topic.
+    pub fn dead_letters(&self, dlq: &str) -> Vec<DeadLetter> {
+        let mut config = self.client_config();
+        config
+            .set("group.id", format!("dlq-reader-{}", rand::random::<u32>()))
+            .set("enable.auto.commit", "false");
+        let consumer: BaseConsumer = config.create().unwrap();
+        let (_, high) = consumer
+            .fetch_watermarks(dlq, 0, Duration::from_secs(10))
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(dlq, 0, Offset::Beginning).unwrap();
+        consumer.assign(&tpl).unwrap();
+        let mut records = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while (records.len() as i64) < high && std::time::Instant::now() < deadline {
+            if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+                let headers = message
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_owned(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                records.push((message.payload().map(<[u8]>::to_vec), headers));
+            }
+        }
+        records
+    }
+
+    /// Waits until the group's committed offsets equal `expected`.
+    pub async fn wait_committed(&self, group: &str, topic: &str, expected: &BTreeMap<i32, i64>) {
+        let partitions = expected.len() as i32;
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let committed = self.committed(group, topic, partitions);
+            if &committed == expected {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "committed {committed:?} never reached {expected:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// The `[kafka]` and `[top]` tables of a `paysync run` configuration.
+pub struct RunConfig<'a> {
+    pub bootstrap: &'a str,
+    pub group: &'a str,
+    pub topic: &'a str,
+    pub dlq: &'a str,
+    pub gateway_url: &'a str,
+    /// Extra lines for `[delivery]`.
+    pub delivery: &'a str,
+    /// Extra lines for `[top]`.
+    pub top: &'a str,
+}
+
+impl RunConfig<'_> {
+    pub fn toml(&self) -> String {
+        format!(
+            "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{}\"\ntopics = [\"{}\"]\ndlq_topic = \"{}\"\nsession_timeout_ms = 6000\nrevoke_drain_timeout_ms = 3000\ncommit_interval_ms = 100\n\n[top]\ngateway_url = \"{}\"\napp_key = \"{APP_KEY}\"\n{}\n\n[delivery]\nbackoff_initial_ms = 20\nbackoff_max_ms = 500\nbreaker_probe_interval_ms = 500\n{}\n",
+            self.bootstrap,
+            self.group,
+            self.topic,
+            self.dlq,
+            self.gateway_url,
+            self.top,
+            self.delivery
+        )
+    }
+}
+
+/// `paysync run` as a child process; killed on drop.
+pub struct Process {
+    pub child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Process {
+    pub fn start(config: &RunConfig<'_>) -> Process {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("paysync.toml");
+        std::fs::write(&path, config.toml()).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_paysync"))
+            .args(["run", "--config", path.to_str().unwrap()])
+            .env("PAYSYNC_TOP__APP_SECRET", SECRET)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        Process { child, _dir: dir }
+    }
+
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// SIGKILL: no drain, no final commit.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub async fn wait_exit(mut self, patience: Duration) -> Option<i32> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the process did not exit"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until the emulator accepted at least `at_least` distinct orders.
+pub async fn wait_accepted(emulator: &Emulator, at_least: usize) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while emulator.gateway().order_counts().1 < at_least {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {:?} accepted",
+            emulator.gateway().order_counts()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
