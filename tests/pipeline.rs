@@ -86,6 +86,7 @@ impl Harness {
             gateway_url: url,
             delivery,
             top,
+            commit_interval_ms: 100,
         }
     }
 

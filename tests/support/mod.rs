@@ -199,16 +199,18 @@ pub struct RunConfig<'a> {
     pub delivery: &'a str,
     /// Extra lines for `[top]`.
     pub top: &'a str,
+    pub commit_interval_ms: u64,
 }
 
 impl RunConfig<'_> {
     pub fn toml(&self) -> String {
         format!(
-            "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{}\"\ntopics = [\"{}\"]\ndlq_topic = \"{}\"\nsession_timeout_ms = 6000\nrevoke_drain_timeout_ms = 3000\ncommit_interval_ms = 100\n\n[top]\ngateway_url = \"{}\"\napp_key = \"{APP_KEY}\"\n{}\n\n[delivery]\nbackoff_initial_ms = 20\nbackoff_max_ms = 500\nbreaker_probe_interval_ms = 500\n{}\n",
+            "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{}\"\ntopics = [\"{}\"]\ndlq_topic = \"{}\"\nsession_timeout_ms = 6000\nrevoke_drain_timeout_ms = 3000\ncommit_interval_ms = {}\n\n[top]\ngateway_url = \"{}\"\napp_key = \"{APP_KEY}\"\n{}\n\n[delivery]\nrate_limit_per_sec = 20000\nbackoff_initial_ms = 20\nbackoff_max_ms = 500\nbreaker_probe_interval_ms = 500\n{}\n",
             self.bootstrap,
             self.group,
             self.topic,
             self.dlq,
+            self.commit_interval_ms,
             self.gateway_url,
             self.top,
             self.delivery
