@@ -138,7 +138,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
     emulator.gateway().reset_stats();
     let accepted_before = emulator.gateway().order_counts().0;
     let pipeline = tokio::task::spawn_blocking(move || Pipeline::build(settings)).await??;
-    let stats = pipeline.stats();
+    let metrics = pipeline.metrics();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(pipeline.run(async move {
         let _ = stopped.await;
@@ -146,7 +146,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
     let mut first = None;
     let deadline = Instant::now() + Duration::from_secs(600);
     let last = loop {
-        let delivered = stats.delivered.load(Ordering::Relaxed) as usize;
+        let delivered = metrics.events_delivered.get() as usize;
         if delivered > 0 && first.is_none() {
             first = Some(Instant::now());
         }
@@ -203,8 +203,8 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         sustained_per_sec,
         baseline_per_sec,
         ratio: events_per_sec / baseline_per_sec,
-        p50_ms: stats.latency_ms(0.50),
-        p99_ms: stats.latency_ms(0.99),
+        p50_ms: metrics.latency_ms(0.50),
+        p99_ms: metrics.latency_ms(0.99),
         max_in_one_second,
         peak_rss_mb: peak_rss_mb(),
     })

@@ -312,6 +312,12 @@ async fn run_pipeline(path: &Path) -> ExitCode {
         eprintln!("paysync: second signal, exiting now");
         std::process::exit(130);
     });
+    let admin_listen: SocketAddr = settings
+        .admin
+        .listen
+        .parse()
+        .expect("validated in Settings::validate");
+    let liveness_timeout = Duration::from_millis(settings.admin.liveness_timeout_ms);
     let built =
         tokio::task::spawn_blocking(move || crate::pipeline::Pipeline::build(settings)).await;
     let pipeline = match built {
@@ -326,13 +332,27 @@ async fn run_pipeline(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    tracing::info!("Pipeline started.");
-    match pipeline
+    let admin_state = crate::admin::AdminState {
+        metrics: pipeline.metrics(),
+        health: pipeline.health(),
+        gate: pipeline.gate_handle(),
+        liveness_timeout,
+    };
+    let admin = match crate::admin::AdminServer::start(admin_listen, admin_state).await {
+        Ok(admin) => admin,
+        Err(error) => {
+            eprintln!("paysync: cannot listen on admin.listen {admin_listen}: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(admin = %admin.addr(), "Pipeline started; /metrics, /health/live and /health/ready are served.");
+    let result = pipeline
         .run(async {
             let _ = stopped.await;
         })
-        .await
-    {
+        .await;
+    admin.stop().await;
+    match result {
         Ok(_) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("paysync: {error:#}");

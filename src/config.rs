@@ -46,6 +46,8 @@ pub struct Settings {
     #[serde(default)]
     pub event: EventSettings,
     #[serde(default)]
+    pub admin: AdminSettings,
+    #[serde(default)]
     pub classification: ClassificationSettings,
     #[serde(default)]
     pub log: LogSettings,
@@ -71,6 +73,9 @@ pub struct KafkaSettings {
     /// On revoke, how long in-flight calls of the revoked partitions may
     /// finish before their offsets are committed; must stay below the session timeout.
     pub revoke_drain_timeout_ms: u64,
+    /// How often librdkafka reports statistics (committed offsets and lag
+    /// per partition, exported as metrics).
+    pub statistics_interval_ms: u64,
     /// Extra librdkafka properties for every client (e.g. `security.protocol`,
     /// `sasl.mechanism`, `ssl.ca.location`); they override paysync's own.
     pub librdkafka: BTreeMap<String, String>,
@@ -94,6 +99,7 @@ impl Default for KafkaSettings {
             // Half the session timeout, as Vector does: a slow drain must not
             // push the consumer out of its group.
             revoke_drain_timeout_ms: 22_500,
+            statistics_interval_ms: 5_000,
             librdkafka: BTreeMap::new(),
             consumer: BTreeMap::new(),
             producer: BTreeMap::new(),
@@ -206,6 +212,27 @@ impl Default for TopSettings {
             // Kafka offset back, and a retry is cheap.
             connect_timeout_ms: 5_000,
             request_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// `[admin]`: the metrics and health server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    /// Address of `/metrics`, `/health/live`, `/health/ready`; keep it private.
+    pub listen: String,
+    /// `/health/live` fails when the main loop has not turned for this long.
+    /// It must exceed `kafka.revoke_drain_timeout_ms`, during which the loop
+    /// waits inside librdkafka's rebalance callback.
+    pub liveness_timeout_ms: u64,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        AdminSettings {
+            listen: "127.0.0.1:9464".to_owned(),
+            liveness_timeout_ms: 60_000,
         }
     }
 }
@@ -487,6 +514,24 @@ impl Settings {
                 "must not exceed delivery.backoff_max_ms".into(),
             );
         }
+        if self.admin.listen.parse::<std::net::SocketAddr>().is_err() {
+            problem(
+                "admin.listen",
+                format!(
+                    "is not an address like 127.0.0.1:9464: {:?}",
+                    self.admin.listen
+                ),
+            );
+        }
+        if self.admin.liveness_timeout_ms <= self.kafka.revoke_drain_timeout_ms {
+            problem(
+                "admin.liveness_timeout_ms",
+                format!(
+                    "({}) must exceed kafka.revoke_drain_timeout_ms ({}), or a rebalance would look like a stuck process",
+                    self.admin.liveness_timeout_ms, self.kafka.revoke_drain_timeout_ms
+                ),
+            );
+        }
         if self.event.max_bytes == 0 {
             problem("event.max_bytes", "must be greater than 0".into());
         }
@@ -560,7 +605,11 @@ fn read_secret_file(path: &Path) -> Result<SecretString, String> {
 
 /// librdkafka properties paysync owns: setting them through the pass-through
 /// tables would break a guarantee or bypass a validated setting.
-const RESERVED_LIBRDKAFKA: [(&str, &str); 8] = [
+const RESERVED_LIBRDKAFKA: [(&str, &str); 9] = [
+    (
+        "statistics.interval.ms",
+        "set kafka.statistics_interval_ms instead",
+    ),
     ("bootstrap.servers", "set kafka.bootstrap_servers instead"),
     ("group.id", "set kafka.group_id instead"),
     (

@@ -9,17 +9,23 @@
 //!   classification table, and the HTTP client.
 //! * [`config`]: settings from TOML and `PAYSYNC_…` variables, defaults, validation.
 //! * [`emulator`]: a local TOP gateway with fault injection, for tests and demos.
+//! * [`pipeline`]: the consumer group → calls → commits/dead letters loop.
+//! * [`metrics`]: every exported metric, in one place.
+//! * [`admin`]: `/metrics`, `/health/live`, `/health/ready`.
+//! * [`bench`]: the in-process benchmark.
 //! * [`telemetry`]: logging set-up.
 //! * [`cli`]: the `paysync` command line.
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod admin;
 pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod emulator;
 pub mod event;
+pub mod metrics;
 pub mod pipeline;
 pub mod shutdown;
 pub mod telemetry;

@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use paysync::config::Settings;
 use paysync::emulator::{Emulator, Faults, RateLimit};
+use paysync::metrics::Metrics;
 use paysync::pipeline::dead_letter::header;
-use paysync::pipeline::gate::BreakerState;
-use paysync::pipeline::{Pipeline, Stats, Summary};
+use paysync::pipeline::gate::{BreakerState, Gate};
+use paysync::pipeline::{Health, Pipeline, Summary};
 use paysync::top::classify::HaltCause;
 use rdkafka::mocking::MockCluster;
 use secrecy::SecretString;
@@ -118,10 +119,20 @@ impl Harness {
 
 /// A running pipeline and the means to stop it.
 struct Running {
-    stats: Arc<Stats>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    gate: Arc<Gate>,
     stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<anyhow::Result<Summary>>,
-    status: Arc<dyn Fn() -> paysync::pipeline::gate::GateStatus + Send + Sync>,
+    task: Option<JoinHandle<anyhow::Result<Summary>>>,
+}
+
+/// A failing test drops a running pipeline: stop it so the mock cluster can shut down.
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
 }
 
 impl Running {
@@ -130,27 +141,29 @@ impl Running {
             .await
             .unwrap()
             .unwrap();
-        let stats = pipeline.stats();
+        let metrics = pipeline.metrics();
+        let health = pipeline.health();
         let gate = pipeline.gate_handle();
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(pipeline.run(async move {
             let _ = stopped.await;
         }));
         Running {
-            stats,
+            metrics,
+            health,
+            gate,
             stop: Some(stop),
-            task,
-            status: Arc::new(move || gate.status()),
+            task: Some(task),
         }
     }
 
     async fn stop(mut self) -> Summary {
         let _ = self.stop.take().unwrap().send(());
-        self.task.await.unwrap().unwrap()
+        self.task.take().unwrap().await.unwrap().unwrap()
     }
 
     fn summary(&self) -> Summary {
-        self.stats.snapshot()
+        Summary::of(&self.metrics)
     }
 
     /// Waits until `done` holds for the stats, or fails after PATIENCE.
@@ -333,7 +346,7 @@ async fn a_total_gateway_outage_dead_letters_nothing_and_delivery_resumes() {
         .wait_for("the breaker to see failures", |s| s.failed_calls >= 5)
         .await;
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    while (running.status)().breaker == BreakerState::Closed {
+    while running.gate.status().breaker == BreakerState::Closed {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the breaker never opened"
@@ -357,7 +370,7 @@ async fn a_total_gateway_outage_dead_letters_nothing_and_delivery_resumes() {
     harness.emulator.gateway().set_faults(Faults::default());
     running.wait_for("recovery", |s| s.delivered == 100).await;
     wait_committed(&harness, &harness.end_offsets()).await;
-    assert_eq!((running.status)().breaker, BreakerState::Closed);
+    assert_eq!(running.gate.status().breaker, BreakerState::Closed);
     assert_eq!(running.stop().await.dead_lettered(), 0);
 }
 
@@ -369,11 +382,11 @@ async fn a_wrong_secret_halts_with_zero_dead_letters() {
     settings.top.app_secret = Some(SecretString::from("not-the-secret"));
     let running = Running::start(settings).await;
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    while (running.status)().halted.is_none() {
+    while running.gate.status().halted.is_none() {
         assert!(tokio::time::Instant::now() < deadline, "never halted");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!((running.status)().halted, Some(HaltCause::Signature));
+    assert_eq!(running.gate.status().halted, Some(HaltCause::Signature));
     // Calls already under way finish; after that only one probe per interval (500 ms).
     tokio::time::sleep(Duration::from_millis(300)).await;
     let calls_when_halted = running.summary().calls;
@@ -681,4 +694,269 @@ async fn a_missing_dead_letter_topic_is_a_clear_start_up_error() {
         error.contains("\"no-such-topic\" does not exist"),
         "{error}"
     );
+}
+
+/// The admin server over a running pipeline, on a free port.
+async fn admin_for(running: &Running) -> (paysync::admin::AdminServer, String) {
+    let state = paysync::admin::AdminState {
+        metrics: running.metrics.clone(),
+        health: running.health.clone(),
+        gate: running.gate.clone(),
+        liveness_timeout: Duration::from_secs(30),
+    };
+    let server = paysync::admin::AdminServer::start("127.0.0.1:0".parse().unwrap(), state)
+        .await
+        .unwrap();
+    let base = format!("http://{}", server.addr());
+    (server, base)
+}
+
+/// The value of one series in a Prometheus text exposition.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_after_a_run_show_every_documented_series_with_sane_values() {
+    let faults = Faults {
+        isp_error_rate: 0.2,
+        reject_order_ids: vec!["metrics-7".into()],
+        ..Faults::default()
+    };
+    let harness = Harness::new(3, faults).await;
+    let mut records = valid_events("metrics", 100);
+    records.push(("broken".into(), b"not json".to_vec()));
+    harness.produce(&records).await;
+    let mut settings = harness.settings();
+    settings.kafka.statistics_interval_ms = 200;
+    settings.delivery.max_attempts = 50;
+    settings.delivery.breaker_failure_threshold = 1_000;
+    let running = Running::start(settings).await;
+    running
+        .wait_for("all outcomes", |s| {
+            s.delivered == 99 && s.dead_lettered() == 2
+        })
+        .await;
+    wait_committed(&harness, &harness.end_offsets()).await;
+    let (admin, base) = admin_for(&running).await;
+    // Statistics arrive every 200 ms; wait for the committed offsets to show.
+    let ends = harness.end_offsets();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let text = loop {
+        let text = reqwest::get(format!("{base}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let all_committed = ends.iter().all(|(p, end)| {
+            sample(
+                &text,
+                &format!(
+                    r#"paysync_partition_committed_offset{{partition="{p}",topic="payments"}}"#
+                ),
+            ) == Some(*end as f64)
+        });
+        if all_committed {
+            break text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "committed offsets never showed:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let value =
+        |series: &str| sample(&text, series).unwrap_or_else(|| panic!("{series} missing:\n{text}"));
+    assert_eq!(value("paysync_events_consumed_total"), 101.0);
+    assert_eq!(value("paysync_events_delivered_total"), 99.0);
+    assert_eq!(
+        value(
+            r#"paysync_events_dead_lettered_total{class="invalid_event",reason="invalid_event"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(r#"paysync_events_dead_lettered_total{class="rejected",reason="business_rejected"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"paysync_call_outcomes_total{disposition="delivered",reason="accepted"}"#),
+        99.0
+    );
+    assert!(
+        value(r#"paysync_call_outcomes_total{disposition="retry",reason="server_error"}"#) >= 1.0
+    );
+    assert!(value(r#"paysync_top_errors_total{code="15",sub_code_class="isp"}"#) >= 1.0);
+    assert!(value("paysync_call_duration_seconds_count") >= 100.0);
+    assert_eq!(value("paysync_delivery_latency_seconds_count"), 99.0);
+    assert!(value("paysync_rate_limiter_wait_seconds_count") >= 100.0);
+    assert!(value("paysync_rate_limiter_tokens") >= 0.0);
+    assert_eq!(value("paysync_calls_in_flight"), 0.0);
+    assert_eq!(value("paysync_window_messages"), 0.0);
+    assert_eq!(value("paysync_oldest_in_flight_age_seconds"), 0.0);
+    assert_eq!(value(r#"paysync_breaker_state{state="closed"}"#), 1.0);
+    assert_eq!(value(r#"paysync_halted{cause="signature"}"#), 0.0);
+    assert_eq!(value("paysync_ban_remaining_seconds"), 0.0);
+    assert_eq!(value("paysync_assigned_partitions"), 3.0);
+    for (partition, end) in &ends {
+        let labels = format!(r#"{{partition="{partition}",topic="payments"}}"#);
+        assert_eq!(
+            value(&format!("paysync_partition_completed_offset{labels}")),
+            *end as f64
+        );
+        assert_eq!(
+            value(&format!("paysync_partition_lag_messages{labels}")),
+            0.0
+        );
+    }
+    assert!(value(r#"paysync_rebalances_total{kind="assign"}"#) >= 1.0);
+    assert_eq!(value("paysync_dlq_produce_failures_total"), 0.0);
+    assert!(value("paysync_seconds_since_last_commit") < 10.0);
+    assert_eq!(
+        value(&format!(
+            r#"paysync_build_info{{version="{}"}}"#,
+            env!("CARGO_PKG_VERSION")
+        )),
+        1.0
+    );
+    assert!(
+        !text.contains("metrics-1"),
+        "no order id may become a label"
+    );
+    admin.stop().await;
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readiness_is_degraded_while_the_breaker_is_open_and_liveness_holds() {
+    let harness = Harness::new(
+        1,
+        Faults {
+            http_503_rate: 1.0,
+            ..Faults::default()
+        },
+    )
+    .await;
+    harness.produce(&valid_events("ready", 20)).await;
+    let mut settings = harness.settings();
+    settings.delivery.breaker_failure_threshold = 3;
+    let running = Running::start(settings).await;
+    let (admin, base) = admin_for(&running).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let body: paysync::admin::Readiness = loop {
+        let response = reqwest::get(format!("{base}/health/ready")).await.unwrap();
+        let code = response.status();
+        let body: paysync::admin::Readiness =
+            serde_json::from_str(&response.text().await.unwrap()).unwrap();
+        if body.status == "degraded" {
+            assert_eq!(
+                code, 200,
+                "degraded is still ready: no restarts during an outage"
+            );
+            break body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never degraded: {body:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(body.joined);
+    assert_eq!(body.assigned_partitions, 1);
+    assert!(
+        body.reasons.iter().any(|r| r.contains("circuit breaker")),
+        "{body:?}"
+    );
+    assert_eq!(
+        reqwest::get(format!("{base}/health/live"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        sample(&metrics, r#"paysync_breaker_state{state="closed"}"#),
+        Some(0.0),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("breaker") || l.contains("halted"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    harness.emulator.gateway().set_faults(Faults::default());
+    running.wait_for("recovery", |s| s.delivered == 20).await;
+    let ready: paysync::admin::Readiness = serde_json::from_str(
+        &reqwest::get(format!("{base}/health/ready"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(ready.status, "ready");
+    admin.stop().await;
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readiness_reports_a_halt_as_not_ready_with_its_cause() {
+    let harness = Harness::new(1, Faults::default()).await;
+    harness.produce(&valid_events("halted", 5)).await;
+    let mut settings = harness.settings();
+    settings.top.app_secret = Some(SecretString::from("wrong"));
+    let running = Running::start(settings).await;
+    let (admin, base) = admin_for(&running).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let response = reqwest::get(format!("{base}/health/ready")).await.unwrap();
+        let code = response.status();
+        let body: paysync::admin::Readiness =
+            serde_json::from_str(&response.text().await.unwrap()).unwrap();
+        if body.status == "halted" {
+            assert_eq!(code, 503);
+            assert_eq!(body.halted.as_deref(), Some("signature"));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never halted: {body:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        reqwest::get(format!("{base}/health/live"))
+            .await
+            .unwrap()
+            .status(),
+        200,
+        "a halt is not a stuck process"
+    );
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        sample(&metrics, r#"paysync_halted{cause="signature"}"#),
+        Some(1.0)
+    );
+    assert!(
+        !metrics.contains("wrong"),
+        "the secret never reaches the metrics"
+    );
+    admin.stop().await;
+    running.stop().await;
 }

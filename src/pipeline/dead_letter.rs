@@ -8,6 +8,7 @@
 //! partition waits rather than losing the message. Nothing secret goes in: no
 //! app secret, no signature, no session — only the API's own answer.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -17,6 +18,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 
 use crate::event::InvalidEvent;
+use crate::metrics::Metrics;
 use crate::top::classify::Outcome;
 use crate::top::response::TopResponse;
 
@@ -214,6 +216,7 @@ pub struct DeadLetterProducer {
     producer: FutureProducer,
     topic: String,
     group: String,
+    metrics: Arc<Metrics>,
 }
 
 impl DeadLetterProducer {
@@ -222,6 +225,7 @@ impl DeadLetterProducer {
         mut config: ClientConfig,
         topic: String,
         group: String,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, rdkafka::error::KafkaError> {
         // Durable and in order: a dead letter is the only copy once the offset moves.
         config
@@ -233,6 +237,7 @@ impl DeadLetterProducer {
             producer,
             topic,
             group,
+            metrics,
         })
     }
 
@@ -284,6 +289,7 @@ impl DeadLetterProducer {
                 Ok(_) => return true,
                 Err((error, _)) => {
                     attempt += 1;
+                    self.metrics.dlq_produce_failures.inc();
                     tracing::error!(
                         error = %error,
                         topic = %self.topic,

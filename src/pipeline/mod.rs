@@ -39,19 +39,22 @@ pub mod offsets;
 use std::collections::HashMap;
 use std::future::Future;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use chrono::Utc;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use hdrhistogram::Histogram;
+use governor::clock::DefaultClock;
+use governor::middleware::StateInformationMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::error::KafkaResult;
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{Notify, Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -59,6 +62,7 @@ use tracing::Instrument;
 
 use crate::config::Settings;
 use crate::event::{self, InvalidEvent, PaymentEvent};
+use crate::metrics::Metrics;
 use crate::top::classify::{Classifier, Disposition};
 use crate::top::client::TopClient;
 use crate::top::request::dto_json;
@@ -66,91 +70,41 @@ use dead_letter::{DeadLetterClass, DeadLetterProducer, Failure, SourceRecord};
 use gate::{Gate, GateSettings, GateStatus, Pass};
 use offsets::{OffsetTracker, PartitionId};
 
-/// Counters of what the pipeline did; shared with tests, the demo and metrics.
-#[derive(Debug)]
-pub struct Stats {
-    pub consumed: AtomicU64,
-    pub delivered: AtomicU64,
-    pub dead_lettered_invalid_event: AtomicU64,
-    pub dead_lettered_rejected: AtomicU64,
-    pub dead_lettered_retries_exhausted: AtomicU64,
-    /// Calls sent to the gateway, retries included.
-    pub calls: AtomicU64,
-    /// Calls whose disposition was retry or halt.
-    pub failed_calls: AtomicU64,
-    /// Tasks that gave up on revoke or shutdown (their events will be redelivered).
-    pub abandoned: AtomicU64,
-    pub rebalances: AtomicU64,
-    /// Microseconds from taking a message from Kafka to the API accepting it.
-    pub delivery_latency_us: Mutex<Histogram<u64>>,
+/// What the health endpoints need to know, updated by the pipeline.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Unix milliseconds of the main loop's last turn (liveness).
+    last_progress_ms: AtomicU64,
+    /// Set once the consumer has been through its first assignment.
+    joined: AtomicBool,
+    assigned: AtomicUsize,
 }
 
-impl Default for Stats {
-    fn default() -> Self {
-        Stats {
-            consumed: AtomicU64::new(0),
-            delivered: AtomicU64::new(0),
-            dead_lettered_invalid_event: AtomicU64::new(0),
-            dead_lettered_rejected: AtomicU64::new(0),
-            dead_lettered_retries_exhausted: AtomicU64::new(0),
-            calls: AtomicU64::new(0),
-            failed_calls: AtomicU64::new(0),
-            abandoned: AtomicU64::new(0),
-            rebalances: AtomicU64::new(0),
-            // 1 µs to 1 hour at 3 significant digits: a few tens of KiB.
-            delivery_latency_us: Mutex::new(
-                Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds"),
-            ),
-        }
+impl Health {
+    fn progressed(&self) {
+        let now = u64::try_from(Utc::now().timestamp_millis()).unwrap_or(0);
+        self.last_progress_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// Time since the main loop last turned (None before it started).
+    pub fn since_progress(&self) -> Option<Duration> {
+        let last = self.last_progress_ms.load(Ordering::Relaxed);
+        (last > 0).then(|| {
+            let now = u64::try_from(Utc::now().timestamp_millis()).unwrap_or(0);
+            Duration::from_millis(now.saturating_sub(last))
+        })
+    }
+
+    pub fn joined(&self) -> bool {
+        self.joined.load(Ordering::Relaxed)
+    }
+
+    pub fn assigned_partitions(&self) -> usize {
+        self.assigned.load(Ordering::Relaxed)
     }
 }
 
-impl Stats {
-    fn record_latency(&self, since: Instant) {
-        let micros = u64::try_from(since.elapsed().as_micros())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        let mut histogram = self
-            .delivery_latency_us
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        histogram.saturating_record(micros);
-    }
-
-    /// A latency quantile in milliseconds (0 when nothing was delivered).
-    pub fn latency_ms(&self, quantile: f64) -> f64 {
-        let histogram = self
-            .delivery_latency_us
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        histogram.value_at_quantile(quantile) as f64 / 1000.0
-    }
-
-    fn dead_lettered(&self, class: DeadLetterClass) -> &AtomicU64 {
-        match class {
-            DeadLetterClass::InvalidEvent => &self.dead_lettered_invalid_event,
-            DeadLetterClass::Rejected => &self.dead_lettered_rejected,
-            DeadLetterClass::RetriesExhausted => &self.dead_lettered_retries_exhausted,
-        }
-    }
-
-    pub fn snapshot(&self) -> Summary {
-        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        Summary {
-            consumed: get(&self.consumed),
-            delivered: get(&self.delivered),
-            dead_lettered_invalid_event: get(&self.dead_lettered_invalid_event),
-            dead_lettered_rejected: get(&self.dead_lettered_rejected),
-            dead_lettered_retries_exhausted: get(&self.dead_lettered_retries_exhausted),
-            calls: get(&self.calls),
-            failed_calls: get(&self.failed_calls),
-            abandoned: get(&self.abandoned),
-            rebalances: get(&self.rebalances),
-        }
-    }
-}
-
-/// A snapshot of [`Stats`].
+/// What the pipeline did so far, read from its metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Summary {
     pub consumed: u64,
@@ -165,6 +119,28 @@ pub struct Summary {
 }
 
 impl Summary {
+    pub fn of(metrics: &Metrics) -> Summary {
+        let dead = |class: DeadLetterClass| {
+            Metrics::sum_where(&metrics.events_dead_lettered, "class", class.as_str())
+        };
+        let calls_by = |disposition: &str| {
+            Metrics::sum_where(&metrics.call_outcomes, "disposition", disposition)
+        };
+        let failed_calls = calls_by("retry") + calls_by("halt");
+        Summary {
+            consumed: metrics.events_consumed.get(),
+            delivered: metrics.events_delivered.get(),
+            dead_lettered_invalid_event: dead(DeadLetterClass::InvalidEvent),
+            dead_lettered_rejected: dead(DeadLetterClass::Rejected),
+            dead_lettered_retries_exhausted: dead(DeadLetterClass::RetriesExhausted),
+            calls: calls_by("delivered") + calls_by("dead_letter") + failed_calls,
+            failed_calls,
+            abandoned: metrics.tasks_abandoned.get(),
+            rebalances: Metrics::sum_where(&metrics.rebalances, "kind", "assign")
+                + Metrics::sum_where(&metrics.rebalances, "kind", "revoke"),
+        }
+    }
+
     pub fn dead_lettered(&self) -> u64 {
         self.dead_lettered_invalid_event
             + self.dead_lettered_rejected
@@ -194,7 +170,8 @@ struct Shared {
     wake: Arc<Notify>,
     next_generation: AtomicU64,
     revoke_drain: Duration,
-    stats: Arc<Stats>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
 }
 
 impl Shared {
@@ -203,6 +180,7 @@ impl Shared {
     }
 
     fn assign(&self, tpl: &TopicPartitionList) {
+        self.health.joined.store(true, Ordering::Relaxed);
         let mut partitions = self.lock();
         for element in tpl.elements() {
             let id = PartitionId {
@@ -218,6 +196,12 @@ impl Shared {
                 paused: false,
             });
         }
+        self.health
+            .assigned
+            .store(partitions.len(), Ordering::Relaxed);
+        self.metrics
+            .assigned_partitions
+            .set(partitions.len() as i64);
     }
 
     /// Drains the revoked partitions, commits their positions, drops them.
@@ -263,6 +247,7 @@ impl Shared {
             }
             let mut commit = TopicPartitionList::new();
             for id in &revoked {
+                self.metrics.forget_partition(&id.topic, id.partition);
                 if let Some(state) = partitions.remove(id)
                     && let Some(position) = state.tracker.position()
                 {
@@ -273,6 +258,12 @@ impl Shared {
                     );
                 }
             }
+            self.health
+                .assigned
+                .store(partitions.len(), Ordering::Relaxed);
+            self.metrics
+                .assigned_partitions
+                .set(partitions.len() as i64);
             commit
         };
         // The drain blocks this thread (librdkafka's callback is synchronous);
@@ -285,7 +276,9 @@ impl Shared {
         };
         if commit.count() > 0 {
             let _ = consumer.store_offsets(&commit);
-            match consumer.commit(&commit, CommitMode::Sync) {
+            let committed = consumer.commit(&commit, CommitMode::Sync);
+            self.metrics.record_commit(committed.is_ok());
+            match committed {
                 Ok(()) => {
                     tracing::info!(partitions = commit.count(), "Committed revoked partitions.")
                 }
@@ -311,7 +304,7 @@ impl Shared {
         }
         drop(partitions);
         if !finished {
-            self.stats.abandoned.fetch_add(1, Ordering::Relaxed);
+            self.metrics.tasks_abandoned.inc();
         }
         self.progress.notify_all();
         self.wake.notify_one();
@@ -323,11 +316,57 @@ pub struct PipelineContext {
     shared: Arc<Shared>,
 }
 
-impl ClientContext for PipelineContext {}
+impl ClientContext for PipelineContext {
+    /// librdkafka's statistics (every `kafka.statistics_interval_ms`): the
+    /// committed offset and lag of each owned partition, paused ones included.
+    fn stats(&self, statistics: Statistics) {
+        let partitions = self.shared.lock();
+        for (topic_name, topic) in &statistics.topics {
+            for (partition, stats) in &topic.partitions {
+                let id = PartitionId {
+                    topic: topic_name.clone(),
+                    partition: *partition,
+                };
+                if *partition < 0 || !partitions.contains_key(&id) {
+                    continue;
+                }
+                let labels = [topic_name.as_str(), &partition.to_string()];
+                let metrics = &self.shared.metrics;
+                if stats.committed_offset >= 0 {
+                    metrics
+                        .partition_committed_offset
+                        .with_label_values(&labels)
+                        .set(stats.committed_offset);
+                }
+                if stats.hi_offset >= 0 {
+                    // Before the first commit the whole partition counts as lag.
+                    let base = if stats.committed_offset >= 0 {
+                        stats.committed_offset
+                    } else {
+                        stats.lo_offset.max(0)
+                    };
+                    metrics
+                        .partition_lag
+                        .with_label_values(&labels)
+                        .set((stats.hi_offset - base).max(0));
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for PipelineContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        self.shared.stats.rebalances.fetch_add(1, Ordering::Relaxed);
+        let kind = match rebalance {
+            Rebalance::Assign(_) => "assign",
+            Rebalance::Revoke(_) => "revoke",
+            Rebalance::Error(_) => "error",
+        };
+        self.shared
+            .metrics
+            .rebalances
+            .with_label_values(&[kind])
+            .inc();
         match rebalance {
             Rebalance::Revoke(tpl) => self.shared.revoke(consumer, tpl),
             Rebalance::Error(error) => tracing::warn!(error = %error, "Rebalance error."),
@@ -342,8 +381,18 @@ impl ConsumerContext for PipelineContext {
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
-        if let Err(error) = result {
-            tracing::warn!(error = %error, "Offset commit failed; it is retried with the next commit.");
+        let metrics = &self.shared.metrics;
+        match result {
+            Ok(()) => metrics.record_commit(true),
+            // Nothing new was stored since the last commit: the group is up to
+            // date, which is what "time since the last commit" is about.
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {
+                metrics.record_commit(true)
+            }
+            Err(error) => {
+                metrics.record_commit(false);
+                tracing::warn!(error = %error, "Offset commit failed; it is retried with the next commit.");
+            }
         }
     }
 }
@@ -353,14 +402,14 @@ struct Deliverer {
     client: TopClient,
     classifier: Classifier,
     gate: Arc<Gate>,
-    limiter: DefaultDirectRateLimiter,
+    limiter: RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>,
     calls: Semaphore,
     dead_letters: DeadLetterProducer,
     max_attempts: u32,
     max_retry_elapsed: Duration,
     backoff_initial: Duration,
     backoff_max: Duration,
-    stats: Arc<Stats>,
+    metrics: Arc<Metrics>,
 }
 
 /// One message, detached from the consumer.
@@ -407,9 +456,7 @@ impl Deliverer {
             .send(source, &failure, cancel.cancelled())
             .await;
         if written {
-            self.stats
-                .dead_lettered(class)
-                .fetch_add(1, Ordering::Relaxed);
+            self.metrics.record_dead_lettered(class, &failure.reason);
             tracing::warn!(class = class.as_str(), reason = %failure.reason, "Event dead-lettered.");
         }
         written
@@ -433,25 +480,33 @@ impl Deliverer {
                 pass = self.gate.pass() => pass,
                 _ = cancel.cancelled() => return false,
             };
-            tokio::select! {
-                _ = self.limiter.until_ready() => {}
+            let waiting = Instant::now();
+            let snapshot = tokio::select! {
+                snapshot = self.limiter.until_ready() => snapshot,
                 _ = cancel.cancelled() => { self.gate.release(pass); return false; }
-            }
+            };
+            self.metrics
+                .record_limiter_wait(waiting.elapsed(), snapshot.remaining_burst_capacity());
             if pass == Pass::Normal && self.gate.status().closed() {
                 // A ban, a halt or an open breaker began while this call waited for a token.
                 continue;
             }
             // Signed here, after every wait: the timestamp is fresh on each attempt.
+            self.metrics.calls_in_flight.inc();
             let report = self.client.send(&dto).await;
+            self.metrics.calls_in_flight.dec();
             drop(permit);
             calls += 1;
             let now = Utc::now();
             first_attempt.get_or_insert(now);
-            self.stats.calls.fetch_add(1, Ordering::Relaxed);
             let disposition = self.classifier.classify(&report.outcome);
+            self.metrics
+                .record_call(&report.outcome, &disposition, report.elapsed);
             let counts = self.gate.record(pass, &disposition);
+            // The event's span carries the gateway's id of its latest call.
+            tracing::Span::current()
+                .record("request_id", report.request_id.as_deref().unwrap_or("-"));
             tracing::debug!(
-                request_id = report.request_id.as_deref().unwrap_or("-"),
                 ?disposition,
                 elapsed_ms = report.elapsed.as_millis() as u64,
                 "Call answered."
@@ -472,8 +527,7 @@ impl Deliverer {
             };
             match disposition {
                 Disposition::Delivered => {
-                    self.stats.delivered.fetch_add(1, Ordering::Relaxed);
-                    self.stats.record_latency(job.received);
+                    self.metrics.record_delivered(job.received);
                     return true;
                 }
                 Disposition::DeadLetter { cause } => {
@@ -487,10 +541,8 @@ impl Deliverer {
                 }
                 Disposition::Halt { .. } => {
                     // The gate is now halted; the loop waits there for a probe.
-                    self.stats.failed_calls.fetch_add(1, Ordering::Relaxed);
                 }
                 Disposition::Retry { cause, wait } => {
-                    self.stats.failed_calls.fetch_add(1, Ordering::Relaxed);
                     if !counts {
                         continue;
                     }
@@ -519,6 +571,9 @@ impl Deliverer {
         }
     }
 }
+
+/// How long start-up waits for the dead-letter topic to appear in metadata.
+const DLQ_TOPIC_WAIT: Duration = Duration::from_secs(10);
 
 /// How long the global window may stay full before every partition is paused.
 const STALL_BEFORE_PAUSE: Duration = Duration::from_secs(1);
@@ -558,7 +613,7 @@ impl Pipeline {
     pub fn build(settings: Settings) -> anyhow::Result<Pipeline> {
         let kafka = &settings.kafka;
         let delivery = &settings.delivery;
-        let stats = Arc::new(Stats::default());
+        let metrics = Arc::new(Metrics::new());
         let wake = Arc::new(Notify::new());
         let shared = Arc::new(Shared {
             partitions: Mutex::new(HashMap::new()),
@@ -566,7 +621,8 @@ impl Pipeline {
             wake: wake.clone(),
             next_generation: AtomicU64::new(0),
             revoke_drain: Duration::from_millis(kafka.revoke_drain_timeout_ms),
-            stats: stats.clone(),
+            metrics: metrics.clone(),
+            health: Arc::new(Health::default()),
         });
         let mut consumer_config = ClientConfig::new();
         consumer_config
@@ -579,7 +635,11 @@ impl Pipeline {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", &kafka.auto_offset_reset)
             .set("session.timeout.ms", kafka.session_timeout_ms.to_string())
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            .set(
+                "statistics.interval.ms",
+                kafka.statistics_interval_ms.to_string(),
+            );
         for (key, value) in client_config(&settings, &kafka.consumer).config_map() {
             consumer_config.set(key, value);
         }
@@ -588,17 +648,26 @@ impl Pipeline {
                 shared: shared.clone(),
             })
             .context("cannot create the Kafka consumer")?;
-        let metadata = consumer
-            .fetch_metadata(Some(&kafka.dlq_topic), Duration::from_secs(10))
-            .context("cannot read Kafka metadata (is kafka.bootstrap_servers right?)")?;
-        let dlq_ok = metadata.topics().iter().any(|t| {
-            t.name() == kafka.dlq_topic && t.error().is_none() && !t.partitions().is_empty()
-        });
-        if !dlq_ok {
-            bail!(
-                "the dead-letter topic {:?} does not exist: create it before starting paysync",
-                kafka.dlq_topic
-            );
+        // A topic created just before start-up (a compose job, a test) can take
+        // a moment to appear in the brokers' metadata; wait a little for it.
+        let deadline = Instant::now() + DLQ_TOPIC_WAIT;
+        loop {
+            let metadata = consumer
+                .fetch_metadata(Some(&kafka.dlq_topic), Duration::from_secs(10))
+                .context("cannot read Kafka metadata (is kafka.bootstrap_servers right?)")?;
+            let dlq_ok = metadata.topics().iter().any(|t| {
+                t.name() == kafka.dlq_topic && t.error().is_none() && !t.partitions().is_empty()
+            });
+            if dlq_ok {
+                break;
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "the dead-letter topic {:?} does not exist: create it before starting paysync",
+                    kafka.dlq_topic
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
         }
         let topics: Vec<&str> = kafka.topics.iter().map(String::as_str).collect();
         consumer
@@ -608,6 +677,7 @@ impl Pipeline {
             client_config(&settings, &kafka.producer),
             kafka.dlq_topic.clone(),
             kafka.group_id.clone(),
+            metrics.clone(),
         )
         .context("cannot create the dead-letter producer")?;
         let gate = Arc::new(Gate::new(
@@ -626,14 +696,15 @@ impl Pipeline {
             client: settings.top_client()?,
             classifier: settings.classifier(),
             gate,
-            limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
+            limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
+                .with_middleware::<StateInformationMiddleware>(),
             calls: Semaphore::new(delivery.max_in_flight),
             dead_letters,
             max_attempts: delivery.max_attempts,
             max_retry_elapsed: Duration::from_millis(delivery.max_retry_elapsed_ms),
             backoff_initial: Duration::from_millis(delivery.backoff_initial_ms),
             backoff_max: Duration::from_millis(delivery.backoff_max_ms),
-            stats,
+            metrics: metrics.clone(),
         });
         Ok(Pipeline {
             consumer,
@@ -643,8 +714,12 @@ impl Pipeline {
         })
     }
 
-    pub fn stats(&self) -> Arc<Stats> {
-        self.shared.stats.clone()
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.shared.metrics.clone()
+    }
+
+    pub fn health(&self) -> Arc<Health> {
+        self.shared.health.clone()
     }
 
     pub fn gate_status(&self) -> GateStatus {
@@ -665,6 +740,7 @@ impl Pipeline {
         let mut chains: HashMap<(PartitionId, String), oneshot::Receiver<()>> = HashMap::new();
         let wake = self.shared.wake.clone();
         let mut flow = Flow::default();
+        self.observe();
         loop {
             let may_poll = self.store_and_pause(&mut flow);
             // Shutdown first, then housekeeping, then new messages: completions
@@ -675,6 +751,7 @@ impl Pipeline {
                 _ = wake.notified() => {}
                 _ = tick.tick() => {
                     chains.retain(|_, done| matches!(done.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
+                    self.observe();
                 }
                 message = self.consumer.recv(), if may_poll => match message {
                     Ok(message) => self.dispatch(&message, &mut chains),
@@ -708,7 +785,7 @@ impl Pipeline {
             state.live_tasks += 1;
             (state.generation, state.cancel.clone())
         };
-        self.shared.stats.consumed.fetch_add(1, Ordering::Relaxed);
+        self.shared.metrics.events_consumed.inc();
         let received = Instant::now();
         let source = SourceRecord {
             topic: id.topic.clone(),
@@ -729,7 +806,14 @@ impl Pipeline {
         };
         let event = event::decode(source.value.as_deref(), self.settings.event.max_bytes);
         let order_id = event.as_ref().ok().map(|e| e.order_id.clone());
-        let span = tracing::info_span!("event", topic = %id.topic, partition = id.partition, offset, order_id = order_id.as_deref().unwrap_or("-"));
+        let span = tracing::info_span!(
+            "event",
+            topic = %id.topic,
+            partition = id.partition,
+            offset,
+            order_id = order_id.as_deref().unwrap_or("-"),
+            request_id = tracing::field::Empty,
+        );
         let (done, done_signal) = oneshot::channel::<()>();
         let predecessor =
             order_id.and_then(|order_id| chains.insert((id.clone(), order_id), done_signal));
@@ -753,6 +837,22 @@ impl Pipeline {
             }
             .instrument(span),
         );
+    }
+
+    /// Periodic gauges and the liveness mark (every tick of the main loop).
+    fn observe(&self) {
+        let metrics = &self.shared.metrics;
+        self.shared.health.progressed();
+        metrics.set_gate(&self.deliverer.gate.status());
+        let oldest = self
+            .shared
+            .lock()
+            .values()
+            .filter_map(|s| s.tracker.oldest_start())
+            .min();
+        metrics
+            .oldest_in_flight_age
+            .set(oldest.map_or(0.0, |t| t.elapsed().as_secs_f64()));
     }
 
     /// Stores advanced positions, pauses or resumes partitions, and says
@@ -794,6 +894,11 @@ impl Pipeline {
                         id.partition,
                         Offset::Offset(position),
                     );
+                    self.shared
+                        .metrics
+                        .partition_completed_offset
+                        .with_label_values(&[id.topic.as_str(), &id.partition.to_string()])
+                        .set(position);
                 }
                 let in_flight = state.tracker.in_flight();
                 let partition_full = if state.paused {
@@ -806,10 +911,16 @@ impl Pipeline {
                     state.paused = want_paused;
                     let list = if want_paused { &mut pause } else { &mut resume };
                     list.add_partition(&id.topic, id.partition);
+                    self.shared
+                        .metrics
+                        .partition_paused
+                        .with_label_values(&[id.topic.as_str(), &id.partition.to_string()])
+                        .set(i64::from(want_paused));
                 }
             }
             total
         };
+        self.shared.metrics.window_messages.set(total as i64);
         if store.count() > 0
             && let Err(error) = self.consumer.store_offsets(&store)
         {
@@ -864,7 +975,9 @@ impl Pipeline {
         }
         if commit.count() > 0 {
             let _ = self.consumer.store_offsets(&commit);
-            match self.consumer.commit(&commit, CommitMode::Sync) {
+            let committed = self.consumer.commit(&commit, CommitMode::Sync);
+            self.shared.metrics.record_commit(committed.is_ok());
+            match committed {
                 Ok(()) => tracing::info!(partitions = commit.count(), "Final commit done."),
                 Err(error) => {
                     tracing::warn!(error = %error, "Final commit failed; finished events may be sent again.")
@@ -874,7 +987,7 @@ impl Pipeline {
         if let Err(error) = self.deliverer.dead_letters.flush(Duration::from_secs(10)) {
             tracing::warn!(error = %error, "Flushing the dead-letter producer failed.");
         }
-        let summary = self.shared.stats.snapshot();
+        let summary = Summary::of(&self.shared.metrics);
         tracing::info!(?summary, "Stopped.");
         Ok(summary)
     }

@@ -8,7 +8,8 @@
 //! completed prefix, and it stays correct across the gaps that compaction
 //! and transaction markers leave in offset sequences.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
+use std::time::Instant;
 
 /// A topic and partition.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -26,7 +27,8 @@ impl std::fmt::Display for PartitionId {
 /// One partition's unfinished offsets and commit position.
 #[derive(Debug, Clone, Default)]
 pub struct OffsetTracker {
-    in_flight: BTreeSet<i64>,
+    /// Unfinished offsets and when each was taken from Kafka.
+    in_flight: BTreeMap<i64, Instant>,
     /// One past the highest offset ever started; the position when idle.
     next_after_seen: Option<i64>,
     /// The last position handed out by [`OffsetTracker::take_advance`].
@@ -36,7 +38,7 @@ pub struct OffsetTracker {
 impl OffsetTracker {
     /// A message was taken from Kafka and is now in flight.
     pub fn start(&mut self, offset: i64) {
-        self.in_flight.insert(offset);
+        self.in_flight.insert(offset, Instant::now());
         if self.next_after_seen.is_none_or(|next| offset >= next) {
             self.next_after_seen = Some(offset + 1);
         }
@@ -45,7 +47,7 @@ impl OffsetTracker {
     /// A message reached its final outcome (delivered or dead-lettered).
     /// Returns false if the offset was not in flight (a late or repeated completion).
     pub fn finish(&mut self, offset: i64) -> bool {
-        self.in_flight.remove(&offset)
+        self.in_flight.remove(&offset).is_some()
     }
 
     pub fn in_flight(&self) -> usize {
@@ -54,8 +56,8 @@ impl OffsetTracker {
 
     /// The offset to commit: the next message to consume after a restart.
     pub fn position(&self) -> Option<i64> {
-        match self.in_flight.first() {
-            Some(lowest) => Some(*lowest),
+        match self.in_flight.first_key_value() {
+            Some((lowest, _)) => Some(*lowest),
             None => self.next_after_seen,
         }
     }
@@ -70,9 +72,12 @@ impl OffsetTracker {
         Some(position)
     }
 
-    /// The lowest offset still in flight, if any.
-    pub fn oldest_in_flight(&self) -> Option<i64> {
-        self.in_flight.first().copied()
+    /// When the oldest unfinished message was taken (offsets arrive in order,
+    /// so it is the lowest one's).
+    pub fn oldest_start(&self) -> Option<Instant> {
+        self.in_flight
+            .first_key_value()
+            .map(|(_, started)| *started)
     }
 }
 

@@ -205,7 +205,7 @@ pub struct RunConfig<'a> {
 impl RunConfig<'_> {
     pub fn toml(&self) -> String {
         format!(
-            "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{}\"\ntopics = [\"{}\"]\ndlq_topic = \"{}\"\nsession_timeout_ms = 6000\nrevoke_drain_timeout_ms = 3000\ncommit_interval_ms = {}\n\n[top]\ngateway_url = \"{}\"\napp_key = \"{APP_KEY}\"\n{}\n\n[delivery]\nrate_limit_per_sec = 20000\nbackoff_initial_ms = 20\nbackoff_max_ms = 500\nbreaker_probe_interval_ms = 500\n{}\n",
+            "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{}\"\ntopics = [\"{}\"]\ndlq_topic = \"{}\"\nsession_timeout_ms = 6000\nrevoke_drain_timeout_ms = 3000\ncommit_interval_ms = {}\n\n[top]\ngateway_url = \"{}\"\napp_key = \"{APP_KEY}\"\n{}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[delivery]\nrate_limit_per_sec = 20000\nbackoff_initial_ms = 20\nbackoff_max_ms = 500\nbreaker_probe_interval_ms = 500\n{}\n",
             self.bootstrap,
             self.group,
             self.topic,
@@ -229,12 +229,13 @@ impl Process {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("paysync.toml");
         std::fs::write(&path, config.toml()).unwrap();
+        let log = std::fs::File::create(dir.path().join("paysync.log")).unwrap();
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_paysync"))
             .args(["run", "--config", path.to_str().unwrap()])
             .env("PAYSYNC_TOP__APP_SECRET", SECRET)
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
         Process { child, _dir: dir }
@@ -273,6 +274,19 @@ impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failing test shows what paysync said.
+        if std::thread::panicking() {
+            let log =
+                std::fs::read_to_string(self._dir.path().join("paysync.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            eprintln!(
+                "--- paysync (pid {}) stderr, last lines ---",
+                self.child.id()
+            );
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
     }
 }
 

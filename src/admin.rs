@@ -1,0 +1,170 @@
+//! The admin HTTP server, on its own port (`admin.listen`; keep it off the
+//! public network):
+//!
+//! * `GET /metrics` — Prometheus text format (see [`crate::metrics`]).
+//! * `GET /health/live` — 200 while the main loop keeps turning; 503 once it
+//!   has not for `admin.liveness_timeout_ms` (a stuck process: restart it).
+//!   An API outage or a halt does not fail liveness: restarting would only
+//!   cause a rebalance storm.
+//! * `GET /health/ready` — a JSON body saying why: `starting` (503, not yet
+//!   in the group), `ready` (200), `degraded` (200: the circuit breaker is
+//!   open or a code-7 ban is running; delivery resumes by itself), `halted`
+//!   (503: the configuration is broken and someone must fix it).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Serialize;
+use tokio::net::TcpListener;
+
+use crate::metrics::Metrics;
+use crate::pipeline::Health;
+use crate::pipeline::gate::{BreakerState, Gate};
+
+/// What the admin endpoints read.
+#[derive(Clone)]
+pub struct AdminState {
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    pub gate: Arc<Gate>,
+    pub liveness_timeout: Duration,
+}
+
+/// The body of `/health/ready`.
+#[derive(Debug, Serialize, serde::Deserialize, PartialEq)]
+pub struct Readiness {
+    pub status: String,
+    pub joined: bool,
+    pub assigned_partitions: usize,
+    pub breaker: String,
+    pub halted: Option<String>,
+    pub ban_remaining_s: f64,
+    pub reasons: Vec<String>,
+}
+
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .with_state(state)
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    // Read at scrape time: the gate changes between the main loop's ticks.
+    state.metrics.set_gate(&state.gate.status());
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn live(State(state): State<AdminState>) -> Response {
+    match state.health.since_progress() {
+        Some(since) if since > state.liveness_timeout => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({
+                "status": "stuck",
+                "since_progress_s": since.as_secs_f64(),
+            })),
+        )
+            .into_response(),
+        since => axum::Json(serde_json::json!({
+            "status": "live",
+            "since_progress_s": since.map_or(0.0, |d| d.as_secs_f64()),
+        }))
+        .into_response(),
+    }
+}
+
+/// Readiness from the pipeline's state; the HTTP status goes with it.
+pub fn readiness(state: &AdminState) -> (StatusCode, Readiness) {
+    let gate = state.gate.status();
+    let joined = state.health.joined();
+    let mut reasons = Vec::new();
+    let status = if let Some(cause) = gate.halted {
+        reasons.push(format!(
+            "delivery is halted: the configuration is broken ({})",
+            cause.as_str()
+        ));
+        "halted"
+    } else if !joined {
+        reasons.push("not yet a member of the consumer group".to_owned());
+        "starting"
+    } else if gate.breaker != BreakerState::Closed || gate.ban_remaining.is_some() {
+        if gate.breaker != BreakerState::Closed {
+            reasons.push(format!(
+                "circuit breaker {}: the gateway looks down",
+                gate.breaker.as_str()
+            ));
+        }
+        if let Some(ban) = gate.ban_remaining {
+            reasons.push(format!("code-7 ban for {} more seconds", ban.as_secs()));
+        }
+        "degraded"
+    } else {
+        "ready"
+    };
+    let code = match status {
+        "ready" | "degraded" => StatusCode::OK,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    (
+        code,
+        Readiness {
+            status: status.to_owned(),
+            joined,
+            assigned_partitions: state.health.assigned_partitions(),
+            breaker: gate.breaker.as_str().to_owned(),
+            halted: gate.halted.map(|c| c.as_str().to_owned()),
+            ban_remaining_s: gate.ban_remaining.map_or(0.0, |d| d.as_secs_f64()),
+            reasons,
+        },
+    )
+}
+
+async fn ready(State(state): State<AdminState>) -> Response {
+    let (code, body) = readiness(&state);
+    (code, axum::Json(body)).into_response()
+}
+
+/// A running admin server.
+pub struct AdminServer {
+    addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AdminServer {
+    /// Binds `listen` (port 0 picks one) and serves in the background.
+    pub async fn start(listen: SocketAddr, state: AdminState) -> std::io::Result<AdminServer> {
+        let listener = TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, router(state))
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Ok(AdminServer { addr, stop, task })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops serving; called last, so scrapes work during a drain.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}

@@ -1,0 +1,540 @@
+//! Every metric paysync exports, in one place: names (`paysync_…`, with
+//! units), help texts, label sets, and the `record_*` functions that the rest
+//! of the code calls when something happens.
+//!
+//! Labels come from closed sets only — dispositions, cause names, TOP codes
+//! from the classification table (anything else is `other`), topic and
+//! partition — never order ids, car numbers or raw messages. Each pipeline owns
+//! its own [`Registry`], so tests and in-process tools do not share series.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram as HdrHistogram;
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+
+use crate::pipeline::dead_letter::DeadLetterClass;
+use crate::pipeline::gate::{BreakerState, GateStatus};
+use crate::top::classify::{Disposition, HaltCause, Outcome};
+use crate::top::response::TopResponse;
+
+/// TOP error codes that get their own label value (the classification
+/// table's rows); every other code is counted as `other`.
+const KNOWN_TOP_CODES: [i64; 33] = [
+    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 15, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31,
+    32, 33, 34, 40, 41, 43, 50,
+];
+
+/// Buckets for call and delivery latency, in seconds.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    pub events_consumed: IntCounter,
+    pub events_delivered: IntCounter,
+    pub events_dead_lettered: IntCounterVec,
+    pub call_outcomes: IntCounterVec,
+    pub top_errors: IntCounterVec,
+    pub call_duration: Histogram,
+    pub delivery_latency: Histogram,
+    pub limiter_wait: Histogram,
+    pub limiter_tokens: IntGauge,
+    pub calls_in_flight: IntGauge,
+    pub window_messages: IntGauge,
+    pub oldest_in_flight_age: Gauge,
+    pub breaker_state: IntGaugeVec,
+    pub halted: IntGaugeVec,
+    pub ban_remaining: Gauge,
+    pub assigned_partitions: IntGauge,
+    pub partition_committed_offset: IntGaugeVec,
+    pub partition_completed_offset: IntGaugeVec,
+    pub partition_lag: IntGaugeVec,
+    pub partition_paused: IntGaugeVec,
+    pub rebalances: IntCounterVec,
+    pub dlq_produce_failures: IntCounter,
+    pub commit_failures: IntCounter,
+    pub seconds_since_last_commit: Gauge,
+    pub tasks_abandoned: IntCounter,
+    last_commit: Mutex<Instant>,
+    /// Exact delivery-latency quantiles for the bench and demo summaries
+    /// (the Prometheus histogram only has buckets). Microseconds.
+    latency_detail: Mutex<HdrHistogram<u64>>,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let metric = IntCounter::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> Gauge {
+    let metric = Gauge::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
+fn int_gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let metric = IntGauge::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
+fn int_gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+    let metric = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+        .expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let build_info = int_gauge_vec(
+            &r,
+            "paysync_build_info",
+            "Always 1; the version is a label.",
+            &["version"],
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        let metrics = Metrics {
+            events_consumed: counter(
+                &r,
+                "paysync_events_consumed_total",
+                "Messages taken from Kafka.",
+            ),
+            events_delivered: counter(
+                &r,
+                "paysync_events_delivered_total",
+                "Events the API accepted (success=true, model=true).",
+            ),
+            events_dead_lettered: counter_vec(
+                &r,
+                "paysync_events_dead_lettered_total",
+                "Events written to the dead-letter topic (acknowledged by the broker), by class and reason.",
+                &["class", "reason"],
+            ),
+            call_outcomes: counter_vec(
+                &r,
+                "paysync_call_outcomes_total",
+                "Calls to the TOP gateway by disposition (delivered, retry, dead_letter, halt) and reason.",
+                &["disposition", "reason"],
+            ),
+            top_errors: counter_vec(
+                &r,
+                "paysync_top_errors_total",
+                "TOP error_response answers by code (codes outside the classification table are 'other') and sub_code class (isp, isv, accesscontrol, other, none).",
+                &["code", "sub_code_class"],
+            ),
+            call_duration: histogram(
+                &r,
+                "paysync_call_duration_seconds",
+                "Duration of one call to the TOP gateway.",
+                &LATENCY_BUCKETS,
+            ),
+            delivery_latency: histogram(
+                &r,
+                "paysync_delivery_latency_seconds",
+                "From taking a message from Kafka to the API accepting it (waits and retries included).",
+                &LATENCY_BUCKETS,
+            ),
+            limiter_wait: histogram(
+                &r,
+                "paysync_rate_limiter_wait_seconds",
+                "Time a call waited for a rate-limiter token.",
+                &LATENCY_BUCKETS,
+            ),
+            limiter_tokens: int_gauge(
+                &r,
+                "paysync_rate_limiter_tokens",
+                "Tokens left in the rate limiter's bucket after the last call took one.",
+            ),
+            calls_in_flight: int_gauge(
+                &r,
+                "paysync_calls_in_flight",
+                "Calls to the TOP gateway under way.",
+            ),
+            window_messages: int_gauge(
+                &r,
+                "paysync_window_messages",
+                "Messages taken from Kafka and not finished (delivered or dead-lettered).",
+            ),
+            oldest_in_flight_age: gauge(
+                &r,
+                "paysync_oldest_in_flight_age_seconds",
+                "Age of the oldest unfinished message (0 when none).",
+            ),
+            breaker_state: int_gauge_vec(
+                &r,
+                "paysync_breaker_state",
+                "Circuit breaker: 1 for the current state (closed, open, half_open), 0 for the others.",
+                &["state"],
+            ),
+            halted: int_gauge_vec(
+                &r,
+                "paysync_halted",
+                "1 while delivery is halted for this cause (broken configuration), else 0.",
+                &["cause"],
+            ),
+            ban_remaining: gauge(
+                &r,
+                "paysync_ban_remaining_seconds",
+                "Seconds left of a code-7 ban (0 when none).",
+            ),
+            assigned_partitions: int_gauge(
+                &r,
+                "paysync_assigned_partitions",
+                "Partitions assigned to this consumer.",
+            ),
+            partition_committed_offset: int_gauge_vec(
+                &r,
+                "paysync_partition_committed_offset",
+                "The group's committed offset for an assigned partition (from librdkafka statistics).",
+                &["topic", "partition"],
+            ),
+            partition_completed_offset: int_gauge_vec(
+                &r,
+                "paysync_partition_completed_offset",
+                "One past the highest contiguous finished offset: what paysync stores for the next commit.",
+                &["topic", "partition"],
+            ),
+            partition_lag: int_gauge_vec(
+                &r,
+                "paysync_partition_lag_messages",
+                "High watermark minus committed offset for an assigned partition; never negative, reported while paused.",
+                &["topic", "partition"],
+            ),
+            partition_paused: int_gauge_vec(
+                &r,
+                "paysync_partition_paused",
+                "1 while paysync has paused fetching from the partition.",
+                &["topic", "partition"],
+            ),
+            rebalances: counter_vec(
+                &r,
+                "paysync_rebalances_total",
+                "Rebalance callbacks by kind (assign, revoke, error).",
+                &["kind"],
+            ),
+            dlq_produce_failures: counter(
+                &r,
+                "paysync_dlq_produce_failures_total",
+                "Failed attempts to write a dead letter (each is retried).",
+            ),
+            commit_failures: counter(
+                &r,
+                "paysync_commit_failures_total",
+                "Offset commits that failed.",
+            ),
+            seconds_since_last_commit: gauge(
+                &r,
+                "paysync_seconds_since_last_commit",
+                "Seconds since the last successful offset commit (or since start).",
+            ),
+            tasks_abandoned: counter(
+                &r,
+                "paysync_tasks_abandoned_total",
+                "Events given up on revoke or shutdown; the next owner or run sends them.",
+            ),
+            last_commit: Mutex::new(Instant::now()),
+            latency_detail: Mutex::new(
+                HdrHistogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
+            ),
+            registry: r,
+        };
+        // Series with a closed label set exist from the start, at zero.
+        for state in [
+            BreakerState::Closed,
+            BreakerState::Open,
+            BreakerState::HalfOpen,
+        ] {
+            metrics
+                .breaker_state
+                .with_label_values(&[state.as_str()])
+                .set(i64::from(state == BreakerState::Closed));
+        }
+        for cause in HaltCause::ALL {
+            metrics.halted.with_label_values(&[cause.as_str()]).set(0);
+        }
+        for kind in ["assign", "revoke", "error"] {
+            metrics.rebalances.with_label_values(&[kind]);
+        }
+        metrics
+    }
+
+    /// The text exposition for `/metrics`.
+    pub fn render(&self) -> String {
+        let elapsed = self
+            .last_commit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed();
+        self.seconds_since_last_commit.set(elapsed.as_secs_f64());
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding does not fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn record_call(&self, outcome: &Outcome, disposition: &Disposition, duration: Duration) {
+        self.call_duration.observe(duration.as_secs_f64());
+        let (kind, reason) = match disposition {
+            Disposition::Delivered => ("delivered", "accepted"),
+            Disposition::Retry { cause, .. } => ("retry", cause.as_str()),
+            Disposition::DeadLetter { cause } => ("dead_letter", cause.as_str()),
+            Disposition::Halt { cause } => ("halt", cause.as_str()),
+        };
+        self.call_outcomes.with_label_values(&[kind, reason]).inc();
+        if let Outcome::Answered {
+            response: TopResponse::Error(error),
+            ..
+        } = outcome
+        {
+            let code = if KNOWN_TOP_CODES.contains(&error.code) {
+                error.code.to_string()
+            } else {
+                "other".to_owned()
+            };
+            let class = match error.sub_code.as_deref() {
+                None | Some("") => "none",
+                Some(s) if s.starts_with("isp.") => "isp",
+                Some(s) if s.starts_with("isv.") => "isv",
+                Some(s) if s.starts_with("accesscontrol.") => "accesscontrol",
+                Some(_) => "other",
+            };
+            self.top_errors.with_label_values(&[&code, class]).inc();
+        }
+    }
+
+    pub fn record_delivered(&self, since: Instant) {
+        let latency = since.elapsed();
+        self.events_delivered.inc();
+        self.delivery_latency.observe(latency.as_secs_f64());
+        let micros = u64::try_from(latency.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        self.latency_detail
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .saturating_record(micros);
+    }
+
+    pub fn record_dead_lettered(&self, class: DeadLetterClass, reason: &str) {
+        self.events_dead_lettered
+            .with_label_values(&[class.as_str(), reason])
+            .inc();
+    }
+
+    pub fn record_limiter_wait(&self, waited: Duration, tokens_left: u32) {
+        self.limiter_wait.observe(waited.as_secs_f64());
+        self.limiter_tokens.set(i64::from(tokens_left));
+    }
+
+    pub fn record_commit(&self, succeeded: bool) {
+        if succeeded {
+            *self.last_commit.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        } else {
+            self.commit_failures.inc();
+        }
+    }
+
+    pub fn set_gate(&self, status: &GateStatus) {
+        for state in [
+            BreakerState::Closed,
+            BreakerState::Open,
+            BreakerState::HalfOpen,
+        ] {
+            self.breaker_state
+                .with_label_values(&[state.as_str()])
+                .set(i64::from(state == status.breaker));
+        }
+        for cause in HaltCause::ALL {
+            self.halted
+                .with_label_values(&[cause.as_str()])
+                .set(i64::from(status.halted == Some(*cause)));
+        }
+        self.ban_remaining
+            .set(status.ban_remaining.map_or(0.0, |d| d.as_secs_f64()));
+    }
+
+    /// Drops a revoked partition's series, so dashboards do not show stale offsets.
+    pub fn forget_partition(&self, topic: &str, partition: i32) {
+        let labels = [topic, &partition.to_string()];
+        for vec in [
+            &self.partition_committed_offset,
+            &self.partition_completed_offset,
+            &self.partition_lag,
+            &self.partition_paused,
+        ] {
+            let _ = vec.remove_label_values(&labels);
+        }
+    }
+
+    /// A delivery-latency quantile in milliseconds (0 before any delivery).
+    pub fn latency_ms(&self, quantile: f64) -> f64 {
+        self.latency_detail
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .value_at_quantile(quantile) as f64
+            / 1000.0
+    }
+
+    /// Sums a counter vector over the series whose `label` equals `value`.
+    pub fn sum_where(vec: &IntCounterVec, label: &str, value: &str) -> u64 {
+        use prometheus::core::Collector;
+        vec.collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .filter(|metric| {
+                metric
+                    .get_label()
+                    .iter()
+                    .any(|l| l.name() == label && l.value() == value)
+            })
+            .map(|metric| metric.get_counter().get_value() as u64)
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::top::classify::{RejectCause, RetryCause};
+    use crate::top::response::ErrorResponse;
+
+    #[test]
+    fn unknown_codes_and_sub_codes_stay_in_closed_label_sets() {
+        let metrics = Metrics::new();
+        let error = |code, sub_code: &str| Outcome::Answered {
+            status: 200,
+            response: TopResponse::Error(ErrorResponse {
+                code,
+                sub_code: Some(sub_code.into()),
+                ..Default::default()
+            }),
+        };
+        let retry = Disposition::Retry {
+            cause: RetryCause::UnknownError,
+            wait: None,
+        };
+        metrics.record_call(
+            &error(123_456, "weird.thing"),
+            &retry,
+            Duration::from_millis(3),
+        );
+        metrics.record_call(&error(15, "isp.remote"), &retry, Duration::from_millis(3));
+        metrics.record_call(
+            &error(41, "isv.bad"),
+            &Disposition::DeadLetter {
+                cause: RejectCause::InvalidArguments,
+            },
+            Duration::from_millis(3),
+        );
+        let text = metrics.render();
+        assert!(
+            text.contains(r#"paysync_top_errors_total{code="other",sub_code_class="other"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"paysync_top_errors_total{code="15",sub_code_class="isp"} 1"#));
+        assert!(text.contains(
+            r#"paysync_call_outcomes_total{disposition="dead_letter",reason="invalid_arguments"} 1"#
+        ));
+        assert!(!text.contains("123456"));
+    }
+
+    #[test]
+    fn gate_state_is_one_hot() {
+        let metrics = Metrics::new();
+        metrics.set_gate(&GateStatus {
+            breaker: BreakerState::Open,
+            halted: Some(HaltCause::Clock),
+            ban_remaining: Some(Duration::from_secs(3)),
+        });
+        let text = metrics.render();
+        assert!(text.contains(r#"paysync_breaker_state{state="open"} 1"#));
+        assert!(text.contains(r#"paysync_breaker_state{state="closed"} 0"#));
+        assert!(text.contains(r#"paysync_halted{cause="clock"} 1"#));
+        assert!(text.contains(r#"paysync_halted{cause="signature"} 0"#));
+        assert!(text.contains("paysync_ban_remaining_seconds 3"));
+    }
+}
+
+#[cfg(test)]
+mod documentation {
+    use super::*;
+
+    /// The README's metrics table lists exactly the exported families.
+    #[test]
+    fn the_readme_documents_every_metric() {
+        let readme = include_str!("../README.md");
+        let documented: std::collections::BTreeSet<String> = readme
+            .lines()
+            .filter(|l| l.starts_with("| `paysync_"))
+            .map(|l| l.split('`').nth(1).unwrap().to_owned())
+            .collect();
+        let metrics = Metrics::new();
+        // Labelled families appear once they have a series.
+        metrics
+            .events_dead_lettered
+            .with_label_values(&["c", "r"])
+            .inc();
+        metrics.call_outcomes.with_label_values(&["d", "r"]).inc();
+        metrics.top_errors.with_label_values(&["1", "none"]).inc();
+        for vec in [
+            &metrics.partition_committed_offset,
+            &metrics.partition_completed_offset,
+            &metrics.partition_lag,
+            &metrics.partition_paused,
+        ] {
+            vec.with_label_values(&["t", "0"]).set(0);
+        }
+        let exported: std::collections::BTreeSet<String> = metrics
+            .registry()
+            .gather()
+            .iter()
+            .map(|f| f.name().to_owned())
+            .collect();
+        assert_eq!(documented, exported);
+    }
+}
