@@ -641,7 +641,7 @@ const RESERVED_LIBRDKAFKA: [(&str, &str); 9] = [
 /// Settings that are lists; from the environment they are comma-separated.
 const LIST_KEYS: [&str; 1] = ["kafka.topics"];
 
-/// `PAYSYNC_TOP__APP_KEY=x` → `{top: {app_key: "x"}}`, values kept as strings.
+/// Settings from the environment: `PAYSYNC_TOP__APP_KEY=x` → `{top: {app_key: "x"}}`, values kept as strings.
 fn env_overrides(env: impl IntoIterator<Item = (String, String)>) -> Dict {
     let mut root = Dict::new();
     for (name, value) in env {
@@ -652,7 +652,10 @@ fn env_overrides(env: impl IntoIterator<Item = (String, String)>) -> Dict {
             .split(ENV_SEPARATOR)
             .map(str::to_ascii_lowercase)
             .collect();
-        if keys.iter().any(String::is_empty) {
+        // Every setting lives in a section, so an override has at least one
+        // separator; other PAYSYNC_ variables (PAYSYNC_APP_SECRET for `sign`,
+        // the test scripts' PAYSYNC_KAFKA_PORT, ...) are not configuration.
+        if keys.len() < 2 || keys.iter().any(String::is_empty) {
             continue;
         }
         let value = if LIST_KEYS.contains(&keys.join(".").as_str()) {
@@ -728,6 +731,8 @@ mod tests {
                 ("PAYSYNC_TOP__CONNECT_TIMEOUT_MS", "250"),
                 ("PAYSYNC_KAFKA__TOPICS", "a, b"),
                 ("UNRELATED", "x"),
+                ("PAYSYNC_E2E_BOOTSTRAP", "127.0.0.1:19092"),
+                ("PAYSYNC_KAFKA_PORT", "19092"),
             ]),
         )
         .unwrap();

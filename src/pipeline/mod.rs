@@ -274,19 +274,7 @@ impl Shared {
             }
             _ => drain(),
         };
-        if commit.count() > 0 {
-            let _ = consumer.store_offsets(&commit);
-            let committed = consumer.commit(&commit, CommitMode::Sync);
-            self.metrics.record_commit(committed.is_ok());
-            match committed {
-                Ok(()) => {
-                    tracing::info!(partitions = commit.count(), "Committed revoked partitions.")
-                }
-                Err(error) => {
-                    tracing::warn!(error = %error, "Commit of revoked partitions failed; their events may be sent again.")
-                }
-            }
-        }
+        commit_positions(consumer, &commit, &self.metrics, "revoked partitions");
         self.wake.notify_one();
     }
 
@@ -393,6 +381,28 @@ impl ConsumerContext for PipelineContext {
                 metrics.record_commit(false);
                 tracing::warn!(error = %error, "Offset commit failed; it is retried with the next commit.");
             }
+        }
+    }
+}
+
+/// Stores and synchronously commits finished positions (on revoke and at
+/// shutdown, where waiting for the background commit is not enough).
+fn commit_positions<C: ConsumerContext, K: Consumer<C>>(
+    consumer: &K,
+    positions: &TopicPartitionList,
+    metrics: &Metrics,
+    what: &str,
+) {
+    if positions.count() == 0 {
+        return;
+    }
+    let _ = consumer.store_offsets(positions);
+    let committed = consumer.commit(positions, CommitMode::Sync);
+    metrics.record_commit(committed.is_ok());
+    match committed {
+        Ok(()) => tracing::info!(partitions = positions.count(), "Committed {what}."),
+        Err(error) => {
+            tracing::warn!(error = %error, "Commit of {what} failed; finished events may be sent again.")
         }
     }
 }
@@ -973,17 +983,12 @@ impl Pipeline {
                     commit.add_partition_offset(&id.topic, id.partition, Offset::Offset(position));
             }
         }
-        if commit.count() > 0 {
-            let _ = self.consumer.store_offsets(&commit);
-            let committed = self.consumer.commit(&commit, CommitMode::Sync);
-            self.shared.metrics.record_commit(committed.is_ok());
-            match committed {
-                Ok(()) => tracing::info!(partitions = commit.count(), "Final commit done."),
-                Err(error) => {
-                    tracing::warn!(error = %error, "Final commit failed; finished events may be sent again.")
-                }
-            }
-        }
+        commit_positions(
+            &self.consumer,
+            &commit,
+            &self.shared.metrics,
+            "final positions",
+        );
         if let Err(error) = self.deliverer.dead_letters.flush(Duration::from_secs(10)) {
             tracing::warn!(error = %error, "Flushing the dead-letter producer failed.");
         }
