@@ -8,31 +8,24 @@
 //! before the run, so time spent waiting in the topic is not counted). Peak
 //! RSS is the whole process: pipeline, emulator and mock broker together.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, ensure};
+use anyhow::ensure;
 use chrono::Utc;
-use rdkafka::ClientConfig;
-use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use secrecy::SecretString;
+use rdkafka::producer::FutureRecord;
 use serde::Serialize;
 
 use crate::config::Settings;
+use crate::emulator::Faults;
 use crate::emulator::journal::Journal;
-use crate::emulator::{Emulator, Faults, Gateway, GatewaySettings};
 use crate::event::{OrderType, PaymentEvent};
+use crate::local::{LocalStack, TOPIC};
 use crate::pipeline::Pipeline;
 use crate::top::classify::{Classifier, Disposition};
 use crate::top::request::dto_json;
 
-const APP_KEY: &str = "bench-app";
-const APP_SECRET: &str = "bench-secret";
-const TOPIC: &str = "bench-payments";
-const DLQ: &str = "bench-payments.dlq";
 const PARTITIONS: i32 = 12;
 
 /// What to run.
@@ -91,33 +84,14 @@ fn event(index: usize, prefix: &str) -> PaymentEvent {
 pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
     ensure!(options.events > 0, "--events must be above 0");
     ensure!(options.max_in_flight > 0, "--max-in-flight must be above 0");
-    let cluster = MockCluster::new(1).context("cannot start the mock Kafka cluster")?;
-    cluster.create_topic(TOPIC, PARTITIONS, 1)?;
-    cluster.create_topic(DLQ, 1, 1)?;
-    let gateway = Gateway::new(
-        GatewaySettings {
-            apps: HashMap::from([(APP_KEY.to_owned(), SecretString::from(APP_SECRET))]),
-            seed: Some(1),
-            ..GatewaySettings::default()
-        },
-        Faults {
-            latency_ms: options.latency_ms,
-            ..Faults::default()
-        },
-        Journal::new(None)?.without_retention(),
-    );
-    let emulator = Emulator::start("127.0.0.1:0".parse()?, gateway).await?;
-
-    let mut settings = Settings::default();
-    settings.kafka.bootstrap_servers = cluster.bootstrap_servers();
-    settings.kafka.group_id = "paysync-bench".to_owned();
-    settings.kafka.topics = vec![TOPIC.to_owned()];
-    settings.kafka.dlq_topic = DLQ.to_owned();
-    settings.kafka.session_timeout_ms = 10_000;
-    settings.kafka.revoke_drain_timeout_ms = 5_000;
-    settings.top.gateway_url = emulator.url();
-    settings.top.app_key = APP_KEY.to_owned();
-    settings.top.app_secret = Some(SecretString::from(APP_SECRET));
+    let journal = Journal::new(None)?.without_retention();
+    let faults = Faults {
+        latency_ms: options.latency_ms,
+        ..Faults::default()
+    };
+    let stack = LocalStack::start(PARTITIONS, faults, journal, "paysync-bench").await?;
+    let emulator = &stack.emulator;
+    let mut settings = stack.settings.clone();
     settings.delivery.max_in_flight = options.max_in_flight;
     // A window of a few calls per slot keeps every slot busy without queueing
     // thousands of messages (which would only add to the measured latency).
@@ -128,13 +102,13 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         .map(|rate| options.burst.unwrap_or((rate / 50).max(1)));
     settings.delivery.rate_limit_per_sec = options.rate.unwrap_or(1_000_000);
     settings.delivery.rate_limit_burst = Some(burst.unwrap_or(1_000_000));
-    settings.log.level = "warn".to_owned();
+    settings.kafka.commit_interval_ms = 1_000;
     settings.validate()?;
 
     let baseline_per_sec =
         baseline(&settings, options.events.min(20_000), options.max_in_flight).await?;
 
-    produce(&cluster.bootstrap_servers(), options.events).await?;
+    produce(&stack, options.events).await?;
     emulator.gateway().reset_stats();
     let accepted_before = emulator.gateway().order_counts().0;
     let pipeline = tokio::task::spawn_blocking(move || Pipeline::build(settings)).await??;
@@ -242,12 +216,8 @@ async fn baseline(settings: &Settings, calls: usize, concurrency: usize) -> anyh
     Ok(calls as f64 / started.elapsed().as_secs_f64())
 }
 
-async fn produce(bootstrap: &str, events: usize) -> anyhow::Result<()> {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("linger.ms", "5")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()?;
+async fn produce(stack: &LocalStack, events: usize) -> anyhow::Result<()> {
+    let producer = stack.producer()?;
     let mut pending = Vec::with_capacity(events);
     for index in 0..events {
         let event = event(index, "bench");

@@ -41,6 +41,8 @@ pub struct Cli {
 pub enum Command {
     /// Consume the configured topics and deliver every event to the API.
     Run(RunArgs),
+    /// Run the whole bridge in one process (in-process Kafka, emulator, pipeline).
+    Demo(DemoArgs),
     /// Measure the pipeline against the mock cluster and the emulator.
     Bench(BenchArgs),
     /// Run a local TOP gateway emulator.
@@ -138,6 +140,33 @@ pub struct CallArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct DemoArgs {
+    #[arg(long, default_value_t = 5_000)]
+    pub events: usize,
+    /// Calls per second.
+    #[arg(long, default_value_t = 2_000)]
+    pub rate: u32,
+    /// Share of malformed messages.
+    #[arg(long, default_value_t = 0.005)]
+    pub malformed_rate: f64,
+    /// Share of calls answered code 15 + isp.* (retried).
+    #[arg(long, default_value_t = 0.03)]
+    pub isp_error_rate: f64,
+    /// Share of calls answered HTTP 502 (retried).
+    #[arg(long, default_value_t = 0.01)]
+    pub http_502_rate: f64,
+    /// Share of connections dropped (retried).
+    #[arg(long, default_value_t = 0.005)]
+    pub drop_connection_rate: f64,
+    /// Share of calls the API refuses (success=true, model=false: dead-lettered).
+    #[arg(long, default_value_t = 0.002)]
+    pub reject_rate: f64,
+    /// Where /metrics and the health endpoints are served (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub admin_listen: SocketAddr,
+}
+
+#[derive(Debug, Args)]
 pub struct BenchArgs {
     #[arg(long, default_value_t = 20_000)]
     pub events: usize,
@@ -199,6 +228,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Run(args) => run_pipeline(&args.config).await,
         Command::Bench(args) => bench(args).await,
+        Command::Demo(args) => demo(args).await,
         Command::Emulator(args) => emulator(*args).await,
         Command::Sign(args) => sign_command(args),
         Command::Call(args) => call(args).await,
@@ -258,6 +288,46 @@ fn check_config(path: &Path) -> ExitCode {
         Err(error) => {
             eprint!("{}: {error}", path.display());
             ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+async fn demo(args: DemoArgs) -> ExitCode {
+    crate::telemetry::init(&LogSettings {
+        level: "error".into(),
+        ..LogSettings::default()
+    });
+    let faults = Faults {
+        isp_error_rate: args.isp_error_rate,
+        http_502_rate: args.http_502_rate,
+        drop_connection_rate: args.drop_connection_rate,
+        reject_rate: args.reject_rate,
+        ..Faults::default()
+    };
+    if let Err(reason) = faults.validate() {
+        eprintln!("paysync demo: {reason}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let options = crate::demo::DemoOptions {
+        events: args.events,
+        rate: args.rate,
+        malformed_rate: args.malformed_rate,
+        faults,
+        admin_listen: args.admin_listen,
+    };
+    match crate::demo::run(options).await {
+        Ok(report) => {
+            print!("{}", report.render());
+            if report.succeeded() {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("paysync demo: not every event was accounted for and committed");
+                ExitCode::FAILURE
+            }
+        }
+        Err(error) => {
+            eprintln!("paysync demo: {error:#}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -12,7 +12,9 @@
 //! * [`pipeline`]: the consumer group → calls → commits/dead letters loop.
 //! * [`metrics`]: every exported metric, in one place.
 //! * [`admin`]: `/metrics`, `/health/live`, `/health/ready`.
+//! * [`demo`]: the whole bridge in one process, for a first look.
 //! * [`bench`]: the in-process benchmark.
+//! * [`local`]: the in-process stack (mock Kafka + emulator) both use.
 //! * [`telemetry`]: logging set-up.
 //! * [`cli`]: the `paysync` command line.
 
@@ -23,8 +25,10 @@ pub mod admin;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod emulator;
 pub mod event;
+pub mod local;
 pub mod metrics;
 pub mod pipeline;
 pub mod shutdown;

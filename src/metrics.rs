@@ -420,6 +420,31 @@ impl Metrics {
             / 1000.0
     }
 
+    /// Dead letters so far by (class, reason).
+    pub fn dead_letter_counts(&self) -> Vec<(String, String, u64)> {
+        use prometheus::core::Collector;
+        self.events_dead_lettered
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .map(|metric| {
+                let label = |name: &str| {
+                    metric
+                        .get_label()
+                        .iter()
+                        .find(|l| l.name() == name)
+                        .map(|l| l.value().to_owned())
+                        .unwrap_or_default()
+                };
+                (
+                    label("class"),
+                    label("reason"),
+                    metric.get_counter().get_value() as u64,
+                )
+            })
+            .collect()
+    }
+
     /// Sums a counter vector over the series whose `label` equals `value`.
     pub fn sum_where(vec: &IntCounterVec, label: &str, value: &str) -> u64 {
         use prometheus::core::Collector;

@@ -264,3 +264,54 @@ mod http {
         })
     }
 }
+
+/// A number on the summary line that starts with `label`.
+fn summary_number(text: &str, label: &str) -> u64 {
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with(label))
+        .unwrap_or_else(|| panic!("no {label} in:\n{text}"));
+    line[line.find(label).unwrap() + label.len()..]
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number on {line:?}"))
+}
+
+#[test]
+fn the_demo_accounts_for_every_event_and_its_summary_adds_up() {
+    let output = paysync(&[
+        "demo",
+        "--events",
+        "400",
+        "--rate",
+        "5000",
+        "--malformed-rate",
+        "0.02",
+        "--reject-rate",
+        "0.01",
+    ]);
+    let text = stdout(&output);
+    assert!(output.status.success(), "{text}{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("/metrics"),
+        "the demo says where its metrics are"
+    );
+    let produced = summary_number(&text, "produced");
+    let delivered = summary_number(&text, "delivered");
+    let dead = summary_number(&text, "dead-lettered");
+    assert_eq!(produced, 400);
+    assert_eq!(delivered + dead, produced, "{text}");
+    assert!(
+        summary_number(&text, "invalid_event / invalid_event") >= 5,
+        "{text}"
+    );
+    assert!(
+        text.contains("accounted for                      400 of 400"),
+        "{text}"
+    );
+    assert!(
+        text.contains("committed to the end               yes"),
+        "{text}"
+    );
+}

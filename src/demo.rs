@@ -1,0 +1,257 @@
+//! `paysync demo`: the whole bridge on one machine with nothing installed —
+//! an in-process Kafka (librdkafka's mock cluster), the emulator with some
+//! transient faults, realistic payments and refunds for a few car parks plus a
+//! few malformed messages, and the real pipeline, with a progress bar,
+//! `/metrics` served while it runs, and a summary at the end.
+//!
+//! It succeeds only when every produced event is accounted for (delivered or
+//! dead-lettered) and the group's committed offsets reached the end.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::{Duration as ChronoDuration, Utc};
+use indicatif::{ProgressBar, ProgressStyle};
+use rdkafka::producer::FutureRecord;
+
+use crate::admin::{AdminServer, AdminState};
+use crate::emulator::Faults;
+use crate::emulator::journal::Journal;
+use crate::local::{LocalStack, TOPIC};
+use crate::pipeline::{Pipeline, Summary};
+
+const PARTITIONS: i32 = 6;
+const PARKS: [&str; 4] = [
+    "p-hz-xixi-01",
+    "p-hz-binjiang-02",
+    "p-sh-pudong-07",
+    "p-bj-chaoyang-03",
+];
+const PLATE_PREFIXES: [&str; 4] = ["浙A", "浙B", "沪C", "京N"];
+const METHODS: [&str; 3] = ["WX", "ALIPAY", "UNIONPAY"];
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub events: usize,
+    /// Calls per second.
+    pub rate: u32,
+    /// Share of messages that are malformed (at least one when there are 50 events or more).
+    pub malformed_rate: f64,
+    pub faults: Faults,
+    pub admin_listen: SocketAddr,
+}
+
+/// What happened.
+#[derive(Debug, Clone)]
+pub struct DemoReport {
+    pub produced: usize,
+    pub summary: Summary,
+    pub dead_letters_by_reason: Vec<(String, String, u64)>,
+    pub duplicate_calls: usize,
+    pub events_per_sec: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub committed_to_end: bool,
+}
+
+impl DemoReport {
+    pub fn accounted_for(&self) -> u64 {
+        self.summary.delivered + self.summary.dead_lettered()
+    }
+
+    pub fn succeeded(&self) -> bool {
+        self.accounted_for() == self.produced as u64 && self.committed_to_end
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::from("paysync demo: summary\n");
+        let mut line =
+            |label: &str, value: String| out.push_str(&format!("  {label:<34} {value}\n"));
+        line("produced", self.produced.to_string());
+        line("delivered", self.summary.delivered.to_string());
+        line("dead-lettered", self.summary.dead_lettered().to_string());
+        for (class, reason, count) in &self.dead_letters_by_reason {
+            line(&format!("  {class} / {reason}"), count.to_string());
+        }
+        line("retried calls", self.summary.failed_calls.to_string());
+        line("calls", self.summary.calls.to_string());
+        line(
+            "duplicate calls at the API",
+            self.duplicate_calls.to_string(),
+        );
+        line("throughput", format!("{:.0} events/s", self.events_per_sec));
+        line(
+            "latency p50 / p99",
+            format!(
+                "{:.1} / {:.1} ms (Kafka → API acceptance)",
+                self.p50_ms, self.p99_ms
+            ),
+        );
+        line(
+            "accounted for",
+            format!("{} of {}", self.accounted_for(), self.produced),
+        );
+        line(
+            "committed to the end",
+            if self.committed_to_end { "yes" } else { "no" }.to_owned(),
+        );
+        out
+    }
+}
+
+/// One demo message: key (the order id) and value.
+fn message(index: usize, events: usize, malformed_every: Option<usize>) -> (String, Vec<u8>) {
+    if let Some(every) = malformed_every
+        && index % every == every / 2
+    {
+        // Truncated JSON, a negative fee, and a message missing and mangling fields.
+        let broken = match (index / every) % 3 {
+            0 => r#"{"carNo": "浙A1"#,
+            1 => {
+                r#"{"carNo":"浙A12345","orderId":"X","parkId":"p1","payTime":"2026-11-26 10:00:00","orderType":1,"payFee":-300}"#
+            }
+            _ => {
+                r#"{"orderId":"Y","parkId":"p1","payTime":"yesterday","orderType":3,"payFee":100}"#
+            }
+        };
+        return (format!("malformed-{index}"), broken.as_bytes().to_vec());
+    }
+    // Every tenth event refunds the previous order (same key, so same partition, after it).
+    let refund = index % 10 == 9;
+    let order = if refund { index - 1 } else { index };
+    let order_id = format!("PK{:08}", order);
+    let fee = 200 + (order * 7919) % 4800;
+    let paid_at = Utc::now() - ChronoDuration::seconds((events - index) as i64);
+    let value = serde_json::json!({
+        "carNo": format!("{}{:05}", PLATE_PREFIXES[order % PLATE_PREFIXES.len()], (order * 104_729) % 100_000),
+        "orderId": order_id,
+        "parkId": PARKS[order % PARKS.len()],
+        "payTime": paid_at.timestamp_millis(),
+        "orderType": if refund { 2 } else { 1 },
+        "payFee": fee,
+        "payOrderId": format!("PO{:012}", index),
+        "payMethod": METHODS[order % METHODS.len()],
+    });
+    (order_id, value.to_string().into_bytes())
+}
+
+/// Runs the demo; the mock cluster stays on the calling task.
+pub async fn run(options: DemoOptions) -> anyhow::Result<DemoReport> {
+    anyhow::ensure!(options.events > 0, "--events must be above 0");
+    let stack = LocalStack::start(
+        PARTITIONS,
+        options.faults.clone(),
+        Journal::new(None)?,
+        "paysync-demo",
+    )
+    .await?;
+    let mut settings = stack.settings.clone();
+    settings.delivery.rate_limit_per_sec = options.rate;
+    settings.delivery.rate_limit_burst = Some((options.rate / 10).max(1));
+    settings.validate()?;
+
+    let malformed_every = (options.malformed_rate > 0.0)
+        .then(|| ((1.0 / options.malformed_rate) as usize).clamp(2, options.events.max(2)))
+        .filter(|_| options.events >= 50);
+    let producer = stack.producer()?;
+    let messages: Vec<(String, Vec<u8>)> = (0..options.events)
+        .map(|i| message(i, options.events, malformed_every))
+        .collect();
+    for chunk in messages.chunks(10_000) {
+        let sends = chunk.iter().map(|(key, value)| {
+            producer.send(
+                FutureRecord::to(TOPIC).key(key).payload(value),
+                Duration::from_secs(30),
+            )
+        });
+        for sent in futures::future::join_all(sends).await {
+            sent.map_err(|(error, _)| error)
+                .context("producing demo events")?;
+        }
+    }
+
+    let pipeline = tokio::task::spawn_blocking(move || Pipeline::build(settings)).await??;
+    let metrics = pipeline.metrics();
+    let admin = AdminServer::start(
+        options.admin_listen,
+        AdminState {
+            metrics: metrics.clone(),
+            health: pipeline.health(),
+            gate: pipeline.gate_handle(),
+            liveness_timeout: Duration::from_secs(60),
+        },
+    )
+    .await
+    .with_context(|| format!("cannot listen on {}", options.admin_listen))?;
+    eprintln!(
+        "paysync demo: {} events ({} partitions, in-process Kafka), emulator at {}, metrics at http://{}/metrics",
+        options.events,
+        PARTITIONS,
+        stack.emulator.url(),
+        admin.addr()
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(pipeline.run(async move {
+        let _ = stopped.await;
+    }));
+
+    let bar = ProgressBar::new(options.events as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} ({eta} left) {msg}",
+        )
+        .expect("a valid template"),
+    );
+    let started = Instant::now();
+    let deadline = started
+        + Duration::from_secs(60)
+        + Duration::from_secs_f64(options.events as f64 / f64::from(options.rate) * 3.0);
+    let mut first_done: Option<Instant> = None;
+    let mut committed_to_end = false;
+    loop {
+        let summary = Summary::of(&metrics);
+        let done = summary.delivered + summary.dead_lettered();
+        if done > 0 {
+            first_done.get_or_insert_with(Instant::now);
+        }
+        bar.set_position(done);
+        bar.set_message(format!(
+            "delivered {}, dead-lettered {}, retried calls {}",
+            summary.delivered,
+            summary.dead_lettered(),
+            summary.failed_calls
+        ));
+        if done >= options.events as u64 {
+            committed_to_end = stack.committed_to_end()?;
+            if committed_to_end {
+                break;
+            }
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let elapsed = first_done
+        .map_or(started.elapsed(), |t| t.elapsed())
+        .as_secs_f64()
+        .max(1e-3);
+    bar.finish_and_clear();
+    let _ = stop.send(());
+    let summary = running.await??;
+    admin.stop().await;
+    let mut dead_letters_by_reason = metrics.dead_letter_counts();
+    dead_letters_by_reason.sort();
+    Ok(DemoReport {
+        produced: options.events,
+        dead_letters_by_reason,
+        duplicate_calls: stack.emulator.gateway().order_counts().2,
+        events_per_sec: (summary.delivered + summary.dead_lettered()) as f64 / elapsed,
+        p50_ms: metrics.latency_ms(0.5),
+        p99_ms: metrics.latency_ms(0.99),
+        summary,
+        committed_to_end,
+    })
+}

@@ -1,0 +1,114 @@
+//! An in-process stack for `paysync demo` and `paysync bench`: librdkafka's
+//! mock cluster holding the source and dead-letter topics, the emulator on a
+//! free loopback port, and settings that point the real pipeline at both.
+//!
+//! The mock cluster is not `Send`: keep a [`LocalStack`] on the task that made it.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::Context;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{DefaultProducerContext, FutureProducer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use secrecy::SecretString;
+
+use crate::config::Settings;
+use crate::emulator::journal::Journal;
+use crate::emulator::{Emulator, Faults, Gateway, GatewaySettings};
+
+pub const APP_KEY: &str = "local-app";
+pub const APP_SECRET: &str = "local-secret";
+pub const TOPIC: &str = "parking-payments";
+pub const DLQ: &str = "parking-payments.dlq";
+
+pub struct LocalStack {
+    pub cluster: MockCluster<'static, DefaultProducerContext>,
+    pub emulator: Emulator,
+    /// Settings for a pipeline on this stack (group, topics, gateway, secret).
+    pub settings: Settings,
+    pub partitions: i32,
+}
+
+impl LocalStack {
+    pub async fn start(
+        partitions: i32,
+        faults: Faults,
+        journal: Journal,
+        group: &str,
+    ) -> anyhow::Result<LocalStack> {
+        let cluster = MockCluster::new(1).context("cannot start the in-process Kafka cluster")?;
+        cluster.create_topic(TOPIC, partitions, 1)?;
+        cluster.create_topic(DLQ, 1, 1)?;
+        let gateway = Gateway::new(
+            GatewaySettings {
+                apps: HashMap::from([(APP_KEY.to_owned(), SecretString::from(APP_SECRET))]),
+                seed: Some(1),
+                ..GatewaySettings::default()
+            },
+            faults,
+            journal,
+        );
+        let emulator = Emulator::start("127.0.0.1:0".parse()?, gateway).await?;
+        let mut settings = Settings::default();
+        settings.kafka.bootstrap_servers = cluster.bootstrap_servers();
+        settings.kafka.group_id = group.to_owned();
+        settings.kafka.topics = vec![TOPIC.to_owned()];
+        settings.kafka.dlq_topic = DLQ.to_owned();
+        settings.kafka.session_timeout_ms = 10_000;
+        settings.kafka.revoke_drain_timeout_ms = 5_000;
+        settings.kafka.commit_interval_ms = 200;
+        settings.top.gateway_url = emulator.url();
+        settings.top.app_key = APP_KEY.to_owned();
+        settings.top.app_secret = Some(SecretString::from(APP_SECRET));
+        settings.delivery.backoff_initial_ms = 50;
+        settings.delivery.backoff_max_ms = 1_000;
+        settings.delivery.breaker_probe_interval_ms = 500;
+        settings.log.level = "warn".to_owned();
+        Ok(LocalStack {
+            cluster,
+            emulator,
+            settings,
+            partitions,
+        })
+    }
+
+    pub fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", self.cluster.bootstrap_servers());
+        config
+    }
+
+    pub fn producer(&self) -> anyhow::Result<FutureProducer> {
+        Ok(self
+            .client_config()
+            .set("linger.ms", "5")
+            .set("queue.buffering.max.messages", "1000000")
+            .create()?)
+    }
+
+    /// Whether the pipeline's group has committed every partition to its end.
+    pub fn committed_to_end(&self) -> anyhow::Result<bool> {
+        let mut config = self.client_config();
+        config.set("group.id", &self.settings.kafka.group_id);
+        let consumer: BaseConsumer = config.create()?;
+        let mut tpl = TopicPartitionList::new();
+        for partition in 0..self.partitions {
+            tpl.add_partition(TOPIC, partition);
+        }
+        let committed = consumer.committed_offsets(tpl, Duration::from_secs(5))?;
+        for element in committed.elements() {
+            let (_, high) =
+                consumer.fetch_watermarks(TOPIC, element.partition(), Duration::from_secs(5))?;
+            let at = match element.offset() {
+                Offset::Offset(offset) => offset,
+                _ => 0,
+            };
+            if at < high {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
