@@ -43,6 +43,8 @@ pub enum Command {
     Run(RunArgs),
     /// Run the whole bridge in one process (in-process Kafka, emulator, pipeline).
     Demo(DemoArgs),
+    /// Send a bounded range of a source topic to the API again (backfill).
+    Replay(ReplayArgs),
     /// Measure the pipeline against the mock cluster and the emulator.
     Bench(BenchArgs),
     /// Run a local TOP gateway emulator.
@@ -140,6 +142,41 @@ pub struct CallArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ReplayArgs {
+    #[arg(long)]
+    pub config: PathBuf,
+    /// The source topic (default: the only one in kafka.topics).
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// Partitions to replay, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub partitions: Vec<i32>,
+    /// First offset (inclusive) in each partition.
+    #[arg(long, conflicts_with = "from_time")]
+    pub from_offset: Option<i64>,
+    /// Last offset (exclusive) in each partition.
+    #[arg(long, conflicts_with = "to_time")]
+    pub to_offset: Option<i64>,
+    /// Start at the first message at or after this RFC 3339 time.
+    #[arg(long)]
+    pub from_time: Option<chrono::DateTime<chrono::Utc>>,
+    /// Stop before the first message at or after this RFC 3339 time.
+    #[arg(long)]
+    pub to_time: Option<chrono::DateTime<chrono::Utc>>,
+    /// The replay's own group, which keeps its progress (default: <kafka.group_id>.replay).
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Calls per second (default: --rate-fraction of delivery.rate_limit_per_sec).
+    #[arg(long)]
+    pub rate: Option<u32>,
+    #[arg(long, default_value_t = 0.25)]
+    pub rate_fraction: f64,
+    /// Decode and validate the range without calling the API or committing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct DemoArgs {
     #[arg(long, default_value_t = 5_000)]
     pub events: usize,
@@ -229,6 +266,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Run(args) => run_pipeline(&args.config).await,
         Command::Bench(args) => bench(args).await,
         Command::Demo(args) => demo(args).await,
+        Command::Replay(args) => replay(args).await,
         Command::Emulator(args) => emulator(*args).await,
         Command::Sign(args) => sign_command(args),
         Command::Call(args) => call(args).await,
@@ -288,6 +326,42 @@ fn check_config(path: &Path) -> ExitCode {
         Err(error) => {
             eprint!("{}: {error}", path.display());
             ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+async fn replay(args: ReplayArgs) -> ExitCode {
+    let settings = match Settings::load(Some(&args.config)) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprint!("{}: {error}", args.config.display());
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    crate::telemetry::init(&LogSettings {
+        level: "error".into(),
+        ..settings.log.clone()
+    });
+    let request = crate::replay::ReplayRequest {
+        topic: args.topic,
+        partitions: args.partitions,
+        from_offset: args.from_offset,
+        to_offset: args.to_offset,
+        from_time: args.from_time,
+        to_time: args.to_time,
+        group: args.group,
+        rate: args.rate,
+        rate_fraction: args.rate_fraction,
+        dry_run: args.dry_run,
+    };
+    match crate::replay::run(settings, request, crate::shutdown::signal()).await {
+        Ok(report) => {
+            print!("{}", report.render());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("paysync replay: {error:#}");
+            ExitCode::FAILURE
         }
     }
 }

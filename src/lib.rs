@@ -13,6 +13,7 @@
 //! * [`metrics`]: every exported metric, in one place.
 //! * [`admin`]: `/metrics`, `/health/live`, `/health/ready`.
 //! * [`demo`]: the whole bridge in one process, for a first look.
+//! * [`replay`]: backfill of a bounded range through the same pipeline.
 //! * [`bench`]: the in-process benchmark.
 //! * [`local`]: the in-process stack (mock Kafka + emulator) both use.
 //! * [`telemetry`]: logging set-up.
@@ -31,6 +32,7 @@ pub mod event;
 pub mod local;
 pub mod metrics;
 pub mod pipeline;
+pub mod replay;
 pub mod shutdown;
 pub mod telemetry;
 pub mod top;

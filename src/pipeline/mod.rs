@@ -204,6 +204,34 @@ impl Shared {
             .set(partitions.len() as i64);
     }
 
+    /// Owns the partitions of a bounded range, starting at their start offsets.
+    fn assign_from(&self, ranges: &[OffsetRange]) {
+        self.health.joined.store(true, Ordering::Relaxed);
+        let mut partitions = self.lock();
+        for range in ranges {
+            let id = PartitionId {
+                topic: range.topic.clone(),
+                partition: range.partition,
+            };
+            partitions.insert(
+                id,
+                PartitionState {
+                    tracker: OffsetTracker::starting_at(range.start),
+                    live_tasks: 0,
+                    generation: self.next_generation.fetch_add(1, Ordering::Relaxed),
+                    cancel: CancellationToken::new(),
+                    paused: false,
+                },
+            );
+        }
+        self.health
+            .assigned
+            .store(partitions.len(), Ordering::Relaxed);
+        self.metrics
+            .assigned_partitions
+            .set(partitions.len() as i64);
+    }
+
     /// Drains the revoked partitions, commits their positions, drops them.
     fn revoke(&self, consumer: &BaseConsumer<PipelineContext>, tpl: &TopicPartitionList) {
         let revoked: Vec<PartitionId> = tpl
@@ -595,9 +623,30 @@ struct Flow {
     paused_all: bool,
 }
 
+/// Where a pipeline's messages come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// The consumer group, subscribed to `kafka.topics` (`paysync run`).
+    Group,
+    /// Fixed offset ranges, assigned directly; the run ends when all are done
+    /// (`paysync replay`).
+    Range(Vec<OffsetRange>),
+}
+
+/// Offsets `[start, end)` of one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffsetRange {
+    pub topic: String,
+    pub partition: i32,
+    pub start: i64,
+    pub end: i64,
+}
+
 /// A built pipeline, ready to [`Pipeline::run`].
 pub struct Pipeline {
     consumer: StreamConsumer<PipelineContext>,
+    /// For a bounded range: each partition's `[start, end)`.
+    ranges: HashMap<PartitionId, (i64, i64)>,
     shared: Arc<Shared>,
     deliverer: Arc<Deliverer>,
     settings: Settings,
@@ -621,6 +670,11 @@ pub fn client_config(
 impl Pipeline {
     /// Connects to Kafka, checks the dead-letter topic exists, subscribes.
     pub fn build(settings: Settings) -> anyhow::Result<Pipeline> {
+        Self::build_with(settings, Source::Group)
+    }
+
+    /// Like [`Pipeline::build`], for the group or for a bounded range.
+    pub fn build_with(settings: Settings, source: Source) -> anyhow::Result<Pipeline> {
         let kafka = &settings.kafka;
         let delivery = &settings.delivery;
         let metrics = Arc::new(Metrics::new());
@@ -679,10 +733,38 @@ impl Pipeline {
             }
             std::thread::sleep(Duration::from_millis(250));
         }
-        let topics: Vec<&str> = kafka.topics.iter().map(String::as_str).collect();
-        consumer
-            .subscribe(&topics)
-            .context("cannot subscribe to the source topics")?;
+        let mut ranges_by_partition = HashMap::new();
+        match &source {
+            Source::Group => {
+                let topics: Vec<&str> = kafka.topics.iter().map(String::as_str).collect();
+                consumer
+                    .subscribe(&topics)
+                    .context("cannot subscribe to the source topics")?;
+            }
+            Source::Range(ranges) => {
+                // No group membership: the ranges are assigned directly, and
+                // the group only keeps the committed progress (for resuming).
+                let mut tpl = TopicPartitionList::new();
+                for range in ranges {
+                    tpl.add_partition_offset(
+                        &range.topic,
+                        range.partition,
+                        Offset::Offset(range.start),
+                    )?;
+                    ranges_by_partition.insert(
+                        PartitionId {
+                            topic: range.topic.clone(),
+                            partition: range.partition,
+                        },
+                        (range.start, range.end),
+                    );
+                }
+                shared.assign_from(ranges);
+                consumer
+                    .assign(&tpl)
+                    .context("cannot assign the replay range")?;
+            }
+        }
         let dead_letters = DeadLetterProducer::new(
             client_config(&settings, &kafka.producer),
             kafka.dlq_topic.clone(),
@@ -718,6 +800,7 @@ impl Pipeline {
         });
         Ok(Pipeline {
             consumer,
+            ranges: ranges_by_partition,
             shared,
             deliverer,
             settings,
@@ -753,6 +836,9 @@ impl Pipeline {
         self.observe();
         loop {
             let may_poll = self.store_and_pause(&mut flow);
+            if !self.ranges.is_empty() && self.range_done() {
+                break;
+            }
             // Shutdown first, then housekeeping, then new messages: completions
             // are handled before more work is taken on.
             tokio::select! {
@@ -785,6 +871,10 @@ impl Pipeline {
             partition: message.partition(),
         };
         let offset = message.offset();
+        if self.ranges.get(&id).is_some_and(|(_, end)| offset >= *end) {
+            // Past a replay range's end: not ours to send.
+            return;
+        }
         let (generation, cancel) = {
             let mut partitions = self.shared.lock();
             // A message of a partition this consumer no longer owns is the next owner's.
@@ -847,6 +937,29 @@ impl Pipeline {
             }
             .instrument(span),
         );
+    }
+
+    /// Whether every partition of a bounded range is finished up to its end.
+    fn range_done(&self) -> bool {
+        let (done, total) = self.range_progress();
+        done >= total
+    }
+
+    /// How many messages of a bounded range are finished, and how many there
+    /// are (offsets, so gaps from compaction count as finished).
+    fn range_progress(&self) -> (u64, u64) {
+        let partitions = self.shared.lock();
+        let mut done = 0;
+        let mut total = 0;
+        for (id, (start, end)) in &self.ranges {
+            let position = partitions
+                .get(id)
+                .and_then(|s| s.tracker.position())
+                .unwrap_or(*start);
+            total += (end - start).max(0) as u64;
+            done += (position.min(*end) - start).max(0) as u64;
+        }
+        (done, total)
     }
 
     /// Periodic gauges and the liveness mark (every tick of the main loop).

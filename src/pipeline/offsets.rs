@@ -36,6 +36,14 @@ pub struct OffsetTracker {
 }
 
 impl OffsetTracker {
+    /// A tracker whose position is `offset` until messages arrive (a replay range's start).
+    pub fn starting_at(offset: i64) -> OffsetTracker {
+        OffsetTracker {
+            next_after_seen: Some(offset),
+            ..OffsetTracker::default()
+        }
+    }
+
     /// A message was taken from Kafka and is now in flight.
     pub fn start(&mut self, offset: i64) {
         self.in_flight.insert(offset, Instant::now());

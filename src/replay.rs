@@ -1,0 +1,322 @@
+//! `paysync replay`: send a bounded range of a source topic to the API again
+//! (backfill), with the same signing, classification and dead-letter topic.
+//!
+//! The range is per partition: from an offset or a time (`offsets_for_times`)
+//! up to an offset or a time, or the high watermark when replay starts, so it
+//! always ends. Replay uses its own consumer group (default
+//! `<kafka.group_id>.replay`) only to remember its progress: partitions are
+//! assigned directly, so it never joins or moves the live group, and an
+//! interrupted replay continues from its committed progress. Its rate limit is
+//! its own too, by default a quarter of the live one, so a backfill cannot
+//! starve live traffic on a shared API quota.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail, ensure};
+use chrono::{DateTime, Utc};
+use indicatif::{ProgressBar, ProgressStyle};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::Settings;
+use crate::event;
+use crate::pipeline::{OffsetRange, Pipeline, Source, Summary, client_config};
+
+/// What to replay.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayRequest {
+    /// Defaults to the only entry of `kafka.topics`.
+    pub topic: Option<String>,
+    /// Empty: every partition.
+    pub partitions: Vec<i32>,
+    pub from_offset: Option<i64>,
+    pub to_offset: Option<i64>,
+    pub from_time: Option<DateTime<Utc>>,
+    pub to_time: Option<DateTime<Utc>>,
+    /// Defaults to `<kafka.group_id>.replay`.
+    pub group: Option<String>,
+    /// Calls per second; defaults to `rate_fraction` of the live rate.
+    pub rate: Option<u32>,
+    pub rate_fraction: f64,
+    pub dry_run: bool,
+}
+
+/// What a replay did.
+#[derive(Debug, Clone)]
+pub struct ReplayReport {
+    pub ranges: Vec<OffsetRange>,
+    pub group: String,
+    pub rate: u32,
+    /// Filled for a real run.
+    pub summary: Option<Summary>,
+    /// Filled for a dry run: (valid, invalid) and the first problems found.
+    pub checked: Option<(u64, u64, Vec<String>)>,
+}
+
+impl ReplayReport {
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let messages: i64 = self.ranges.iter().map(|r| r.end - r.start).sum();
+        out.push_str(&format!(
+            "paysync replay: {} messages from group {} at {} calls/s\n",
+            messages, self.group, self.rate
+        ));
+        for range in &self.ranges {
+            out.push_str(&format!(
+                "  {}/{}  offsets {}..{}\n",
+                range.topic, range.partition, range.start, range.end
+            ));
+        }
+        if let Some(summary) = &self.summary {
+            out.push_str(&format!(
+                "  delivered {}, dead-lettered {} (invalid {}, rejected {}, retries exhausted {}), calls {}, retried calls {}\n",
+                summary.delivered,
+                summary.dead_lettered(),
+                summary.dead_lettered_invalid_event,
+                summary.dead_lettered_rejected,
+                summary.dead_lettered_retries_exhausted,
+                summary.calls,
+                summary.failed_calls
+            ));
+        }
+        if let Some((valid, invalid, problems)) = &self.checked {
+            out.push_str(&format!(
+                "  dry run: {valid} valid, {invalid} invalid (nothing was sent)\n"
+            ));
+            for problem in problems {
+                out.push_str(&format!("    {problem}\n"));
+            }
+        }
+        out
+    }
+}
+
+/// Resolves the request into offset ranges, using `consumer` for metadata.
+fn resolve(
+    settings: &Settings,
+    request: &ReplayRequest,
+    consumer: &BaseConsumer,
+) -> anyhow::Result<Vec<OffsetRange>> {
+    let timeout = Duration::from_secs(10);
+    let topic = match (&request.topic, settings.kafka.topics.as_slice()) {
+        (Some(topic), _) => topic.clone(),
+        (None, [only]) => only.clone(),
+        (None, _) => bail!("kafka.topics names several topics: choose one with --topic"),
+    };
+    let metadata = consumer
+        .fetch_metadata(Some(&topic), timeout)
+        .context("cannot read Kafka metadata")?;
+    let Some(found) = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+    else {
+        bail!("topic {topic:?} does not exist");
+    };
+    let all: Vec<i32> = found.partitions().iter().map(|p| p.id()).collect();
+    let partitions = if request.partitions.is_empty() {
+        all.clone()
+    } else {
+        request.partitions.clone()
+    };
+    for partition in &partitions {
+        ensure!(
+            all.contains(partition),
+            "topic {topic:?} has no partition {partition}"
+        );
+    }
+    let by_time = |time: DateTime<Utc>| -> anyhow::Result<Vec<Option<i64>>> {
+        let mut tpl = TopicPartitionList::new();
+        for partition in &partitions {
+            tpl.add_partition_offset(&topic, *partition, Offset::Offset(time.timestamp_millis()))?;
+        }
+        let found = consumer.offsets_for_times(tpl, timeout)?;
+        Ok(partitions
+            .iter()
+            .map(
+                |p| match found.find_partition(&topic, *p).map(|e| e.offset()) {
+                    Some(Offset::Offset(offset)) => Some(offset),
+                    _ => None,
+                },
+            )
+            .collect())
+    };
+    let from_times = request.from_time.map(by_time).transpose()?;
+    let to_times = request.to_time.map(by_time).transpose()?;
+    let mut committed = TopicPartitionList::new();
+    for partition in &partitions {
+        committed.add_partition(&topic, *partition);
+    }
+    let committed = consumer.committed_offsets(committed, timeout)?;
+    let mut ranges = Vec::new();
+    for (i, partition) in partitions.iter().enumerate() {
+        let (low, high) = consumer.fetch_watermarks(&topic, *partition, timeout)?;
+        // A time with no message at or after it means "the end".
+        let start = request
+            .from_offset
+            .or_else(|| from_times.as_ref().map(|t| t[i].unwrap_or(high)))
+            .unwrap_or(low)
+            .clamp(low, high);
+        let end = request
+            .to_offset
+            .or_else(|| to_times.as_ref().map(|t| t[i].unwrap_or(high)))
+            .unwrap_or(high)
+            .clamp(start, high);
+        // Continue an interrupted replay from its own committed progress.
+        let resumed = match committed
+            .find_partition(&topic, *partition)
+            .map(|e| e.offset())
+        {
+            Some(Offset::Offset(done)) if done > start && done <= end => done,
+            _ => start,
+        };
+        ranges.push(OffsetRange {
+            topic: topic.clone(),
+            partition: *partition,
+            start: resumed,
+            end,
+        });
+    }
+    Ok(ranges)
+}
+
+/// Runs a replay (or a dry run) to the end of its range, or until `shutdown`.
+pub async fn run(
+    mut settings: Settings,
+    request: ReplayRequest,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<ReplayReport> {
+    ensure!(
+        request.rate_fraction > 0.0 && request.rate_fraction <= 1.0,
+        "--rate-fraction must be in (0, 1]"
+    );
+    let group = request
+        .group
+        .clone()
+        .unwrap_or_else(|| format!("{}.replay", settings.kafka.group_id));
+    ensure!(
+        group != settings.kafka.group_id,
+        "the replay group must differ from the live group {:?}",
+        settings.kafka.group_id
+    );
+    let rate = request.rate.unwrap_or_else(|| {
+        ((f64::from(settings.delivery.rate_limit_per_sec) * request.rate_fraction) as u32).max(1)
+    });
+    let mut config = client_config(&settings, &settings.kafka.consumer);
+    config
+        .set("group.id", &group)
+        .set("enable.auto.commit", "false");
+    let consumer: BaseConsumer = config.create().context("cannot create a Kafka client")?;
+    let ranges = resolve(&settings, &request, &consumer)?;
+    let total: i64 = ranges.iter().map(|r| r.end - r.start).sum();
+    if request.dry_run {
+        let checked = dry_run(&consumer, &ranges, settings.event.max_bytes)?;
+        return Ok(ReplayReport {
+            ranges,
+            group,
+            rate,
+            summary: None,
+            checked: Some(checked),
+        });
+    }
+    drop(consumer);
+    if total == 0 {
+        return Ok(ReplayReport {
+            ranges,
+            group,
+            rate,
+            summary: Some(Summary::default()),
+            checked: None,
+        });
+    }
+    settings.kafka.group_id = group.clone();
+    settings.delivery.rate_limit_per_sec = rate;
+    settings.delivery.rate_limit_burst = Some((rate / 10).max(1));
+    let source = Source::Range(ranges.clone());
+    let pipeline =
+        tokio::task::spawn_blocking(move || Pipeline::build_with(settings, source)).await??;
+    let metrics = pipeline.metrics();
+    let bar = ProgressBar::new(total as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} ETA {eta} {msg}",
+        )
+        .expect("a valid template"),
+    );
+    let running = tokio::spawn(pipeline.run(shutdown));
+    while !running.is_finished() {
+        let summary = Summary::of(&metrics);
+        bar.set_position(summary.delivered + summary.dead_lettered());
+        bar.set_message(format!(
+            "delivered {}, dead-lettered {}",
+            summary.delivered,
+            summary.dead_lettered()
+        ));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bar.finish_and_clear();
+    let summary = running.await??;
+    Ok(ReplayReport {
+        ranges,
+        group,
+        rate,
+        summary: Some(summary),
+        checked: None,
+    })
+}
+
+/// Reads the ranges and decodes every message; sends nothing, commits nothing.
+fn dry_run(
+    consumer: &BaseConsumer,
+    ranges: &[OffsetRange],
+    max_bytes: usize,
+) -> anyhow::Result<(u64, u64, Vec<String>)> {
+    let mut tpl = TopicPartitionList::new();
+    let mut remaining = 0;
+    for range in ranges.iter().filter(|r| r.end > r.start) {
+        tpl.add_partition_offset(&range.topic, range.partition, Offset::Offset(range.start))?;
+        remaining += 1;
+    }
+    consumer.assign(&tpl)?;
+    let (mut valid, mut invalid, mut problems) = (0u64, 0u64, Vec::new());
+    let mut positions: std::collections::HashMap<i32, i64> =
+        ranges.iter().map(|r| (r.partition, r.start)).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    while remaining > 0 {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the dry run did not reach the end of the range"
+        );
+        let Some(message) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let message = message?;
+        let Some(range) = ranges.iter().find(|r| r.partition == message.partition()) else {
+            continue;
+        };
+        if message.offset() >= range.end {
+            continue;
+        }
+        match event::decode(message.payload(), max_bytes) {
+            Ok(_) => valid += 1,
+            Err(error) => {
+                invalid += 1;
+                if problems.len() < 20 {
+                    problems.push(format!(
+                        "{}/{}@{}: {error}",
+                        message.topic(),
+                        message.partition(),
+                        message.offset()
+                    ));
+                }
+            }
+        }
+        let position = positions.entry(message.partition()).or_insert(range.start);
+        *position = message.offset() + 1;
+        if *position >= range.end {
+            remaining -= 1;
+        }
+    }
+    Ok((valid, invalid, problems))
+}
