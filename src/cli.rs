@@ -45,6 +45,9 @@ pub enum Command {
     Demo(DemoArgs),
     /// Send a bounded range of a source topic to the API again (backfill).
     Replay(ReplayArgs),
+    /// Inspect or redrive the dead-letter topic.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
     /// Measure the pipeline against the mock cluster and the emulator.
     Bench(BenchArgs),
     /// Run a local TOP gateway emulator.
@@ -139,6 +142,73 @@ pub struct CallArgs {
     /// A file holding one event (JSON), or - for standard input.
     #[arg(default_value = "-")]
     pub event: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List dead letters with their reason, code, message and source position.
+    Inspect(DlqInspectArgs),
+    /// Send selected dead letters back to their source topic, or straight to the API.
+    Redrive(DlqRedriveArgs),
+}
+
+/// Selects dead letters.
+#[derive(Debug, Args)]
+pub struct DlqFilterArgs {
+    /// invalid_event, rejected or retries_exhausted.
+    #[arg(long)]
+    pub class: Option<String>,
+    /// The paysync.error.reason header, e.g. business_rejected.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// The TOP code, e.g. 41.
+    #[arg(long)]
+    pub code: Option<String>,
+    /// Dead-lettered at or after this RFC 3339 time.
+    #[arg(long)]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Dead-lettered before this RFC 3339 time.
+    #[arg(long)]
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl DlqFilterArgs {
+    fn filter(&self) -> crate::dlq::Filter {
+        crate::dlq::Filter {
+            class: self.class.clone(),
+            reason: self.reason.clone(),
+            code: self.code.clone(),
+            since: self.since,
+            until: self.until,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct DlqInspectArgs {
+    #[arg(long)]
+    pub config: PathBuf,
+    #[command(flatten)]
+    pub filter: DlqFilterArgs,
+    /// One JSON array instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DlqRedriveArgs {
+    #[arg(long)]
+    pub config: PathBuf,
+    #[command(flatten)]
+    pub filter: DlqFilterArgs,
+    #[arg(long, value_enum, default_value_t = crate::dlq::Target::Source)]
+    pub to: crate::dlq::Target,
+    /// The group that keeps the redrive's cursor (default: <kafka.group_id>.redrive).
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Show what would be redriven; send nothing and keep the cursor.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]
@@ -267,6 +337,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Bench(args) => bench(args).await,
         Command::Demo(args) => demo(args).await,
         Command::Replay(args) => replay(args).await,
+        Command::Dlq(command) => dlq(command).await,
         Command::Emulator(args) => emulator(*args).await,
         Command::Sign(args) => sign_command(args),
         Command::Call(args) => call(args).await,
@@ -326,6 +397,93 @@ fn check_config(path: &Path) -> ExitCode {
         Err(error) => {
             eprint!("{}: {error}", path.display());
             ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+async fn dlq(command: DlqCommand) -> ExitCode {
+    let config = match &command {
+        DlqCommand::Inspect(args) => &args.config,
+        DlqCommand::Redrive(args) => &args.config,
+    };
+    let settings = match Settings::load(Some(config)) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprint!("{}: {error}", config.display());
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    crate::telemetry::init(&LogSettings {
+        level: "error".into(),
+        ..settings.log.clone()
+    });
+    match command {
+        DlqCommand::Inspect(args) => {
+            let filter = args.filter.filter();
+            match tokio::task::spawn_blocking(move || crate::dlq::inspect(&settings, &filter)).await
+            {
+                Ok(Ok(records)) if args.json => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&records).expect("records serialise")
+                    );
+                    ExitCode::SUCCESS
+                }
+                Ok(Ok(records)) => {
+                    print!("{}", crate::dlq::render_table(&records));
+                    ExitCode::SUCCESS
+                }
+                Ok(Err(error)) => {
+                    eprintln!("paysync dlq inspect: {error:#}");
+                    ExitCode::FAILURE
+                }
+                Err(error) => {
+                    eprintln!("paysync dlq inspect: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        DlqCommand::Redrive(args) => {
+            match crate::dlq::redrive(
+                &settings,
+                &args.filter.filter(),
+                args.to,
+                args.group.as_deref(),
+                args.dry_run,
+            )
+            .await
+            {
+                Ok(report) => {
+                    let verb = if report.dry_run {
+                        "would redrive"
+                    } else {
+                        "redrove"
+                    };
+                    println!(
+                        "paysync dlq redrive: examined {}, selected {}, {verb} {} to {:?}",
+                        report.examined,
+                        report.selected,
+                        if report.dry_run {
+                            report.selected
+                        } else {
+                            report.redriven
+                        },
+                        args.to
+                    );
+                    for failure in &report.failed {
+                        println!("  not accepted: {failure}");
+                    }
+                    if report.failed.is_empty() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(error) => {
+                    eprintln!("paysync dlq redrive: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
 }

@@ -14,6 +14,7 @@
 //! * [`admin`]: `/metrics`, `/health/live`, `/health/ready`.
 //! * [`demo`]: the whole bridge in one process, for a first look.
 //! * [`replay`]: backfill of a bounded range through the same pipeline.
+//! * [`dlq`]: reading dead letters back, and redriving them.
 //! * [`bench`]: the in-process benchmark.
 //! * [`local`]: the in-process stack (mock Kafka + emulator) both use.
 //! * [`telemetry`]: logging set-up.
@@ -27,6 +28,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod dlq;
 pub mod emulator;
 pub mod event;
 pub mod local;
