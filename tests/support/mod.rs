@@ -226,6 +226,11 @@ pub struct Process {
 
 impl Process {
     pub fn start(config: &RunConfig<'_>) -> Process {
+        Self::start_with_env(config, &[])
+    }
+
+    /// With extra environment variables (they win over the defaults here).
+    pub fn start_with_env(config: &RunConfig<'_>, env: &[(&str, &str)]) -> Process {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("paysync.toml");
         std::fs::write(&path, config.toml()).unwrap();
@@ -234,11 +239,17 @@ impl Process {
             .args(["run", "--config", path.to_str().unwrap()])
             .env("PAYSYNC_TOP__APP_SECRET", SECRET)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap();
         Process { child, _dir: dir }
+    }
+
+    /// Everything the process wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("paysync.log")).unwrap_or_default()
     }
 
     pub fn signal(&self, name: &str) {
