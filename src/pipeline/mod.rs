@@ -180,56 +180,46 @@ impl Shared {
     }
 
     fn assign(&self, tpl: &TopicPartitionList) {
-        self.health.joined.store(true, Ordering::Relaxed);
-        let mut partitions = self.lock();
-        for element in tpl.elements() {
+        self.own(tpl.elements().iter().map(|element| {
             let id = PartitionId {
                 topic: element.topic().to_owned(),
                 partition: element.partition(),
             };
             tracing::info!(partition = %id, "Partition assigned.");
+            (id, OffsetTracker::default())
+        }));
+    }
+
+    /// Owns the partitions of a bounded range, starting at their start offsets.
+    fn assign_from(&self, ranges: &[OffsetRange]) {
+        self.own(ranges.iter().map(|range| {
+            let id = PartitionId {
+                topic: range.topic.clone(),
+                partition: range.partition,
+            };
+            (id, OffsetTracker::starting_at(range.start))
+        }));
+    }
+
+    /// Takes ownership of partitions (a partition already owned keeps its state).
+    fn own(&self, owned: impl IntoIterator<Item = (PartitionId, OffsetTracker)>) {
+        self.health.joined.store(true, Ordering::Relaxed);
+        let mut partitions = self.lock();
+        for (id, tracker) in owned {
             partitions.entry(id).or_insert_with(|| PartitionState {
-                tracker: OffsetTracker::default(),
+                tracker,
                 live_tasks: 0,
                 generation: self.next_generation.fetch_add(1, Ordering::Relaxed),
                 cancel: CancellationToken::new(),
                 paused: false,
             });
         }
-        self.health
-            .assigned
-            .store(partitions.len(), Ordering::Relaxed);
-        self.metrics
-            .assigned_partitions
-            .set(partitions.len() as i64);
+        self.publish_assigned(partitions.len());
     }
 
-    /// Owns the partitions of a bounded range, starting at their start offsets.
-    fn assign_from(&self, ranges: &[OffsetRange]) {
-        self.health.joined.store(true, Ordering::Relaxed);
-        let mut partitions = self.lock();
-        for range in ranges {
-            let id = PartitionId {
-                topic: range.topic.clone(),
-                partition: range.partition,
-            };
-            partitions.insert(
-                id,
-                PartitionState {
-                    tracker: OffsetTracker::starting_at(range.start),
-                    live_tasks: 0,
-                    generation: self.next_generation.fetch_add(1, Ordering::Relaxed),
-                    cancel: CancellationToken::new(),
-                    paused: false,
-                },
-            );
-        }
-        self.health
-            .assigned
-            .store(partitions.len(), Ordering::Relaxed);
-        self.metrics
-            .assigned_partitions
-            .set(partitions.len() as i64);
+    fn publish_assigned(&self, count: usize) {
+        self.health.assigned.store(count, Ordering::Relaxed);
+        self.metrics.assigned_partitions.set(count as i64);
     }
 
     /// Drains the revoked partitions, commits their positions, drops them.
@@ -286,12 +276,7 @@ impl Shared {
                     );
                 }
             }
-            self.health
-                .assigned
-                .store(partitions.len(), Ordering::Relaxed);
-            self.metrics
-                .assigned_partitions
-                .set(partitions.len() as i64);
+            self.publish_assigned(partitions.len());
             commit
         };
         // The drain blocks this thread (librdkafka's callback is synchronous);
