@@ -607,8 +607,9 @@ async fn run_pipeline(path: &Path) -> ExitCode {
     // The first signal drains and commits; a second one exits at once. Stored
     // offsets only ever cover finished events, so nothing unfinished is committed.
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let first_signal = crate::shutdown::signal();
     tokio::spawn(async move {
-        crate::shutdown::signal().await;
+        first_signal.await;
         let _ = stop.send(());
         crate::shutdown::signal().await;
         eprintln!("paysync: second signal, exiting now");
@@ -809,6 +810,8 @@ async fn emulator(args: EmulatorArgs) -> ExitCode {
         bad_data_style: args.bad_data_style,
         seed: args.seed,
     };
+    // Handlers first: a test may signal as soon as it reads the URL below.
+    let shutdown = crate::shutdown::signal();
     let emulator = match Emulator::start(args.listen, Gateway::new(settings, faults, journal)).await
     {
         Ok(emulator) => emulator,
@@ -823,7 +826,7 @@ async fn emulator(args: EmulatorArgs) -> ExitCode {
     // Tests that start the emulator on port 0 read this line to find it.
     println!("emulator listening on {}", emulator.url());
     tracing::info!(url = %emulator.url(), app_key = %args.app_key, "Emulator started.");
-    emulator.run_until(crate::shutdown::signal()).await;
+    emulator.run_until(shutdown).await;
     tracing::info!("Emulator stopped.");
     ExitCode::SUCCESS
 }
