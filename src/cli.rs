@@ -384,6 +384,15 @@ fn sign_command(args: SignArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Loads and validates a configuration file; on failure prints every
+/// problem and gives the exit code for a bad configuration.
+fn load_settings(path: &Path) -> Result<Settings, ExitCode> {
+    Settings::load(Some(path)).map_err(|error| {
+        eprint!("{}: {error}", path.display());
+        ExitCode::from(EXIT_USAGE)
+    })
+}
+
 fn check_config(path: &Path) -> ExitCode {
     match Settings::load(Some(path)) {
         Ok(settings) => {
@@ -406,12 +415,9 @@ async fn dlq(command: DlqCommand) -> ExitCode {
         DlqCommand::Inspect(args) => &args.config,
         DlqCommand::Redrive(args) => &args.config,
     };
-    let settings = match Settings::load(Some(config)) {
+    let settings = match load_settings(config) {
         Ok(settings) => settings,
-        Err(error) => {
-            eprint!("{}: {error}", config.display());
-            return ExitCode::from(EXIT_USAGE);
-        }
+        Err(code) => return code,
     };
     crate::telemetry::init(&LogSettings {
         level: "error".into(),
@@ -489,12 +495,9 @@ async fn dlq(command: DlqCommand) -> ExitCode {
 }
 
 async fn replay(args: ReplayArgs) -> ExitCode {
-    let settings = match Settings::load(Some(&args.config)) {
+    let settings = match load_settings(&args.config) {
         Ok(settings) => settings,
-        Err(error) => {
-            eprint!("{}: {error}", args.config.display());
-            return ExitCode::from(EXIT_USAGE);
-        }
+        Err(code) => return code,
     };
     crate::telemetry::init(&LogSettings {
         level: "error".into(),
@@ -596,12 +599,9 @@ async fn bench(args: BenchArgs) -> ExitCode {
 }
 
 async fn run_pipeline(path: &Path) -> ExitCode {
-    let settings = match Settings::load(Some(path)) {
+    let settings = match load_settings(path) {
         Ok(settings) => settings,
-        Err(error) => {
-            eprint!("{}: {error}", path.display());
-            return ExitCode::from(EXIT_USAGE);
-        }
+        Err(code) => return code,
     };
     crate::telemetry::init(&settings.log);
     // The first signal drains and commits; a second one exits at once. Stored
@@ -675,12 +675,9 @@ fn read_event_source(source: &str) -> std::io::Result<Vec<u8>> {
 }
 
 async fn call(args: CallArgs) -> ExitCode {
-    let settings = match Settings::load(Some(&args.config)) {
+    let settings = match load_settings(&args.config) {
         Ok(settings) => settings,
-        Err(error) => {
-            eprint!("{}: {error}", args.config.display());
-            return ExitCode::from(EXIT_USAGE);
-        }
+        Err(code) => return code,
     };
     crate::telemetry::init(&settings.log);
     let bytes = match read_event_source(&args.event) {

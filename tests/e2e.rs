@@ -103,11 +103,8 @@ impl Scenario {
     }
 
     fn accepted_ids(&self) -> HashSet<String> {
-        self.emulator
-            .gateway()
-            .orders()
-            .iter()
-            .map(|o| o.order["order_id"].as_str().unwrap().to_owned())
+        support::accepted_order_ids(&self.emulator)
+            .into_iter()
             .collect()
     }
 

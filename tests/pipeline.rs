@@ -108,12 +108,7 @@ impl Harness {
     }
 
     fn accepted_order_ids(&self) -> Vec<String> {
-        self.emulator
-            .gateway()
-            .orders()
-            .iter()
-            .map(|o| o.order["order_id"].as_str().unwrap().to_owned())
-            .collect()
+        support::accepted_order_ids(&self.emulator)
     }
 }
 

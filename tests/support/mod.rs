@@ -301,6 +301,16 @@ impl Drop for Process {
     }
 }
 
+/// The order ids the emulator accepted, in arrival order.
+pub fn accepted_order_ids(emulator: &Emulator) -> Vec<String> {
+    emulator
+        .gateway()
+        .orders()
+        .iter()
+        .map(|o| o.order["order_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 /// Waits until the emulator accepted at least `at_least` distinct orders.
 pub async fn wait_accepted(emulator: &Emulator, at_least: usize) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
