@@ -24,8 +24,8 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
-use crate::pipeline::Health;
 use crate::pipeline::gate::{BreakerState, Gate};
+use crate::pipeline::{Health, RunningPipeline};
 
 /// What the admin endpoints read.
 #[derive(Clone)]
@@ -34,6 +34,18 @@ pub struct AdminState {
     pub health: Arc<Health>,
     pub gate: Arc<Gate>,
     pub liveness_timeout: Duration,
+}
+
+impl AdminState {
+    /// What a running pipeline serves.
+    pub fn of(pipeline: &RunningPipeline, liveness_timeout: Duration) -> AdminState {
+        AdminState {
+            metrics: pipeline.metrics().clone(),
+            health: pipeline.health().clone(),
+            gate: pipeline.gate().clone(),
+            liveness_timeout,
+        }
+    }
 }
 
 /// The body of `/health/ready`.
@@ -58,7 +70,7 @@ pub fn router(state: AdminState) -> Router {
 
 async fn metrics(State(state): State<AdminState>) -> Response {
     // Read at scrape time: the gate changes between the main loop's ticks.
-    state.metrics.set_gate(&state.gate.status());
+    state.gate.status().publish(&state.metrics);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
@@ -145,7 +157,12 @@ pub struct AdminServer {
 impl AdminServer {
     /// Binds `listen` (port 0 picks one) and serves in the background.
     pub async fn start(listen: SocketAddr, state: AdminState) -> std::io::Result<AdminServer> {
-        let listener = TcpListener::bind(listen).await?;
+        Self::serve(TcpListener::bind(listen).await?, state)
+    }
+
+    /// Serves on a listener bound earlier (so a taken port fails before
+    /// anything else starts).
+    pub fn serve(listener: TcpListener, state: AdminState) -> std::io::Result<AdminServer> {
         let addr = listener.local_addr()?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {

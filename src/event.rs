@@ -16,7 +16,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-use crate::top::datetime;
+use crate::gmt8;
 
 /// Default cap on a message value, in bytes; a real event is a few hundred.
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 64 * 1024;
@@ -263,7 +263,7 @@ impl<'a> Fields<'a> {
         let field = PAY_TIME.0;
         match self.required(PAY_TIME)? {
             Value::String(text) => {
-                let parsed = datetime::parse(text).or_else(|| {
+                let parsed = gmt8::parse(text).or_else(|| {
                     DateTime::parse_from_rfc3339(text)
                         .ok()
                         .map(|t| t.with_timezone(&Utc))
@@ -280,7 +280,7 @@ impl<'a> Fields<'a> {
             }
             Value::Number(n) => match integer(n) {
                 Some(millis) if (MIN_EPOCH_MILLIS..MAX_EPOCH_MILLIS).contains(&millis) => {
-                    datetime::from_epoch_millis(millis)
+                    gmt8::from_epoch_millis(millis)
                 }
                 Some(millis) => {
                     self.problem(

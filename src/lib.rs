@@ -4,37 +4,41 @@
 //!
 //! # Layout
 //!
+//! `ARCHITECTURE.md` has the code map and the rules that keep it in shape.
+//! In short, from the bottom up:
+//!
+//! * Leaves: [`labels`] (closed label sets), [`gmt8`] (TOP's wall clock),
+//!   [`backoff`], [`shutdown`].
 //! * [`event`]: the Kafka message value, decoded and validated (never panics).
 //! * [`top`]: the TOP protocol — signing, the request, the response, the one
-//!   classification table, and the HTTP client.
+//!   classification table, and the HTTP client. It knows no Kafka.
 //! * [`config`]: settings from TOML and `PAYSYNC_…` variables, defaults, validation.
-//! * [`emulator`]: a local TOP gateway with fault injection, for tests and demos.
-//! * [`pipeline`]: the consumer group → calls → commits/dead letters loop.
-//! * [`metrics`]: every exported metric, in one place.
+//! * [`metrics`]: every exported metric, in one place; it knows no engine type.
+//! * [`kafka`]: every librdkafka client paysync builds, and the plumbing around them.
+//! * [`dead_letter`]: the dead-letter contract, its writer and its reader.
+//! * [`pipeline`]: the consumer group → calls → commits/dead letters engine.
 //! * [`admin`]: `/metrics`, `/health/live`, `/health/ready`.
-//! * [`demo`]: the whole bridge in one process, for a first look.
-//! * [`replay`]: backfill of a bounded range through the same pipeline.
-//! * [`dlq`]: reading dead letters back, and redriving them.
-//! * [`bench`]: the in-process benchmark.
-//! * [`local`]: the in-process stack (mock Kafka + emulator) both use.
-//! * [`telemetry`]: logging set-up.
-//! * [`cli`]: the `paysync` command line.
+//! * [`replay`]: the operator's backfill of a bounded range (with
+//!   [`dead_letter::reader`], the operator tools).
+//! * [`tools`]: development tools — the emulator, the demo, the benchmark.
+//! * [`telemetry`]: logging set-up; [`cli`]: the `paysync` command line.
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
 pub mod admin;
-pub mod bench;
+pub mod backoff;
 pub mod cli;
 pub mod config;
-pub mod demo;
-pub mod dlq;
-pub mod emulator;
+pub mod dead_letter;
 pub mod event;
-pub mod local;
+pub mod gmt8;
+pub mod kafka;
+pub mod labels;
 pub mod metrics;
 pub mod pipeline;
 pub mod replay;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tools;
 pub mod top;

@@ -8,16 +8,16 @@
 //! its own [`Registry`], so tests and in-process tools do not share series.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram as HdrHistogram;
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
 };
 
-use crate::pipeline::dead_letter::DeadLetterClass;
-use crate::pipeline::gate::{BreakerState, GateStatus};
+use crate::labels::{BreakerState, CallKind, DeadLetterClass, RebalanceKind};
 use crate::top::classify::{Disposition, HaltCause, Outcome};
 use crate::top::response::TopResponse;
 
@@ -61,58 +61,58 @@ pub struct Metrics {
     pub seconds_since_last_commit: Gauge,
     pub tasks_abandoned: IntCounter,
     last_commit: Mutex<Instant>,
-    /// Exact delivery-latency quantiles for the bench and demo summaries
-    /// (the Prometheus histogram only has buckets). Microseconds.
-    latency_detail: Mutex<HdrHistogram<u64>>,
+    /// Typed totals beside the labelled families, for the run summary: it
+    /// reads these instead of matching label strings.
+    tallies: Tallies,
+}
+
+/// Totals by closed label, indexed by the label's position in its `ALL`.
+#[derive(Debug, Default)]
+struct Tallies {
+    dead_lettered: [AtomicU64; 3],
+    calls: [AtomicU64; 4],
+    rebalances: [AtomicU64; 3],
+}
+
+fn register<M: Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let metric = IntCounter::new(name, help).expect("valid metric");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("unique metric");
-    metric
+    register(registry, IntCounter::new(name, help).expect("valid metric"))
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("unique metric");
-    metric
+    register(
+        registry,
+        IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> Gauge {
-    let metric = Gauge::new(name, help).expect("valid metric");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("unique metric");
-    metric
+    register(registry, Gauge::new(name, help).expect("valid metric"))
 }
 
 fn int_gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let metric = IntGauge::new(name, help).expect("valid metric");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("unique metric");
-    metric
+    register(registry, IntGauge::new(name, help).expect("valid metric"))
 }
 
 fn int_gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("unique metric");
-    metric
+    register(
+        registry,
+        IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram {
-    let metric = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
-        .expect("valid metric");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("unique metric");
-    metric
+    register(
+        registry,
+        Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+            .expect("valid metric"),
+    )
 }
 
 impl Default for Metrics {
@@ -273,27 +273,21 @@ impl Metrics {
                 "Events given up on revoke or shutdown; the next owner or run sends them.",
             ),
             last_commit: Mutex::new(Instant::now()),
-            latency_detail: Mutex::new(
-                HdrHistogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
-            ),
+            tallies: Tallies::default(),
             registry: r,
         };
         // Series with a closed label set exist from the start, at zero.
-        for state in [
-            BreakerState::Closed,
-            BreakerState::Open,
-            BreakerState::HalfOpen,
-        ] {
+        for state in BreakerState::ALL {
             metrics
                 .breaker_state
                 .with_label_values(&[state.as_str()])
-                .set(i64::from(state == BreakerState::Closed));
+                .set(i64::from(*state == BreakerState::Closed));
         }
         for cause in HaltCause::ALL {
             metrics.halted.with_label_values(&[cause.as_str()]).set(0);
         }
-        for kind in ["assign", "revoke", "error"] {
-            metrics.rebalances.with_label_values(&[kind]);
+        for kind in RebalanceKind::ALL {
+            metrics.rebalances.with_label_values(&[kind.as_str()]);
         }
         metrics
     }
@@ -320,12 +314,15 @@ impl Metrics {
     pub fn record_call(&self, outcome: &Outcome, disposition: &Disposition, duration: Duration) {
         self.call_duration.observe(duration.as_secs_f64());
         let (kind, reason) = match disposition {
-            Disposition::Delivered => ("delivered", "accepted"),
-            Disposition::Retry { cause, .. } => ("retry", cause.as_str()),
-            Disposition::DeadLetter { cause } => ("dead_letter", cause.as_str()),
-            Disposition::Halt { cause } => ("halt", cause.as_str()),
+            Disposition::Delivered => (CallKind::Delivered, "accepted"),
+            Disposition::Retry { cause, .. } => (CallKind::Retry, cause.as_str()),
+            Disposition::DeadLetter { cause } => (CallKind::DeadLetter, cause.as_str()),
+            Disposition::Halt { cause } => (CallKind::Halt, cause.as_str()),
         };
-        self.call_outcomes.with_label_values(&[kind, reason]).inc();
+        self.call_outcomes
+            .with_label_values(&[kind.as_str(), reason])
+            .inc();
+        self.tallies.calls[kind.index()].fetch_add(1, Ordering::Relaxed);
         if let Outcome::Answered {
             response: TopResponse::Error(error),
             ..
@@ -347,23 +344,36 @@ impl Metrics {
         }
     }
 
-    pub fn record_delivered(&self, since: Instant) {
-        let latency = since.elapsed();
+    pub fn record_delivered(&self, latency: Duration) {
         self.events_delivered.inc();
         self.delivery_latency.observe(latency.as_secs_f64());
-        let micros = u64::try_from(latency.as_micros())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        self.latency_detail
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .saturating_record(micros);
     }
 
     pub fn record_dead_lettered(&self, class: DeadLetterClass, reason: &str) {
         self.events_dead_lettered
             .with_label_values(&[class.as_str(), reason])
             .inc();
+        self.tallies.dead_lettered[class.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_rebalance(&self, kind: RebalanceKind) {
+        self.rebalances.with_label_values(&[kind.as_str()]).inc();
+        self.tallies.rebalances[kind.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Events dead-lettered with this class so far.
+    pub fn dead_lettered(&self, class: DeadLetterClass) -> u64 {
+        self.tallies.dead_lettered[class.index()].load(Ordering::Relaxed)
+    }
+
+    /// Calls answered with this disposition so far.
+    pub fn calls(&self, kind: CallKind) -> u64 {
+        self.tallies.calls[kind.index()].load(Ordering::Relaxed)
+    }
+
+    /// Rebalance callbacks of this kind so far.
+    pub fn rebalances(&self, kind: RebalanceKind) -> u64 {
+        self.tallies.rebalances[kind.index()].load(Ordering::Relaxed)
     }
 
     pub fn record_limiter_wait(&self, waited: Duration, tokens_left: u32) {
@@ -379,25 +389,6 @@ impl Metrics {
         }
     }
 
-    pub fn set_gate(&self, status: &GateStatus) {
-        for state in [
-            BreakerState::Closed,
-            BreakerState::Open,
-            BreakerState::HalfOpen,
-        ] {
-            self.breaker_state
-                .with_label_values(&[state.as_str()])
-                .set(i64::from(state == status.breaker));
-        }
-        for cause in HaltCause::ALL {
-            self.halted
-                .with_label_values(&[cause.as_str()])
-                .set(i64::from(status.halted == Some(*cause)));
-        }
-        self.ban_remaining
-            .set(status.ban_remaining.map_or(0.0, |d| d.as_secs_f64()));
-    }
-
     /// Drops a revoked partition's series, so dashboards do not show stale offsets.
     pub fn forget_partition(&self, topic: &str, partition: i32) {
         let labels = [topic, &partition.to_string()];
@@ -411,18 +402,8 @@ impl Metrics {
         }
     }
 
-    /// A delivery-latency quantile in milliseconds (0 before any delivery).
-    pub fn latency_ms(&self, quantile: f64) -> f64 {
-        self.latency_detail
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .value_at_quantile(quantile) as f64
-            / 1000.0
-    }
-
     /// Dead letters so far by (class, reason).
     pub fn dead_letter_counts(&self) -> Vec<(String, String, u64)> {
-        use prometheus::core::Collector;
         self.events_dead_lettered
             .collect()
             .iter()
@@ -443,22 +424,6 @@ impl Metrics {
                 )
             })
             .collect()
-    }
-
-    /// Sums a counter vector over the series whose `label` equals `value`.
-    pub fn sum_where(vec: &IntCounterVec, label: &str, value: &str) -> u64 {
-        use prometheus::core::Collector;
-        vec.collect()
-            .iter()
-            .flat_map(|family| family.get_metric())
-            .filter(|metric| {
-                metric
-                    .get_label()
-                    .iter()
-                    .any(|l| l.name() == label && l.value() == value)
-            })
-            .map(|metric| metric.get_counter().get_value() as u64)
-            .sum()
     }
 }
 
@@ -506,22 +471,6 @@ mod tests {
             r#"paysync_call_outcomes_total{disposition="dead_letter",reason="invalid_arguments"} 1"#
         ));
         assert!(!text.contains("123456"));
-    }
-
-    #[test]
-    fn gate_state_is_one_hot() {
-        let metrics = Metrics::new();
-        metrics.set_gate(&GateStatus {
-            breaker: BreakerState::Open,
-            halted: Some(HaltCause::Clock),
-            ban_remaining: Some(Duration::from_secs(3)),
-        });
-        let text = metrics.render();
-        assert!(text.contains(r#"paysync_breaker_state{state="open"} 1"#));
-        assert!(text.contains(r#"paysync_breaker_state{state="closed"} 0"#));
-        assert!(text.contains(r#"paysync_halted{cause="clock"} 1"#));
-        assert!(text.contains(r#"paysync_halted{cause="signature"} 0"#));
-        assert!(text.contains("paysync_ban_remaining_seconds 3"));
     }
 }
 

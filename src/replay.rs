@@ -21,7 +21,8 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::Settings;
 use crate::event;
-use crate::pipeline::{OffsetRange, Pipeline, Source, Summary, client_config};
+use crate::kafka;
+use crate::pipeline::{OffsetRange, Pipeline, Source, Summary};
 
 /// What to replay.
 #[derive(Debug, Clone, Default)]
@@ -51,7 +52,7 @@ pub struct ReplayReport {
     /// Filled for a real run.
     pub summary: Option<Summary>,
     /// Filled for a dry run: (valid, invalid) and the first problems found.
-    pub checked: Option<(u64, u64, Vec<String>)>,
+    pub checked: Option<Checked>,
 }
 
 impl ReplayReport {
@@ -77,7 +78,7 @@ impl ReplayReport {
                 summary.dead_lettered_rejected,
                 summary.dead_lettered_retries_exhausted,
                 summary.calls,
-                summary.failed_calls
+                summary.retried_calls
             ));
         }
         if let Some((valid, invalid, problems)) = &self.checked {
@@ -92,29 +93,23 @@ impl ReplayReport {
     }
 }
 
-/// Resolves the request into offset ranges, using `consumer` for metadata.
+/// Resolves the request into offset ranges, using `consumer` for metadata. Blocks.
 fn resolve(
     settings: &Settings,
     request: &ReplayRequest,
     consumer: &BaseConsumer,
 ) -> anyhow::Result<Vec<OffsetRange>> {
-    let timeout = Duration::from_secs(10);
+    let timeout = kafka::REQUEST_TIMEOUT;
     let topic = match (&request.topic, settings.kafka.topics.as_slice()) {
         (Some(topic), _) => topic.clone(),
         (None, [only]) => only.clone(),
         (None, _) => bail!("kafka.topics names several topics: choose one with --topic"),
     };
-    let metadata = consumer
-        .fetch_metadata(Some(&topic), timeout)
-        .context("cannot read Kafka metadata")?;
-    let Some(found) = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic && t.error().is_none())
+    let Some(all) =
+        kafka::topic_partitions(consumer, &topic).context("cannot read Kafka metadata")?
     else {
         bail!("topic {topic:?} does not exist");
     };
-    let all: Vec<i32> = found.partitions().iter().map(|p| p.id()).collect();
     let partitions = if request.partitions.is_empty() {
         all.clone()
     } else {
@@ -144,11 +139,7 @@ fn resolve(
     };
     let from_times = request.from_time.map(by_time).transpose()?;
     let to_times = request.to_time.map(by_time).transpose()?;
-    let mut committed = TopicPartitionList::new();
-    for partition in &partitions {
-        committed.add_partition(&topic, *partition);
-    }
-    let committed = consumer.committed_offsets(committed, timeout)?;
+    let committed = kafka::committed_offsets(consumer, &topic, &partitions)?;
     let mut ranges = Vec::new();
     for (i, partition) in partitions.iter().enumerate() {
         let (low, high) = consumer.fetch_watermarks(&topic, *partition, timeout)?;
@@ -164,11 +155,8 @@ fn resolve(
             .unwrap_or(high)
             .clamp(start, high);
         // Continue an interrupted replay from its own committed progress.
-        let resumed = match committed
-            .find_partition(&topic, *partition)
-            .map(|e| e.offset())
-        {
-            Some(Offset::Offset(done)) if done > start && done <= end => done,
+        let resumed = match committed.get(partition).copied().flatten() {
+            Some(done) if done > start && done <= end => done,
             _ => start,
         };
         ranges.push(OffsetRange {
@@ -203,15 +191,12 @@ pub async fn run(
     let rate = request.rate.unwrap_or_else(|| {
         ((f64::from(settings.delivery.rate_limit_per_sec) * request.rate_fraction) as u32).max(1)
     });
-    let mut config = client_config(&settings, &settings.kafka.consumer);
-    config
-        .set("group.id", &group)
-        .set("enable.auto.commit", "false");
-    let consumer: BaseConsumer = config.create().context("cannot create a Kafka client")?;
-    let ranges = resolve(&settings, &request, &consumer)?;
-    let total: i64 = ranges.iter().map(|r| r.end - r.start).sum();
-    if request.dry_run {
-        let checked = dry_run(&consumer, &ranges, settings.event.max_bytes)?;
+    let planned = {
+        let (settings, request, group) = (settings.clone(), request.clone(), group.clone());
+        tokio::task::spawn_blocking(move || plan(&settings, &request, &group)).await??
+    };
+    let (ranges, checked) = planned;
+    if let Some(checked) = checked {
         return Ok(ReplayReport {
             ranges,
             group,
@@ -220,7 +205,7 @@ pub async fn run(
             checked: Some(checked),
         });
     }
-    drop(consumer);
+    let total: i64 = ranges.iter().map(|r| r.end - r.start).sum();
     if total == 0 {
         return Ok(ReplayReport {
             ranges,
@@ -233,10 +218,9 @@ pub async fn run(
     settings.kafka.group_id = group.clone();
     settings.delivery.rate_limit_per_sec = rate;
     settings.delivery.rate_limit_burst = Some((rate / 10).max(1));
-    let source = Source::Range(ranges.clone());
-    let pipeline =
-        tokio::task::spawn_blocking(move || Pipeline::build_with(settings, source)).await??;
-    let metrics = pipeline.metrics();
+    let running = Pipeline::build(settings, Source::Range(ranges.clone()))
+        .await?
+        .spawn(shutdown);
     let bar = ProgressBar::new(total as u64);
     bar.set_style(
         ProgressStyle::with_template(
@@ -244,9 +228,8 @@ pub async fn run(
         )
         .expect("a valid template"),
     );
-    let running = tokio::spawn(pipeline.run(shutdown));
     while !running.is_finished() {
-        let summary = Summary::of(&metrics);
+        let summary = running.summary();
         bar.set_position(summary.delivered + summary.dead_lettered());
         bar.set_message(format!(
             "delivered {}, dead-lettered {}",
@@ -256,7 +239,7 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     bar.finish_and_clear();
-    let summary = running.await??;
+    let summary = running.finished().await;
     Ok(ReplayReport {
         ranges,
         group,
@@ -266,12 +249,33 @@ pub async fn run(
     })
 }
 
-/// Reads the ranges and decodes every message; sends nothing, commits nothing.
+/// The dry run's findings: (valid, invalid, the first problems found).
+pub type Checked = (u64, u64, Vec<String>);
+
+/// Resolves the ranges and, for a dry run, checks them. Blocks.
+fn plan(
+    settings: &Settings,
+    request: &ReplayRequest,
+    group: &str,
+) -> anyhow::Result<(Vec<OffsetRange>, Option<Checked>)> {
+    let consumer: BaseConsumer = kafka::tool_consumer(settings, group)
+        .create()
+        .context("cannot create a Kafka client")?;
+    let ranges = resolve(settings, request, &consumer)?;
+    let checked = if request.dry_run {
+        Some(dry_run(&consumer, &ranges, settings.event.max_bytes)?)
+    } else {
+        None
+    };
+    Ok((ranges, checked))
+}
+
+/// Reads the ranges and decodes every message; sends nothing, commits nothing. Blocks.
 fn dry_run(
     consumer: &BaseConsumer,
     ranges: &[OffsetRange],
     max_bytes: usize,
-) -> anyhow::Result<(u64, u64, Vec<String>)> {
+) -> anyhow::Result<Checked> {
     let mut tpl = TopicPartitionList::new();
     let mut remaining = 0;
     for range in ranges.iter().filter(|r| r.end > r.start) {

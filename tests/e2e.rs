@@ -6,14 +6,16 @@
 //! Each test creates its own topics and group. The tests run one at a time
 //! (one of them restarts the broker) and print their counts.
 
+#[allow(dead_code)] // The end-to-end suite uses part of the shared helpers.
+#[path = "it/support.rs"]
 mod support;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use paysync::emulator::{Emulator, Faults};
-use paysync::pipeline::dead_letter::header;
+use paysync::dead_letter::header;
+use paysync::tools::emulator::{Emulator, Faults};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use support::{DeadLetter, Kafka, Process, RunConfig, valid_events, wait_accepted};

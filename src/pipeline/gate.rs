@@ -22,6 +22,8 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+pub use crate::labels::BreakerState;
+use crate::metrics::Metrics;
 use crate::top::classify::{Disposition, HaltCause, RetryCause};
 
 /// Breaker and halt timing.
@@ -40,22 +42,13 @@ pub enum Pass {
     Probe,
 }
 
-/// Circuit-breaker state.
+/// Whether a call's transient failure is charged to its event's retry budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BreakerState {
-    Closed,
-    Open,
-    HalfOpen,
-}
-
-impl BreakerState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BreakerState::Closed => "closed",
-            BreakerState::Open => "open",
-            BreakerState::HalfOpen => "half_open",
-        }
-    }
+pub enum RetryCharge {
+    /// The gateway is otherwise healthy: the failure is the event's, and counts.
+    Counted,
+    /// An outage, a ban or a halt: waiting for it costs the event nothing.
+    Free,
 }
 
 /// A snapshot for readiness and metrics.
@@ -72,6 +65,25 @@ impl GateStatus {
         self.breaker != BreakerState::Closed
             || self.halted.is_some()
             || self.ban_remaining.is_some()
+    }
+
+    /// Sets the gate's gauges: one-hot breaker state and halt cause, ban time left.
+    pub fn publish(&self, metrics: &Metrics) {
+        for state in BreakerState::ALL {
+            metrics
+                .breaker_state
+                .with_label_values(&[state.as_str()])
+                .set(i64::from(*state == self.breaker));
+        }
+        for cause in HaltCause::ALL {
+            metrics
+                .halted
+                .with_label_values(&[cause.as_str()])
+                .set(i64::from(self.halted == Some(*cause)));
+        }
+        metrics
+            .ban_remaining
+            .set(self.ban_remaining.map_or(0.0, |d| d.as_secs_f64()));
     }
 }
 
@@ -158,9 +170,9 @@ impl Gate {
         }
     }
 
-    /// Records a call's disposition; returns whether a transient failure
-    /// counts against the event's retry budget (only while the breaker is closed).
-    pub fn record(&self, pass: Pass, disposition: &Disposition) -> bool {
+    /// Records a call's disposition, and says whether a transient failure is
+    /// charged to the event's retry budget (only while the breaker is closed).
+    pub fn record(&self, pass: Pass, disposition: &Disposition) -> RetryCharge {
         let now = Instant::now();
         let mut state = self.lock();
         if pass == Pass::Probe {
@@ -168,7 +180,7 @@ impl Gate {
         }
         let before = (state.breaker, state.halted);
         let ban_before = state.ban_until;
-        let counts = match disposition {
+        let charge = match disposition {
             Disposition::Halt { cause } => {
                 if state.halted.is_none() || pass == Pass::Probe {
                     tracing::error!(
@@ -179,7 +191,7 @@ impl Gate {
                 }
                 state.halted = Some(*cause);
                 state.halt_probe_at = now + self.settings.halt_probe_interval;
-                false
+                RetryCharge::Free
             }
             Disposition::Retry { cause, wait } if is_gateway_failure(*cause) => {
                 let _ = wait;
@@ -195,10 +207,14 @@ impl Gate {
                     }
                     state.breaker = BreakerState::Open;
                     state.breaker_probe_at = now + self.settings.probe_interval;
-                    false
+                    RetryCharge::Free
                 } else {
                     // A halt probe that meets an outage keeps the halt.
-                    state.halted.is_none()
+                    if state.halted.is_none() {
+                        RetryCharge::Counted
+                    } else {
+                        RetryCharge::Free
+                    }
                 }
             }
             Disposition::Retry { wait, .. } => {
@@ -213,14 +229,14 @@ impl Gate {
                         );
                         state.ban_until = Some(until);
                     }
-                    false
+                    RetryCharge::Free
                 } else {
-                    true
+                    RetryCharge::Counted
                 }
             }
             Disposition::Delivered | Disposition::DeadLetter { .. } => {
                 healthy(&mut state);
-                false
+                RetryCharge::Free
             }
         };
         if before != (state.breaker, state.halted) && state.halted.is_none() && before.1.is_some() {
@@ -236,7 +252,7 @@ impl Gate {
             self.changed.notify_waiters();
             self.observer.notify_one();
         }
-        counts
+        charge
     }
 }
 
@@ -283,13 +299,6 @@ fn admit(state: &mut State, now: Instant) -> Result<Pass, Instant> {
     }
 }
 
-/// Exponential backoff with full jitter: uniform in [0, min(max, initial·2^attempt)].
-pub fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
-    let ceiling = initial.saturating_mul(1u32 << attempt.min(20)).min(max);
-    let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
-    Duration::from_millis(rand::random_range(0..=millis))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,18 +323,21 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn consecutive_failures_open_the_breaker_and_a_probe_closes_it() {
         let gate = gate(3);
-        assert!(
+        assert_eq!(
             gate.record(Pass::Normal, &TIMEOUT),
+            RetryCharge::Counted,
             "below the threshold a failure counts"
         );
-        assert!(gate.record(Pass::Normal, &TIMEOUT));
-        assert!(
-            !gate.record(Pass::Normal, &TIMEOUT),
+        assert_eq!(gate.record(Pass::Normal, &TIMEOUT), RetryCharge::Counted);
+        assert_eq!(
+            gate.record(Pass::Normal, &TIMEOUT),
+            RetryCharge::Free,
             "the failure that trips the breaker does not count"
         );
         assert_eq!(gate.status().breaker, BreakerState::Open);
-        assert!(
-            !gate.record(Pass::Normal, &TIMEOUT),
+        assert_eq!(
+            gate.record(Pass::Normal, &TIMEOUT),
+            RetryCharge::Free,
             "failures while open do not count"
         );
         let started = Instant::now();
@@ -342,7 +354,7 @@ mod tests {
         let gate = gate(1);
         gate.record(Pass::Normal, &TIMEOUT);
         assert_eq!(gate.pass().await, Pass::Probe);
-        assert!(!gate.record(Pass::Probe, &TIMEOUT));
+        assert_eq!(gate.record(Pass::Probe, &TIMEOUT), RetryCharge::Free);
         assert_eq!(gate.status().breaker, BreakerState::Open);
     }
 
@@ -353,7 +365,7 @@ mod tests {
             cause: RetryCause::Throttled,
             wait: Some(Duration::from_secs(2)),
         };
-        assert!(!gate.record(Pass::Normal, &ban));
+        assert_eq!(gate.record(Pass::Normal, &ban), RetryCharge::Free);
         assert!(gate.status().ban_remaining.is_some());
         let started = Instant::now();
         assert_eq!(gate.pass().await, Pass::Normal);
@@ -391,11 +403,19 @@ mod tests {
     }
 
     #[test]
-    fn backoff_stays_within_its_bounds() {
-        for attempt in 0..40 {
-            let delay = backoff(attempt, Duration::from_millis(100), Duration::from_secs(5));
-            assert!(delay <= Duration::from_secs(5));
-            assert!(delay <= Duration::from_millis(100) * 2u32.pow(attempt.min(20)));
+    fn gate_state_is_published_one_hot() {
+        let metrics = Metrics::new();
+        GateStatus {
+            breaker: BreakerState::Open,
+            halted: Some(HaltCause::Clock),
+            ban_remaining: Some(Duration::from_secs(3)),
         }
+        .publish(&metrics);
+        let text = metrics.render();
+        assert!(text.contains(r#"paysync_breaker_state{state="open"} 1"#));
+        assert!(text.contains(r#"paysync_breaker_state{state="closed"} 0"#));
+        assert!(text.contains(r#"paysync_halted{cause="clock"} 1"#));
+        assert!(text.contains(r#"paysync_halted{cause="signature"} 0"#));
+        assert!(text.contains("paysync_ban_remaining_seconds 3"));
     }
 }

@@ -7,22 +7,13 @@
 //! the lowest unfinished offset is finished" is exactly the contiguous
 //! completed prefix, and it stays correct across the gaps that compaction
 //! and transaction markers leave in offset sequences.
+//!
+//! This is rust-rdkafka's `at_least_once` recipe (store an offset only after
+//! processing it) without its limit ("only works when messages are processed
+//! in order"): completions may come in any order.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
-
-/// A topic and partition.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PartitionId {
-    pub topic: String,
-    pub partition: i32,
-}
-
-impl std::fmt::Display for PartitionId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.topic, self.partition)
-    }
-}
 
 /// One partition's unfinished offsets and commit position.
 #[derive(Debug, Clone, Default)]

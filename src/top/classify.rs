@@ -1,4 +1,4 @@
-//! The one place that decides what a call's outcome means (top-protocol.md §5).
+//! The one place that decides what a call's outcome means (`docs/top-protocol.md` §5).
 //!
 //! Every outcome of a call — an HTTP status, a timeout, a connection error, an
 //! unreadable body, a platform `error_response`, or the API's own `result` —
@@ -20,28 +20,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::labels::label_names;
+pub use crate::top::outcome::Outcome;
 use crate::top::request::SYSTEM_PARAMS;
 use crate::top::response::{BusinessResult, ErrorResponse, TopResponse};
-
-/// What happened when a request was sent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// The gateway answered with a readable body (usually HTTP 200, sometimes 400).
-    Answered { status: u16, response: TopResponse },
-    /// A non-200 status whose body is not a gateway answer.
-    HttpStatus {
-        status: u16,
-        retry_after: Option<Duration>,
-    },
-    /// HTTP 200 with a body that is neither JSON nor XML of a known shape.
-    UnreadableBody { status: u16, reason: String },
-    /// No answer within the configured timeout.
-    Timeout,
-    /// The connection could not be made (refused, DNS, TLS).
-    Connect { reason: String },
-    /// The connection broke while sending or reading.
-    Transport { reason: String },
-}
 
 /// What to do about an outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,20 +91,6 @@ pub enum HaltCause {
     Endpoint,
 }
 
-macro_rules! label_names {
-    ($ty:ty { $($variant:ident => $name:literal),* $(,)? }) => {
-        impl $ty {
-            /// Every value, for pre-registering metric series.
-            pub const ALL: &'static [$ty] = &[$(<$ty>::$variant),*];
-
-            /// The stable snake_case name used in metrics, logs and DLQ headers.
-            pub fn as_str(self) -> &'static str {
-                match self { $(<$ty>::$variant => $name),* }
-            }
-        }
-    };
-}
-
 label_names!(RetryCause {
     Timeout => "timeout",
     Connect => "connect",
@@ -163,6 +131,29 @@ pub enum UnknownErrorPolicy {
     #[default]
     Retry,
     DeadLetter,
+}
+
+impl Disposition {
+    /// One line for people: what the disposition means for the event.
+    pub fn describe(&self) -> String {
+        match self {
+            Disposition::Delivered => "delivered: the API accepted the event".into(),
+            Disposition::Retry { cause, wait } => match wait {
+                Some(wait) => format!("retry ({}) after {} s", cause.as_str(), wait.as_secs()),
+                None => format!("retry ({}) with backoff", cause.as_str()),
+            },
+            Disposition::DeadLetter { cause } => {
+                format!(
+                    "dead-letter ({}): the event's data was refused",
+                    cause.as_str()
+                )
+            }
+            Disposition::Halt { cause } => format!(
+                "halt ({}): the configuration is broken; nothing would be delivered or dead-lettered",
+                cause.as_str()
+            ),
+        }
+    }
 }
 
 /// Maps outcomes to dispositions. Cheap to copy.
@@ -221,7 +212,7 @@ impl Classifier {
         }
     }
 
-    /// The platform error table, in the order of top-protocol.md §5.
+    /// The platform error table, in the order of `docs/top-protocol.md` §5.
     pub fn classify_error(&self, error: &ErrorResponse) -> Disposition {
         use Disposition::*;
         let sub_code = error.sub_code.as_deref().unwrap_or("");

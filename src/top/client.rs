@@ -12,7 +12,7 @@ use chrono::Utc;
 use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use url::Url;
 
-use crate::top::classify::Outcome;
+use crate::top::outcome::Outcome;
 use crate::top::request::{RequestProfile, SignedRequest};
 use crate::top::response;
 

@@ -2,7 +2,7 @@
 //!
 //! The business parameter `pay_order_info_dto` is one form field whose value
 //! is compact JSON with snake_case keys, absent optionals omitted and
-//! `pay_time` written as GMT+8 `yyyy-MM-dd HH:mm:ss` (top-protocol.md §3.2).
+//! `pay_time` written as GMT+8 `yyyy-MM-dd HH:mm:ss` (`docs/top-protocol.md` §3.2).
 //! System parameters go in the query string and the business parameter in a
 //! form-urlencoded UTF-8 body, as the official Java, PHP, Python and Go SDKs
 //! send them. The `timestamp` and `sign` are computed by [`RequestProfile::sign`]
@@ -16,7 +16,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use crate::event::PaymentEvent;
-use crate::top::datetime;
+use crate::gmt8;
 use crate::top::sign::{self, SignMethod};
 
 /// The API this crate speaks to.
@@ -86,7 +86,7 @@ pub fn dto_json(event: &PaymentEvent) -> String {
         pay_fee: event.pay_fee,
         pay_method: event.pay_method.as_deref(),
         pay_order_id: event.pay_order_id.as_deref(),
-        pay_time: datetime::format(event.pay_time),
+        pay_time: gmt8::format(event.pay_time),
     };
     serde_json::to_string(&dto).expect("a struct of strings and integers always serialises")
 }
@@ -133,7 +133,7 @@ impl RequestProfile {
         let mut query: Vec<(&'static str, String)> = vec![
             ("method", API_METHOD.to_owned()),
             ("app_key", self.app_key.clone()),
-            ("timestamp", datetime::format(now)),
+            ("timestamp", gmt8::format(now)),
             ("v", API_VERSION.to_owned()),
             ("sign_method", self.sign_method.as_str().to_owned()),
             ("format", self.format.as_str().to_owned()),
@@ -275,7 +275,7 @@ mod tests {
 
     #[test]
     fn signed_request_reproduces_the_worked_examples() {
-        // top-protocol.md §2.3: timestamp 2020-10-10 20:00:05 GMT+8.
+        // `docs/top-protocol.md` §2.3: timestamp 2020-10-10 20:00:05 GMT+8.
         let now = Utc.with_ymd_and_hms(2020, 10, 10, 12, 0, 5).unwrap();
         let dto = dto_json(&seed_event());
         for (method, expected) in [

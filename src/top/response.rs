@@ -1,4 +1,4 @@
-//! Reading the gateway's answer (top-protocol.md §4).
+//! Reading the gateway's answer (`docs/top-protocol.md` §4).
 //!
 //! Three shapes arrive in an HTTP 200 body, as JSON or XML:
 //! the wrapped success `{"taojie_parking_order_payinfo_sync_response":{"result":{…},"request_id":…}}`,

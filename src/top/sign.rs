@@ -1,4 +1,4 @@
-//! Request signing for the TOP gateway (top-protocol.md §2).
+//! Request signing for the TOP gateway (`docs/top-protocol.md` §2).
 //!
 //! The signature covers every parameter that is sent except `sign` itself,
 //! system and business parameters alike. Empty values are dropped (the Java

@@ -8,15 +8,16 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::Context;
+use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{DefaultProducerContext, FutureProducer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use secrecy::SecretString;
 
 use crate::config::Settings;
-use crate::emulator::journal::Journal;
-use crate::emulator::{Emulator, Faults, Gateway, GatewaySettings};
+use crate::kafka;
+use crate::tools::emulator::journal::Journal;
+use crate::tools::emulator::{Emulator, Faults, Gateway, GatewaySettings};
 
 pub const APP_KEY: &str = "local-app";
 pub const APP_SECRET: &str = "local-secret";
@@ -56,15 +57,15 @@ impl LocalStack {
         settings.kafka.group_id = group.to_owned();
         settings.kafka.topics = vec![TOPIC.to_owned()];
         settings.kafka.dlq_topic = DLQ.to_owned();
-        settings.kafka.session_timeout_ms = 10_000;
-        settings.kafka.revoke_drain_timeout_ms = 5_000;
-        settings.kafka.commit_interval_ms = 200;
+        settings.kafka.session_timeout_ms = Duration::from_millis(10_000);
+        settings.kafka.revoke_drain_timeout_ms = Duration::from_millis(5_000);
+        settings.kafka.commit_interval_ms = Duration::from_millis(200);
         settings.top.gateway_url = emulator.url();
         settings.top.app_key = APP_KEY.to_owned();
         settings.top.app_secret = Some(SecretString::from(APP_SECRET));
-        settings.delivery.backoff_initial_ms = 50;
-        settings.delivery.backoff_max_ms = 1_000;
-        settings.delivery.breaker_probe_interval_ms = 500;
+        settings.delivery.backoff_initial_ms = Duration::from_millis(50);
+        settings.delivery.backoff_max_ms = Duration::from_millis(1_000);
+        settings.delivery.breaker_probe_interval_ms = Duration::from_millis(500);
         settings.log.level = "warn".to_owned();
         Ok(LocalStack {
             cluster,
@@ -88,24 +89,36 @@ impl LocalStack {
             .create()?)
     }
 
-    /// Whether the pipeline's group has committed every partition to its end.
-    pub fn committed_to_end(&self) -> anyhow::Result<bool> {
-        let mut config = self.client_config();
-        config.set("group.id", &self.settings.kafka.group_id);
-        let consumer: BaseConsumer = config.create()?;
-        let mut tpl = TopicPartitionList::new();
-        for partition in 0..self.partitions {
-            tpl.add_partition(TOPIC, partition);
+    /// A probe of the pipeline group's committed offsets, for a blocking thread.
+    pub fn commit_probe(&self) -> CommitProbe {
+        CommitProbe {
+            bootstrap: self.cluster.bootstrap_servers(),
+            group: self.settings.kafka.group_id.clone(),
+            partitions: self.partitions,
         }
-        let committed = consumer.committed_offsets(tpl, Duration::from_secs(5))?;
-        for element in committed.elements() {
-            let (_, high) =
-                consumer.fetch_watermarks(TOPIC, element.partition(), Duration::from_secs(5))?;
-            let at = match element.offset() {
-                Offset::Offset(offset) => offset,
-                _ => 0,
-            };
-            if at < high {
+    }
+}
+
+/// Reads a group's committed offsets on the stack's source topic.
+#[derive(Debug, Clone)]
+pub struct CommitProbe {
+    bootstrap: String,
+    group: String,
+    partitions: i32,
+}
+
+impl CommitProbe {
+    /// Whether the group has committed every partition to its end. Blocks.
+    pub fn committed_to_end(&self) -> anyhow::Result<bool> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("group.id", &self.group)
+            .create()?;
+        let partitions: Vec<i32> = (0..self.partitions).collect();
+        let committed = kafka::committed_offsets(&consumer, TOPIC, &partitions)?;
+        for (partition, at) in committed {
+            let (_, high) = consumer.fetch_watermarks(TOPIC, partition, kafka::REQUEST_TIMEOUT)?;
+            if at.unwrap_or(0) < high {
                 return Ok(false);
             }
         }

@@ -1,6 +1,10 @@
 //! The emulated gateway's decision for one request: the checks of
-//! top-protocol.md §7 in order, the injected faults, and the answer in JSON or
-//! XML. Transport-free, so it is tested without sockets.
+//! `docs/top-protocol.md` §7 in order, the injected faults, and the answer in
+//! JSON or XML. Transport-free, so it is tested without sockets.
+//!
+//! One job per file: [`params`] decodes the parameters, [`checks`] runs the
+//! check chain, [`dto`] validates the business DTO, [`render`] writes the
+//! answer. This file holds the gateway's state and the order of the steps.
 //!
 //! Check order (the real order is UNCONFIRMED; this one reports the most
 //! fundamental problem first): encoding (47) → method (21) → app_key (28/29)
@@ -18,14 +22,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 
-use crate::emulator::faults::{Faults, FlowControl};
-use crate::emulator::journal::{AcceptedOrder, Journal};
-use crate::top::datetime;
-use crate::top::request::{API_METHOD, API_VERSION, DTO_PARAM};
-use crate::top::response::response_root;
-use crate::top::sign::{self, EmptyValues, SignMethod};
+use crate::tools::emulator::faults::{Faults, FlowControl};
+use crate::tools::emulator::journal::{AcceptedOrder, Journal};
 
 /// How bad DTO data is reported; which one Miaojie's backend uses is UNCONFIRMED.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
@@ -114,62 +113,13 @@ pub struct Gateway {
     stats: Mutex<Stats>,
 }
 
-/// A gateway answer before it is rendered.
-enum Answer {
-    Error {
-        code: i64,
-        msg: String,
-        sub_code: Option<String>,
-        sub_msg: Option<String>,
-    },
-    Result {
-        code: String,
-        success: bool,
-        model: bool,
-        message: String,
-    },
-}
+mod checks;
+mod dto;
+mod params;
+mod render;
 
-impl Answer {
-    fn error(code: i64, msg: impl Into<String>) -> Answer {
-        Answer::Error {
-            code,
-            msg: msg.into(),
-            sub_code: None,
-            sub_msg: None,
-        }
-    }
-
-    fn sub(code: i64, msg: &str, sub_code: &str, sub_msg: impl Into<String>) -> Answer {
-        Answer::Error {
-            code,
-            msg: msg.to_owned(),
-            sub_code: Some(sub_code.to_owned()),
-            sub_msg: Some(sub_msg.into()),
-        }
-    }
-
-    fn stats_key(&self) -> String {
-        match self {
-            Answer::Error { code, .. } => format!("error_{code}"),
-            Answer::Result { success: false, .. } => "service_failure".into(),
-            Answer::Result { model: false, .. } => "rejected".into(),
-            Answer::Result { .. } => "accepted".into(),
-        }
-    }
-}
-
-/// How to render: the `format` and `simplify` the caller asked for.
-#[derive(Clone, Copy)]
-struct Rendering {
-    json: bool,
-    simplify: bool,
-}
-
-const XML_RENDERING: Rendering = Rendering {
-    json: false,
-    simplify: false,
-};
+use params::merge_params;
+use render::{Answer, Rendering, XML_RENDERING, render};
 
 impl Gateway {
     pub fn new(settings: GatewaySettings, faults: Faults, journal: Journal) -> Gateway {
@@ -223,7 +173,7 @@ impl Gateway {
             .counts()
     }
 
-    fn draw(&self, rate: f64) -> bool {
+    pub(super) fn draw(&self, rate: f64) -> bool {
         rate > 0.0
             && self
                 .rng
@@ -317,236 +267,6 @@ impl Gateway {
         (rendering, answer, request_id)
     }
 
-    fn check(
-        &self,
-        params: &HashMap<String, String>,
-        faults: &Faults,
-        now: DateTime<Utc>,
-        instant: Instant,
-        request_id: &str,
-    ) -> Answer {
-        let get = |name: &str| {
-            params
-                .get(name)
-                .map(String::as_str)
-                .filter(|v| !v.trim().is_empty())
-        };
-        let Some(method) = get("method") else {
-            return Answer::error(21, "Missing method");
-        };
-        let Some(app_key) = get("app_key") else {
-            return Answer::error(28, "Missing app key");
-        };
-        let Some(secret) = self.settings.apps.get(app_key) else {
-            return Answer::sub(
-                29,
-                "Invalid app Key",
-                "isv.appkey-not-exists",
-                format!("app key {app_key} does not exist"),
-            );
-        };
-        let Some(sent_sign) = get("sign") else {
-            return Answer::error(24, "Missing signature");
-        };
-        let Some(timestamp) = get("timestamp") else {
-            return Answer::error(30, "Missing timestamp");
-        };
-        match parse_timestamp(timestamp) {
-            Some(sent)
-                if (now - sent)
-                    .abs()
-                    .to_std()
-                    .is_ok_and(|skew| skew <= self.settings.max_skew) => {}
-            Some(_) => {
-                return Answer::sub(
-                    31,
-                    "Invalid timestamp",
-                    "isv.invalid-timestamp",
-                    "timestamp is outside the allowed 10 minutes",
-                );
-            }
-            None => {
-                return Answer::sub(
-                    31,
-                    "Invalid timestamp",
-                    "isv.invalid-timestamp",
-                    "timestamp is neither yyyy-MM-dd HH:mm:ss (GMT+8) nor epoch milliseconds",
-                );
-            }
-        }
-        match get("v") {
-            None => return Answer::error(32, "Missing version"),
-            Some(API_VERSION) => {}
-            Some("1.0") => return Answer::error(34, "Unsupported version"),
-            Some(_) => return Answer::error(33, "Invalid version"),
-        }
-        if !matches!(get("format"), None | Some("json") | Some("xml")) {
-            return Answer::error(23, "Invalid format");
-        }
-        // The Java SDK treats an absent sign_method as md5.
-        let sign_method = match get("sign_method").map(str::parse::<SignMethod>) {
-            None => SignMethod::Md5,
-            Some(Ok(method)) => method,
-            Some(Err(unknown)) => {
-                return Answer::sub(
-                    25,
-                    "Invalid signature",
-                    "isv.invalid-sign-method",
-                    unknown.to_string(),
-                );
-            }
-        };
-        if !signature_matches(params, sign_method, secret, sent_sign) {
-            return Answer::error(25, "Invalid signature");
-        }
-        if method != API_METHOD {
-            return Answer::sub(
-                22,
-                "Invalid method",
-                "isv.method-not-exists",
-                format!("{method} is not an API here"),
-            );
-        }
-        if faults.permission_denied {
-            return Answer::sub(
-                11,
-                "Insufficient isv permissions",
-                "isv.permission-api-package-limit",
-                "the app has no permission for this API",
-            );
-        }
-        if let Some(sessions) = &self.settings.sessions {
-            match get("session") {
-                None => return Answer::error(26, "Missing session"),
-                Some(session) if !sessions.contains(session) => {
-                    return Answer::sub(
-                        27,
-                        "Invalid session",
-                        "invalid-sessionkey",
-                        "the session key is invalid or expired",
-                    );
-                }
-                Some(_) => {}
-            }
-        }
-        if let Some(limit) = &faults.rate_limit {
-            let admitted = self
-                .flow
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .admit(app_key, limit, instant);
-            if let Err(remaining) = admitted {
-                let seconds = remaining.as_secs() + u64::from(remaining.subsec_nanos() > 0);
-                return Answer::sub(
-                    7,
-                    "App Call Limited",
-                    "accesscontrol.limited-by-app-access-count",
-                    format!("This ban will last for {seconds} more seconds"),
-                );
-            }
-        }
-        let order = match validate_dto(get(DTO_PARAM)) {
-            Ok(order) => order,
-            Err(bad) => return self.bad_data(bad),
-        };
-        if self.draw(faults.unavailable_rate) {
-            return Answer::error(10, "Service currently unavailable");
-        }
-        if self.draw(faults.isp_error_rate) {
-            return Answer::sub(
-                15,
-                "Remote service error",
-                "isp.top-remote-connection-error",
-                "远程服务连接错误",
-            );
-        }
-        if self.draw(faults.service_failure_rate) {
-            return Answer::Result {
-                code: "500".into(),
-                success: false,
-                model: false,
-                message: "系统繁忙".into(),
-            };
-        }
-        let order_id = order
-            .get("order_id")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        if faults.reject_order_ids.iter().any(|id| id == order_id) || self.draw(faults.reject_rate)
-        {
-            return Answer::Result {
-                code: faults.reject_code.clone(),
-                success: true,
-                model: false,
-                message: faults.reject_message.clone(),
-            };
-        }
-        let accepted = AcceptedOrder {
-            request_id: request_id.to_owned(),
-            received_at: now.to_rfc3339(),
-            app_key: app_key.to_owned(),
-            sign_method: sign_method.as_str().to_owned(),
-            order,
-            duplicate: false,
-        };
-        let recorded = self
-            .journal
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .record(accepted);
-        match recorded {
-            Ok(duplicate) => {
-                let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-                stats.accepted += 1;
-                stats.duplicates += u64::from(duplicate);
-                *stats
-                    .accepted_per_second
-                    .entry(now.timestamp())
-                    .or_insert(0) += 1;
-                if stats.accepted_per_second.len() > PER_SECOND_HISTORY {
-                    stats.accepted_per_second.pop_first();
-                }
-                Answer::Result {
-                    code: "200".into(),
-                    success: true,
-                    model: true,
-                    message: "成功".into(),
-                }
-            }
-            // The journal is the emulator's durable record: if it cannot be
-            // written the order was not accepted, and the caller must retry.
-            Err(_) => Answer::sub(
-                15,
-                "Remote service error",
-                "isp.journal-write-failed",
-                "the emulator could not record the order",
-            ),
-        }
-    }
-
-    fn bad_data(&self, bad: BadData) -> Answer {
-        match (self.settings.bad_data_style, bad.missing) {
-            (BadDataStyle::Codes40And41, true) => {
-                Answer::error(40, format!("Missing required arguments:{}", bad.field))
-            }
-            (BadDataStyle::Codes40And41, false) => {
-                Answer::error(41, format!("Invalid arguments:{}", bad.field))
-            }
-            (BadDataStyle::Code15, true) => Answer::sub(
-                15,
-                "Remote service error",
-                "isv.missing-parameter",
-                format!("缺少参数:{}", bad.field),
-            ),
-            (BadDataStyle::Code15, false) => Answer::sub(
-                15,
-                "Remote service error",
-                "isv.invalid-parameter",
-                format!("非法参数:{}", bad.field),
-            ),
-        }
-    }
-
     /// 13 lowercase base-36 characters, like the real gateway's ids.
     fn request_id(&self) -> String {
         const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
@@ -557,239 +277,13 @@ impl Gateway {
     }
 }
 
-/// Merges query and form body; the query wins when a name is in both
-/// (precedence at the real gateway is UNCONFIRMED). Bytes that are not UTF-8
-/// after percent-decoding fail the request (code 47).
-fn merge_params(request: &RawRequest) -> Result<HashMap<String, String>, Rendering> {
-    let mut params = HashMap::new();
-    let is_form = request.content_type.as_deref().is_none_or(|ct| {
-        ct.trim()
-            .to_ascii_lowercase()
-            .starts_with("application/x-www-form-urlencoded")
-    });
-    if is_form {
-        decode_form(&request.body, &mut params).map_err(|_| XML_RENDERING)?;
-    }
-    if let Some(query) = &request.query {
-        let mut from_query = HashMap::new();
-        decode_form(query.as_bytes(), &mut from_query).map_err(|_| XML_RENDERING)?;
-        params.extend(from_query);
-    }
-    Ok(params)
-}
-
-fn decode_form(input: &[u8], out: &mut HashMap<String, String>) -> Result<(), ()> {
-    for pair in input.split(|b| *b == b'&').filter(|p| !p.is_empty()) {
-        let (name, value) = match pair.iter().position(|b| *b == b'=') {
-            Some(at) => (&pair[..at], &pair[at + 1..]),
-            None => (pair, &b""[..]),
-        };
-        out.insert(decode_component(name)?, decode_component(value)?);
-    }
-    Ok(())
-}
-
-fn decode_component(raw: &[u8]) -> Result<String, ()> {
-    let plus_as_space: Vec<u8> = raw
-        .iter()
-        .map(|b| if *b == b'+' { b' ' } else { *b })
-        .collect();
-    let bytes: Vec<u8> = percent_encoding::percent_decode(&plus_as_space).collect();
-    String::from_utf8(bytes).map_err(|_| ())
-}
-
-/// GMT+8 `yyyy-MM-dd HH:mm:ss`, or epoch milliseconds (the official Python SDK).
-fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
-    if text.len() >= 12 && text.bytes().all(|b| b.is_ascii_digit()) {
-        return text.parse().ok().and_then(datetime::from_epoch_millis);
-    }
-    datetime::parse(text)
-}
-
-/// Java-style (empty values dropped) or PHP/Python-style (empty values signed);
-/// hex compared without regard to case (every SDK sends uppercase).
-fn signature_matches(
-    params: &HashMap<String, String>,
-    method: SignMethod,
-    secret: &SecretString,
-    sent: &str,
-) -> bool {
-    [EmptyValues::Drop, EmptyValues::Keep]
-        .into_iter()
-        .any(|empty| {
-            let base =
-                sign::string_to_sign(params.iter().map(|(k, v)| (k.as_str(), v.as_str())), empty);
-            sign::digest(method, secret, &base).eq_ignore_ascii_case(sent.trim())
-        })
-}
-
-/// A DTO problem: the field, and whether it is missing or invalid.
-struct BadData {
-    field: String,
-    missing: bool,
-}
-
-fn validate_dto(raw: Option<&str>) -> Result<Value, BadData> {
-    let missing = |field: &str| BadData {
-        field: field.to_owned(),
-        missing: true,
-    };
-    let invalid = |field: &str| BadData {
-        field: field.to_owned(),
-        missing: false,
-    };
-    let raw = raw.ok_or_else(|| missing(DTO_PARAM))?;
-    let dto: Value = serde_json::from_str(raw).map_err(|_| invalid(DTO_PARAM))?;
-    let object = dto.as_object().ok_or_else(|| invalid(DTO_PARAM))?;
-    let field = |name: &str| object.get(name).filter(|v| !v.is_null());
-    for name in ["car_no", "order_id", "park_id"] {
-        match field(name) {
-            None => return Err(missing(name)),
-            Some(Value::String(s)) if !s.trim().is_empty() => {}
-            Some(_) => return Err(invalid(name)),
-        }
-    }
-    match field("pay_time") {
-        None => return Err(missing("pay_time")),
-        Some(Value::String(s)) if datetime::parse(s).is_some() => {}
-        Some(_) => return Err(invalid("pay_time")),
-    }
-    // Numbers sent as digit strings are accepted (whether the backend does is UNCONFIRMED).
-    let whole = |v: &Value| match v {
-        Value::Number(n) => n.as_u64(),
-        Value::String(s) => s.parse::<u64>().ok(),
-        _ => None,
-    };
-    match field("order_type") {
-        None => return Err(missing("order_type")),
-        Some(v) if matches!(whole(v), Some(1 | 2)) => {}
-        Some(_) => return Err(invalid("order_type")),
-    }
-    match field("pay_fee") {
-        None => return Err(missing("pay_fee")),
-        Some(v) if whole(v).is_some() => {}
-        Some(_) => return Err(invalid("pay_fee")),
-    }
-    for name in ["pay_order_id", "pay_method"] {
-        if field(name).is_some_and(|v| !v.is_string()) {
-            return Err(invalid(name));
-        }
-    }
-    Ok(dto)
-}
-
-fn render(rendering: Rendering, answer: &Answer, request_id: &str) -> Reply {
-    let body = if rendering.json {
-        render_json(rendering, answer, request_id)
-    } else {
-        render_xml(answer, request_id)
-    };
-    Reply::Http {
-        status: 200,
-        content_type: if rendering.json {
-            "application/json;charset=UTF-8"
-        } else {
-            "text/xml;charset=UTF-8"
-        },
-        retry_after: None,
-        body,
-    }
-}
-
-fn render_json(rendering: Rendering, answer: &Answer, request_id: &str) -> String {
-    let value = match answer {
-        Answer::Error {
-            code,
-            msg,
-            sub_code,
-            sub_msg,
-        } => {
-            let mut error = json!({"code": code, "msg": msg});
-            if let Some(sub_code) = sub_code {
-                error["sub_code"] = json!(sub_code);
-            }
-            if let Some(sub_msg) = sub_msg {
-                error["sub_msg"] = json!(sub_msg);
-            }
-            error["request_id"] = json!(request_id);
-            json!({"error_response": error})
-        }
-        Answer::Result {
-            code,
-            success,
-            model,
-            message,
-        } => {
-            let inner = json!({
-                "result": {"code": code, "success": success, "model": model, "message": message},
-                "request_id": request_id,
-            });
-            if rendering.simplify {
-                inner
-            } else {
-                json!({ response_root(): inner })
-            }
-        }
-    };
-    value.to_string()
-}
-
-fn render_xml(answer: &Answer, request_id: &str) -> String {
-    let mut out = String::from("<?xml version=\"1.0\" encoding=\"utf-8\" ?>");
-    let element = |out: &mut String, name: &str, text: &str| {
-        out.push_str(&format!("<{name}>{}</{name}>", xml_escape(text)));
-    };
-    match answer {
-        Answer::Error {
-            code,
-            msg,
-            sub_code,
-            sub_msg,
-        } => {
-            out.push_str("<error_response>");
-            element(&mut out, "code", &code.to_string());
-            element(&mut out, "msg", msg);
-            if let Some(sub_code) = sub_code {
-                element(&mut out, "sub_code", sub_code);
-            }
-            if let Some(sub_msg) = sub_msg {
-                element(&mut out, "sub_msg", sub_msg);
-            }
-            element(&mut out, "request_id", request_id);
-            out.push_str("</error_response>");
-        }
-        Answer::Result {
-            code,
-            success,
-            model,
-            message,
-        } => {
-            let root = response_root();
-            out.push_str(&format!("<{root}><result>"));
-            element(&mut out, "code", code);
-            element(&mut out, "success", &success.to_string());
-            element(&mut out, "model", &model.to_string());
-            element(&mut out, "message", message);
-            out.push_str("</result>");
-            element(&mut out, "request_id", request_id);
-            out.push_str(&format!("</{root}>"));
-        }
-    }
-    out.push_str("<!--top.emulator.paysync-->");
-    out
-}
-
-fn xml_escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gmt8;
+    use crate::top::request::{API_METHOD, DTO_PARAM};
     use crate::top::response::{self, TopResponse};
+    use crate::top::sign::{self, EmptyValues, SignMethod};
 
     fn gateway() -> Gateway {
         let settings = GatewaySettings {
@@ -873,7 +367,7 @@ mod tests {
     #[tokio::test]
     async fn empty_values_signed_php_style_are_accepted() {
         let gateway = gateway();
-        let now = datetime::format(Utc::now());
+        let now = gmt8::format(Utc::now());
         let mut params = base_params(&now, SignMethod::Md5);
         params.push(("partner_id", String::new()));
         let refs: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -891,8 +385,8 @@ mod tests {
     #[tokio::test]
     async fn protocol_checks_answer_their_codes() {
         let gateway = gateway();
-        let now = datetime::format(Utc::now());
-        let stale = datetime::format(Utc::now() - chrono::Duration::minutes(11));
+        let now = gmt8::format(Utc::now());
+        let stale = gmt8::format(Utc::now() - chrono::Duration::minutes(11));
         let base = || base_params(&now, SignMethod::Md5);
         let without = |name: &str| -> Vec<(&'static str, String)> {
             base().into_iter().filter(|(k, _)| *k != name).collect()
@@ -953,7 +447,7 @@ mod tests {
 
     #[tokio::test]
     async fn bad_dto_data_names_the_field_in_either_style() {
-        let now = datetime::format(Utc::now());
+        let now = gmt8::format(Utc::now());
         for (style, field_dto, expect_code, expect_text) in [
             (
                 BadDataStyle::Codes40And41,
@@ -999,7 +493,7 @@ mod tests {
     #[tokio::test]
     async fn xml_is_the_default_format_and_simplify_unwraps_json() {
         let gateway = gateway();
-        let now = datetime::format(Utc::now());
+        let now = gmt8::format(Utc::now());
         let mut params = base_params(&now, SignMethod::HmacMd5);
         params.retain(|(k, _)| *k != "format");
         let refs: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -1048,7 +542,7 @@ mod tests {
     #[tokio::test]
     async fn faults_answer_what_they_promise() {
         let gateway = gateway();
-        let now = datetime::format(Utc::now());
+        let now = gmt8::format(Utc::now());
         let params = base_params(&now, SignMethod::Md5);
         let refs: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let body = signed(&refs, SignMethod::Md5);

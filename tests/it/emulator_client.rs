@@ -7,33 +7,24 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
-use paysync::emulator::journal::Journal;
-use paysync::emulator::{Emulator, Faults, Gateway, GatewaySettings, RateLimit};
 use paysync::event::{OrderType, PaymentEvent};
+use paysync::gmt8;
+use paysync::tools::emulator::journal::Journal;
+use paysync::tools::emulator::{Emulator, Faults, Gateway, GatewaySettings, RateLimit};
 use paysync::top::classify::{
     Classifier, Disposition, HaltCause, Outcome, RejectCause, RetryCause,
 };
 use paysync::top::client::{Timeouts, TopClient};
-use paysync::top::datetime;
 use paysync::top::request::{RequestProfile, ResponseFormat, dto_json};
 use paysync::top::response::TopResponse;
 use paysync::top::sign::{self, SignMethod};
 use secrecy::SecretString;
 
-const APP_KEY: &str = "12345678";
-const SECRET: &str = "helloworld";
-
 async fn emulator(faults: Faults) -> Emulator {
-    let settings = GatewaySettings {
-        apps: HashMap::from([(APP_KEY.to_owned(), SecretString::from(SECRET))]),
-        seed: Some(1),
-        ..GatewaySettings::default()
-    };
-    let gateway = Gateway::new(settings, faults, Journal::new(None).unwrap());
-    Emulator::start("127.0.0.1:0".parse().unwrap(), gateway)
-        .await
-        .unwrap()
+    crate::support::emulator_seeded(faults, 1).await
 }
+
+use crate::support::{APP_KEY, SECRET};
 
 fn profile(method: SignMethod, secret: &str) -> RequestProfile {
     RequestProfile {
@@ -408,7 +399,7 @@ async fn permission_and_session_problems_halt() {
 async fn a_timestamp_in_the_wrong_zone_is_refused() {
     let emulator = emulator(Faults::default()).await;
     let dto = dto_json(&event("BK1"));
-    let utc_wall_clock = Utc::now().format(datetime::FORMAT).to_string();
+    let utc_wall_clock = Utc::now().format(gmt8::FORMAT).to_string();
     let mut params = vec![
         ("method", "taobao.taojie.parking.order.payinfo.sync"),
         ("app_key", APP_KEY),

@@ -1,6 +1,7 @@
 //! `paysync dlq inspect` and `paysync dlq redrive`: reading the dead-letter
 //! topic back, and sending selected records to their source topic or
-//! straight to the API.
+//! straight to the API. Reading and committing are blocking librdkafka work,
+//! done on blocking threads; only the calls and the writes are awaited.
 //!
 //! A redrive keeps its own cursor as the committed offsets of a consumer
 //! group (default `<kafka.group_id>.redrive`): records before the cursor were
@@ -9,44 +10,23 @@
 //! start.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::message::Message;
+use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
+use super::{DeadLetterRecord, header};
 use crate::config::Settings;
 use crate::event;
-use crate::pipeline::client_config;
-use crate::pipeline::dead_letter::header;
+use crate::kafka;
 use crate::top::classify::Disposition;
 use crate::top::request::dto_json;
-
-/// One dead letter, as read back.
-#[derive(Debug, Clone, Serialize)]
-pub struct DeadLetterRecord {
-    pub partition: i32,
-    pub offset: i64,
-    pub class: String,
-    pub reason: String,
-    pub code: Option<String>,
-    pub message: String,
-    pub source_topic: String,
-    pub source_partition: Option<i32>,
-    pub source_offset: Option<i64>,
-    pub dead_lettered_at: Option<DateTime<Utc>>,
-    #[serde(skip)]
-    pub key: Option<Vec<u8>>,
-    #[serde(skip)]
-    pub value: Option<Vec<u8>>,
-    /// The original headers (without `paysync.*`).
-    #[serde(skip)]
-    pub original_headers: Vec<(String, Option<Vec<u8>>)>,
-}
 
 /// Which dead letters to select.
 #[derive(Debug, Clone, Default)]
@@ -76,38 +56,29 @@ impl Filter {
 }
 
 fn consumer(settings: &Settings, group: &str) -> anyhow::Result<BaseConsumer> {
-    let mut config = client_config(settings, &settings.kafka.consumer);
-    config
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false");
-    config.create().context("cannot create a Kafka client")
+    kafka::tool_consumer(settings, group)
+        .create()
+        .context("cannot create a Kafka client")
 }
 
 /// Reads the dead-letter topic from each partition's `start` (or its
-/// beginning) to the high watermark, in partition and offset order.
+/// beginning) to the high watermark, in partition and offset order. Blocks.
 fn read_from(
     consumer: &BaseConsumer,
     topic: &str,
     starts: &HashMap<i32, i64>,
 ) -> anyhow::Result<Vec<DeadLetterRecord>> {
-    let timeout = Duration::from_secs(10);
-    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
-    let Some(found) = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic && t.error().is_none())
-    else {
+    let Some(partitions) = kafka::topic_partitions(consumer, topic)? else {
         bail!("the dead-letter topic {topic:?} does not exist");
     };
     let mut tpl = TopicPartitionList::new();
     let mut ends = HashMap::new();
-    for partition in found.partitions() {
-        let (low, high) = consumer.fetch_watermarks(topic, partition.id(), timeout)?;
-        let start = starts.get(&partition.id()).copied().unwrap_or(low).max(low);
+    for partition in partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, partition, kafka::REQUEST_TIMEOUT)?;
+        let start = starts.get(&partition).copied().unwrap_or(low).max(low);
         if start < high {
-            tpl.add_partition_offset(topic, partition.id(), Offset::Offset(start))?;
-            ends.insert(partition.id(), high);
+            tpl.add_partition_offset(topic, partition, Offset::Offset(start))?;
+            ends.insert(partition, high);
         }
     }
     let mut records = Vec::new();
@@ -131,7 +102,7 @@ fn read_from(
         if message.offset() >= end {
             continue;
         }
-        records.push(parse(&message));
+        records.push(DeadLetterRecord::decode(&message));
         if message.offset() + 1 >= end {
             ends.remove(&message.partition());
         }
@@ -140,42 +111,7 @@ fn read_from(
     Ok(records)
 }
 
-fn parse(message: &impl Message) -> DeadLetterRecord {
-    let mut paysync = HashMap::new();
-    let mut original_headers = Vec::new();
-    if let Some(headers) = message.headers() {
-        for h in headers.iter() {
-            if h.key.starts_with("paysync.") {
-                paysync.insert(
-                    h.key.to_owned(),
-                    String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                );
-            } else {
-                original_headers.push((h.key.to_owned(), h.value.map(<[u8]>::to_vec)));
-            }
-        }
-    }
-    let get = |name: &str| paysync.get(name).cloned();
-    DeadLetterRecord {
-        partition: message.partition(),
-        offset: message.offset(),
-        class: get(header::CLASS).unwrap_or_default(),
-        reason: get(header::REASON).unwrap_or_default(),
-        code: get(header::TOP_CODE),
-        message: get(header::MESSAGE).unwrap_or_default(),
-        source_topic: get(header::SOURCE_TOPIC).unwrap_or_default(),
-        source_partition: get(header::SOURCE_PARTITION).and_then(|p| p.parse().ok()),
-        source_offset: get(header::SOURCE_OFFSET).and_then(|o| o.parse().ok()),
-        dead_lettered_at: get(header::DEAD_LETTERED_AT)
-            .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
-            .map(|t| t.with_timezone(&Utc)),
-        key: message.key().map(<[u8]>::to_vec),
-        value: message.payload().map(<[u8]>::to_vec),
-        original_headers,
-    }
-}
-
-/// Every dead letter matching `filter`.
+/// Every dead letter matching `filter`. Blocks: run it on a blocking thread.
 pub fn inspect(settings: &Settings, filter: &Filter) -> anyhow::Result<Vec<DeadLetterRecord>> {
     let consumer = consumer(
         settings,
@@ -241,6 +177,22 @@ pub struct RedriveReport {
     pub dry_run: bool,
 }
 
+/// The redrive's consumer and what it found after its cursor. Blocks.
+fn read_after_cursor(
+    settings: &Settings,
+    group: &str,
+) -> anyhow::Result<(BaseConsumer, Vec<DeadLetterRecord>)> {
+    let topic = &settings.kafka.dlq_topic;
+    let consumer = consumer(settings, group)?;
+    let partitions = kafka::topic_partitions(&consumer, topic)?.unwrap_or_default();
+    let starts: HashMap<i32, i64> = kafka::committed_offsets(&consumer, topic, &partitions)?
+        .into_iter()
+        .filter_map(|(partition, offset)| Some((partition, offset?)))
+        .collect();
+    let records = read_from(&consumer, topic, &starts)?;
+    Ok((consumer, records))
+}
+
 /// Redrives the dead letters after the group's cursor that match `filter`.
 pub async fn redrive(
     settings: &Settings,
@@ -254,33 +206,17 @@ pub async fn redrive(
         str::to_owned,
     );
     let topic = settings.kafka.dlq_topic.clone();
-    let consumer = consumer(settings, &group)?;
-    let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
-    let mut cursor = TopicPartitionList::new();
-    for t in metadata.topics().iter().filter(|t| t.name() == topic) {
-        for p in t.partitions() {
-            cursor.add_partition(&topic, p.id());
-        }
-    }
-    let committed = consumer.committed_offsets(cursor, Duration::from_secs(10))?;
-    let starts: HashMap<i32, i64> = committed
-        .elements()
-        .iter()
-        .filter_map(|e| match e.offset() {
-            Offset::Offset(o) => Some((e.partition(), o)),
-            _ => None,
-        })
-        .collect();
-    let records = read_from(&consumer, &topic, &starts)?;
+    let (consumer, records) = {
+        let settings = settings.clone();
+        tokio::task::spawn_blocking(move || read_after_cursor(&settings, &group)).await??
+    };
+    let consumer = Arc::new(consumer);
     let mut report = RedriveReport {
         examined: records.len(),
         dry_run,
         ..RedriveReport::default()
     };
-    let producer: FutureProducer = client_config(settings, &settings.kafka.producer)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .create()?;
+    let producer: FutureProducer = kafka::durable_producer(settings).create()?;
     let client = match target {
         Target::Api => Some(settings.top_client()?),
         Target::Source => None,
@@ -292,26 +228,10 @@ pub async fn redrive(
             if !dry_run {
                 match target {
                     Target::Source => {
-                        let mut headers = OwnedHeaders::new();
-                        for (key, value) in &record.original_headers {
-                            headers = headers.insert(Header {
-                                key,
-                                value: value.as_deref(),
-                            });
-                        }
                         let origin = format!("{}@{}", record.partition, record.offset);
-                        headers = headers.insert(Header {
-                            key: "paysync.redriven_from",
-                            value: Some(origin.as_bytes()),
-                        });
-                        let mut out: FutureRecord<'_, [u8], [u8]> =
-                            FutureRecord::to(&record.source_topic).headers(headers);
-                        if let Some(key) = &record.key {
-                            out = out.key(key.as_slice());
-                        }
-                        if let Some(value) = &record.value {
-                            out = out.payload(value.as_slice());
-                        }
+                        let out = record
+                            .original
+                            .to_record(&record.source_topic, &[(header::REDRIVEN_FROM, origin)]);
                         producer
                             .send(out, Duration::from_secs(30))
                             .await
@@ -327,7 +247,7 @@ pub async fn redrive(
                     Target::Api => {
                         let client = client.as_ref().expect("built for the API target");
                         let outcome = match event::decode(
-                            record.value.as_deref(),
+                            record.original.value.as_deref(),
                             settings.event.max_bytes,
                         ) {
                             Ok(event) => {
@@ -357,8 +277,9 @@ pub async fn redrive(
                 record.partition,
                 Offset::Offset(record.offset + 1),
             )?;
-            consumer
-                .commit(&position, CommitMode::Sync)
+            let consumer = consumer.clone();
+            tokio::task::spawn_blocking(move || consumer.commit(&position, CommitMode::Sync))
+                .await?
                 .context("cannot save the redrive's progress")?;
         }
     }

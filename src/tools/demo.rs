@@ -16,10 +16,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::producer::FutureRecord;
 
 use crate::admin::{AdminServer, AdminState};
-use crate::emulator::Faults;
-use crate::emulator::journal::Journal;
-use crate::local::{LocalStack, TOPIC};
-use crate::pipeline::{Pipeline, Summary};
+use crate::pipeline::{Pipeline, Source, Summary};
+use crate::tools::emulator::Faults;
+use crate::tools::emulator::journal::Journal;
+use crate::tools::latency::LatencyRecorder;
+use crate::tools::local::{LocalStack, TOPIC};
 
 const PARTITIONS: i32 = 6;
 const PARKS: [&str; 4] = [
@@ -75,7 +76,7 @@ impl DemoReport {
         for (class, reason, count) in &self.dead_letters_by_reason {
             line(&format!("  {class} / {reason}"), count.to_string());
         }
-        line("retried calls", self.summary.failed_calls.to_string());
+        line("retried calls", self.summary.retried_calls.to_string());
         line("calls", self.summary.calls.to_string());
         line(
             "duplicate calls at the API",
@@ -172,16 +173,17 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoReport> {
         }
     }
 
-    let pipeline = tokio::task::spawn_blocking(move || Pipeline::build(settings)).await??;
-    let metrics = pipeline.metrics();
+    let latency = LatencyRecorder::default();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = Pipeline::build(settings, Source::Group)
+        .await?
+        .observe_deliveries(latency.observer())
+        .spawn(async move {
+            let _ = stopped.await;
+        });
     let admin = AdminServer::start(
         options.admin_listen,
-        AdminState {
-            metrics: metrics.clone(),
-            health: pipeline.health(),
-            gate: pipeline.gate_handle(),
-            liveness_timeout: Duration::from_secs(60),
-        },
+        AdminState::of(&running, Duration::from_secs(60)),
     )
     .await
     .with_context(|| format!("cannot listen on {}", options.admin_listen))?;
@@ -192,10 +194,6 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoReport> {
         stack.emulator.url(),
         admin.addr()
     );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(pipeline.run(async move {
-        let _ = stopped.await;
-    }));
 
     let bar = ProgressBar::new(options.events as u64);
     bar.set_style(
@@ -210,8 +208,9 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoReport> {
         + Duration::from_secs_f64(options.events as f64 / f64::from(options.rate) * 3.0);
     let mut first_done: Option<Instant> = None;
     let mut committed_to_end = false;
+    let probe = stack.commit_probe();
     loop {
-        let summary = Summary::of(&metrics);
+        let summary = running.summary();
         let done = summary.delivered + summary.dead_lettered();
         if done > 0 {
             first_done.get_or_insert_with(Instant::now);
@@ -221,10 +220,12 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoReport> {
             "delivered {}, dead-lettered {}, retried calls {}",
             summary.delivered,
             summary.dead_lettered(),
-            summary.failed_calls
+            summary.retried_calls
         ));
         if done >= options.events as u64 {
-            committed_to_end = stack.committed_to_end()?;
+            let probe = probe.clone();
+            committed_to_end =
+                tokio::task::spawn_blocking(move || probe.committed_to_end()).await??;
             if committed_to_end {
                 break;
             }
@@ -240,7 +241,8 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoReport> {
         .max(1e-3);
     bar.finish_and_clear();
     let _ = stop.send(());
-    let summary = running.await??;
+    let metrics = running.metrics().clone();
+    let summary = running.finished().await;
     admin.stop().await;
     let mut dead_letters_by_reason = metrics.dead_letter_counts();
     dead_letters_by_reason.sort();
@@ -249,8 +251,8 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoReport> {
         dead_letters_by_reason,
         duplicate_calls: stack.emulator.gateway().order_counts().2,
         events_per_sec: (summary.delivered + summary.dead_lettered()) as f64 / elapsed,
-        p50_ms: metrics.latency_ms(0.5),
-        p99_ms: metrics.latency_ms(0.99),
+        p50_ms: latency.quantile_ms(0.5),
+        p99_ms: latency.quantile_ms(0.99),
         summary,
         committed_to_end,
     })

@@ -18,11 +18,12 @@ use rdkafka::producer::FutureRecord;
 use serde::Serialize;
 
 use crate::config::Settings;
-use crate::emulator::Faults;
-use crate::emulator::journal::Journal;
 use crate::event::{OrderType, PaymentEvent};
-use crate::local::{LocalStack, TOPIC};
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, Source};
+use crate::tools::emulator::Faults;
+use crate::tools::emulator::journal::Journal;
+use crate::tools::latency::LatencyRecorder;
+use crate::tools::local::{LocalStack, TOPIC};
 use crate::top::classify::{Classifier, Disposition};
 use crate::top::request::dto_json;
 
@@ -102,7 +103,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         .map(|rate| options.burst.unwrap_or((rate / 50).max(1)));
     settings.delivery.rate_limit_per_sec = options.rate.unwrap_or(1_000_000);
     settings.delivery.rate_limit_burst = Some(burst.unwrap_or(1_000_000));
-    settings.kafka.commit_interval_ms = 1_000;
+    settings.kafka.commit_interval_ms = Duration::from_secs(1);
     settings.validate()?;
 
     let baseline_per_sec =
@@ -111,12 +112,12 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
     produce(&stack, options.events).await?;
     emulator.gateway().reset_stats();
     let accepted_before = emulator.gateway().order_counts().0;
-    let pipeline = tokio::task::spawn_blocking(move || Pipeline::build(settings)).await??;
-    let metrics = pipeline.metrics();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(pipeline.run(async move {
-        let _ = stopped.await;
-    }));
+    let latency = LatencyRecorder::default();
+    let running = Pipeline::build(settings, Source::Group)
+        .await?
+        .observe_deliveries(latency.observer())
+        .spawn(std::future::pending());
+    let metrics = running.metrics().clone();
     let mut first = None;
     let deadline = Instant::now() + Duration::from_secs(600);
     let last = loop {
@@ -133,8 +134,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         );
         tokio::time::sleep(Duration::from_millis(2)).await;
     };
-    let _ = stop.send(());
-    let summary = running.await??;
+    let summary = running.stop().await;
     ensure!(
         summary.dead_lettered() == 0,
         "events were dead-lettered: {summary:?}"
@@ -177,8 +177,8 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         sustained_per_sec,
         baseline_per_sec,
         ratio: events_per_sec / baseline_per_sec,
-        p50_ms: metrics.latency_ms(0.50),
-        p99_ms: metrics.latency_ms(0.99),
+        p50_ms: latency.quantile_ms(0.50),
+        p99_ms: latency.quantile_ms(0.99),
         max_in_one_second,
         peak_rss_mb: peak_rss_mb(),
     })

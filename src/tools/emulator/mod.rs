@@ -11,6 +11,10 @@
 //! counts answers; `GET`/`PUT /emulator/faults` reads and replaces the faults
 //! of a running emulator.
 //!
+//! It signs with the same [`crate::top::sign`] as the client, so a signing
+//! bug would be mirrored on both sides; the published and independently
+//! computed known-answer vectors in `sign.rs` are what guard against that.
+//!
 //! The server runs hyper directly (not `axum::serve`) so that a handler can
 //! close the connection without an answer, which is what a dropped
 //! connection looks like to a client.
@@ -196,16 +200,9 @@ async fn put_faults(State(gateway): State<Arc<Gateway>>, body: axum::body::Bytes
 }
 
 /// The error a connection's service returns to make hyper close it unanswered.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("connection dropped by fault injection")]
 struct DroppedOnPurpose;
-
-impl std::fmt::Display for DroppedOnPurpose {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("connection dropped by fault injection")
-    }
-}
-
-impl std::error::Error for DroppedOnPurpose {}
 
 async fn serve(listener: TcpListener, router: Router, mut stopped: watch::Receiver<bool>) {
     // Connection tasks live in the set, so leaving this function aborts them all.

@@ -3,7 +3,10 @@
 //!
 //! The gateway's `timestamp` parameter and the DTO's `pay_time` both use it,
 //! whatever the host's own time zone is; only the official Java SDK forces the
-//! zone, the others leak host local time (top-protocol.md §1).
+//! zone, the others leak host local time (`docs/top-protocol.md` §1).
+//!
+//! A leaf: the domain ([`crate::event`]) reads `pay_time` with it and the
+//! protocol ([`crate::top`]) writes it, so it belongs to neither.
 
 use chrono::{DateTime, FixedOffset, NaiveDateTime, TimeZone, Utc};
 
@@ -11,13 +14,13 @@ use chrono::{DateTime, FixedOffset, NaiveDateTime, TimeZone, Utc};
 pub const FORMAT: &str = "%Y-%m-%d %H:%M:%S";
 
 /// GMT+8, the zone of every TOP wall-clock value.
-pub fn gmt8() -> FixedOffset {
+pub fn offset() -> FixedOffset {
     FixedOffset::east_opt(8 * 3600).expect("+08:00 is a valid offset")
 }
 
 /// Formats an instant as GMT+8 `yyyy-MM-dd HH:mm:ss`.
 pub fn format(instant: DateTime<Utc>) -> String {
-    instant.with_timezone(&gmt8()).format(FORMAT).to_string()
+    instant.with_timezone(&offset()).format(FORMAT).to_string()
 }
 
 /// Parses GMT+8 `yyyy-MM-dd HH:mm:ss` (exactly that shape, no fractions).
@@ -27,7 +30,7 @@ pub fn parse(text: &str) -> Option<DateTime<Utc>> {
         return None;
     }
     let naive = NaiveDateTime::parse_from_str(text, FORMAT).ok()?;
-    gmt8()
+    offset()
         .from_local_datetime(&naive)
         .single()
         .map(|t| t.with_timezone(&Utc))

@@ -11,16 +11,19 @@
 //! [`SecretString`] whose `Debug` is redacted, so it reaches no log or error.
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use figment::Figment;
-use figment::providers::{Format, Serialized, Toml};
-use figment::value::{Dict, Value};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::Deserialize;
 use url::Url;
+
+mod load;
+mod validate;
+
+pub use load::{ENV_PREFIX, ENV_SEPARATOR};
+use validate::read_secret_file;
+pub use validate::{ConfigError, ConfigProblem};
 
 use crate::event::DEFAULT_MAX_EVENT_BYTES;
 use crate::top::classify::{Classifier, UnknownErrorPolicy};
@@ -28,10 +31,19 @@ use crate::top::client::{ClientBuildError, Timeouts, TopClient};
 use crate::top::request::{RequestProfile, ResponseFormat};
 use crate::top::sign::SignMethod;
 
-/// Prefix of the environment variables that override the file.
-pub const ENV_PREFIX: &str = "PAYSYNC_";
-/// Separator between key levels in those variables.
-pub const ENV_SEPARATOR: &str = "__";
+/// Why a TOP client could not be built from the settings.
+#[derive(Debug, thiserror::Error)]
+pub enum TopClientError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Build(#[from] ClientBuildError),
+}
+
+/// Reads a number of milliseconds (the keys keep their `_ms` names) as a [`Duration`].
+fn millis<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    u64::deserialize(deserializer).map(Duration::from_millis)
+}
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -65,19 +77,24 @@ pub struct KafkaSettings {
     /// The dead-letter topic; it must exist before paysync starts.
     pub dlq_topic: String,
     /// librdkafka's group session timeout.
-    pub session_timeout_ms: u64,
+    #[serde(deserialize_with = "millis")]
+    pub session_timeout_ms: Duration,
     /// How often stored (finished) offsets are committed in the background.
-    pub commit_interval_ms: u64,
+    #[serde(deserialize_with = "millis")]
+    pub commit_interval_ms: Duration,
     /// Where a group with no committed offset starts: `earliest` or `latest`.
     pub auto_offset_reset: String,
     /// On revoke, how long in-flight calls of the revoked partitions may
     /// finish before their offsets are committed; must stay below the session timeout.
-    pub revoke_drain_timeout_ms: u64,
+    #[serde(deserialize_with = "millis")]
+    pub revoke_drain_timeout_ms: Duration,
     /// How often librdkafka reports statistics (committed offsets and lag
     /// per partition, exported as metrics).
-    pub statistics_interval_ms: u64,
+    #[serde(deserialize_with = "millis")]
+    pub statistics_interval_ms: Duration,
     /// Extra librdkafka properties for every client (e.g. `security.protocol`,
-    /// `sasl.mechanism`, `ssl.ca.location`); they override paysync's own.
+    /// `sasl.mechanism`, `ssl.ca.location`); they override paysync's defaults.
+    /// The properties paysync owns are refused (see [`crate::kafka::RESERVED`]).
     pub librdkafka: BTreeMap<String, String>,
     /// Extra librdkafka properties for the consumer only.
     pub consumer: BTreeMap<String, String>,
@@ -93,13 +110,13 @@ impl Default for KafkaSettings {
             topics: vec!["parking-payments".to_owned()],
             dlq_topic: "parking-payments.dlq".to_owned(),
             // librdkafka's default.
-            session_timeout_ms: 45_000,
-            commit_interval_ms: 1_000,
+            session_timeout_ms: Duration::from_millis(45_000),
+            commit_interval_ms: Duration::from_millis(1_000),
             auto_offset_reset: "earliest".to_owned(),
             // Half the session timeout, as Vector does: a slow drain must not
             // push the consumer out of its group.
-            revoke_drain_timeout_ms: 22_500,
-            statistics_interval_ms: 5_000,
+            revoke_drain_timeout_ms: Duration::from_millis(22_500),
+            statistics_interval_ms: Duration::from_millis(5_000),
             librdkafka: BTreeMap::new(),
             consumer: BTreeMap::new(),
             producer: BTreeMap::new(),
@@ -127,17 +144,23 @@ pub struct DeliverySettings {
     pub max_attempts: u32,
     /// Time spent retrying one event (not counting waits for a ban, an open
     /// breaker or a halt) before it is dead-lettered as `retries_exhausted`.
-    pub max_retry_elapsed_ms: u64,
-    pub backoff_initial_ms: u64,
-    pub backoff_max_ms: u64,
+    #[serde(deserialize_with = "millis")]
+    pub max_retry_elapsed_ms: Duration,
+    #[serde(deserialize_with = "millis")]
+    pub backoff_initial_ms: Duration,
+    #[serde(deserialize_with = "millis")]
+    pub backoff_max_ms: Duration,
     /// Transient failures in a row that open the circuit breaker.
     pub breaker_failure_threshold: u32,
     /// How often an open breaker lets a probe through.
-    pub breaker_probe_interval_ms: u64,
+    #[serde(deserialize_with = "millis")]
+    pub breaker_probe_interval_ms: Duration,
     /// How often a halted pipeline probes the gateway again.
-    pub halt_probe_interval_ms: u64,
+    #[serde(deserialize_with = "millis")]
+    pub halt_probe_interval_ms: Duration,
     /// On SIGTERM/SIGINT, how long in-flight work may finish.
-    pub shutdown_drain_timeout_ms: u64,
+    #[serde(deserialize_with = "millis")]
+    pub shutdown_drain_timeout_ms: Duration,
 }
 
 impl Default for DeliverySettings {
@@ -149,13 +172,13 @@ impl Default for DeliverySettings {
             rate_limit_per_sec: 100,
             rate_limit_burst: None,
             max_attempts: 8,
-            max_retry_elapsed_ms: 600_000,
-            backoff_initial_ms: 200,
-            backoff_max_ms: 30_000,
+            max_retry_elapsed_ms: Duration::from_millis(600_000),
+            backoff_initial_ms: Duration::from_millis(200),
+            backoff_max_ms: Duration::from_millis(30_000),
             breaker_failure_threshold: 10,
-            breaker_probe_interval_ms: 2_000,
-            halt_probe_interval_ms: 30_000,
-            shutdown_drain_timeout_ms: 10_000,
+            breaker_probe_interval_ms: Duration::from_millis(2_000),
+            halt_probe_interval_ms: Duration::from_millis(30_000),
+            shutdown_drain_timeout_ms: Duration::from_millis(10_000),
         }
     }
 }
@@ -187,11 +210,13 @@ pub struct TopSettings {
     /// Ask for `simplify=true` JSON bodies (both shapes are read either way).
     pub simplify: bool,
     pub format: ResponseFormat,
-    pub connect_timeout_ms: u64,
-    pub request_timeout_ms: u64,
+    #[serde(deserialize_with = "millis")]
+    pub connect_timeout_ms: Duration,
+    #[serde(deserialize_with = "millis")]
+    pub request_timeout_ms: Duration,
 }
 
-/// The production gateway over HTTPS (top-protocol.md §6).
+/// The production gateway over HTTPS (`docs/top-protocol.md` §6).
 pub const DEFAULT_GATEWAY_URL: &str = "https://eco.taobao.com/router/rest";
 
 impl Default for TopSettings {
@@ -210,8 +235,8 @@ impl Default for TopSettings {
             format: ResponseFormat::Json,
             // Tighter than the Java SDK's 15 s / 30 s: a slow call holds a
             // Kafka offset back, and a retry is cheap.
-            connect_timeout_ms: 5_000,
-            request_timeout_ms: 10_000,
+            connect_timeout_ms: Duration::from_millis(5_000),
+            request_timeout_ms: Duration::from_millis(10_000),
         }
     }
 }
@@ -225,14 +250,15 @@ pub struct AdminSettings {
     /// `/health/live` fails when the main loop has not turned for this long.
     /// It must exceed `kafka.revoke_drain_timeout_ms`, during which the loop
     /// waits inside librdkafka's rebalance callback.
-    pub liveness_timeout_ms: u64,
+    #[serde(deserialize_with = "millis")]
+    pub liveness_timeout_ms: Duration,
 }
 
 impl Default for AdminSettings {
     fn default() -> Self {
         AdminSettings {
             listen: "127.0.0.1:9464".to_owned(),
-            liveness_timeout_ms: 60_000,
+            liveness_timeout_ms: Duration::from_millis(60_000),
         }
     }
 }
@@ -288,263 +314,7 @@ pub enum LogFormat {
     Json,
 }
 
-/// One thing wrong with the configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigProblem {
-    /// Dotted key, e.g. `top.app_key`.
-    pub key: String,
-    pub reason: String,
-}
-
-impl fmt::Display for ConfigProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.key, self.reason)
-    }
-}
-
-/// The configuration could not be used; lists every problem found.
-#[derive(Debug, Clone, thiserror::Error)]
-pub struct ConfigError {
-    pub problems: Vec<ConfigProblem>,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "invalid configuration:")?;
-        for problem in &self.problems {
-            writeln!(f, "  - {problem}")?;
-        }
-        Ok(())
-    }
-}
-
-impl ConfigError {
-    fn one(key: impl Into<String>, reason: impl Into<String>) -> Self {
-        ConfigError {
-            problems: vec![ConfigProblem {
-                key: key.into(),
-                reason: reason.into(),
-            }],
-        }
-    }
-}
-
 impl Settings {
-    /// Parses the file (optional) and the process environment, then validates.
-    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
-        Self::load_from(file, std::env::vars())
-    }
-
-    /// Like [`Settings::load`] with an explicit environment (for tests).
-    pub fn load_from(
-        file: Option<&Path>,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Settings, ConfigError> {
-        let mut figment = Figment::new();
-        if let Some(path) = file {
-            if !path.is_file() {
-                return Err(ConfigError::one(
-                    "(file)",
-                    format!("{} does not exist or is not a file", path.display()),
-                ));
-            }
-            figment = figment.merge(Toml::file_exact(path));
-        }
-        figment = figment.merge(Serialized::globals(env_overrides(env)));
-        // Lossy: environment values are strings, and "5000" must fill a number.
-        let settings: Settings = figment.extract_lossy().map_err(|error| ConfigError {
-            problems: error
-                .into_iter()
-                .map(|e| ConfigProblem {
-                    key: if e.path.is_empty() {
-                        "(file)".to_owned()
-                    } else {
-                        e.path.join(".")
-                    },
-                    reason: e.kind.to_string(),
-                })
-                .collect(),
-        })?;
-        settings.validate()?;
-        Ok(settings)
-    }
-
-    /// Checks values and their combinations; reports every problem.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let mut problems = Vec::new();
-        let mut problem = |key: &str, reason: String| {
-            problems.push(ConfigProblem {
-                key: key.to_owned(),
-                reason,
-            })
-        };
-        let top = &self.top;
-        match Url::parse(&top.gateway_url) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") && url.query().is_none() => {}
-            Ok(_) => problem(
-                "top.gateway_url",
-                "must be an http(s) URL without a query string".into(),
-            ),
-            Err(error) => problem("top.gateway_url", format!("is not a URL: {error}")),
-        }
-        if top.app_key.trim().is_empty() {
-            problem("top.app_key", "is required".into());
-        }
-        match (&top.app_secret, &top.app_secret_file) {
-            (Some(_), Some(_)) => problem(
-                "top.app_secret",
-                "set either app_secret or app_secret_file, not both".into(),
-            ),
-            (None, None) => problem(
-                "top.app_secret",
-                "is required (or top.app_secret_file, or PAYSYNC_TOP__APP_SECRET)".into(),
-            ),
-            (Some(secret), None) if secret.expose_secret().trim().is_empty() => {
-                problem("top.app_secret", "must not be empty".into())
-            }
-            (None, Some(path)) => {
-                if let Err(reason) = read_secret_file(path) {
-                    problem("top.app_secret_file", reason);
-                }
-            }
-            (Some(_), None) => {}
-        }
-        for (key, ms) in [
-            ("top.connect_timeout_ms", top.connect_timeout_ms),
-            ("top.request_timeout_ms", top.request_timeout_ms),
-        ] {
-            if ms == 0 {
-                problem(key, "must be greater than 0".into());
-            }
-        }
-        if top.connect_timeout_ms > top.request_timeout_ms {
-            problem(
-                "top.connect_timeout_ms",
-                format!(
-                    "({}) must not exceed top.request_timeout_ms ({})",
-                    top.connect_timeout_ms, top.request_timeout_ms
-                ),
-            );
-        }
-        let kafka = &self.kafka;
-        for (key, value) in [
-            ("kafka.bootstrap_servers", &kafka.bootstrap_servers),
-            ("kafka.group_id", &kafka.group_id),
-            ("kafka.dlq_topic", &kafka.dlq_topic),
-        ] {
-            if value.trim().is_empty() {
-                problem(key, "is required".into());
-            }
-        }
-        if kafka.topics.is_empty() || kafka.topics.iter().any(|t| t.trim().is_empty()) {
-            problem("kafka.topics", "needs at least one non-empty topic".into());
-        }
-        if kafka.topics.contains(&kafka.dlq_topic) {
-            problem(
-                "kafka.dlq_topic",
-                "must not be one of the source topics".into(),
-            );
-        }
-        if !matches!(kafka.auto_offset_reset.as_str(), "earliest" | "latest") {
-            problem(
-                "kafka.auto_offset_reset",
-                format!(
-                    "must be earliest or latest, got {:?}",
-                    kafka.auto_offset_reset
-                ),
-            );
-        }
-        if kafka.revoke_drain_timeout_ms >= kafka.session_timeout_ms {
-            problem(
-                "kafka.revoke_drain_timeout_ms",
-                format!(
-                    "({}) must be below kafka.session_timeout_ms ({}), or a slow drain drops the consumer from its group",
-                    kafka.revoke_drain_timeout_ms, kafka.session_timeout_ms
-                ),
-            );
-        }
-        for (table, map) in [
-            ("kafka.librdkafka", &kafka.librdkafka),
-            ("kafka.consumer", &kafka.consumer),
-            ("kafka.producer", &kafka.producer),
-        ] {
-            for name in map.keys() {
-                if let Some((_, reason)) = RESERVED_LIBRDKAFKA
-                    .iter()
-                    .find(|(reserved, _)| reserved == name)
-                {
-                    problem(&format!("{table}.\"{name}\""), (*reason).to_owned());
-                }
-            }
-        }
-        let delivery = &self.delivery;
-        for (key, value) in [
-            ("delivery.max_in_flight", delivery.max_in_flight as u64),
-            (
-                "delivery.partition_window",
-                delivery.partition_window as u64,
-            ),
-            ("delivery.global_window", delivery.global_window as u64),
-            (
-                "delivery.rate_limit_per_sec",
-                u64::from(delivery.rate_limit_per_sec),
-            ),
-            ("delivery.rate_limit_burst", u64::from(delivery.burst())),
-            ("delivery.max_attempts", u64::from(delivery.max_attempts)),
-            (
-                "delivery.breaker_failure_threshold",
-                u64::from(delivery.breaker_failure_threshold),
-            ),
-            (
-                "delivery.breaker_probe_interval_ms",
-                delivery.breaker_probe_interval_ms,
-            ),
-            (
-                "delivery.halt_probe_interval_ms",
-                delivery.halt_probe_interval_ms,
-            ),
-        ] {
-            if value == 0 {
-                problem(key, "must be greater than 0".into());
-            }
-        }
-        if delivery.backoff_initial_ms > delivery.backoff_max_ms {
-            problem(
-                "delivery.backoff_initial_ms",
-                "must not exceed delivery.backoff_max_ms".into(),
-            );
-        }
-        if self.admin.listen.parse::<std::net::SocketAddr>().is_err() {
-            problem(
-                "admin.listen",
-                format!(
-                    "is not an address like 127.0.0.1:9464: {:?}",
-                    self.admin.listen
-                ),
-            );
-        }
-        if self.admin.liveness_timeout_ms <= self.kafka.revoke_drain_timeout_ms {
-            problem(
-                "admin.liveness_timeout_ms",
-                format!(
-                    "({}) must exceed kafka.revoke_drain_timeout_ms ({}), or a rebalance would look like a stuck process",
-                    self.admin.liveness_timeout_ms, self.kafka.revoke_drain_timeout_ms
-                ),
-            );
-        }
-        if self.event.max_bytes == 0 {
-            problem("event.max_bytes", "must be greater than 0".into());
-        }
-        if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
-            problem("log.level", format!("is not a valid filter: {error}"));
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError { problems })
-        }
-    }
-
     /// The app secret, from the setting or the file.
     pub fn app_secret(&self) -> Result<SecretString, ConfigError> {
         match (&self.top.app_secret, &self.top.app_secret_file) {
@@ -572,8 +342,8 @@ impl Settings {
 
     pub fn timeouts(&self) -> Timeouts {
         Timeouts {
-            connect: Duration::from_millis(self.top.connect_timeout_ms),
-            request: Duration::from_millis(self.top.request_timeout_ms),
+            connect: self.top.connect_timeout_ms,
+            request: self.top.request_timeout_ms,
         }
     }
 
@@ -584,119 +354,23 @@ impl Settings {
     }
 
     /// A client for the configured gateway.
-    pub fn top_client(&self) -> Result<TopClient, anyhow::Error> {
+    pub fn top_client(&self) -> Result<TopClient, TopClientError> {
         let url = Url::parse(&self.top.gateway_url)
             .map_err(|e| ConfigError::one("top.gateway_url", format!("is not a URL: {e}")))?;
-        let client = TopClient::new(url, self.request_profile()?, self.timeouts())
-            .map_err(|e: ClientBuildError| anyhow::anyhow!(e))?;
-        Ok(client)
-    }
-}
-
-fn read_secret_file(path: &Path) -> Result<SecretString, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
-    let secret = text.trim_end_matches(['\r', '\n']);
-    if secret.trim().is_empty() {
-        return Err(format!("{} is empty", path.display()));
-    }
-    Ok(SecretString::from(secret.to_owned()))
-}
-
-/// librdkafka properties paysync owns: setting them through the pass-through
-/// tables would break a guarantee or bypass a validated setting.
-const RESERVED_LIBRDKAFKA: [(&str, &str); 9] = [
-    (
-        "statistics.interval.ms",
-        "set kafka.statistics_interval_ms instead",
-    ),
-    ("bootstrap.servers", "set kafka.bootstrap_servers instead"),
-    ("group.id", "set kafka.group_id instead"),
-    (
-        "enable.auto.offset.store",
-        "paysync stores offsets itself, only after success; this cannot be changed",
-    ),
-    (
-        "enable.auto.commit",
-        "paysync commits stored offsets in the background; set kafka.commit_interval_ms",
-    ),
-    (
-        "auto.commit.interval.ms",
-        "set kafka.commit_interval_ms instead",
-    ),
-    (
-        "session.timeout.ms",
-        "set kafka.session_timeout_ms instead (it is checked against the revoke drain)",
-    ),
-    (
-        "enable.idempotence",
-        "the dead-letter producer is always idempotent",
-    ),
-    (
-        "acks",
-        "the dead-letter producer always waits for all in-sync replicas",
-    ),
-];
-
-/// Settings that are lists; from the environment they are comma-separated.
-const LIST_KEYS: [&str; 1] = ["kafka.topics"];
-
-/// Settings from the environment: `PAYSYNC_TOP__APP_KEY=x` → `{top: {app_key: "x"}}`, values kept as strings.
-fn env_overrides(env: impl IntoIterator<Item = (String, String)>) -> Dict {
-    let mut root = Dict::new();
-    for (name, value) in env {
-        let Some(path) = name.strip_prefix(ENV_PREFIX) else {
-            continue;
-        };
-        let keys: Vec<String> = path
-            .split(ENV_SEPARATOR)
-            .map(str::to_ascii_lowercase)
-            .collect();
-        // Every setting lives in a section, so an override has at least one
-        // separator; other PAYSYNC_ variables (PAYSYNC_APP_SECRET for `sign`,
-        // the test scripts' PAYSYNC_KAFKA_PORT, ...) are not configuration.
-        if keys.len() < 2 || keys.iter().any(String::is_empty) {
-            continue;
-        }
-        let value = if LIST_KEYS.contains(&keys.join(".").as_str()) {
-            Value::from(
-                value
-                    .split(',')
-                    .map(|item| item.trim().to_owned())
-                    .collect::<Vec<String>>(),
-            )
-        } else {
-            Value::from(value)
-        };
-        insert_path(&mut root, &keys, value);
-    }
-    root
-}
-
-fn insert_path(dict: &mut Dict, keys: &[String], value: Value) {
-    match keys {
-        [] => {}
-        [last] => {
-            dict.insert(last.clone(), value);
-        }
-        [first, rest @ ..] => {
-            let entry = dict
-                .entry(first.clone())
-                .or_insert_with(|| Value::from(Dict::new()));
-            if !matches!(entry, Value::Dict(..)) {
-                *entry = Value::from(Dict::new());
-            }
-            if let Value::Dict(_, inner) = entry {
-                insert_path(inner, rest, value);
-            }
-        }
+        Ok(TopClient::new(
+            url,
+            self.request_profile()?,
+            self.timeouts(),
+        )?)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use secrecy::ExposeSecret;
     use std::io::Write;
+    use std::path::Path;
 
     fn write_config(text: &str) -> tempfile::NamedTempFile {
         let mut file = tempfile::NamedTempFile::new().unwrap();
@@ -737,9 +411,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(settings.top.app_key, "12345678");
-        assert_eq!(settings.top.connect_timeout_ms, 250);
+        assert_eq!(settings.top.connect_timeout_ms, Duration::from_millis(250));
         assert_eq!(settings.kafka.topics, ["a", "b"]);
-        assert_eq!(settings.top.request_timeout_ms, 7000);
+        assert_eq!(settings.top.request_timeout_ms, Duration::from_millis(7000));
         assert_eq!(settings.app_secret().unwrap().expose_secret(), "s3cret");
     }
 

@@ -1,14 +1,13 @@
-//! Helpers shared by the pipeline suites (mock cluster and real broker): a
-//! Kafka handle for producing and reading back, the emulator, event values,
-//! and `paysync run` as a child process.
-
-#![allow(dead_code)]
+//! Helpers shared by the integration suite and the end-to-end suite (mock
+//! cluster and real broker): a Kafka handle for producing and reading back,
+//! the emulator, event values, waiting for a condition, and `paysync run` as
+//! a child process.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use paysync::emulator::journal::Journal;
-use paysync::emulator::{Emulator, Faults, Gateway, GatewaySettings};
+use paysync::tools::emulator::journal::Journal;
+use paysync::tools::emulator::{Emulator, Faults, Gateway, GatewaySettings};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -25,10 +24,15 @@ pub type DeadLetter = (Option<Vec<u8>>, HashMap<String, String>);
 
 /// An emulator on a free loopback port that knows the test app.
 pub async fn emulator(faults: Faults) -> Emulator {
+    emulator_seeded(faults, 3).await
+}
+
+/// Like [`emulator`], with the seed of its fault draws and request ids.
+pub async fn emulator_seeded(faults: Faults, seed: u64) -> Emulator {
     let gateway = Gateway::new(
         GatewaySettings {
             apps: HashMap::from([(APP_KEY.to_owned(), SecretString::from(SECRET))]),
-            seed: Some(3),
+            seed: Some(seed),
             ..GatewaySettings::default()
         },
         faults,
@@ -37,6 +41,18 @@ pub async fn emulator(faults: Faults) -> Emulator {
     Emulator::start("127.0.0.1:0".parse().unwrap(), gateway)
         .await
         .unwrap()
+}
+
+/// Waits until `done` holds, checking every 50 ms; fails the test after [`PATIENCE`].
+pub async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A valid event value.

@@ -1,0 +1,298 @@
+//! The flags of every subcommand (clap derive).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::tools::emulator::BadDataStyle;
+use crate::top::sign::SignMethod;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "paysync",
+    version,
+    about = "Kafka → Miaojie (TOP) payment bridge"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Consume the configured topics and deliver every event to the API.
+    Run(RunArgs),
+    /// Run the whole bridge in one process (in-process Kafka, emulator, pipeline).
+    Demo(DemoArgs),
+    /// Send a bounded range of a source topic to the API again (backfill).
+    Replay(ReplayArgs),
+    /// Inspect or redrive the dead-letter topic.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// Measure the pipeline against the mock cluster and the emulator.
+    Bench(BenchArgs),
+    /// Run a local TOP gateway emulator.
+    Emulator(Box<EmulatorArgs>),
+    /// Print the TOP signature of a parameter set.
+    Sign(SignArgs),
+    /// Send one event to the configured gateway and show what happened.
+    Call(CallArgs),
+    /// Validate a configuration file and report every problem.
+    CheckConfig(CheckConfigArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EmulatorArgs {
+    /// Address to listen on; port 0 picks a free port (printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    #[arg(long, env = "PAYSYNC_EMULATOR_APP_KEY")]
+    pub app_key: String,
+    #[arg(long, env = "PAYSYNC_EMULATOR_APP_SECRET", hide_env_values = true)]
+    pub app_secret: String,
+    /// Append every accepted order to this file as a JSON line.
+    #[arg(long)]
+    pub journal: Option<PathBuf>,
+    /// A TOML file of faults (see config/emulator-scenario.example.toml); flags override it.
+    #[arg(long)]
+    pub scenario: Option<PathBuf>,
+    /// Require one of these session keys (repeatable); without it sessions are not checked.
+    #[arg(long = "session")]
+    pub sessions: Vec<String>,
+    /// How bad DTO data is answered.
+    #[arg(long, value_enum, default_value_t = BadDataStyle::Codes40And41)]
+    pub bad_data_style: BadDataStyle,
+    /// Allowed clock difference for `timestamp`, in seconds.
+    #[arg(long, default_value_t = 600)]
+    pub max_skew_secs: u64,
+    /// Seed for fault draws and request ids (reproducible runs).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[arg(long)]
+    pub latency_ms: Option<u64>,
+    #[arg(long)]
+    pub latency_jitter_ms: Option<u64>,
+    #[arg(long)]
+    pub http_502_rate: Option<f64>,
+    #[arg(long)]
+    pub http_503_rate: Option<f64>,
+    #[arg(long)]
+    pub drop_connection_rate: Option<f64>,
+    /// Share of calls answered with code 10.
+    #[arg(long)]
+    pub unavailable_rate: Option<f64>,
+    /// Share of calls answered with code 15 + isp.top-remote-connection-error.
+    #[arg(long)]
+    pub isp_error_rate: Option<f64>,
+    /// Share of calls answered success=false.
+    #[arg(long)]
+    pub service_failure_rate: Option<f64>,
+    /// Share of calls answered success=true, model=false.
+    #[arg(long)]
+    pub reject_rate: Option<f64>,
+    /// Answer code 11 to every call.
+    #[arg(long)]
+    pub permission_denied: bool,
+    /// Per-app calls per second before a code-7 ban.
+    #[arg(long)]
+    pub rate_limit: Option<u32>,
+    /// Length of a code-7 ban.
+    #[arg(long, default_value_t = 2)]
+    pub ban_seconds: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    #[arg(long, env = "PAYSYNC_APP_SECRET", hide_env_values = true)]
+    pub app_secret: String,
+    /// Defaults to the `sign_method` parameter if given, else md5.
+    #[arg(long)]
+    pub sign_method: Option<SignMethod>,
+    /// Also print the exact string that was hashed (the secret shown as <secret>).
+    #[arg(long)]
+    pub show_base: bool,
+    /// Parameters as NAME=VALUE (decoded values, as they are signed).
+    #[arg(required = true, value_name = "NAME=VALUE")]
+    pub params: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CallArgs {
+    #[arg(long)]
+    pub config: PathBuf,
+    /// A file holding one event (JSON), or - for standard input.
+    #[arg(default_value = "-")]
+    pub event: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List dead letters with their reason, code, message and source position.
+    Inspect(DlqInspectArgs),
+    /// Send selected dead letters back to their source topic, or straight to the API.
+    Redrive(DlqRedriveArgs),
+}
+
+/// Selects dead letters.
+#[derive(Debug, Args)]
+pub struct DlqFilterArgs {
+    /// invalid_event, rejected or retries_exhausted.
+    #[arg(long)]
+    pub class: Option<String>,
+    /// The paysync.error.reason header, e.g. business_rejected.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// The TOP code, e.g. 41.
+    #[arg(long)]
+    pub code: Option<String>,
+    /// Dead-lettered at or after this RFC 3339 time.
+    #[arg(long)]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Dead-lettered before this RFC 3339 time.
+    #[arg(long)]
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl DlqFilterArgs {
+    pub(super) fn filter(&self) -> crate::dead_letter::reader::Filter {
+        crate::dead_letter::reader::Filter {
+            class: self.class.clone(),
+            reason: self.reason.clone(),
+            code: self.code.clone(),
+            since: self.since,
+            until: self.until,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct DlqInspectArgs {
+    #[arg(long)]
+    pub config: PathBuf,
+    #[command(flatten)]
+    pub filter: DlqFilterArgs,
+    /// One JSON array instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DlqRedriveArgs {
+    #[arg(long)]
+    pub config: PathBuf,
+    #[command(flatten)]
+    pub filter: DlqFilterArgs,
+    #[arg(long, value_enum, default_value_t = crate::dead_letter::reader::Target::Source)]
+    pub to: crate::dead_letter::reader::Target,
+    /// The group that keeps the redrive's cursor (default: <kafka.group_id>.redrive).
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Show what would be redriven; send nothing and keep the cursor.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    #[arg(long)]
+    pub config: PathBuf,
+    /// The source topic (default: the only one in kafka.topics).
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// Partitions to replay, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub partitions: Vec<i32>,
+    /// First offset (inclusive) in each partition.
+    #[arg(long, conflicts_with = "from_time")]
+    pub from_offset: Option<i64>,
+    /// Last offset (exclusive) in each partition.
+    #[arg(long, conflicts_with = "to_time")]
+    pub to_offset: Option<i64>,
+    /// Start at the first message at or after this RFC 3339 time.
+    #[arg(long)]
+    pub from_time: Option<chrono::DateTime<chrono::Utc>>,
+    /// Stop before the first message at or after this RFC 3339 time.
+    #[arg(long)]
+    pub to_time: Option<chrono::DateTime<chrono::Utc>>,
+    /// The replay's own group, which keeps its progress (default: <kafka.group_id>.replay).
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Calls per second (default: --rate-fraction of delivery.rate_limit_per_sec).
+    #[arg(long)]
+    pub rate: Option<u32>,
+    #[arg(long, default_value_t = 0.25)]
+    pub rate_fraction: f64,
+    /// Decode and validate the range without calling the API or committing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    #[arg(long, default_value_t = 5_000)]
+    pub events: usize,
+    /// Calls per second.
+    #[arg(long, default_value_t = 2_000)]
+    pub rate: u32,
+    /// Share of malformed messages.
+    #[arg(long, default_value_t = 0.005)]
+    pub malformed_rate: f64,
+    /// Share of calls answered code 15 + isp.* (retried).
+    #[arg(long, default_value_t = 0.03)]
+    pub isp_error_rate: f64,
+    /// Share of calls answered HTTP 502 (retried).
+    #[arg(long, default_value_t = 0.01)]
+    pub http_502_rate: f64,
+    /// Share of connections dropped (retried).
+    #[arg(long, default_value_t = 0.005)]
+    pub drop_connection_rate: f64,
+    /// Share of calls the API refuses (success=true, model=false: dead-lettered).
+    #[arg(long, default_value_t = 0.002)]
+    pub reject_rate: f64,
+    /// Where /metrics and the health endpoints are served (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub admin_listen: SocketAddr,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[arg(long, default_value_t = 20_000)]
+    pub events: usize,
+    /// Latency the emulator adds to every call.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    #[arg(long, default_value_t = 64)]
+    pub max_in_flight: usize,
+    /// Calls per second (default: no limit).
+    #[arg(long)]
+    pub rate: Option<u32>,
+    /// Token-bucket burst (default: rate / 50).
+    #[arg(long)]
+    pub burst: Option<u32>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[arg(long)]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckConfigArgs {
+    #[arg(long)]
+    pub config: PathBuf,
+}
+
+impl clap::ValueEnum for SignMethod {
+    fn value_variants<'a>() -> &'a [Self] {
+        &SignMethod::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.as_str()))
+    }
+}

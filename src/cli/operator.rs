@@ -1,0 +1,105 @@
+//! The operator's commands: `replay` and the dead-letter tools.
+
+use std::process::ExitCode;
+
+use super::{DlqCommand, ReplayArgs, failed, load_for_tool};
+
+pub(super) async fn dlq(command: DlqCommand) -> ExitCode {
+    let config = match &command {
+        DlqCommand::Inspect(args) => &args.config,
+        DlqCommand::Redrive(args) => &args.config,
+    };
+    let settings = match load_for_tool(config) {
+        Ok(settings) => settings,
+        Err(code) => return code,
+    };
+    match command {
+        DlqCommand::Inspect(args) => {
+            let filter = args.filter.filter();
+            match tokio::task::spawn_blocking(move || {
+                crate::dead_letter::reader::inspect(&settings, &filter)
+            })
+            .await
+            {
+                Ok(Ok(records)) if args.json => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&records).expect("records serialise")
+                    );
+                    ExitCode::SUCCESS
+                }
+                Ok(Ok(records)) => {
+                    print!("{}", crate::dead_letter::reader::render_table(&records));
+                    ExitCode::SUCCESS
+                }
+                Ok(Err(error)) => failed("dlq inspect", &error),
+                Err(error) => failed("dlq inspect", &error.into()),
+            }
+        }
+        DlqCommand::Redrive(args) => {
+            match crate::dead_letter::reader::redrive(
+                &settings,
+                &args.filter.filter(),
+                args.to,
+                args.group.as_deref(),
+                args.dry_run,
+            )
+            .await
+            {
+                Ok(report) => {
+                    let verb = if report.dry_run {
+                        "would redrive"
+                    } else {
+                        "redrove"
+                    };
+                    println!(
+                        "paysync dlq redrive: examined {}, selected {}, {verb} {} to {:?}",
+                        report.examined,
+                        report.selected,
+                        if report.dry_run {
+                            report.selected
+                        } else {
+                            report.redriven
+                        },
+                        args.to
+                    );
+                    for failure in &report.failed {
+                        println!("  not accepted: {failure}");
+                    }
+                    if report.failed.is_empty() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(error) => failed("dlq redrive", &error),
+            }
+        }
+    }
+}
+
+pub(super) async fn replay(args: ReplayArgs) -> ExitCode {
+    let settings = match load_for_tool(&args.config) {
+        Ok(settings) => settings,
+        Err(code) => return code,
+    };
+    let request = crate::replay::ReplayRequest {
+        topic: args.topic,
+        partitions: args.partitions,
+        from_offset: args.from_offset,
+        to_offset: args.to_offset,
+        from_time: args.from_time,
+        to_time: args.to_time,
+        group: args.group,
+        rate: args.rate,
+        rate_fraction: args.rate_fraction,
+        dry_run: args.dry_run,
+    };
+    match crate::replay::run(settings, request, crate::shutdown::signal()).await {
+        Ok(report) => {
+            print!("{}", report.render());
+            ExitCode::SUCCESS
+        }
+        Err(error) => failed("replay", &error),
+    }
+}

@@ -1,0 +1,239 @@
+//! Validation: every value and combination checked at once, each problem
+//! named by its dotted key.
+
+use std::fmt;
+use std::path::Path;
+
+use secrecy::{ExposeSecret, SecretString};
+use url::Url;
+
+use super::Settings;
+
+/// One thing wrong with the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// Dotted key, e.g. `top.app_key`.
+    pub key: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.reason)
+    }
+}
+
+/// The configuration could not be used; lists every problem found.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration:")?;
+        for problem in &self.problems {
+            writeln!(f, "  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigError {
+    pub fn one(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError {
+            problems: vec![ConfigProblem {
+                key: key.into(),
+                reason: reason.into(),
+            }],
+        }
+    }
+}
+
+impl Settings {
+    /// Checks values and their combinations; reports every problem.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut problem = |key: &str, reason: String| {
+            problems.push(ConfigProblem {
+                key: key.to_owned(),
+                reason,
+            })
+        };
+        let top = &self.top;
+        match Url::parse(&top.gateway_url) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.query().is_none() => {}
+            Ok(_) => problem(
+                "top.gateway_url",
+                "must be an http(s) URL without a query string".into(),
+            ),
+            Err(error) => problem("top.gateway_url", format!("is not a URL: {error}")),
+        }
+        if top.app_key.trim().is_empty() {
+            problem("top.app_key", "is required".into());
+        }
+        match (&top.app_secret, &top.app_secret_file) {
+            (Some(_), Some(_)) => problem(
+                "top.app_secret",
+                "set either app_secret or app_secret_file, not both".into(),
+            ),
+            (None, None) => problem(
+                "top.app_secret",
+                "is required (or top.app_secret_file, or PAYSYNC_TOP__APP_SECRET)".into(),
+            ),
+            (Some(secret), None) if secret.expose_secret().trim().is_empty() => {
+                problem("top.app_secret", "must not be empty".into())
+            }
+            (None, Some(path)) => {
+                if let Err(reason) = read_secret_file(path) {
+                    problem("top.app_secret_file", reason);
+                }
+            }
+            (Some(_), None) => {}
+        }
+        for (key, ms) in [
+            ("top.connect_timeout_ms", top.connect_timeout_ms),
+            ("top.request_timeout_ms", top.request_timeout_ms),
+        ] {
+            if ms.is_zero() {
+                problem(key, "must be greater than 0".into());
+            }
+        }
+        if top.connect_timeout_ms > top.request_timeout_ms {
+            problem(
+                "top.connect_timeout_ms",
+                format!(
+                    "({}) must not exceed top.request_timeout_ms ({})",
+                    top.connect_timeout_ms.as_millis(),
+                    top.request_timeout_ms.as_millis()
+                ),
+            );
+        }
+        let kafka = &self.kafka;
+        for (key, value) in [
+            ("kafka.bootstrap_servers", &kafka.bootstrap_servers),
+            ("kafka.group_id", &kafka.group_id),
+            ("kafka.dlq_topic", &kafka.dlq_topic),
+        ] {
+            if value.trim().is_empty() {
+                problem(key, "is required".into());
+            }
+        }
+        if kafka.topics.is_empty() || kafka.topics.iter().any(|t| t.trim().is_empty()) {
+            problem("kafka.topics", "needs at least one non-empty topic".into());
+        }
+        if kafka.topics.contains(&kafka.dlq_topic) {
+            problem(
+                "kafka.dlq_topic",
+                "must not be one of the source topics".into(),
+            );
+        }
+        if !matches!(kafka.auto_offset_reset.as_str(), "earliest" | "latest") {
+            problem(
+                "kafka.auto_offset_reset",
+                format!(
+                    "must be earliest or latest, got {:?}",
+                    kafka.auto_offset_reset
+                ),
+            );
+        }
+        if kafka.revoke_drain_timeout_ms >= kafka.session_timeout_ms {
+            problem(
+                "kafka.revoke_drain_timeout_ms",
+                format!(
+                    "({}) must be below kafka.session_timeout_ms ({}), or a slow drain drops the consumer from its group",
+                    kafka.revoke_drain_timeout_ms.as_millis(),
+                    kafka.session_timeout_ms.as_millis()
+                ),
+            );
+        }
+        for (table, map) in [
+            ("kafka.librdkafka", &kafka.librdkafka),
+            ("kafka.consumer", &kafka.consumer),
+            ("kafka.producer", &kafka.producer),
+        ] {
+            for name in map.keys() {
+                if let Some(reason) = crate::kafka::reserved_reason(name) {
+                    problem(&format!("{table}.\"{name}\""), reason.to_owned());
+                }
+            }
+        }
+        let delivery = &self.delivery;
+        for (key, value) in [
+            ("delivery.max_in_flight", delivery.max_in_flight as u64),
+            (
+                "delivery.partition_window",
+                delivery.partition_window as u64,
+            ),
+            ("delivery.global_window", delivery.global_window as u64),
+            (
+                "delivery.rate_limit_per_sec",
+                u64::from(delivery.rate_limit_per_sec),
+            ),
+            ("delivery.rate_limit_burst", u64::from(delivery.burst())),
+            ("delivery.max_attempts", u64::from(delivery.max_attempts)),
+            (
+                "delivery.breaker_failure_threshold",
+                u64::from(delivery.breaker_failure_threshold),
+            ),
+            (
+                "delivery.breaker_probe_interval_ms",
+                delivery.breaker_probe_interval_ms.as_millis() as u64,
+            ),
+            (
+                "delivery.halt_probe_interval_ms",
+                delivery.halt_probe_interval_ms.as_millis() as u64,
+            ),
+        ] {
+            if value == 0 {
+                problem(key, "must be greater than 0".into());
+            }
+        }
+        if delivery.backoff_initial_ms > delivery.backoff_max_ms {
+            problem(
+                "delivery.backoff_initial_ms",
+                "must not exceed delivery.backoff_max_ms".into(),
+            );
+        }
+        if self.admin.listen.parse::<std::net::SocketAddr>().is_err() {
+            problem(
+                "admin.listen",
+                format!(
+                    "is not an address like 127.0.0.1:9464: {:?}",
+                    self.admin.listen
+                ),
+            );
+        }
+        if self.admin.liveness_timeout_ms <= self.kafka.revoke_drain_timeout_ms {
+            problem(
+                "admin.liveness_timeout_ms",
+                format!(
+                    "({}) must exceed kafka.revoke_drain_timeout_ms ({}), or a rebalance would look like a stuck process",
+                    self.admin.liveness_timeout_ms.as_millis(),
+                    self.kafka.revoke_drain_timeout_ms.as_millis()
+                ),
+            );
+        }
+        if self.event.max_bytes == 0 {
+            problem("event.max_bytes", "must be greater than 0".into());
+        }
+        if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            problem("log.level", format!("is not a valid filter: {error}"));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+}
+
+pub(super) fn read_secret_file(path: &Path) -> Result<SecretString, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+    let secret = text.trim_end_matches(['\r', '\n']);
+    if secret.trim().is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(SecretString::from(secret.to_owned()))
+}

@@ -1,0 +1,102 @@
+//! The pipeline's dead-letter writer.
+//!
+//! A dead letter counts only once the broker acknowledged it (`acks=all`,
+//! idempotent producer, see [`crate::kafka::durable_producer`]); until then
+//! the source offset is not committed. A failed write is retried with backoff
+//! for as long as it takes: the partition waits rather than losing the message.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::util::Timeout;
+
+use super::{Failure, SourceRecord, encode_headers};
+use crate::backoff::backoff;
+use crate::config::Settings;
+use crate::metrics::Metrics;
+
+/// First and longest pause between attempts to write one dead letter.
+const RETRY_INITIAL: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(8);
+
+/// How a dead-letter write ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// The broker acknowledged the copy: the source offset may pass.
+    Acknowledged,
+    /// Given up on revoke or shutdown; the next owner sends the event again.
+    Cancelled,
+}
+
+/// Writes dead letters and waits for the broker's acknowledgement.
+#[derive(Clone)]
+pub struct DeadLetterProducer {
+    producer: FutureProducer,
+    topic: String,
+    group: String,
+    metrics: Arc<Metrics>,
+}
+
+impl DeadLetterProducer {
+    /// A producer for `kafka.dlq_topic`, signing records with `kafka.group_id`.
+    pub fn new(
+        settings: &Settings,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, rdkafka::error::KafkaError> {
+        Ok(DeadLetterProducer {
+            producer: crate::kafka::durable_producer(settings).create()?,
+            topic: settings.kafka.dlq_topic.clone(),
+            group: settings.kafka.group_id.clone(),
+            metrics,
+        })
+    }
+
+    /// Writes one dead letter; retries until the broker acknowledges it or
+    /// `cancelled` resolves.
+    pub async fn send(
+        &self,
+        source: &SourceRecord,
+        failure: &Failure,
+        cancelled: impl std::future::Future<Output = ()>,
+    ) -> Written {
+        tokio::pin!(cancelled);
+        let extra = encode_headers(source, failure, &self.group, Utc::now());
+        let mut attempt = 0u32;
+        loop {
+            let mut record = source.payload.to_record(&self.topic, &extra);
+            if let Some(timestamp) = source.timestamp {
+                record = record.timestamp(timestamp);
+            }
+            let sent = tokio::select! {
+                sent = self.producer.send(record, Timeout::After(Duration::from_secs(30))) => sent,
+                _ = &mut cancelled => return Written::Cancelled,
+            };
+            let Err((error, _)) = sent else {
+                return Written::Acknowledged;
+            };
+            self.metrics.dlq_produce_failures.inc();
+            tracing::error!(
+                error = %error,
+                topic = %self.topic,
+                source_topic = %source.topic,
+                source_partition = source.partition,
+                source_offset = source.offset,
+                attempt = attempt + 1,
+                "Dead-letter write failed; the source offset is held until it succeeds."
+            );
+            let delay = backoff(attempt, RETRY_INITIAL, RETRY_MAX);
+            attempt += 1;
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = &mut cancelled => return Written::Cancelled,
+            }
+        }
+    }
+
+    /// Waits for queued dead letters to be acknowledged. Blocks.
+    pub fn flush(&self, timeout: Duration) -> Result<(), rdkafka::error::KafkaError> {
+        self.producer.flush(Timeout::After(timeout))
+    }
+}

@@ -1,0 +1,315 @@
+//! Per-event delivery: one task takes one event to its final outcome —
+//! delivered, or acknowledged by the dead-letter topic — or gives up when
+//! its partition is revoked or the pipeline shuts down.
+//!
+//! Each attempt takes a call slot, passes the gate ([`super::gate`]), takes a
+//! rate-limiter token and is signed at send time. The answer is classified by
+//! the one table ([`crate::top::classify`]); transient failures the gate
+//! charges to the event spend its [`RetryBudget`], and an exhausted budget
+//! dead-letters the event as `retries_exhausted`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use governor::RateLimiter;
+use governor::clock::DefaultClock;
+use governor::middleware::StateInformationMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use super::gate::{Gate, Pass, RetryCharge};
+use super::ordering::Predecessor;
+use super::partitions::TaskEnd;
+use crate::backoff::backoff;
+use crate::config::DeliverySettings;
+use crate::dead_letter::{DeadLetterClass, DeadLetterProducer, Failure, SourceRecord, Written};
+use crate::event::{InvalidEvent, PaymentEvent};
+use crate::metrics::Metrics;
+use crate::top::classify::{Classifier, Disposition};
+use crate::top::client::TopClient;
+use crate::top::request::dto_json;
+
+/// The token bucket in front of every call.
+pub type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
+
+/// Told the Kafka→acceptance latency of every delivered event (for the
+/// in-process tools' exact quantiles; the service itself has a histogram).
+pub type DeliveryObserver = Arc<dyn Fn(Duration) + Send + Sync>;
+
+/// One event's allowance of transient failures: attempts and time.
+#[derive(Debug, Clone)]
+pub struct RetryBudget {
+    max_attempts: u32,
+    max_elapsed: Duration,
+    backoff_initial: Duration,
+    backoff_max: Duration,
+    failures: u32,
+    spent: Duration,
+}
+
+/// What to do after a charged failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextAttempt {
+    /// Try again after this delay.
+    After(Duration),
+    /// The budget is spent: dead-letter the event.
+    Exhausted,
+}
+
+impl RetryBudget {
+    pub fn new(settings: &DeliverySettings) -> RetryBudget {
+        RetryBudget {
+            max_attempts: settings.max_attempts,
+            max_elapsed: settings.max_retry_elapsed_ms,
+            backoff_initial: settings.backoff_initial_ms,
+            backoff_max: settings.backoff_max_ms,
+            failures: 0,
+            spent: Duration::ZERO,
+        }
+    }
+
+    /// Charges a failed call that took `call` and asked to wait `wait` (a
+    /// `Retry-After`, say); the delay before the next attempt counts too.
+    pub fn charge(&mut self, call: Duration, wait: Option<Duration>) -> NextAttempt {
+        self.failures += 1;
+        self.spent += call;
+        if self.failures >= self.max_attempts || self.spent >= self.max_elapsed {
+            return NextAttempt::Exhausted;
+        }
+        let delay = wait
+            .unwrap_or_else(|| backoff(self.failures - 1, self.backoff_initial, self.backoff_max));
+        self.spent += delay;
+        NextAttempt::After(delay)
+    }
+}
+
+/// What a task needs to deliver or dead-letter one event.
+pub(super) struct Deliverer {
+    pub(super) client: TopClient,
+    pub(super) classifier: Classifier,
+    pub(super) gate: Arc<Gate>,
+    pub(super) limiter: Limiter,
+    pub(super) calls: Semaphore,
+    pub(super) dead_letters: DeadLetterProducer,
+    pub(super) delivery: DeliverySettings,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) observer: Option<DeliveryObserver>,
+}
+
+/// One message, detached from the consumer.
+pub(super) struct Job {
+    /// When the message was taken from Kafka.
+    pub(super) received: Instant,
+    pub(super) source: SourceRecord,
+    pub(super) event: Result<PaymentEvent, InvalidEvent>,
+}
+
+impl Deliverer {
+    /// Runs one event to its final outcome, after its order's predecessor.
+    pub(super) async fn run(
+        &self,
+        job: Job,
+        predecessor: Option<Predecessor>,
+        cancel: CancellationToken,
+    ) -> TaskEnd {
+        if let Some(predecessor) = predecessor {
+            tokio::select! {
+                _ = predecessor => {}
+                _ = cancel.cancelled() => return TaskEnd::Abandoned,
+            }
+        }
+        match &job.event {
+            Err(invalid) => {
+                tracing::warn!(error = %invalid, "Invalid event; dead-lettering it.");
+                self.dead_letter(&job.source, Failure::invalid_event(invalid), &cancel)
+                    .await
+            }
+            Ok(event) => self.deliver(&job, event, &cancel).await,
+        }
+    }
+
+    async fn dead_letter(
+        &self,
+        source: &SourceRecord,
+        failure: Failure,
+        cancel: &CancellationToken,
+    ) -> TaskEnd {
+        let class = failure.class;
+        match self
+            .dead_letters
+            .send(source, &failure, cancel.cancelled())
+            .await
+        {
+            Written::Acknowledged => {
+                self.metrics.record_dead_lettered(class, &failure.reason);
+                tracing::warn!(class = class.as_str(), reason = %failure.reason, "Event dead-lettered.");
+                TaskEnd::Finished
+            }
+            Written::Cancelled => TaskEnd::Abandoned,
+        }
+    }
+
+    async fn deliver(
+        &self,
+        job: &Job,
+        event: &PaymentEvent,
+        cancel: &CancellationToken,
+    ) -> TaskEnd {
+        let dto = dto_json(event);
+        let mut budget = RetryBudget::new(&self.delivery);
+        let mut calls = 0u32;
+        let mut first_attempt = None;
+        loop {
+            // The call slot first, then the gate: at most `max_in_flight` calls
+            // are past the gate, so a ban or an open breaker stops everyone else.
+            let permit = tokio::select! {
+                permit = self.calls.acquire() => permit.expect("the semaphore is never closed"),
+                _ = cancel.cancelled() => return TaskEnd::Abandoned,
+            };
+            let pass = tokio::select! {
+                pass = self.gate.pass() => pass,
+                _ = cancel.cancelled() => return TaskEnd::Abandoned,
+            };
+            let waiting = Instant::now();
+            let snapshot = tokio::select! {
+                snapshot = self.limiter.until_ready() => snapshot,
+                _ = cancel.cancelled() => { self.gate.release(pass); return TaskEnd::Abandoned; }
+            };
+            self.metrics
+                .record_limiter_wait(waiting.elapsed(), snapshot.remaining_burst_capacity());
+            if pass == Pass::Normal && self.gate.status().closed() {
+                // A ban, a halt or an open breaker began while this call waited for a token.
+                continue;
+            }
+            // Signed here, after every wait: the timestamp is fresh on each attempt.
+            self.metrics.calls_in_flight.inc();
+            let report = self.client.send(&dto).await;
+            self.metrics.calls_in_flight.dec();
+            drop(permit);
+            calls += 1;
+            let now = Utc::now();
+            first_attempt.get_or_insert(now);
+            let disposition = self.classifier.classify(&report.outcome);
+            self.metrics
+                .record_call(&report.outcome, &disposition, report.elapsed);
+            let charge = self.gate.record(pass, &disposition);
+            // The event's span carries the gateway's id of its latest call.
+            tracing::Span::current()
+                .record("request_id", report.request_id.as_deref().unwrap_or("-"));
+            tracing::debug!(
+                ?disposition,
+                elapsed_ms = report.elapsed.as_millis() as u64,
+                "Call answered."
+            );
+            let failure = |class: DeadLetterClass, reason: &str| {
+                Failure {
+                    class,
+                    reason: reason.to_owned(),
+                    message: String::new(),
+                    top_code: None,
+                    top_sub_code: None,
+                    request_id: None,
+                    attempts: calls,
+                    first_attempt,
+                    last_attempt: Some(now),
+                }
+                .with_outcome(&report.outcome, report.request_id.as_deref())
+            };
+            match disposition {
+                Disposition::Delivered => {
+                    let latency = job.received.elapsed();
+                    self.metrics.record_delivered(latency);
+                    if let Some(observer) = &self.observer {
+                        observer(latency);
+                    }
+                    return TaskEnd::Finished;
+                }
+                Disposition::DeadLetter { cause } => {
+                    let failure = failure(DeadLetterClass::Rejected, cause.as_str());
+                    return self.dead_letter(&job.source, failure, cancel).await;
+                }
+                Disposition::Halt { .. } => {
+                    // The gate is now halted; the loop waits there for a probe.
+                }
+                Disposition::Retry { cause, wait } => {
+                    if charge == RetryCharge::Free {
+                        continue;
+                    }
+                    match budget.charge(report.elapsed, wait) {
+                        NextAttempt::Exhausted => {
+                            let failure =
+                                failure(DeadLetterClass::RetriesExhausted, cause.as_str());
+                            return self.dead_letter(&job.source, failure, cancel).await;
+                        }
+                        NextAttempt::After(delay) => tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = cancel.cancelled() => return TaskEnd::Abandoned,
+                        },
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn budget(max_attempts: u32, max_elapsed_ms: u64) -> RetryBudget {
+        RetryBudget::new(&DeliverySettings {
+            max_attempts,
+            max_retry_elapsed_ms: Duration::from_millis(max_elapsed_ms),
+            backoff_initial_ms: Duration::from_millis(100),
+            backoff_max_ms: Duration::from_millis(400),
+            ..DeliverySettings::default()
+        })
+    }
+
+    #[test]
+    fn the_budget_is_exhausted_at_max_attempts() {
+        let mut budget = budget(3, 600_000);
+        let call = Duration::from_millis(5);
+        assert!(matches!(budget.charge(call, None), NextAttempt::After(_)));
+        assert!(matches!(budget.charge(call, None), NextAttempt::After(_)));
+        assert_eq!(budget.charge(call, None), NextAttempt::Exhausted);
+    }
+
+    #[test]
+    fn the_budget_is_exhausted_by_time_spent_calling_and_waiting() {
+        let mut budget = budget(100, 1_000);
+        // A server-given wait is honoured, and counts as time spent.
+        assert_eq!(
+            budget.charge(Duration::from_millis(100), Some(Duration::from_millis(700))),
+            NextAttempt::After(Duration::from_millis(700))
+        );
+        assert_eq!(
+            budget.charge(Duration::from_millis(200), None),
+            NextAttempt::Exhausted,
+            "100 + 700 + 200 ms reach the 1 s budget"
+        );
+    }
+
+    #[test]
+    fn backoff_delays_grow_within_the_maximum() {
+        let mut budget = budget(100, 600_000);
+        for failure in 0..10u32 {
+            let NextAttempt::After(delay) = budget.charge(Duration::ZERO, None) else {
+                panic!("exhausted early");
+            };
+            let ceiling = Duration::from_millis(100 * 2u64.pow(failure.min(20)));
+            assert!(
+                delay <= ceiling.min(Duration::from_millis(400)),
+                "{delay:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_single_attempt_budget_dead_letters_the_first_failure() {
+        let mut budget = budget(1, 600_000);
+        assert_eq!(budget.charge(Duration::ZERO, None), NextAttempt::Exhausted);
+    }
+}

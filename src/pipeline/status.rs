@@ -1,0 +1,135 @@
+//! What a running pipeline reports: [`Health`] for the admin server's
+//! liveness and readiness, and [`Summary`], the counts a run ends with.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+
+use crate::labels::{CallKind, DeadLetterClass, RebalanceKind};
+use crate::metrics::Metrics;
+
+/// What the health endpoints need to know, updated by the pipeline.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Unix milliseconds of the main loop's last turn (liveness).
+    last_progress_ms: AtomicU64,
+    /// Set once the consumer has been through its first assignment.
+    joined: AtomicBool,
+    assigned: AtomicUsize,
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(Utc::now().timestamp_millis()).unwrap_or(0)
+}
+
+impl Health {
+    pub(super) fn progressed(&self) {
+        self.last_progress_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    pub(super) fn mark_joined(&self) {
+        self.joined.store(true, Ordering::Relaxed);
+    }
+
+    pub(super) fn set_assigned(&self, count: usize) {
+        self.assigned.store(count, Ordering::Relaxed);
+    }
+
+    /// Time since the main loop last turned (None before it started).
+    pub fn since_progress(&self) -> Option<Duration> {
+        let last = self.last_progress_ms.load(Ordering::Relaxed);
+        (last > 0).then(|| Duration::from_millis(now_ms().saturating_sub(last)))
+    }
+
+    pub fn joined(&self) -> bool {
+        self.joined.load(Ordering::Relaxed)
+    }
+
+    pub fn assigned_partitions(&self) -> usize {
+        self.assigned.load(Ordering::Relaxed)
+    }
+}
+
+/// What the pipeline did so far, read from its metrics' typed totals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Summary {
+    pub consumed: u64,
+    pub delivered: u64,
+    pub dead_lettered_invalid_event: u64,
+    pub dead_lettered_rejected: u64,
+    pub dead_lettered_retries_exhausted: u64,
+    pub calls: u64,
+    /// Calls that did not settle their event: retried, or answered with a halt.
+    pub retried_calls: u64,
+    pub abandoned: u64,
+    pub rebalances: u64,
+}
+
+impl Summary {
+    pub fn of(metrics: &Metrics) -> Summary {
+        let retried_calls = metrics.calls(CallKind::Retry) + metrics.calls(CallKind::Halt);
+        Summary {
+            consumed: metrics.events_consumed.get(),
+            delivered: metrics.events_delivered.get(),
+            dead_lettered_invalid_event: metrics.dead_lettered(DeadLetterClass::InvalidEvent),
+            dead_lettered_rejected: metrics.dead_lettered(DeadLetterClass::Rejected),
+            dead_lettered_retries_exhausted: metrics
+                .dead_lettered(DeadLetterClass::RetriesExhausted),
+            calls: metrics.calls(CallKind::Delivered)
+                + metrics.calls(CallKind::DeadLetter)
+                + retried_calls,
+            retried_calls,
+            abandoned: metrics.tasks_abandoned.get(),
+            rebalances: metrics.rebalances(RebalanceKind::Assign)
+                + metrics.rebalances(RebalanceKind::Revoke),
+        }
+    }
+
+    pub fn dead_lettered(&self) -> u64 {
+        self.dead_lettered_invalid_event
+            + self.dead_lettered_rejected
+            + self.dead_lettered_retries_exhausted
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::top::classify::{Disposition, HaltCause, Outcome, RetryCause};
+
+    #[test]
+    fn the_summary_counts_by_kind_not_by_label_text() {
+        let metrics = Metrics::new();
+        let timeout = Outcome::Timeout;
+        let call = |disposition: Disposition| {
+            metrics.record_call(&timeout, &disposition, Duration::from_millis(1))
+        };
+        call(Disposition::Delivered);
+        call(Disposition::Retry {
+            cause: RetryCause::Timeout,
+            wait: None,
+        });
+        call(Disposition::Halt {
+            cause: HaltCause::Signature,
+        });
+        metrics.record_dead_lettered(DeadLetterClass::Rejected, "business_rejected");
+        metrics.record_dead_lettered(DeadLetterClass::InvalidEvent, "invalid_event");
+        metrics.record_rebalance(RebalanceKind::Assign);
+        metrics.record_rebalance(RebalanceKind::Error);
+        let summary = Summary::of(&metrics);
+        assert_eq!(summary.calls, 3);
+        assert_eq!(summary.retried_calls, 2);
+        assert_eq!(summary.dead_lettered_rejected, 1);
+        assert_eq!(summary.dead_lettered(), 2);
+        assert_eq!(summary.rebalances, 1, "errors are not rebalances");
+    }
+
+    #[test]
+    fn liveness_counts_from_the_last_turn() {
+        let health = Health::default();
+        assert_eq!(health.since_progress(), None);
+        health.progressed();
+        assert!(health.since_progress().unwrap() < Duration::from_secs(5));
+    }
+}

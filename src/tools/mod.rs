@@ -1,0 +1,14 @@
+//! Development tools: everything here helps people try, measure and test
+//! paysync, and none of it runs in `paysync run`.
+//!
+//! * [`emulator`]: a local TOP gateway with fault injection.
+//! * [`local`]: the in-process stack (mock Kafka + emulator) that both use.
+//! * [`demo`]: the whole bridge in one process, for a first look.
+//! * [`bench`]: the in-process benchmark.
+//! * [`latency`]: exact delivery-latency quantiles for the demo and bench summaries.
+
+pub mod bench;
+pub mod demo;
+pub mod emulator;
+pub mod latency;
+pub mod local;

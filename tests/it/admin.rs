@@ -1,0 +1,251 @@
+//! `/metrics`, `/health/live` and `/health/ready` over a running pipeline.
+
+use std::time::Duration;
+
+use paysync::tools::emulator::Faults;
+use secrecy::SecretString;
+
+use crate::harness::*;
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_after_a_run_show_every_documented_series_with_sane_values() {
+    let faults = Faults {
+        isp_error_rate: 0.2,
+        reject_order_ids: vec!["metrics-7".into()],
+        ..Faults::default()
+    };
+    let harness = Harness::new(3, faults).await;
+    let mut records = valid_events("metrics", 100);
+    records.push(("broken".into(), b"not json".to_vec()));
+    harness.produce(&records).await;
+    let mut settings = harness.settings();
+    settings.kafka.statistics_interval_ms = Duration::from_millis(200);
+    settings.delivery.max_attempts = 50;
+    settings.delivery.breaker_failure_threshold = 1_000;
+    let running = Running::start(settings).await;
+    running
+        .wait_for("all outcomes", |s| {
+            s.delivered == 99 && s.dead_lettered() == 2
+        })
+        .await;
+    wait_committed(&harness, &harness.end_offsets()).await;
+    let (admin, base) = admin_for(&running).await;
+    // Statistics arrive every 200 ms; wait for the committed offsets to show.
+    let ends = harness.end_offsets();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let text = loop {
+        let text = reqwest::get(format!("{base}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let all_committed = ends.iter().all(|(p, end)| {
+            sample(
+                &text,
+                &format!(
+                    r#"paysync_partition_committed_offset{{partition="{p}",topic="payments"}}"#
+                ),
+            ) == Some(*end as f64)
+        });
+        if all_committed {
+            break text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "committed offsets never showed:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let value =
+        |series: &str| sample(&text, series).unwrap_or_else(|| panic!("{series} missing:\n{text}"));
+    assert_eq!(value("paysync_events_consumed_total"), 101.0);
+    assert_eq!(value("paysync_events_delivered_total"), 99.0);
+    assert_eq!(
+        value(
+            r#"paysync_events_dead_lettered_total{class="invalid_event",reason="invalid_event"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(r#"paysync_events_dead_lettered_total{class="rejected",reason="business_rejected"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"paysync_call_outcomes_total{disposition="delivered",reason="accepted"}"#),
+        99.0
+    );
+    assert!(
+        value(r#"paysync_call_outcomes_total{disposition="retry",reason="server_error"}"#) >= 1.0
+    );
+    assert!(value(r#"paysync_top_errors_total{code="15",sub_code_class="isp"}"#) >= 1.0);
+    assert!(value("paysync_call_duration_seconds_count") >= 100.0);
+    assert_eq!(value("paysync_delivery_latency_seconds_count"), 99.0);
+    assert!(value("paysync_rate_limiter_wait_seconds_count") >= 100.0);
+    assert!(value("paysync_rate_limiter_tokens") >= 0.0);
+    assert_eq!(value("paysync_calls_in_flight"), 0.0);
+    assert_eq!(value("paysync_window_messages"), 0.0);
+    assert_eq!(value("paysync_oldest_in_flight_age_seconds"), 0.0);
+    assert_eq!(value(r#"paysync_breaker_state{state="closed"}"#), 1.0);
+    assert_eq!(value(r#"paysync_halted{cause="signature"}"#), 0.0);
+    assert_eq!(value("paysync_ban_remaining_seconds"), 0.0);
+    assert_eq!(value("paysync_assigned_partitions"), 3.0);
+    for (partition, end) in &ends {
+        let labels = format!(r#"{{partition="{partition}",topic="payments"}}"#);
+        assert_eq!(
+            value(&format!("paysync_partition_completed_offset{labels}")),
+            *end as f64
+        );
+        assert_eq!(
+            value(&format!("paysync_partition_lag_messages{labels}")),
+            0.0
+        );
+    }
+    assert!(value(r#"paysync_rebalances_total{kind="assign"}"#) >= 1.0);
+    assert_eq!(value("paysync_dlq_produce_failures_total"), 0.0);
+    assert!(value("paysync_seconds_since_last_commit") < 10.0);
+    assert_eq!(
+        value(&format!(
+            r#"paysync_build_info{{version="{}"}}"#,
+            env!("CARGO_PKG_VERSION")
+        )),
+        1.0
+    );
+    assert!(
+        !text.contains("metrics-1"),
+        "no order id may become a label"
+    );
+    admin.stop().await;
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readiness_is_degraded_while_the_breaker_is_open_and_liveness_holds() {
+    let harness = Harness::new(
+        1,
+        Faults {
+            http_503_rate: 1.0,
+            ..Faults::default()
+        },
+    )
+    .await;
+    harness.produce(&valid_events("ready", 20)).await;
+    let mut settings = harness.settings();
+    settings.delivery.breaker_failure_threshold = 3;
+    let running = Running::start(settings).await;
+    let (admin, base) = admin_for(&running).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let body: paysync::admin::Readiness = loop {
+        let response = reqwest::get(format!("{base}/health/ready")).await.unwrap();
+        let code = response.status();
+        let body: paysync::admin::Readiness =
+            serde_json::from_str(&response.text().await.unwrap()).unwrap();
+        if body.status == "degraded" {
+            assert_eq!(
+                code, 200,
+                "degraded is still ready: no restarts during an outage"
+            );
+            break body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never degraded: {body:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(body.joined);
+    assert_eq!(body.assigned_partitions, 1);
+    assert!(
+        body.reasons.iter().any(|r| r.contains("circuit breaker")),
+        "{body:?}"
+    );
+    assert_eq!(
+        reqwest::get(format!("{base}/health/live"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        sample(&metrics, r#"paysync_breaker_state{state="closed"}"#),
+        Some(0.0),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("breaker") || l.contains("halted"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    harness.emulator.gateway().set_faults(Faults::default());
+    running.wait_for("recovery", |s| s.delivered == 20).await;
+    let ready: paysync::admin::Readiness = serde_json::from_str(
+        &reqwest::get(format!("{base}/health/ready"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(ready.status, "ready");
+    admin.stop().await;
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readiness_reports_a_halt_as_not_ready_with_its_cause() {
+    let harness = Harness::new(1, Faults::default()).await;
+    harness.produce(&valid_events("halted", 5)).await;
+    let mut settings = harness.settings();
+    settings.top.app_secret = Some(SecretString::from("wrong"));
+    let running = Running::start(settings).await;
+    let (admin, base) = admin_for(&running).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let response = reqwest::get(format!("{base}/health/ready")).await.unwrap();
+        let code = response.status();
+        let body: paysync::admin::Readiness =
+            serde_json::from_str(&response.text().await.unwrap()).unwrap();
+        if body.status == "halted" {
+            assert_eq!(code, 503);
+            assert_eq!(body.halted.as_deref(), Some("signature"));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never halted: {body:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        reqwest::get(format!("{base}/health/live"))
+            .await
+            .unwrap()
+            .status(),
+        200,
+        "a halt is not a stuck process"
+    );
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        sample(&metrics, r#"paysync_halted{cause="signature"}"#),
+        Some(1.0)
+    );
+    assert!(
+        !metrics.contains("wrong"),
+        "the secret never reaches the metrics"
+    );
+    admin.stop().await;
+    running.stop().await;
+}

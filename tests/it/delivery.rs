@@ -1,0 +1,532 @@
+//! Delivery against the mock cluster and the emulator: every event reaches
+//! the API or the dead-letter topic, outages and bad configuration dead-letter
+//! nothing, order and rate hold, rebalances, crashes and signals lose nothing.
+//! One behaviour per test.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use paysync::dead_letter::header;
+use paysync::pipeline::gate::BreakerState;
+use paysync::pipeline::{Pipeline, Source, StartError};
+use paysync::tools::emulator::{Faults, RateLimit};
+use paysync::top::classify::HaltCause;
+use secrecy::SecretString;
+
+use crate::harness::*;
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn happy_path_delivers_every_event_of_many_partitions_and_commits_the_end() {
+    let harness = Harness::new(6, Faults::default()).await;
+    let events = valid_events("ok", 600);
+    harness.produce(&events).await;
+    let running = Running::start(harness.settings()).await;
+    running
+        .wait_for("600 deliveries", |s| s.delivered == 600)
+        .await;
+    let ends = harness.end_offsets();
+    wait_committed(&harness, &ends).await;
+    let summary = running.stop().await;
+    assert_eq!(summary.dead_lettered(), 0);
+    let accepted: HashSet<String> = harness.accepted_order_ids().into_iter().collect();
+    assert_eq!(accepted, events.iter().map(|(k, _)| k.clone()).collect());
+    assert_eq!(ends.values().sum::<i64>(), 600);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_poison_event_goes_to_the_dlq_with_every_header_and_does_not_block_its_partition() {
+    let faults = Faults {
+        reject_order_ids: vec!["refused-by-api".into()],
+        ..Faults::default()
+    };
+    let harness = Harness::new(1, faults).await;
+    let mut records = valid_events("before", 20);
+    records.push(("bad-json".into(), b"{not json".to_vec()));
+    records.push((
+        "negative-fee".into(),
+        event("negative-fee", 1)
+            .into_iter()
+            .collect::<Vec<u8>>()
+            .replace_fee(),
+    ));
+    records.push(("refused-by-api".into(), event("refused-by-api", 1)));
+    records.extend(valid_events("after", 20));
+    harness.produce(&records).await;
+    let running = Running::start(harness.settings()).await;
+    running
+        .wait_for("40 deliveries and 3 dead letters", |s| {
+            s.delivered == 40 && s.dead_lettered() == 3
+        })
+        .await;
+    wait_committed(&harness, &harness.end_offsets()).await;
+    let summary = running.stop().await;
+    assert_eq!(summary.dead_lettered_invalid_event, 2);
+    assert_eq!(summary.dead_lettered_rejected, 1);
+
+    let dead = harness.dead_letters();
+    assert_eq!(dead.len(), 3);
+    let by_offset: HashMap<String, &DeadLetter> = dead
+        .iter()
+        .map(|d| (d.1[header::SOURCE_OFFSET].clone(), d))
+        .collect();
+    let (value, headers) = by_offset["20"];
+    assert_eq!(
+        value.as_deref(),
+        Some(&b"{not json"[..]),
+        "the original value is kept unchanged"
+    );
+    assert_eq!(headers[header::CLASS], "invalid_event");
+    assert!(headers[header::MESSAGE].contains("not valid JSON"));
+    assert_eq!(
+        headers["source-system"], "parking-platform",
+        "original headers are kept"
+    );
+    let (_, headers) = by_offset["21"];
+    assert!(headers[header::MESSAGE].contains("pay_fee"), "{headers:?}");
+    let (_, headers) = by_offset["22"];
+    assert_eq!(headers[header::CLASS], "rejected");
+    assert_eq!(headers[header::REASON], "business_rejected");
+    assert_eq!(headers[header::TOP_CODE], "404");
+    assert_eq!(headers[header::ATTEMPTS], "1");
+    assert_eq!(headers[header::TOP_REQUEST_ID].len(), 13);
+    for name in [
+        header::SOURCE_TOPIC,
+        header::SOURCE_PARTITION,
+        header::SOURCE_TIMESTAMP,
+        header::CONSUMER_GROUP,
+        header::FIRST_ATTEMPT_AT,
+        header::LAST_ATTEMPT_AT,
+        header::DEAD_LETTERED_AT,
+    ] {
+        assert!(headers.contains_key(name), "{name} missing: {headers:?}");
+    }
+    assert_eq!(headers[header::CONSUMER_GROUP], harness.group);
+    for (_, headers) in &dead {
+        for value in headers.values() {
+            assert!(
+                !value.contains(SECRET),
+                "the secret leaked into a dead letter"
+            );
+        }
+        assert!(
+            !headers.keys().any(|k| k.contains("sign")),
+            "no signature header"
+        );
+    }
+}
+
+trait ReplaceFee {
+    fn replace_fee(self) -> Vec<u8>;
+}
+
+impl ReplaceFee for Vec<u8> {
+    fn replace_fee(self) -> Vec<u8> {
+        String::from_utf8(self)
+            .unwrap()
+            .replace("\"pay_fee\":1000", "\"pay_fee\":-5")
+            .into_bytes()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn transient_failures_are_retried_then_committed() {
+    let faults = Faults {
+        isp_error_rate: 0.3,
+        unavailable_rate: 0.1,
+        http_502_rate: 0.1,
+        ..Faults::default()
+    };
+    let harness = Harness::new(3, faults).await;
+    harness.produce(&valid_events("flaky", 200)).await;
+    let mut settings = harness.settings();
+    settings.delivery.max_attempts = 50;
+    settings.delivery.breaker_failure_threshold = 1_000;
+    let running = Running::start(settings).await;
+    running
+        .wait_for("200 deliveries", |s| s.delivered == 200)
+        .await;
+    wait_committed(&harness, &harness.end_offsets()).await;
+    let summary = running.stop().await;
+    assert_eq!(summary.dead_lettered(), 0);
+    assert!(
+        summary.retried_calls > 20,
+        "faults were injected: {summary:?}"
+    );
+    assert_eq!(summary.calls, summary.delivered + summary.retried_calls);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_total_gateway_outage_dead_letters_nothing_and_delivery_resumes() {
+    let harness = Harness::new(
+        2,
+        Faults {
+            drop_connection_rate: 1.0,
+            ..Faults::default()
+        },
+    )
+    .await;
+    harness.produce(&valid_events("outage", 100)).await;
+    let mut settings = harness.settings();
+    settings.delivery.max_attempts = 3;
+    settings.delivery.breaker_failure_threshold = 5;
+    let running = Running::start(settings).await;
+    running
+        .wait_for("the breaker to see failures", |s| s.retried_calls >= 5)
+        .await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while running.gate.status().breaker == BreakerState::Closed {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the breaker never opened"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Long enough for many probes and far more than max_attempts per event.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = running.summary();
+    assert_eq!(
+        during.dead_lettered(),
+        0,
+        "an outage is not poison: {during:?}"
+    );
+    assert_eq!(during.delivered, 0);
+    assert_eq!(
+        harness.committed().values().sum::<i64>(),
+        0,
+        "nothing committed past unsent messages"
+    );
+    harness.emulator.gateway().set_faults(Faults::default());
+    running.wait_for("recovery", |s| s.delivered == 100).await;
+    wait_committed(&harness, &harness.end_offsets()).await;
+    assert_eq!(running.gate.status().breaker, BreakerState::Closed);
+    assert_eq!(running.stop().await.dead_lettered(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wrong_secret_halts_with_zero_dead_letters() {
+    let harness = Harness::new(2, Faults::default()).await;
+    harness.produce(&valid_events("halt", 50)).await;
+    let mut settings = harness.settings();
+    settings.top.app_secret = Some(SecretString::from("not-the-secret"));
+    let running = Running::start(settings).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while running.gate.status().halted.is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "never halted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(running.gate.status().halted, Some(HaltCause::Signature));
+    // Calls already under way finish; after that only one probe per interval (500 ms).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let calls_when_halted = running.summary().calls;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let summary = running.summary();
+    assert_eq!(summary.dead_lettered(), 0);
+    assert_eq!(summary.delivered, 0);
+    assert!(
+        summary.calls - calls_when_halted <= 5,
+        "a halt probes slowly: {summary:?}"
+    );
+    assert_eq!(harness.committed().values().sum::<i64>(), 0);
+    let summary = running.stop().await;
+    assert_eq!(summary.dead_lettered(), 0);
+    assert!(harness.dead_letters().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_code_7_ban_pauses_every_call_for_the_announced_time() {
+    let faults = Faults {
+        rate_limit: Some(RateLimit {
+            calls_per_second: 30,
+            ban_seconds: 2,
+        }),
+        ..Faults::default()
+    };
+    let harness = Harness::new(4, faults).await;
+    harness.produce(&valid_events("ban", 120)).await;
+    let mut settings = harness.settings();
+    settings.delivery.max_in_flight = 8;
+    settings.delivery.max_attempts = 2;
+    let running = Running::start(settings).await;
+    running
+        .wait_for("120 deliveries", |s| s.delivered == 120)
+        .await;
+    let summary = running.stop().await;
+    assert_eq!(
+        summary.dead_lettered(),
+        0,
+        "waiting for a ban spends no attempts"
+    );
+    let stats = harness.emulator.gateway().stats();
+    let bans = stats.answers.get("error_7").copied().unwrap_or(0);
+    assert!(bans >= 1, "the limit was reached: {stats:?}");
+    // Everyone waits for the ban: only the calls already in flight meet it.
+    let windows = 120 / 30;
+    assert!(
+        bans <= (8 + 1) * windows as u64,
+        "calls kept hitting the ban: {bans}"
+    );
+    // Accepted orders never arrive during a ban: each 2 s ban follows at most 30 accepted.
+    let times: Vec<chrono::DateTime<chrono::Utc>> = harness
+        .emulator
+        .gateway()
+        .orders()
+        .iter()
+        .map(|o| o.received_at.parse().unwrap())
+        .collect();
+    let span = *times.last().unwrap() - times[0];
+    assert!(
+        span >= chrono::Duration::seconds(2 * (windows as i64 - 1)),
+        "bans were honoured: {span}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refund_never_overtakes_its_payment() {
+    let faults = Faults {
+        latency_ms: 1,
+        latency_jitter_ms: 20,
+        isp_error_rate: 0.2,
+        ..Faults::default()
+    };
+    let harness = Harness::new(3, faults).await;
+    let mut records = Vec::new();
+    for i in 0..60 {
+        let order = format!("ord-{i}");
+        records.push((order.clone(), event(&order, 1)));
+        records.push((order.clone(), event(&order, 2)));
+    }
+    harness.produce(&records).await;
+    let mut settings = harness.settings();
+    settings.delivery.max_in_flight = 64;
+    settings.delivery.max_attempts = 50;
+    settings.delivery.breaker_failure_threshold = 1_000;
+    let running = Running::start(settings).await;
+    running
+        .wait_for("120 deliveries", |s| s.delivered == 120)
+        .await;
+    running.stop().await;
+    let mut seen: HashMap<String, Vec<u64>> = HashMap::new();
+    for order in harness.emulator.gateway().orders() {
+        seen.entry(order.order["order_id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(order.order["order_type"].as_u64().unwrap());
+    }
+    assert_eq!(seen.len(), 60);
+    for (order, types) in seen {
+        assert_eq!(
+            types,
+            vec![1, 2],
+            "{order}: the refund overtook the payment"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_rate_limit_holds() {
+    let harness = Harness::new(2, Faults::default()).await;
+    harness.produce(&valid_events("rate", 150)).await;
+    let mut settings = harness.settings();
+    settings.delivery.rate_limit_per_sec = 50;
+    settings.delivery.rate_limit_burst = Some(5);
+    let running = Running::start(settings).await;
+    running
+        .wait_for("150 deliveries", |s| s.delivered == 150)
+        .await;
+    running.stop().await;
+    let times: Vec<chrono::DateTime<chrono::Utc>> = harness
+        .emulator
+        .gateway()
+        .orders()
+        .iter()
+        .map(|o| o.received_at.parse().unwrap())
+        .collect();
+    // In any one-second window, no more than the rate plus the burst.
+    for (i, start) in times.iter().enumerate() {
+        let in_window = times[i..]
+            .iter()
+            .take_while(|t| **t - *start < chrono::Duration::seconds(1))
+            .count();
+        assert!(in_window <= 55, "{in_window} calls within one second");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_consumer_joining_mid_stream_loses_nothing() {
+    let harness = Harness::new(
+        6,
+        Faults {
+            latency_ms: 5,
+            ..Faults::default()
+        },
+    )
+    .await;
+    let events = valid_events("join", 400);
+    harness.produce(&events).await;
+    let mut settings = harness.settings();
+    settings.delivery.max_in_flight = 4;
+    let first = Running::start(settings.clone()).await;
+    first
+        .wait_for("some deliveries", |s| s.delivered >= 50)
+        .await;
+    let second = Running::start(settings).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let accepted: HashSet<String> = harness.accepted_order_ids().into_iter().collect();
+        if accepted.len() == events.len() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {} delivered",
+            accepted.len(),
+            events.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_committed(&harness, &harness.end_offsets()).await;
+    let (a, b) = (first.stop().await, second.stop().await);
+    assert!(a.rebalances >= 1, "the first consumer saw the rebalance");
+    assert!(
+        b.delivered > 0,
+        "the second consumer took partitions over: {b:?}"
+    );
+    assert_eq!(a.dead_lettered() + b.dead_lettered(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shutdown_drains_and_commits_so_a_restart_sends_nothing_again() {
+    let harness = Harness::new(
+        3,
+        Faults {
+            latency_ms: 20,
+            ..Faults::default()
+        },
+    )
+    .await;
+    harness.produce(&valid_events("drain", 150)).await;
+    let mut settings = harness.settings();
+    settings.kafka.commit_interval_ms = Duration::from_millis(60_000);
+    let running = Running::start(settings.clone()).await;
+    running
+        .wait_for("all deliveries", |s| s.delivered == 150)
+        .await;
+    running.stop().await;
+    assert_eq!(
+        harness.committed(),
+        harness.end_offsets(),
+        "the final commit covers everything delivered"
+    );
+    let again = Running::start(settings).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let summary = again.stop().await;
+    assert_eq!(summary.consumed, 0, "nothing was redelivered: {summary:?}");
+    assert_eq!(harness.emulator.gateway().order_counts(), (150, 150, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crash_redelivers_everything_uncommitted_and_loses_nothing() {
+    let harness = Harness::new(
+        3,
+        Faults {
+            latency_ms: 5,
+            ..Faults::default()
+        },
+    )
+    .await;
+    harness.produce(&valid_events("crash", 500)).await;
+    let url = harness.emulator.url();
+    let config = harness.run_config(&url, "max_in_flight = 8", "");
+    let process = Process::start(&config);
+    wait_accepted(&harness.emulator, 150).await;
+    process.kill(); // SIGKILL: no drain, no final commit.
+    let accepted_before = harness.emulator.gateway().order_counts().0;
+    let committed_at_crash: i64 = harness.committed().values().sum();
+    assert!(committed_at_crash < 500, "the crash came before the end");
+    assert!(
+        committed_at_crash as usize <= accepted_before,
+        "nothing is committed before it is accepted"
+    );
+
+    let restarted = Process::start(&config);
+    wait_accepted(&harness.emulator, 500).await;
+    wait_committed(&harness, &harness.end_offsets()).await;
+    restarted.signal("TERM");
+    assert_eq!(restarted.wait_exit(Duration::from_secs(20)).await, Some(0));
+
+    let (accepted, unique, duplicates) = harness.emulator.gateway().order_counts();
+    assert_eq!(unique, 500, "nothing lost");
+    let sent_after_restart = accepted - accepted_before;
+    assert!(
+        sent_after_restart as i64 >= 500 - committed_at_crash,
+        "everything from the committed position was sent again: {sent_after_restart} after restart, {committed_at_crash} committed"
+    );
+    println!("crash: accepted {accepted}, unique {unique}, duplicates {duplicates}");
+    assert!(harness.dead_letters().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_signal_exits_at_once_without_committing_unfinished_work() {
+    // Calls that take 30 s keep the first signal's drain waiting.
+    let harness = Harness::new(
+        1,
+        Faults {
+            latency_ms: 30_000,
+            ..Faults::default()
+        },
+    )
+    .await;
+    harness.produce(&valid_events("signal", 5)).await;
+    let url = harness.emulator.url();
+    let mut process = Process::start(&harness.run_config(
+        &url,
+        "shutdown_drain_timeout_ms = 60000",
+        "request_timeout_ms = 60000",
+    ));
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while harness.emulator.gateway().stats().received == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no call was made");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    process.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        harness.emulator.gateway().stats().requests,
+        0,
+        "the calls are still under way"
+    );
+    assert!(
+        process.child.try_wait().unwrap().is_none(),
+        "the first signal waits for calls under way"
+    );
+    process.signal("TERM");
+    let started = tokio::time::Instant::now();
+    assert_eq!(process.wait_exit(Duration::from_secs(10)).await, Some(130));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        harness.committed().values().sum::<i64>(),
+        0,
+        "nothing unfinished was committed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_missing_dead_letter_topic_is_a_clear_start_up_error() {
+    let harness = Harness::new(1, Faults::default()).await;
+    let mut settings = harness.settings();
+    settings.kafka.dlq_topic = "no-such-topic".to_owned();
+    let error = Pipeline::build(settings, Source::Group)
+        .await
+        .err()
+        .expect("start-up must fail");
+    assert!(
+        matches!(&error, StartError::MissingDeadLetterTopic { topic } if topic == "no-such-topic"),
+        "{error:?}"
+    );
+    assert!(
+        error
+            .to_string()
+            .contains("\"no-such-topic\" does not exist"),
+        "{error}"
+    );
+}

@@ -1,0 +1,167 @@
+//! The in-process fixture of the pipeline suites: librdkafka's mock cluster
+//! with a source and a dead-letter topic, an emulator, settings with short
+//! timings, and a running pipeline with what the tests read while it runs.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use paysync::config::Settings;
+use paysync::pipeline::gate::Gate;
+use paysync::pipeline::{Pipeline, RunningPipeline, Source, Summary};
+use paysync::tools::emulator::{Emulator, Faults};
+use rdkafka::mocking::MockCluster;
+use secrecy::SecretString;
+
+use crate::support::{self, APP_KEY, DeadLetter, Kafka, RunConfig, SECRET, wait_until};
+
+pub const SOURCE: &str = "payments";
+pub const DLQ: &str = "payments.dlq";
+
+/// A mock cluster with the source and dead-letter topics, and an emulator.
+pub struct Harness {
+    pub cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    pub kafka: Kafka,
+    pub emulator: Emulator,
+    pub group: String,
+    pub partitions: i32,
+}
+
+impl Harness {
+    pub async fn new(partitions: i32, faults: Faults) -> Harness {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic(SOURCE, partitions, 1).unwrap();
+        cluster.create_topic(DLQ, 1, 1).unwrap();
+        let kafka = Kafka {
+            bootstrap: cluster.bootstrap_servers(),
+        };
+        let group = format!("paysync-test-{}", rand::random::<u32>());
+        Harness {
+            cluster,
+            kafka,
+            emulator: support::emulator(faults).await,
+            group,
+            partitions,
+        }
+    }
+
+    pub fn settings(&self) -> Settings {
+        let mut settings = Settings::default();
+        settings.kafka.bootstrap_servers = self.cluster.bootstrap_servers();
+        settings.kafka.group_id = self.group.clone();
+        settings.kafka.topics = vec![SOURCE.to_owned()];
+        settings.kafka.dlq_topic = DLQ.to_owned();
+        settings.kafka.session_timeout_ms = Duration::from_millis(6_000);
+        settings.kafka.revoke_drain_timeout_ms = Duration::from_millis(3_000);
+        settings.kafka.commit_interval_ms = Duration::from_millis(200);
+        settings.delivery.rate_limit_per_sec = 10_000;
+        settings.delivery.backoff_initial_ms = Duration::from_millis(20);
+        settings.delivery.backoff_max_ms = Duration::from_millis(200);
+        settings.delivery.breaker_probe_interval_ms = Duration::from_millis(200);
+        settings.delivery.halt_probe_interval_ms = Duration::from_millis(500);
+        settings.delivery.shutdown_drain_timeout_ms = Duration::from_millis(5_000);
+        settings.top.gateway_url = self.emulator.url();
+        settings.top.app_key = APP_KEY.to_owned();
+        settings.top.app_secret = Some(SecretString::from(SECRET));
+        settings.top.request_timeout_ms = Duration::from_millis(2_000);
+        settings.top.connect_timeout_ms = Duration::from_millis(1_000);
+        settings
+    }
+
+    /// A `paysync run` configuration for this harness.
+    pub fn run_config<'a>(
+        &'a self,
+        url: &'a str,
+        delivery: &'a str,
+        top: &'a str,
+    ) -> RunConfig<'a> {
+        RunConfig {
+            bootstrap: &self.kafka.bootstrap,
+            group: &self.group,
+            topic: SOURCE,
+            dlq: DLQ,
+            gateway_url: url,
+            delivery,
+            top,
+            commit_interval_ms: 100,
+        }
+    }
+
+    pub async fn produce(&self, records: &[(String, Vec<u8>)]) {
+        self.kafka.produce(SOURCE, records).await;
+    }
+
+    pub fn committed(&self) -> BTreeMap<i32, i64> {
+        self.kafka.committed(&self.group, SOURCE, self.partitions)
+    }
+
+    pub fn end_offsets(&self) -> BTreeMap<i32, i64> {
+        self.kafka.end_offsets(SOURCE, self.partitions)
+    }
+
+    pub fn dead_letters(&self) -> Vec<DeadLetter> {
+        self.kafka.dead_letters(DLQ)
+    }
+
+    pub fn accepted_order_ids(&self) -> Vec<String> {
+        support::accepted_order_ids(&self.emulator)
+    }
+}
+
+/// A running pipeline, with what the tests read while it runs.
+pub struct Running {
+    pub gate: Arc<Gate>,
+    /// Dropping it (a failing test) aborts the run, so the mock cluster can shut down.
+    pipeline: RunningPipeline,
+}
+
+impl Running {
+    pub async fn start(settings: Settings) -> Running {
+        let pipeline = Pipeline::build(settings, Source::Group)
+            .await
+            .unwrap()
+            .spawn(std::future::pending());
+        Running {
+            gate: pipeline.gate().clone(),
+            pipeline,
+        }
+    }
+
+    pub async fn stop(self) -> Summary {
+        self.pipeline.stop().await
+    }
+
+    pub fn summary(&self) -> Summary {
+        self.pipeline.summary()
+    }
+
+    /// Waits until `done` holds for the summary, or fails after PATIENCE.
+    pub async fn wait_for(&self, what: &str, done: impl Fn(&Summary) -> bool) {
+        wait_until(what, || done(&self.summary())).await;
+    }
+}
+
+pub async fn wait_committed(harness: &Harness, expected: &BTreeMap<i32, i64>) {
+    harness
+        .kafka
+        .wait_committed(&harness.group, SOURCE, expected)
+        .await;
+}
+
+/// The admin server over a running pipeline, on a free port.
+pub async fn admin_for(running: &Running) -> (paysync::admin::AdminServer, String) {
+    let state = paysync::admin::AdminState::of(&running.pipeline, Duration::from_secs(30));
+    let server = paysync::admin::AdminServer::start("127.0.0.1:0".parse().unwrap(), state)
+        .await
+        .unwrap();
+    let base = format!("http://{}", server.addr());
+    (server, base)
+}
+
+/// The value of one series in a Prometheus text exposition.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}

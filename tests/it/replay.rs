@@ -1,0 +1,87 @@
+//! `paysync replay` against the mock cluster: exactly the range, once.
+
+use paysync::tools::emulator::Faults;
+
+use crate::harness::*;
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replay_sends_exactly_the_range_once_and_leaves_the_live_group_alone() {
+    use paysync::replay::{ReplayRequest, run as replay};
+    let harness = Harness::new(1, Faults::default()).await;
+    let mut records = valid_events("replay", 60);
+    records[15].1 = b"{broken".to_vec();
+    harness.produce(&records).await;
+    // The live group delivers everything first.
+    let running = Running::start(harness.settings()).await;
+    running
+        .wait_for("the live run", |s| s.delivered + s.dead_lettered() == 60)
+        .await;
+    wait_committed(&harness, &harness.end_offsets()).await;
+    running.stop().await;
+    let live_committed = harness.committed();
+    let accepted_live = harness.emulator.gateway().orders().len();
+
+    let request = ReplayRequest {
+        partitions: vec![0],
+        from_offset: Some(10),
+        to_offset: Some(30),
+        rate: Some(1_000),
+        rate_fraction: 0.25,
+        ..ReplayRequest::default()
+    };
+    // A dry run decodes the range and sends nothing.
+    let dry = replay(
+        harness.settings(),
+        ReplayRequest {
+            dry_run: true,
+            ..request.clone()
+        },
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
+    let (valid, invalid, problems) = dry.checked.clone().unwrap();
+    assert_eq!((valid, invalid), (19, 1));
+    assert!(problems[0].contains("@15"), "{problems:?}");
+    assert_eq!(harness.emulator.gateway().orders().len(), accepted_live);
+
+    let report = replay(harness.settings(), request.clone(), std::future::pending())
+        .await
+        .unwrap();
+    let summary = report.summary.unwrap();
+    assert_eq!(
+        (summary.delivered, summary.dead_lettered_invalid_event),
+        (19, 1)
+    );
+    let replayed: Vec<String> = harness.emulator.gateway().orders()[accepted_live..]
+        .iter()
+        .map(|o| o.order["order_id"].as_str().unwrap().to_owned())
+        .collect();
+    let expected: Vec<String> = (10..30)
+        .filter(|i| *i != 15)
+        .map(|i| format!("replay-{i}"))
+        .collect();
+    let mut sorted = replayed.clone();
+    sorted.sort_by_key(|id| id.trim_start_matches("replay-").parse::<u32>().unwrap());
+    assert_eq!(sorted, expected, "exactly the range, not one event more");
+    assert_eq!(
+        harness.committed(),
+        live_committed,
+        "the live group's offsets are untouched"
+    );
+    let progress = harness
+        .kafka
+        .committed(&format!("{}.replay", harness.group), SOURCE, 1);
+    assert_eq!(progress.get(&0), Some(&30));
+
+    // Run again: the replay continues from its progress, which is the end.
+    let again = replay(harness.settings(), request, std::future::pending())
+        .await
+        .unwrap();
+    assert_eq!(again.ranges[0].start, 30);
+    assert_eq!(
+        harness.emulator.gateway().orders().len(),
+        accepted_live + 19
+    );
+}
