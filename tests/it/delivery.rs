@@ -530,3 +530,37 @@ async fn a_missing_dead_letter_topic_is_a_clear_start_up_error() {
         "{error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unreachable_brokers_are_a_metadata_start_up_error() {
+    let harness = Harness::new(1, Faults::default()).await;
+    let mut settings = harness.settings();
+    // A port nothing listens on: every connection is refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    settings.kafka.bootstrap_servers = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let error = Pipeline::build(settings, Source::Group)
+        .await
+        .err()
+        .expect("start-up must fail");
+    assert!(matches!(error, StartError::Metadata(_)), "{error:?}");
+    assert!(
+        error.to_string().contains("kafka.bootstrap_servers"),
+        "the message names the setting to check: {error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_zero_rate_is_a_configuration_start_up_error_naming_the_key() {
+    let harness = Harness::new(1, Faults::default()).await;
+    let mut settings = harness.settings();
+    settings.delivery.rate_limit_per_sec = 0;
+    let error = Pipeline::build(settings, Source::Group)
+        .await
+        .err()
+        .expect("start-up must fail");
+    let StartError::Config(config) = &error else {
+        panic!("{error:?}");
+    };
+    assert_eq!(config.problems[0].key, "delivery.rate_limit_per_sec");
+}
