@@ -431,18 +431,19 @@ impl Pipeline {
             deliverer,
             ..
         } = self;
-        let self_metrics = partitions.metrics.clone();
         let metrics = partitions.metrics.clone();
         let consumer = Arc::new(consumer);
-        let committing = consumer.clone();
-        let committed = tokio::task::spawn_blocking(move || {
-            let positions = partitions.positions();
-            kafka::commit_sync(&*committing, &positions, &metrics, "final positions");
-            if let Err(error) = deliverer.dead_letters.flush(Duration::from_secs(10)) {
-                tracing::warn!(error = %error, "Flushing the dead-letter producer failed.");
-            }
-        })
-        .await;
+        let committed = {
+            let (consumer, metrics) = (consumer.clone(), metrics.clone());
+            tokio::task::spawn_blocking(move || {
+                let positions = partitions.positions();
+                kafka::commit_sync(&*consumer, &positions, &metrics, "final positions");
+                if let Err(error) = deliverer.dead_letters.flush(Duration::from_secs(10)) {
+                    tracing::warn!(error = %error, "Flushing the dead-letter producer failed.");
+                }
+            })
+            .await
+        };
         if let Err(error) = committed {
             tracing::warn!(error = %error, "The final commit did not complete.");
         }
@@ -450,7 +451,7 @@ impl Pipeline {
         // in librdkafka's destroy. The consumer leaves its group now, even if
         // a task still lingers.
         drop(consumer);
-        let summary = Summary::of(&self_metrics);
+        let summary = Summary::of(&metrics);
         tracing::info!(?summary, "Stopped.");
         summary
     }
