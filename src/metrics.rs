@@ -44,6 +44,7 @@ pub struct Metrics {
     pub delivery_latency: Histogram,
     pub limiter_wait: Histogram,
     pub limiter_tokens: IntGauge,
+    pub rate_limit_share: Gauge,
     pub calls_in_flight: IntGauge,
     pub window_messages: IntGauge,
     pub oldest_in_flight_age: Gauge,
@@ -184,6 +185,11 @@ impl Metrics {
                 &r,
                 "paysync_rate_limiter_tokens",
                 "Tokens left in the rate limiter's bucket after the last call took one.",
+            ),
+            rate_limit_share: gauge(
+                &r,
+                "paysync_rate_limit_share_per_sec",
+                "This replica's rate limit: its share of delivery.rate_limit_per_sec (the whole quota with rate_limit_scope = replica).",
             ),
             calls_in_flight: int_gauge(
                 &r,

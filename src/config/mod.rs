@@ -139,6 +139,9 @@ pub struct DeliverySettings {
     pub rate_limit_per_sec: u32,
     /// Calls allowed at once above the rate; defaults to the rate (one second's worth).
     pub rate_limit_burst: Option<u32>,
+    /// Whose quota the rate and burst are: `group` (the whole consumer group;
+    /// each replica takes its partitions' share) or `replica` (each process's).
+    pub rate_limit_scope: RateLimitScope,
     /// Attempts per event (transient failures while the gateway is otherwise
     /// healthy) before it is dead-lettered as `retries_exhausted`.
     pub max_attempts: u32,
@@ -171,6 +174,7 @@ impl Default for DeliverySettings {
             global_window: 10_000,
             rate_limit_per_sec: 100,
             rate_limit_burst: None,
+            rate_limit_scope: RateLimitScope::Group,
             max_attempts: 8,
             max_retry_elapsed_ms: Duration::from_millis(600_000),
             backoff_initial_ms: Duration::from_millis(200),
@@ -181,6 +185,17 @@ impl Default for DeliverySettings {
             shutdown_drain_timeout_ms: Duration::from_millis(10_000),
         }
     }
+}
+
+/// Whose quota `delivery.rate_limit_per_sec` is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitScope {
+    /// The whole consumer group's; each replica takes its partitions' share.
+    #[default]
+    Group,
+    /// Each replica's.
+    Replica,
 }
 
 impl DeliverySettings {

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::gate::{Gate, Pass, RetryCharge};
 use super::ordering::Predecessor;
 use super::partitions::TaskEnd;
+use super::rate::RateBudget;
 use crate::backoff::backoff;
 use crate::config::DeliverySettings;
 use crate::dead_letter::{DeadLetterClass, DeadLetterProducer, Failure, SourceRecord, Written};
@@ -90,7 +91,7 @@ pub(super) struct Deliverer {
     pub(super) client: TopClient,
     pub(super) classifier: Classifier,
     pub(super) gate: Arc<Gate>,
-    pub(super) limiter: Limiter,
+    pub(super) budget: Arc<RateBudget>,
     pub(super) calls: Semaphore,
     pub(super) dead_letters: DeadLetterProducer,
     pub(super) delivery: DeliverySettings,
@@ -173,8 +174,9 @@ impl Deliverer {
                 _ = cancel.cancelled() => return TaskEnd::Abandoned,
             };
             let waiting = Instant::now();
+            let limiter = self.budget.limiter();
             let snapshot = tokio::select! {
-                snapshot = self.limiter.until_ready() => snapshot,
+                snapshot = limiter.until_ready() => snapshot,
                 _ = cancel.cancelled() => { self.gate.release(pass); return TaskEnd::Abandoned; }
             };
             self.metrics

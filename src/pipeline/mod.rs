@@ -14,6 +14,7 @@
 //! * [`window`]: when to pause fetching (backpressure).
 //! * [`ordering`]: one order's events one after another.
 //! * [`gate`]: ban, circuit breaker and halt, in front of every call.
+//! * [`rate`]: the replica's share of the group's rate quota.
 //! * [`offsets`]: the lowest unfinished offset per partition.
 //! * [`status`]: health and the run summary.
 //!
@@ -28,6 +29,7 @@ pub mod gate;
 pub mod offsets;
 pub mod ordering;
 pub mod partitions;
+pub mod rate;
 mod running;
 pub mod status;
 pub mod window;
@@ -38,8 +40,6 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use governor::middleware::StateInformationMiddleware;
-use governor::{Quota, RateLimiter};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
@@ -57,6 +57,7 @@ use gate::{Gate, GateSettings};
 use offsets::OffsetTracker;
 use ordering::OrderChains;
 use partitions::{Partitions, PipelineContext};
+use rate::{RateBudget, RateLimitScope};
 pub use running::RunningPipeline;
 pub use status::{Health, Summary};
 use window::Window;
@@ -134,9 +135,23 @@ impl Pipeline {
             .ok_or_else(|| ConfigError::one("delivery.rate_limit_burst", "must be above 0"))?;
         let client = settings.top_client()?;
         let metrics = Arc::new(Metrics::new());
+        // A replay is its own client with its own rate, not a share of the group's.
+        let scope = match source {
+            Source::Group => delivery.rate_limit_scope,
+            Source::Range(_) => RateLimitScope::Replica,
+        };
+        let budget = Arc::new(RateBudget::new(
+            rate.get(),
+            burst.get(),
+            scope,
+            0,
+            metrics.clone(),
+        ));
         let partitions = Arc::new(Partitions::new(
             kafka.revoke_drain_timeout_ms,
             metrics.clone(),
+            budget.clone(),
+            kafka.topics.clone(),
         ));
         let consumer: StreamConsumer<PipelineContext> = kafka::group_consumer(&settings)
             .create_with_context(PipelineContext {
@@ -154,6 +169,13 @@ impl Pipeline {
         let mut ranges_by_partition = HashMap::new();
         match &source {
             Source::Group => {
+                let mut total = 0;
+                for topic in &kafka.topics {
+                    total += kafka::topic_partitions(&consumer, topic)
+                        .map_err(StartError::Metadata)?
+                        .map_or(0, |partitions| partitions.len());
+                }
+                budget.set_total(total);
                 let topics: Vec<&str> = kafka.topics.iter().map(String::as_str).collect();
                 consumer.subscribe(&topics).map_err(StartError::Subscribe)?;
             }
@@ -190,8 +212,7 @@ impl Pipeline {
             client,
             classifier: settings.classifier(),
             gate,
-            limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
-                .with_middleware::<StateInformationMiddleware>(),
+            budget,
             calls: Semaphore::new(delivery.max_in_flight),
             dead_letters,
             delivery: delivery.clone(),

@@ -23,6 +23,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::offsets::OffsetTracker;
+use super::rate::RateBudget;
 use super::status::Health;
 use crate::kafka::{self, PartitionId};
 use crate::labels::RebalanceKind;
@@ -71,10 +72,19 @@ pub(super) struct Partitions {
     revoke_drain: Duration,
     pub(super) metrics: Arc<Metrics>,
     pub(super) health: Arc<Health>,
+    /// Resized to this replica's share whenever ownership changes.
+    pub(super) budget: Arc<RateBudget>,
+    /// The subscribed topics, whose partitions the budget divides.
+    topics: Vec<String>,
 }
 
 impl Partitions {
-    pub(super) fn new(revoke_drain: Duration, metrics: Arc<Metrics>) -> Partitions {
+    pub(super) fn new(
+        revoke_drain: Duration,
+        metrics: Arc<Metrics>,
+        budget: Arc<RateBudget>,
+        topics: Vec<String>,
+    ) -> Partitions {
         Partitions {
             owned: Mutex::new(HashMap::new()),
             progress: Condvar::new(),
@@ -83,6 +93,8 @@ impl Partitions {
             revoke_drain,
             metrics,
             health: Arc::new(Health::default()),
+            budget,
+            topics,
         }
     }
 
@@ -116,6 +128,7 @@ impl Partitions {
     fn publish_assigned(&self, count: usize) {
         self.health.set_assigned(count);
         self.metrics.assigned_partitions.set(count as i64);
+        self.budget.set_owned(count);
     }
 
     /// A message of `id` at `offset` was taken from Kafka: track it, and
@@ -247,6 +260,17 @@ impl ClientContext for PipelineContext {
     /// librdkafka's statistics (every `kafka.statistics_interval_ms`): the
     /// committed offset and lag of each owned partition, paused ones included.
     fn stats(&self, statistics: Statistics) {
+        // Partitions added to a subscribed topic enlarge the divisor of the quota.
+        let known: usize = statistics
+            .topics
+            .iter()
+            .filter(|(name, _)| self.partitions.topics.contains(name))
+            .map(|(_, topic)| topic.partitions.keys().filter(|p| **p >= 0).count())
+            .sum();
+        let budget = &self.partitions.budget;
+        if known > budget.total() {
+            budget.set_total(known);
+        }
         let partitions = self.partitions.lock();
         let metrics = &self.partitions.metrics;
         for (topic_name, topic) in &statistics.topics {
@@ -321,9 +345,29 @@ impl ConsumerContext for PipelineContext {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::RateLimitScope;
 
     fn partitions() -> Partitions {
-        Partitions::new(Duration::from_millis(200), Arc::new(Metrics::new()))
+        let metrics = Arc::new(Metrics::new());
+        let budget = RateBudget::new(100, 100, RateLimitScope::Group, 4, metrics.clone());
+        Partitions::new(
+            Duration::from_millis(200),
+            metrics,
+            Arc::new(budget),
+            vec!["t".into()],
+        )
+    }
+
+    #[test]
+    fn ownership_resizes_the_rate_budget() {
+        let partitions = partitions();
+        own(
+            &partitions,
+            &[PartitionId::new("t", 0), PartitionId::new("t", 1)],
+        );
+        assert!((partitions.budget.share().per_sec - 50.0).abs() < 1e-9);
+        partitions.drain(&[PartitionId::new("t", 1)]);
+        assert!((partitions.budget.share().per_sec - 25.0).abs() < 1e-9);
     }
 
     fn own(partitions: &Partitions, ids: &[PartitionId]) {

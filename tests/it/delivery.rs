@@ -352,6 +352,37 @@ async fn the_rate_limit_holds() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_of_one_group_split_the_rate_by_their_partitions() {
+    let harness = Harness::new(4, Faults::default()).await;
+    let mut settings = harness.settings();
+    settings.delivery.rate_limit_per_sec = 1_000;
+    let first = Running::start(settings.clone()).await;
+    wait_until("the first replica owns every partition", || {
+        first.assigned_partitions() == 4
+    })
+    .await;
+    assert_eq!(first.rate_share(), 1_000.0);
+    let second = Running::start(settings.clone()).await;
+    wait_until("two partitions each", || {
+        first.assigned_partitions() == 2 && second.assigned_partitions() == 2
+    })
+    .await;
+    assert_eq!((first.rate_share(), second.rate_share()), (500.0, 500.0));
+    second.stop().await;
+    wait_until("the survivor's share grows back", || {
+        first.assigned_partitions() == 4 && first.rate_share() == 1_000.0
+    })
+    .await;
+    first.stop().await;
+
+    settings.delivery.rate_limit_scope = paysync::config::RateLimitScope::Replica;
+    let alone = Running::start(settings).await;
+    wait_until("an assignment", || alone.assigned_partitions() == 4).await;
+    assert_eq!(alone.rate_share(), 1_000.0, "a replica's own quota");
+    alone.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_second_consumer_joining_mid_stream_loses_nothing() {
     let harness = Harness::new(
         6,

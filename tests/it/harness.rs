@@ -135,6 +135,15 @@ impl Running {
         self.pipeline.summary()
     }
 
+    /// This replica's calls per second (its share of the group's quota).
+    pub fn rate_share(&self) -> f64 {
+        self.pipeline.metrics().rate_limit_share.get()
+    }
+
+    pub fn assigned_partitions(&self) -> usize {
+        self.pipeline.health().assigned_partitions()
+    }
+
     /// Waits until `done` holds for the summary, or fails after PATIENCE.
     pub async fn wait_for(&self, what: &str, done: impl Fn(&Summary) -> bool) {
         wait_until(what, || done(&self.summary())).await;
