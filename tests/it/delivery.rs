@@ -341,14 +341,26 @@ async fn the_rate_limit_holds() {
         .iter()
         .map(|o| o.received_at.parse().unwrap())
         .collect();
-    // In any one-second window, no more than the rate plus the burst.
+    // In any one-second window, no more than the rate plus the burst, with
+    // 100 ms of allowance (5 calls) for when the emulator stamps a call: on
+    // a loaded machine a few admitted calls are received in a bunch.
     for (i, start) in times.iter().enumerate() {
         let in_window = times[i..]
             .iter()
             .take_while(|t| **t - *start < chrono::Duration::seconds(1))
             .count();
-        assert!(in_window <= 55, "{in_window} calls within one second");
+        assert!(
+            in_window <= 50 + 5 + 5,
+            "{in_window} calls within one second"
+        );
     }
+    // And over the whole run the rate holds: 150 calls take at least
+    // (150 - burst) / rate seconds.
+    let span = *times.last().unwrap() - times[0];
+    assert!(
+        span >= chrono::Duration::milliseconds(2_900 - 200),
+        "150 calls in {span}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
