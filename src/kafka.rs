@@ -23,7 +23,7 @@ use rdkafka::message::Message;
 use rdkafka::topic_partition_list::TopicPartitionListElem;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use crate::config::Settings;
+use crate::config::{GroupProtocol, Settings};
 use crate::metrics::Metrics;
 
 /// How long one metadata or offsets request may take.
@@ -32,7 +32,12 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// librdkafka properties paysync owns, and what to set instead. Setting them
 /// through the pass-through tables would break a guarantee or bypass a
 /// validated setting.
-pub const RESERVED: [(&str, &str); 9] = [
+pub const RESERVED: [(&str, &str); 11] = [
+    ("group.protocol", "set kafka.group_protocol instead"),
+    (
+        "group.instance.id",
+        "set kafka.group_instance_id or kafka.group_instance_id_from_hostname instead",
+    ),
     (
         "statistics.interval.ms",
         "set kafka.statistics_interval_ms instead",
@@ -99,6 +104,30 @@ fn layered(
 /// committed in the background every `kafka.commit_interval_ms`.
 pub fn group_consumer(settings: &Settings) -> ClientConfig {
     let kafka = &settings.kafka;
+    let mut owned = vec![
+        ("group.id", kafka.group_id.clone()),
+        ("group.protocol", kafka.group_protocol.as_str().to_owned()),
+        ("enable.auto.commit", "true".to_owned()),
+        (
+            "auto.commit.interval.ms",
+            kafka.commit_interval_ms.as_millis().to_string(),
+        ),
+        ("enable.auto.offset.store", "false".to_owned()),
+        (
+            "statistics.interval.ms",
+            kafka.statistics_interval_ms.as_millis().to_string(),
+        ),
+    ];
+    // With KIP-848 the session timeout is the broker's to set.
+    if kafka.group_protocol == GroupProtocol::Classic {
+        owned.push((
+            "session.timeout.ms",
+            kafka.session_timeout_ms.as_millis().to_string(),
+        ));
+    }
+    if let Some(id) = kafka.instance_id() {
+        owned.push(("group.instance.id", id));
+    }
     layered(
         settings,
         &kafka.consumer,
@@ -106,23 +135,7 @@ pub fn group_consumer(settings: &Settings) -> ClientConfig {
             ("auto.offset.reset", kafka.auto_offset_reset.clone()),
             ("enable.partition.eof", "false".to_owned()),
         ],
-        &[
-            ("group.id", kafka.group_id.clone()),
-            ("enable.auto.commit", "true".to_owned()),
-            (
-                "auto.commit.interval.ms",
-                kafka.commit_interval_ms.as_millis().to_string(),
-            ),
-            ("enable.auto.offset.store", "false".to_owned()),
-            (
-                "session.timeout.ms",
-                kafka.session_timeout_ms.as_millis().to_string(),
-            ),
-            (
-                "statistics.interval.ms",
-                kafka.statistics_interval_ms.as_millis().to_string(),
-            ),
-        ],
+        &owned,
     )
 }
 
@@ -328,9 +341,35 @@ mod tests {
         assert_eq!(get(&producer, "enable.idempotence"), Some("true"));
         assert_eq!(get(&producer, "auto.offset.reset"), None);
 
+        assert_eq!(get(&consumer, "group.protocol"), Some("classic"));
+        assert_eq!(get(&consumer, "session.timeout.ms"), Some("45000"));
+        assert_eq!(get(&consumer, "group.instance.id"), None);
+
         let tool = tool_consumer(&settings, "paysync.replay");
         assert_eq!(get(&tool, "group.id"), Some("paysync.replay"));
         assert_eq!(get(&tool, "enable.auto.commit"), Some("false"));
+    }
+
+    #[test]
+    fn static_membership_and_the_consumer_protocol() {
+        let mut settings = Settings::default();
+        settings.kafka.group_instance_id = Some("paysync-0".into());
+        settings.kafka.group_protocol = GroupProtocol::Consumer;
+        let consumer = group_consumer(&settings);
+        assert_eq!(get(&consumer, "group.instance.id"), Some("paysync-0"));
+        assert_eq!(get(&consumer, "group.protocol"), Some("consumer"));
+        assert_eq!(
+            get(&consumer, "session.timeout.ms"),
+            None,
+            "the broker's to set under KIP-848"
+        );
+        settings.kafka.group_instance_id = None;
+        settings.kafka.group_instance_id_from_hostname = true;
+        let consumer = group_consumer(&settings);
+        assert_eq!(
+            get(&consumer, "group.instance.id").map(str::to_owned),
+            crate::config::hostname()
+        );
     }
 
     #[test]

@@ -92,6 +92,16 @@ pub struct KafkaSettings {
     /// per partition, exported as metrics).
     #[serde(deserialize_with = "millis")]
     pub statistics_interval_ms: Duration,
+    /// The group protocol: `classic` (default), or `consumer`, the rebalance
+    /// protocol of KIP-848 (Apache Kafka 4+), where the broker assigns
+    /// partitions incrementally and the session timeout is the broker's.
+    pub group_protocol: GroupProtocol,
+    /// Static membership (`group.instance.id`): a stable identity for this
+    /// replica, so a restart within the session timeout moves no partitions.
+    /// Each replica needs its own.
+    pub group_instance_id: Option<String>,
+    /// Use the host name (on Kubernetes, the pod name) as `group_instance_id`.
+    pub group_instance_id_from_hostname: bool,
     /// Extra librdkafka properties for every client (e.g. `security.protocol`,
     /// `sasl.mechanism`, `ssl.ca.location`); they override paysync's defaults.
     /// The properties paysync owns are refused (see [`crate::kafka::RESERVED`]).
@@ -117,11 +127,55 @@ impl Default for KafkaSettings {
             // push the consumer out of its group.
             revoke_drain_timeout_ms: Duration::from_millis(22_500),
             statistics_interval_ms: Duration::from_millis(5_000),
+            group_protocol: GroupProtocol::Classic,
+            group_instance_id: None,
+            group_instance_id_from_hostname: false,
             librdkafka: BTreeMap::new(),
             consumer: BTreeMap::new(),
             producer: BTreeMap::new(),
         }
     }
+}
+
+/// The consumer group protocol (`kafka.group_protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupProtocol {
+    /// The original protocol: the group leader assigns, with the strategy of
+    /// `partition.assignment.strategy` (set `cooperative-sticky` in
+    /// `[kafka.consumer]` for incremental rebalances).
+    #[default]
+    Classic,
+    /// KIP-848: the broker assigns, incrementally.
+    Consumer,
+}
+
+impl GroupProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupProtocol::Classic => "classic",
+            GroupProtocol::Consumer => "consumer",
+        }
+    }
+}
+
+impl KafkaSettings {
+    /// This replica's static identity in the group, if it has one.
+    pub fn instance_id(&self) -> Option<String> {
+        if self.group_instance_id_from_hostname {
+            return hostname();
+        }
+        self.group_instance_id.clone()
+    }
+}
+
+/// The host name: `HOSTNAME` (set by Kubernetes to the pod name), else the kernel's.
+pub(crate) fn hostname() -> Option<String> {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
 }
 
 /// `[delivery]`: concurrency, rate, retries, breaker, drains.
@@ -511,6 +565,29 @@ mod tests {
             error.problems[0].key, "kafka.revoke_drain_timeout_ms",
             "{error}"
         );
+    }
+
+    #[test]
+    fn static_membership_and_the_group_protocol_are_checked() {
+        let file = write_config(
+            "[top]\napp_key = \"k\"\napp_secret = \"s\"\n[kafka]\ngroup_protocol = \"consumer\"\ngroup_instance_id = \"a\"\ngroup_instance_id_from_hostname = true\n[kafka.consumer]\n\"partition.assignment.strategy\" = \"cooperative-sticky\"\n",
+        );
+        let error = Settings::load_from(Some(file.path()), env(&[])).unwrap_err();
+        let keys: Vec<&str> = error.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "kafka.group_instance_id",
+                "kafka.consumer.\"partition.assignment.strategy\""
+            ],
+            "{error}"
+        );
+        let file = write_config(
+            "[top]\napp_key = \"k\"\napp_secret = \"s\"\n[kafka]\ngroup_protocol = \"consumer\"\ngroup_instance_id = \"paysync-1\"\n",
+        );
+        let settings = Settings::load_from(Some(file.path()), env(&[])).unwrap();
+        assert_eq!(settings.kafka.group_protocol, GroupProtocol::Consumer);
+        assert_eq!(settings.kafka.instance_id().as_deref(), Some("paysync-1"));
     }
 
     #[test]

@@ -147,6 +147,36 @@ impl Settings {
                 ),
             );
         }
+        match (&kafka.group_instance_id, kafka.group_instance_id_from_hostname) {
+            (Some(_), true) => problem(
+                "kafka.group_instance_id",
+                "set either group_instance_id or group_instance_id_from_hostname, not both".into(),
+            ),
+            (Some(id), false) if id.trim().is_empty() => {
+                problem("kafka.group_instance_id", "must not be empty".into())
+            }
+            (None, true) if super::hostname().is_none() => problem(
+                "kafka.group_instance_id_from_hostname",
+                "the host name is unknown (HOSTNAME is unset and /proc/sys/kernel/hostname unreadable)"
+                    .into(),
+            ),
+            _ => {}
+        }
+        if kafka.group_protocol == super::GroupProtocol::Consumer {
+            for (table, map) in [
+                ("kafka.librdkafka", &kafka.librdkafka),
+                ("kafka.consumer", &kafka.consumer),
+            ] {
+                for name in ["partition.assignment.strategy", "heartbeat.interval.ms"] {
+                    if map.contains_key(name) {
+                        problem(
+                            &format!("{table}.\"{name}\""),
+                            "is not supported with kafka.group_protocol = \"consumer\": the broker assigns partitions and sets the heartbeat".into(),
+                        );
+                    }
+                }
+            }
+        }
         for (table, map) in [
             ("kafka.librdkafka", &kafka.librdkafka),
             ("kafka.consumer", &kafka.consumer),

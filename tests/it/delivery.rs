@@ -395,6 +395,73 @@ async fn replicas_of_one_group_split_the_rate_by_their_partitions() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_cooperative_assignment_a_joining_replica_takes_partitions_without_stopping_the_others()
+ {
+    let harness = Harness::new(
+        4,
+        Faults {
+            latency_ms: 20,
+            ..Faults::default()
+        },
+    )
+    .await;
+    let mut events = valid_events("coop", 600);
+    let later = events.split_off(400);
+    harness.produce(&events).await;
+    let mut settings = harness.settings();
+    settings.kafka.consumer.insert(
+        "partition.assignment.strategy".into(),
+        "cooperative-sticky".into(),
+    );
+    // About 100 events/s: the stream is still flowing when the second joins.
+    settings.delivery.max_in_flight = 2;
+    let first = Running::start(settings.clone()).await;
+    wait_until("the first replica owns every partition", || {
+        first.assigned_partitions() == 4
+    })
+    .await;
+    let second = Running::start(settings).await;
+    // Only the partitions that move are revoked: the first replica never
+    // drops to zero while the second joins.
+    let mut fewest = usize::MAX;
+    wait_until("two partitions each", || {
+        fewest = fewest.min(first.assigned_partitions());
+        first.assigned_partitions() == 2 && second.assigned_partitions() == 2
+    })
+    .await;
+    assert_eq!(fewest, 2, "an incremental revocation, not a full one");
+    // Events for every partition after the move: each replica has work.
+    harness.produce(&later).await;
+    events.extend(later);
+    wait_until("every event delivered", || {
+        first.summary().delivered + second.summary().delivered >= 600
+    })
+    .await;
+    wait_committed(&harness, &harness.end_offsets()).await;
+    let (a, b) = (first.stop().await, second.stop().await);
+    assert!(b.delivered > 0, "the joining replica took its share: {b:?}");
+    let accepted: HashSet<String> = harness.accepted_order_ids().into_iter().collect();
+    assert_eq!(accepted, events.iter().map(|(k, _)| k.clone()).collect());
+    assert_eq!(a.dead_lettered() + b.dead_lettered(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_kip_848_consumer_protocol_delivers_and_commits() {
+    let harness = Harness::new(3, Faults::default()).await;
+    let events = valid_events("kip848", 300);
+    harness.produce(&events).await;
+    let mut settings = harness.settings();
+    settings.kafka.group_protocol = paysync::config::GroupProtocol::Consumer;
+    let running = Running::start(settings).await;
+    running
+        .wait_for("300 deliveries", |s| s.delivered == 300)
+        .await;
+    wait_committed(&harness, &harness.end_offsets()).await;
+    running.stop().await;
+    assert_eq!(harness.accepted_order_ids().len(), 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_second_consumer_joining_mid_stream_loses_nothing() {
     let harness = Harness::new(
         6,
