@@ -368,7 +368,7 @@ impl Pipeline {
     fn store_and_pause(&self, window: &mut Window) -> bool {
         let gate_closed = self.deliverer.gate.status().closed();
         let metrics = &self.partitions.metrics;
-        let mut store = Vec::new();
+        let mut store = TopicPartitionList::new();
         let mut pause = TopicPartitionList::new();
         let mut resume = TopicPartitionList::new();
         let (total, may_poll) = {
@@ -376,12 +376,17 @@ impl Pipeline {
             let total: usize = partitions.values().map(|s| s.tracker.in_flight()).sum();
             let may_poll = window.update(total, gate_closed, Instant::now());
             for (id, state) in partitions.iter_mut() {
-                let labels = [id.topic.as_str(), &id.partition.to_string()];
+                // Label values only when a series changes: this runs every turn.
+                let labels = || [id.topic.clone(), id.partition.to_string()];
                 if let Some(position) = state.tracker.take_advance() {
-                    store.push((id.clone(), position));
+                    let _ = store.add_partition_offset(
+                        &id.topic,
+                        id.partition,
+                        Offset::Offset(position),
+                    );
                     metrics
                         .partition_completed_offset
-                        .with_label_values(&labels)
+                        .with_label_values(&labels())
                         .set(position);
                 }
                 let want_paused =
@@ -392,14 +397,13 @@ impl Pipeline {
                     list.add_partition(&id.topic, id.partition);
                     metrics
                         .partition_paused
-                        .with_label_values(&labels)
+                        .with_label_values(&labels())
                         .set(i64::from(want_paused));
                 }
             }
             (total, may_poll)
         };
         metrics.window_messages.set(total as i64);
-        let store = kafka::position_list(store.iter().map(|(id, position)| (id, *position)));
         if store.count() > 0
             && let Err(error) = self.consumer.store_offsets(&store)
         {
