@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer, ConsumerContext};
-use rdkafka::error::KafkaResult;
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::TopicPartitionListElem;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -50,7 +50,7 @@ pub const RESERVED: [(&str, &str); 11] = [
     ),
     (
         "enable.auto.commit",
-        "paysync commits stored offsets in the background; set kafka.commit_interval_ms",
+        "paysync commits positions and completion maps itself; set kafka.commit_interval_ms",
     ),
     (
         "auto.commit.interval.ms",
@@ -100,18 +100,16 @@ fn layered(
     config
 }
 
-/// The pipeline's group consumer: offsets stored only after success and
-/// committed in the background every `kafka.commit_interval_ms`.
+/// The pipeline's group consumer. paysync commits itself (positions with
+/// their completion maps, which librdkafka's auto-commit would not send
+/// while a position stands still), so nothing is stored or committed
+/// automatically.
 pub fn group_consumer(settings: &Settings) -> ClientConfig {
     let kafka = &settings.kafka;
     let mut owned = vec![
         ("group.id", kafka.group_id.clone()),
         ("group.protocol", kafka.group_protocol.as_str().to_owned()),
-        ("enable.auto.commit", "true".to_owned()),
-        (
-            "auto.commit.interval.ms",
-            kafka.commit_interval_ms.as_millis().to_string(),
-        ),
+        ("enable.auto.commit", "false".to_owned()),
         ("enable.auto.offset.store", "false".to_owned()),
         (
             "statistics.interval.ms",
@@ -276,24 +274,90 @@ pub fn committed_offsets<C: ConsumerContext>(
         .collect())
 }
 
-/// Stores and synchronously commits positions (on revoke and at shutdown,
-/// where waiting for the background commit is not enough). Blocks.
+/// The group's committed offset and its metadata for each partition that has
+/// one. Blocks for up to [`REQUEST_TIMEOUT`].
+pub fn committed_with_metadata<C: ConsumerContext>(
+    consumer: &impl Consumer<C>,
+    partitions: &[PartitionId],
+) -> KafkaResult<HashMap<PartitionId, (i64, String)>> {
+    let mut list = TopicPartitionList::new();
+    for id in partitions {
+        list.add_partition(&id.topic, id.partition);
+    }
+    let committed = consumer.committed_offsets(list, REQUEST_TIMEOUT)?;
+    Ok(committed
+        .elements()
+        .iter()
+        .filter_map(|e| {
+            let Offset::Offset(offset) = e.offset() else {
+                return None;
+            };
+            // rdkafka panics on metadata that is not UTF-8; Apache Kafka
+            // stores it as a string, but another client may write raw bytes.
+            let metadata =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| e.metadata().to_owned()))
+                    .unwrap_or_default();
+            Some((PartitionId::from(e), (offset, metadata)))
+        })
+        .collect())
+}
+
+/// Whether a failed commit may succeed if tried again soon: the coordinator
+/// is moving, loading or briefly unreachable.
+pub fn commit_retriable(error: &KafkaError) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            CoordinatorNotAvailable
+                | NotCoordinator
+                | CoordinatorLoadInProgress
+                | RequestTimedOut
+                | OperationTimedOut
+                | BrokerTransportFailure
+                | AllBrokersDown
+                | NetworkException
+                | WaitingForCoordinator
+        )
+    )
+}
+
+/// Commits a list synchronously (on revoke and at shutdown), trying again
+/// while the coordinator is briefly unavailable, for up to `patience`. Blocks.
 pub fn commit_sync<C: ConsumerContext>(
     consumer: &impl Consumer<C>,
-    positions: &TopicPartitionList,
+    list: &TopicPartitionList,
     metrics: &Metrics,
     what: &str,
-) {
-    if positions.count() == 0 {
-        return;
+    patience: Duration,
+) -> bool {
+    if list.count() == 0 {
+        return true;
     }
-    let _ = consumer.store_offsets(positions);
-    let committed = consumer.commit(positions, rdkafka::consumer::CommitMode::Sync);
-    metrics.record_commit(committed.is_ok());
-    match committed {
-        Ok(()) => tracing::info!(partitions = positions.count(), "Committed {what}."),
-        Err(error) => {
-            tracing::warn!(error = %error, "Commit of {what} failed; finished events may be sent again.")
+    let deadline = Instant::now() + patience;
+    let mut attempt = 0;
+    loop {
+        let committed = consumer.commit(list, rdkafka::consumer::CommitMode::Sync);
+        metrics.record_commit(committed.is_ok());
+        match committed {
+            Ok(()) => {
+                tracing::info!(partitions = list.count(), "Committed {what}.");
+                return true;
+            }
+            Err(error) if commit_retriable(&error) && Instant::now() < deadline => {
+                let delay = crate::backoff::backoff(
+                    attempt,
+                    Duration::from_millis(100),
+                    Duration::from_secs(1),
+                );
+                tracing::info!(error = %error, "Commit of {what} failed; trying again.");
+                std::thread::sleep(delay.min(deadline.saturating_duration_since(Instant::now())));
+                attempt += 1;
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, "Commit of {what} failed; events finished since the last commit may be sent again by another replica.");
+                return false;
+            }
         }
     }
 }

@@ -61,6 +61,8 @@ pub struct Metrics {
     pub commit_failures: IntCounter,
     pub seconds_since_last_commit: Gauge,
     pub tasks_abandoned: IntCounter,
+    pub events_already_finished: IntCounter,
+    pub completion_maps_truncated: IntCounter,
     last_commit: Mutex<Instant>,
     /// Typed totals beside the labelled families, for the run summary: it
     /// reads these instead of matching label strings.
@@ -277,6 +279,16 @@ impl Metrics {
                 &r,
                 "paysync_tasks_abandoned_total",
                 "Events given up on revoke or shutdown; the next owner or run sends them.",
+            ),
+            events_already_finished: counter(
+                &r,
+                "paysync_events_already_finished_total",
+                "Events skipped on consumption because a committed completion map (or this process's own record) says they were already delivered or dead-lettered.",
+            ),
+            completion_maps_truncated: counter(
+                &r,
+                "paysync_completion_maps_truncated_total",
+                "Commits whose completion map did not fit kafka.completion_map_max_bytes and kept only its first part.",
             ),
             last_commit: Mutex::new(Instant::now()),
             tallies: Tallies::default(),

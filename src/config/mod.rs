@@ -79,9 +79,14 @@ pub struct KafkaSettings {
     /// librdkafka's group session timeout.
     #[serde(deserialize_with = "millis")]
     pub session_timeout_ms: Duration,
-    /// How often stored (finished) offsets are committed in the background.
+    /// How often finished positions (with their completion maps) are
+    /// committed; a drained window commits at once.
     #[serde(deserialize_with = "millis")]
     pub commit_interval_ms: Duration,
+    /// The largest completion map (finished offsets above a committed
+    /// position) stored in a commit's metadata, in bytes; 0 stores none.
+    /// Must stay below the broker's `offset.metadata.max.bytes` (4096 by default).
+    pub completion_map_max_bytes: usize,
     /// Where a group with no committed offset starts: `earliest` or `latest`.
     pub auto_offset_reset: String,
     /// On revoke, how long in-flight calls of the revoked partitions may
@@ -122,6 +127,8 @@ impl Default for KafkaSettings {
             // librdkafka's default.
             session_timeout_ms: Duration::from_millis(45_000),
             commit_interval_ms: Duration::from_millis(1_000),
+            // Below the broker's default offset.metadata.max.bytes (4096).
+            completion_map_max_bytes: 4_000,
             auto_offset_reset: "earliest".to_owned(),
             // Half the session timeout, as Vector does: a slow drain must not
             // push the consumer out of its group.
@@ -564,6 +571,27 @@ mod tests {
         assert_eq!(
             error.problems[0].key, "kafka.revoke_drain_timeout_ms",
             "{error}"
+        );
+    }
+
+    #[test]
+    fn a_completion_map_budget_past_what_is_decoded_is_refused() {
+        let file = write_config(
+            "[top]\napp_key = \"k\"\napp_secret = \"s\"\n[kafka]\ncompletion_map_max_bytes = 100000\n",
+        );
+        let error = Settings::load_from(Some(file.path()), env(&[])).unwrap_err();
+        assert_eq!(error.problems[0].key, "kafka.completion_map_max_bytes");
+        assert!(
+            error.problems[0]
+                .reason
+                .contains("offset.metadata.max.bytes")
+        );
+        let off = write_config(
+            "[top]\napp_key = \"k\"\napp_secret = \"s\"\n[kafka]\ncompletion_map_max_bytes = 0\n",
+        );
+        assert!(
+            Settings::load_from(Some(off.path()), env(&[])).is_ok(),
+            "0 turns maps off"
         );
     }
 

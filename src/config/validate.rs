@@ -8,6 +8,7 @@ use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 use super::Settings;
+use crate::pipeline::completion::MAX_TEXT as MAX_COMPLETION_MAP_BYTES;
 
 /// One thing wrong with the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,6 +135,15 @@ impl Settings {
                 format!(
                     "must be earliest or latest, got {:?}",
                     kafka.auto_offset_reset
+                ),
+            );
+        }
+        if kafka.completion_map_max_bytes > MAX_COMPLETION_MAP_BYTES {
+            problem(
+                "kafka.completion_map_max_bytes",
+                format!(
+                    "({}) must be at most {MAX_COMPLETION_MAP_BYTES} (and below the broker's offset.metadata.max.bytes, 4096 by default)",
+                    kafka.completion_map_max_bytes
                 ),
             );
         }

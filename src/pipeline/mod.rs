@@ -5,25 +5,33 @@
 //!
 //! This file holds the main loop and its life cycle: [`Pipeline::build`]
 //! connects and checks, [`Pipeline::spawn`] runs it and returns a
-//! [`RunningPipeline`] handle, and the loop takes messages, stores finished
+//! [`RunningPipeline`] handle, and the loop takes messages, commits finished
 //! positions, applies the window, and on shutdown drains and commits. Each
 //! concept it uses has its own module:
 //!
-//! * [`partitions`]: ownership, the rebalance drain, librdkafka's callbacks.
+//! * [`partitions`]: ownership, the rebalance drain, commit points.
+//! * [`context`]: librdkafka's callbacks (rebalance, commit, statistics).
 //! * [`deliver`]: one event's task, its retry budget.
 //! * [`window`]: when to pause fetching (backpressure).
 //! * [`ordering`]: one order's events one after another.
 //! * [`gate`]: ban, circuit breaker and halt, in front of every call.
 //! * [`rate`]: the replica's share of the group's rate quota.
 //! * [`offsets`]: the lowest unfinished offset per partition.
+//! * [`completion`]: the finished offsets above it, as commit metadata.
 //! * [`status`]: health and the run summary.
 //!
-//! Offsets: `enable.auto.offset.store` is off; each turn the loop stores the
-//! lowest unfinished offset of each partition, and librdkafka commits stored
-//! offsets every `kafka.commit_interval_ms`. On revoke and at shutdown the
-//! positions are committed synchronously. A task that gives up never marks
-//! its offset finished, so the committed position stays at or below it.
+//! Offsets: librdkafka stores and commits nothing by itself. Every
+//! `kafka.commit_interval_ms`, and as soon as the window drains, the loop
+//! commits each changed partition's lowest unfinished offset with its
+//! completion map (which offsets above it are finished) in the metadata;
+//! on revoke and at shutdown the same is committed synchronously, tried
+//! again while the coordinator is briefly away. A task that gives up never
+//! marks its offset finished, so the committed position stays at or below
+//! it and the map never claims it.
 
+mod build;
+pub mod completion;
+mod context;
 pub mod deliver;
 pub mod gate;
 pub mod offsets;
@@ -36,56 +44,42 @@ pub mod window;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::error::KafkaError;
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::oneshot;
 use tracing::Instrument;
 
-use crate::config::{ConfigError, Settings, TopClientError};
-use crate::dead_letter::{DeadLetterProducer, SourceRecord};
+use crate::config::Settings;
+use crate::dead_letter::SourceRecord;
 use crate::event;
 use crate::kafka::{self, PartitionId};
-use crate::metrics::Metrics;
+pub use build::StartError;
+use context::PipelineContext;
 use deliver::{Deliverer, DeliveryObserver, Job};
-use gate::{Gate, GateSettings};
-use offsets::OffsetTracker;
 use ordering::OrderChains;
-use partitions::{Partitions, PipelineContext};
-use rate::{RateBudget, RateLimitScope};
+use partitions::{Partitions, Start};
 pub use running::RunningPipeline;
 pub use status::{Health, Summary};
 use window::Window;
 
-/// How long start-up waits for the dead-letter topic to appear in metadata.
-const DLQ_TOPIC_WAIT: Duration = Duration::from_secs(10);
+/// How long the final commit is tried again while the coordinator is away.
+const SHUTDOWN_COMMIT_PATIENCE: Duration = Duration::from_secs(10);
 
-/// Why a pipeline could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error(transparent)]
-    TopClient(#[from] TopClientError),
-    #[error("cannot create the Kafka consumer: {0}")]
-    CreateConsumer(#[source] KafkaError),
-    #[error("cannot read Kafka metadata (is kafka.bootstrap_servers right?): {0}")]
-    Metadata(#[source] KafkaError),
-    #[error("the dead-letter topic {topic:?} does not exist: create it before starting paysync")]
-    MissingDeadLetterTopic { topic: String },
-    #[error("cannot subscribe to the source topics: {0}")]
-    Subscribe(#[source] KafkaError),
-    #[error("cannot assign the replay range: {0}")]
-    Assign(#[source] KafkaError),
-    #[error("cannot create the dead-letter producer: {0}")]
-    CreateProducer(#[source] KafkaError),
-    #[error("start-up did not complete: {0}")]
-    Interrupted(#[from] tokio::task::JoinError),
+/// When the main loop commits: every `kafka.commit_interval_ms`, and at the
+/// next tick after the window drains (so an idle group is up to date at once).
+struct CommitSchedule {
+    interval: Duration,
+    last: Instant,
+}
+
+impl CommitSchedule {
+    fn due(&self, now: Instant, window_empty: bool) -> bool {
+        window_empty || now.duration_since(self.last) >= self.interval
+    }
 }
 
 /// Where a pipeline's messages come from.
@@ -119,115 +113,6 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Connects to Kafka, checks the dead-letter topic exists, subscribes (or
-    /// assigns a range). The blocking librdkafka work runs on a blocking thread.
-    pub async fn build(settings: Settings, source: Source) -> Result<Pipeline, StartError> {
-        tokio::task::spawn_blocking(move || Self::build_blocking(settings, source)).await?
-    }
-
-    fn build_blocking(settings: Settings, source: Source) -> Result<Pipeline, StartError> {
-        let kafka = &settings.kafka;
-        let delivery = &settings.delivery;
-        // Checked before anything connects.
-        let rate = NonZeroU32::new(delivery.rate_limit_per_sec)
-            .ok_or_else(|| ConfigError::one("delivery.rate_limit_per_sec", "must be above 0"))?;
-        let burst = NonZeroU32::new(delivery.burst())
-            .ok_or_else(|| ConfigError::one("delivery.rate_limit_burst", "must be above 0"))?;
-        let client = settings.top_client()?;
-        let metrics = Arc::new(Metrics::new());
-        // A replay is its own client with its own rate, not a share of the group's.
-        let scope = match source {
-            Source::Group => delivery.rate_limit_scope,
-            Source::Range(_) => RateLimitScope::Replica,
-        };
-        let budget = Arc::new(RateBudget::new(
-            rate.get(),
-            burst.get(),
-            scope,
-            0,
-            metrics.clone(),
-        ));
-        let partitions = Arc::new(Partitions::new(
-            kafka.revoke_drain_timeout_ms,
-            metrics.clone(),
-            budget.clone(),
-            kafka.topics.clone(),
-        ));
-        let consumer: StreamConsumer<PipelineContext> = kafka::group_consumer(&settings)
-            .create_with_context(PipelineContext {
-                partitions: partitions.clone(),
-            })
-            .map_err(StartError::CreateConsumer)?;
-        if kafka::wait_for_topic(&consumer, &kafka.dlq_topic, DLQ_TOPIC_WAIT)
-            .map_err(StartError::Metadata)?
-            .is_none()
-        {
-            return Err(StartError::MissingDeadLetterTopic {
-                topic: kafka.dlq_topic.clone(),
-            });
-        }
-        let mut ranges_by_partition = HashMap::new();
-        match &source {
-            Source::Group => {
-                let mut total = 0;
-                for topic in &kafka.topics {
-                    total += kafka::topic_partitions(&consumer, topic)
-                        .map_err(StartError::Metadata)?
-                        .map_or(0, |partitions| partitions.len());
-                }
-                budget.set_total(total);
-                let topics: Vec<&str> = kafka.topics.iter().map(String::as_str).collect();
-                consumer.subscribe(&topics).map_err(StartError::Subscribe)?;
-            }
-            Source::Range(ranges) => {
-                // No group membership: the ranges are assigned directly, and
-                // the group only keeps the committed progress (for resuming).
-                let mut tpl = TopicPartitionList::new();
-                for range in ranges {
-                    let id = PartitionId::new(&range.topic, range.partition);
-                    tpl.add_partition_offset(&id.topic, id.partition, Offset::Offset(range.start))
-                        .map_err(StartError::Assign)?;
-                    ranges_by_partition.insert(id, (range.start, range.end));
-                }
-                partitions.own(ranges.iter().map(|range| {
-                    (
-                        PartitionId::new(&range.topic, range.partition),
-                        OffsetTracker::starting_at(range.start),
-                    )
-                }));
-                consumer.assign(&tpl).map_err(StartError::Assign)?;
-            }
-        }
-        let dead_letters = DeadLetterProducer::new(&settings, metrics.clone())
-            .map_err(StartError::CreateProducer)?;
-        let gate = Arc::new(Gate::new(
-            GateSettings {
-                failure_threshold: delivery.breaker_failure_threshold,
-                probe_interval: delivery.breaker_probe_interval_ms,
-                halt_probe_interval: delivery.halt_probe_interval_ms,
-            },
-            partitions.wake.clone(),
-        ));
-        let deliverer = Arc::new(Deliverer {
-            client,
-            classifier: settings.classifier(),
-            gate,
-            budget,
-            calls: Semaphore::new(delivery.max_in_flight),
-            dead_letters,
-            delivery: delivery.clone(),
-            metrics,
-            observer: None,
-        });
-        Ok(Pipeline {
-            consumer,
-            ranges: ranges_by_partition,
-            partitions,
-            deliverer,
-            settings,
-        })
-    }
-
     /// Calls `observer` with the Kafka→acceptance latency of every delivery.
     pub fn observe_deliveries(mut self, observer: DeliveryObserver) -> Pipeline {
         Arc::get_mut(&mut self.deliverer)
@@ -261,9 +146,13 @@ impl Pipeline {
         let wake = self.partitions.wake.clone();
         let delivery = &self.settings.delivery;
         let mut window = Window::new(delivery.partition_window, delivery.global_window);
+        let mut commits = CommitSchedule {
+            interval: self.settings.kafka.commit_interval_ms,
+            last: Instant::now(),
+        };
         self.refresh_gauges();
         loop {
-            let may_poll = self.store_and_pause(&mut window);
+            let may_poll = self.apply_window(&mut window);
             if !self.ranges.is_empty() && self.range_done() {
                 break;
             }
@@ -275,7 +164,12 @@ impl Pipeline {
                 _ = wake.notified() => {}
                 _ = tick.tick() => {
                     orders.prune();
-                    self.refresh_gauges();
+                    let in_flight = self.refresh_gauges();
+                    let now = Instant::now();
+                    if commits.due(now, in_flight == 0) {
+                        commits.last = now;
+                        self.commit_changed();
+                    }
                 }
                 message = self.consumer.recv(), if may_poll => match message {
                     Ok(message) => self.dispatch(&message, &mut orders),
@@ -296,9 +190,12 @@ impl Pipeline {
             // Past a replay range's end: not ours to send.
             return;
         }
-        // A message of a partition this consumer no longer owns is the next owner's.
-        let Some(ticket) = self.partitions.start(id, offset) else {
-            return;
+        let ticket = match self.partitions.start(id, offset) {
+            Start::Deliver(ticket) => ticket,
+            // Finished before a crash or a rebalance: its completion is committed.
+            Start::AlreadyFinished => return,
+            // A message of a partition this consumer no longer owns is the next owner's.
+            Start::NotOwned => return,
         };
         self.partitions.metrics.events_consumed.inc();
         let received = Instant::now();
@@ -347,28 +244,49 @@ impl Pipeline {
         })
     }
 
-    /// Periodic gauges and the liveness mark (every tick of the main loop).
-    fn refresh_gauges(&self) {
+    /// Periodic gauges and the liveness mark (every tick of the main loop);
+    /// returns how many messages are in flight.
+    fn refresh_gauges(&self) -> usize {
         let metrics = &self.partitions.metrics;
         self.partitions.health.progressed();
         self.deliverer.gate.status().publish(metrics);
-        let oldest = self
-            .partitions
-            .lock()
-            .values()
-            .filter_map(|s| s.tracker.oldest_start())
-            .min();
+        let mut oldest: Option<Instant> = None;
+        let mut in_flight = 0;
+        for (id, state) in self.partitions.lock().iter_mut() {
+            in_flight += state.tracker.in_flight();
+            oldest = oldest.into_iter().chain(state.tracker.oldest_start()).min();
+            if let Some(position) = state.tracker.take_advance() {
+                metrics
+                    .partition_completed_offset
+                    .with_label_values(&[id.topic.as_str(), &id.partition.to_string()])
+                    .set(position);
+            }
+        }
         metrics
             .oldest_in_flight_age
             .set(oldest.map_or(0.0, |t| t.elapsed().as_secs_f64()));
+        in_flight
     }
 
-    /// Stores advanced positions, pauses or resumes partitions as the
-    /// [`Window`] decides, and says whether the main loop may take another message.
-    fn store_and_pause(&self, window: &mut Window) -> bool {
+    /// Commits, without waiting, the partitions whose commit point changed;
+    /// a failure (here or in the commit callback) commits them again next time.
+    fn commit_changed(&self) {
+        let list = self.partitions.commit_list(true);
+        if list.count() == 0 {
+            return;
+        }
+        if let Err(error) = self.consumer.commit(&list, CommitMode::Async) {
+            tracing::debug!(error = %error, "Offset commit could not be sent; it is tried again.");
+            self.partitions.metrics.record_commit(false);
+            self.partitions.commit_failed(&list);
+        }
+    }
+
+    /// Pauses or resumes partitions as the [`Window`] decides, and says
+    /// whether the main loop may take another message.
+    fn apply_window(&self, window: &mut Window) -> bool {
         let gate_closed = self.deliverer.gate.status().closed();
         let metrics = &self.partitions.metrics;
-        let mut store = TopicPartitionList::new();
         let mut pause = TopicPartitionList::new();
         let mut resume = TopicPartitionList::new();
         let (total, may_poll) = {
@@ -376,39 +294,22 @@ impl Pipeline {
             let total: usize = partitions.values().map(|s| s.tracker.in_flight()).sum();
             let may_poll = window.update(total, gate_closed, Instant::now());
             for (id, state) in partitions.iter_mut() {
-                // Label values only when a series changes: this runs every turn.
-                let labels = || [id.topic.clone(), id.partition.to_string()];
-                if let Some(position) = state.tracker.take_advance() {
-                    let _ = store.add_partition_offset(
-                        &id.topic,
-                        id.partition,
-                        Offset::Offset(position),
-                    );
-                    metrics
-                        .partition_completed_offset
-                        .with_label_values(&labels())
-                        .set(position);
-                }
                 let want_paused =
                     window.wants_paused(state.tracker.in_flight(), state.paused, gate_closed);
                 if want_paused != state.paused {
                     state.paused = want_paused;
                     let list = if want_paused { &mut pause } else { &mut resume };
                     list.add_partition(&id.topic, id.partition);
+                    // Label values only when a series changes: this runs every turn.
                     metrics
                         .partition_paused
-                        .with_label_values(&labels())
+                        .with_label_values(&[id.topic.as_str(), &id.partition.to_string()])
                         .set(i64::from(want_paused));
                 }
             }
             (total, may_poll)
         };
         metrics.window_messages.set(total as i64);
-        if store.count() > 0
-            && let Err(error) = self.consumer.store_offsets(&store)
-        {
-            tracing::debug!(error = %error, "Storing offsets failed (partition probably revoked).");
-        }
         if pause.count() > 0
             && let Err(error) = self.consumer.pause(&pause)
         {
@@ -461,8 +362,14 @@ impl Pipeline {
         let committed = {
             let (consumer, metrics) = (consumer.clone(), metrics.clone());
             tokio::task::spawn_blocking(move || {
-                let positions = partitions.positions();
-                kafka::commit_sync(&*consumer, &positions, &metrics, "final positions");
+                let points = partitions.commit_list(false);
+                kafka::commit_sync(
+                    &*consumer,
+                    &points,
+                    &metrics,
+                    "final positions",
+                    SHUTDOWN_COMMIT_PATIENCE,
+                );
                 if let Err(error) = deliverer.dead_letters.flush(Duration::from_secs(10)) {
                     tracing::warn!(error = %error, "Flushing the dead-letter producer failed.");
                 }

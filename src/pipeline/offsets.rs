@@ -1,19 +1,26 @@
 //! Which offset may be committed: per partition, the lowest offset still in
-//! flight, or one past the highest offset seen when nothing is in flight.
+//! flight, or one past the highest offset seen when nothing is in flight;
+//! and which offsets above it are already finished (the completion map).
 //!
 //! Completions arrive out of order (many calls run at once); an offset must
 //! never be committed past a message that is not finished, or a crash would
 //! skip it. Because offsets within a partition only grow, "everything below
 //! the lowest unfinished offset is finished" is exactly the contiguous
 //! completed prefix, and it stays correct across the gaps that compaction
-//! and transaction markers leave in offset sequences.
+//! and transaction markers leave in offset sequences. For the same reason an
+//! offset between the position and the highest one seen that is not in
+//! flight is finished (or does not exist), which is what the completion map
+//! records.
 //!
 //! This is rust-rdkafka's `at_least_once` recipe (store an offset only after
 //! processing it) without its limit ("only works when messages are processed
 //! in order"): completions may come in any order.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::Range;
 use std::time::Instant;
+
+use super::completion::CompletionMap;
 
 /// One partition's unfinished offsets and commit position.
 #[derive(Debug, Clone, Default)]
@@ -22,8 +29,22 @@ pub struct OffsetTracker {
     in_flight: BTreeMap<i64, Instant>,
     /// One past the highest offset ever started; the position when idle.
     next_after_seen: Option<i64>,
+    /// Finished offsets not yet seen again, from a completion map (sorted,
+    /// all at or above `next_after_seen`).
+    finished_ahead: VecDeque<Range<i64>>,
     /// The last position handed out by [`OffsetTracker::take_advance`].
-    stored: Option<i64>,
+    reported: Option<i64>,
+    /// Whether the commit point may have moved since [`OffsetTracker::take_changed`].
+    changed: bool,
+}
+
+/// What to do with a message taken from Kafka.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Started {
+    /// It is in flight: deliver it.
+    InFlight,
+    /// The completion map says it was finished before: skip it.
+    AlreadyFinished,
 }
 
 impl OffsetTracker {
@@ -35,18 +56,46 @@ impl OffsetTracker {
         }
     }
 
-    /// A message was taken from Kafka and is now in flight.
-    pub fn start(&mut self, offset: i64) {
-        self.in_flight.insert(offset, Instant::now());
+    /// A tracker resuming at a committed offset whose completion map says
+    /// which offsets above it are finished.
+    pub fn resuming(map: CompletionMap) -> OffsetTracker {
+        OffsetTracker {
+            finished_ahead: map.finished.into_iter().collect(),
+            changed: true,
+            ..OffsetTracker::starting_at(map.base)
+        }
+    }
+
+    /// A message was taken from Kafka.
+    pub fn start(&mut self, offset: i64) -> Started {
+        self.changed = true;
         if self.next_after_seen.is_none_or(|next| offset >= next) {
             self.next_after_seen = Some(offset + 1);
         }
+        // Ranges now behind the highest offset seen are spent.
+        while let Some(front) = self.finished_ahead.front_mut() {
+            if front.end <= offset {
+                self.finished_ahead.pop_front();
+            } else if front.start <= offset {
+                front.start = offset + 1;
+                if front.is_empty() {
+                    self.finished_ahead.pop_front();
+                }
+                return Started::AlreadyFinished;
+            } else {
+                break;
+            }
+        }
+        self.in_flight.insert(offset, Instant::now());
+        Started::InFlight
     }
 
     /// A message reached its final outcome (delivered or dead-lettered).
     /// Returns false if the offset was not in flight (a late or repeated completion).
     pub fn finish(&mut self, offset: i64) -> bool {
-        self.in_flight.remove(&offset).is_some()
+        let finished = self.in_flight.remove(&offset).is_some();
+        self.changed |= finished;
+        finished
     }
 
     pub fn in_flight(&self) -> usize {
@@ -61,13 +110,46 @@ impl OffsetTracker {
         }
     }
 
+    /// The position and the finished offsets above it.
+    pub fn completion_map(&self) -> Option<CompletionMap> {
+        let base = self.position()?;
+        let mut finished: Vec<Range<i64>> = Vec::new();
+        let mut push = |range: Range<i64>| match finished.last_mut() {
+            Some(last) if last.end == range.start => last.end = range.end,
+            _ if range.is_empty() => {}
+            _ => finished.push(range),
+        };
+        let mut cursor = base;
+        for offset in self.in_flight.keys() {
+            push(cursor..*offset);
+            cursor = offset + 1;
+        }
+        if let Some(next) = self.next_after_seen {
+            push(cursor..next.max(cursor));
+        }
+        for range in &self.finished_ahead {
+            push(range.start.max(base)..range.end.max(base));
+        }
+        Some(CompletionMap { base, finished })
+    }
+
+    /// Whether the commit point may have moved since the last call.
+    pub fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// Makes the next [`OffsetTracker::take_changed`] true (a commit failed).
+    pub fn mark_changed(&mut self) {
+        self.changed = true;
+    }
+
     /// The position if it moved since the last call.
     pub fn take_advance(&mut self) -> Option<i64> {
         let position = self.position()?;
-        if self.stored.is_some_and(|stored| stored >= position) {
+        if self.reported.is_some_and(|reported| reported >= position) {
             return None;
         }
-        self.stored = Some(position);
+        self.reported = Some(position);
         Some(position)
     }
 
@@ -81,6 +163,8 @@ impl OffsetTracker {
 }
 
 #[cfg(test)]
+// Single ranges of offsets are meant, not vectors of their offsets.
+#[allow(clippy::single_range_in_vec_init)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
@@ -124,6 +208,65 @@ mod tests {
         tracker.finish(0);
         assert_eq!(tracker.take_advance(), Some(1));
         assert_eq!(tracker.take_advance(), None);
+    }
+
+    #[test]
+    fn the_completion_map_holds_what_finished_behind_a_stuck_offset() {
+        let mut tracker = OffsetTracker::default();
+        for offset in 100..110 {
+            tracker.start(offset);
+        }
+        for offset in [101, 102, 103, 105, 109] {
+            tracker.finish(offset);
+        }
+        let map = tracker.completion_map().unwrap();
+        assert_eq!(map.base, 100);
+        assert_eq!(map.finished, vec![101..104, 105..106, 109..110]);
+        assert!(tracker.take_changed());
+        assert!(!tracker.take_changed());
+    }
+
+    #[test]
+    fn a_resumed_tracker_skips_what_its_map_says_is_finished() {
+        let map = CompletionMap {
+            base: 50,
+            finished: vec![51..53, 60..62],
+        };
+        let mut tracker = OffsetTracker::resuming(map.clone());
+        assert_eq!(
+            tracker.completion_map(),
+            Some(map),
+            "carried over until seen"
+        );
+        let started: Vec<(i64, Started)> = (50..63).map(|o| (o, tracker.start(o))).collect();
+        let skipped: Vec<i64> = started
+            .iter()
+            .filter(|(_, s)| *s == Started::AlreadyFinished)
+            .map(|(o, _)| *o)
+            .collect();
+        assert_eq!(skipped, vec![51, 52, 60, 61]);
+        assert_eq!(tracker.position(), Some(50));
+        assert_eq!(tracker.in_flight(), 9);
+        let map = tracker.completion_map().unwrap();
+        assert_eq!(map.finished, vec![51..53, 60..62]);
+        for offset in (50..63).filter(|o| !skipped.contains(o)) {
+            tracker.finish(offset);
+        }
+        assert_eq!(tracker.position(), Some(63));
+    }
+
+    #[test]
+    fn map_ranges_that_compaction_removed_are_dropped_when_passed() {
+        let mut tracker = OffsetTracker::resuming(CompletionMap {
+            base: 0,
+            finished: vec![2..4, 10..12],
+        });
+        // Offsets 2..4 were compacted away: 5 arrives first.
+        assert_eq!(tracker.start(0), Started::InFlight);
+        assert_eq!(tracker.start(5), Started::InFlight);
+        assert_eq!(tracker.start(11), Started::AlreadyFinished);
+        let map = tracker.completion_map().unwrap();
+        assert_eq!(map.finished, vec![1..5, 6..12], "gaps count as finished");
     }
 
     proptest! {

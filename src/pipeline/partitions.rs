@@ -2,6 +2,12 @@
 //! unfinished offsets and live tasks, and the librdkafka callbacks that change
 //! ownership (rebalance), report commits and publish per-partition statistics.
 //!
+//! On assignment the group's committed offset and its completion map
+//! ([`super::completion`]) are read, merged with what this process itself
+//! finished when it owned the partition before (a revoke whose commit failed,
+//! an assignment lost in a broker outage), and the offsets known to be
+//! finished are skipped instead of sent again.
+//!
 //! The callbacks live with the state they mutate. On revoke (inside
 //! librdkafka's synchronous callback) the revoked partitions stop starting
 //! new work; tasks that are waiting give up, calls and dead-letter writes
@@ -11,23 +17,57 @@
 //! flowing. Late completions for a partition no longer owned are ignored.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
-use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::statistics::Statistics;
-use rdkafka::{ClientContext, TopicPartitionList};
+use rdkafka::consumer::BaseConsumer;
+use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::offsets::OffsetTracker;
+use super::completion::CompletionMap;
+use super::context::PipelineContext;
+use super::offsets::{OffsetTracker, Started};
 use super::rate::RateBudget;
 use super::status::Health;
 use crate::kafka::{self, PartitionId};
-use crate::labels::RebalanceKind;
 use crate::metrics::Metrics;
+
+/// How long a revoke's commit is tried again while the coordinator is away.
+/// The drain before it is bounded by the session timeout already.
+const REVOKE_COMMIT_PATIENCE: Duration = Duration::from_secs(5);
+
+/// The completion map to resume a partition with: the group's committed map
+/// (ignored with a warning when it is not a valid one for `committed`),
+/// merged with what this process remembers finishing there.
+fn resume_map(
+    id: &PartitionId,
+    committed: i64,
+    metadata: &str,
+    remembered: Option<CompletionMap>,
+) -> CompletionMap {
+    let group = match metadata {
+        "" => None,
+        text => CompletionMap::decode(text, committed)
+            .inspect_err(|error| {
+                tracing::warn!(partition = %id, %error, "Ignoring the committed completion map; resuming from the committed offset alone.");
+            })
+            .ok(),
+    };
+    CompletionMap::union_at(committed, group.iter().chain(remembered.iter()))
+}
+
+/// Runs blocking work inside one of librdkafka's callbacks (which are
+/// synchronous): on a multi-thread runtime the worker's other tasks move on.
+fn blocking_in_callback<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
+}
 
 /// One owned partition.
 #[derive(Debug)]
@@ -50,6 +90,17 @@ pub enum TaskEnd {
     /// It gave up on revoke or shutdown; its offset stays unfinished, so the
     /// next owner (or the next run) sends it.
     Abandoned,
+}
+
+/// What to do with a message taken from Kafka.
+#[derive(Debug)]
+pub(super) enum Start {
+    /// Deliver it; the ticket reports its end.
+    Deliver(Ticket),
+    /// The completion map says it was finished before.
+    AlreadyFinished,
+    /// Its partition is not owned (the message is the next owner's).
+    NotOwned,
 }
 
 /// What a task needs to report its end to the right ownership.
@@ -75,7 +126,12 @@ pub(super) struct Partitions {
     /// Resized to this replica's share whenever ownership changes.
     pub(super) budget: Arc<RateBudget>,
     /// The subscribed topics, whose partitions the budget divides.
-    topics: Vec<String>,
+    pub(super) topics: Vec<String>,
+    /// The largest completion map committed, in bytes (0: none).
+    map_budget: AtomicUsize,
+    /// What this process finished in partitions it no longer owns, for when
+    /// they come back (a commit that failed on revoke is not lost knowledge).
+    remembered: Mutex<HashMap<PartitionId, CompletionMap>>,
 }
 
 impl Partitions {
@@ -84,6 +140,7 @@ impl Partitions {
         metrics: Arc<Metrics>,
         budget: Arc<RateBudget>,
         topics: Vec<String>,
+        map_budget: usize,
     ) -> Partitions {
         Partitions {
             owned: Mutex::new(HashMap::new()),
@@ -95,6 +152,8 @@ impl Partitions {
             health: Arc::new(Health::default()),
             budget,
             topics,
+            map_budget: AtomicUsize::new(map_budget),
+            remembered: Mutex::new(HashMap::new()),
         }
     }
 
@@ -102,11 +161,37 @@ impl Partitions {
         self.owned.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn assign(&self, tpl: &TopicPartitionList) {
-        self.own(kafka::partitions_of(tpl).into_iter().map(|id| {
-            tracing::info!(partition = %id, "Partition assigned.");
-            (id, OffsetTracker::default())
-        }));
+    /// Takes the assigned partitions, resuming each from the group's
+    /// committed offset and completion map, merged with what this process
+    /// remembers finishing there. Blocks on the group coordinator.
+    pub(super) fn assign(
+        &self,
+        consumer: &BaseConsumer<PipelineContext>,
+        tpl: &TopicPartitionList,
+    ) {
+        let ids = kafka::partitions_of(tpl);
+        let committed = blocking_in_callback(|| kafka::committed_with_metadata(consumer, &ids));
+        let committed = committed.unwrap_or_else(|error| {
+            tracing::warn!(error = %error, "Reading committed completion maps failed; events finished after the last committed offsets may be sent again.");
+            HashMap::new()
+        });
+        let mut remembered = self.remembered.lock().unwrap_or_else(|p| p.into_inner());
+        let trackers: Vec<(PartitionId, OffsetTracker)> = ids
+            .into_iter()
+            .map(|id| {
+                let known = remembered.remove(&id);
+                let tracker = match committed.get(&id) {
+                    Some((offset, metadata)) => {
+                        OffsetTracker::resuming(resume_map(&id, *offset, metadata, known))
+                    }
+                    None => OffsetTracker::default(),
+                };
+                tracing::info!(partition = %id, "Partition assigned.");
+                (id, tracker)
+            })
+            .collect();
+        drop(remembered);
+        self.own(trackers);
     }
 
     /// Takes ownership of partitions (a partition already owned keeps its state).
@@ -132,14 +217,19 @@ impl Partitions {
     }
 
     /// A message of `id` at `offset` was taken from Kafka: track it, and
-    /// give its task a ticket. `None` when the partition is not owned (the
-    /// message is the next owner's).
-    pub(super) fn start(&self, id: PartitionId, offset: i64) -> Option<Ticket> {
+    /// give its task a ticket unless it is finished already or not ours.
+    pub(super) fn start(&self, id: PartitionId, offset: i64) -> Start {
         let mut partitions = self.lock();
-        let state = partitions.get_mut(&id)?;
-        state.tracker.start(offset);
+        let Some(state) = partitions.get_mut(&id) else {
+            return Start::NotOwned;
+        };
+        if state.tracker.start(offset) == Started::AlreadyFinished {
+            drop(partitions);
+            self.metrics.events_already_finished.inc();
+            return Start::AlreadyFinished;
+        }
         state.live_tasks += 1;
-        Some(Ticket {
+        Start::Deliver(Ticket {
             generation: state.generation,
             cancel: state.cancel.clone(),
             id,
@@ -179,18 +269,68 @@ impl Partitions {
         self.lock().values().map(|s| s.live_tasks).sum()
     }
 
-    /// Every owned partition's position (the next offset to consume).
-    pub(super) fn positions(&self) -> TopicPartitionList {
-        let partitions = self.lock();
-        kafka::position_list(
-            partitions
-                .iter()
-                .filter_map(|(id, s)| Some((id, s.tracker.position()?))),
-        )
+    /// The commit points (position and completion map) of the owned
+    /// partitions: all of them, or only those that changed since last asked.
+    pub(super) fn commit_list(&self, only_changed: bool) -> TopicPartitionList {
+        let points: Vec<(PartitionId, CompletionMap)> = self
+            .lock()
+            .iter_mut()
+            .filter_map(|(id, state)| {
+                let changed = state.tracker.take_changed();
+                if only_changed && !changed {
+                    return None;
+                }
+                Some((id.clone(), state.tracker.completion_map()?))
+            })
+            .collect();
+        // Encoded outside the lock: the tasks need it to report their ends.
+        self.encode_points(points.iter().map(|(id, map)| (id, map.clone())))
     }
 
-    /// Drains the revoked partitions and drops them; returns their positions.
-    /// Blocks until the drain ends or its deadline passes.
+    /// The commit list of completion maps, each within the byte budget.
+    fn encode_points<'a>(
+        &self,
+        points: impl IntoIterator<Item = (&'a PartitionId, CompletionMap)>,
+    ) -> TopicPartitionList {
+        let budget = self.map_budget.load(Ordering::Relaxed);
+        let mut list = TopicPartitionList::new();
+        for (id, map) in points {
+            let mut element = list.add_partition(&id.topic, id.partition);
+            // Setting the offset of a fresh element cannot fail.
+            let _ = element.set_offset(Offset::Offset(map.base));
+            if let Some((text, kept)) = map.encode(budget) {
+                if kept < map.finished.len() {
+                    self.metrics.completion_maps_truncated.inc();
+                }
+                element.set_metadata(text);
+            }
+        }
+        list
+    }
+
+    /// A commit failed: commit these partitions again next time.
+    pub(super) fn commit_failed(&self, list: &TopicPartitionList) {
+        let mut partitions = self.lock();
+        for id in kafka::partitions_of(list) {
+            if let Some(state) = partitions.get_mut(&id) {
+                state.tracker.mark_changed();
+            }
+        }
+    }
+
+    /// The broker refused a completion map as too large: commit positions
+    /// alone from now on, rather than not at all.
+    pub(super) fn refuse_maps(&self) {
+        if self.map_budget.swap(0, Ordering::Relaxed) > 0 {
+            tracing::error!(
+                "The broker refused a completion map as too large (offset.metadata.max.bytes); committing positions without maps. Lower kafka.completion_map_max_bytes below the broker's limit."
+            );
+        }
+    }
+
+    /// Drains the revoked partitions and drops them, remembering what they
+    /// finished; returns their commit points. Blocks until the drain ends or
+    /// its deadline passes.
     fn drain(&self, revoked: &[PartitionId]) -> TopicPartitionList {
         let mut partitions = self.lock();
         for id in revoked {
@@ -222,132 +362,52 @@ impl Partitions {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
-        let mut positions = Vec::new();
+        let mut points = Vec::new();
         for id in revoked {
             self.metrics.forget_partition(&id.topic, id.partition);
             if let Some(state) = partitions.remove(id)
-                && let Some(position) = state.tracker.position()
+                && let Some(map) = state.tracker.completion_map()
             {
-                positions.push((id, position));
+                points.push((id, map));
             }
         }
         self.publish_assigned(partitions.len());
-        kafka::position_list(positions)
+        drop(partitions);
+        let mut remembered = self.remembered.lock().unwrap_or_else(|p| p.into_inner());
+        for (id, map) in &points {
+            remembered.insert((*id).clone(), map.clone());
+        }
+        drop(remembered);
+        self.encode_points(points)
     }
 
     /// Drains the revoked partitions, commits their positions, drops them.
-    fn revoke(&self, consumer: &BaseConsumer<PipelineContext>, tpl: &TopicPartitionList) {
+    pub(super) fn revoke(
+        &self,
+        consumer: &BaseConsumer<PipelineContext>,
+        tpl: &TopicPartitionList,
+    ) {
         let revoked = kafka::partitions_of(tpl);
-        // The drain blocks this thread (librdkafka's callback is synchronous);
-        // on a multi-thread runtime, let the other tasks of this worker move on.
-        let commit = match tokio::runtime::Handle::try_current() {
-            Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(|| self.drain(&revoked))
-            }
-            _ => self.drain(&revoked),
-        };
-        kafka::commit_sync(consumer, &commit, &self.metrics, "revoked partitions");
+        let commit = blocking_in_callback(|| self.drain(&revoked));
+        kafka::commit_sync(
+            consumer,
+            &commit,
+            &self.metrics,
+            "revoked partitions",
+            REVOKE_COMMIT_PATIENCE,
+        );
         self.wake.notify_one();
     }
 }
 
-/// The consumer's context: rebalance, commit and statistics callbacks.
-pub struct PipelineContext {
-    pub(super) partitions: Arc<Partitions>,
-}
-
-impl ClientContext for PipelineContext {
-    /// librdkafka's statistics (every `kafka.statistics_interval_ms`): the
-    /// committed offset and lag of each owned partition, paused ones included.
-    fn stats(&self, statistics: Statistics) {
-        // Partitions added to a subscribed topic enlarge the divisor of the quota.
-        let known: usize = statistics
-            .topics
-            .iter()
-            .filter(|(name, _)| self.partitions.topics.contains(name))
-            .map(|(_, topic)| topic.partitions.keys().filter(|p| **p >= 0).count())
-            .sum();
-        let budget = &self.partitions.budget;
-        if known > budget.total() {
-            budget.set_total(known);
-        }
-        let partitions = self.partitions.lock();
-        let metrics = &self.partitions.metrics;
-        for (topic_name, topic) in &statistics.topics {
-            for (partition, stats) in &topic.partitions {
-                if *partition < 0
-                    || !partitions.contains_key(&PartitionId::new(topic_name, *partition))
-                {
-                    continue;
-                }
-                let labels = [topic_name.as_str(), &partition.to_string()];
-                if stats.committed_offset >= 0 {
-                    metrics
-                        .partition_committed_offset
-                        .with_label_values(&labels)
-                        .set(stats.committed_offset);
-                }
-                if stats.hi_offset >= 0 {
-                    // Before the first commit the whole partition counts as lag.
-                    let base = if stats.committed_offset >= 0 {
-                        stats.committed_offset
-                    } else {
-                        stats.lo_offset.max(0)
-                    };
-                    metrics
-                        .partition_lag
-                        .with_label_values(&labels)
-                        .set((stats.hi_offset - base).max(0));
-                }
-            }
-        }
-    }
-}
-
-impl ConsumerContext for PipelineContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let kind = match rebalance {
-            Rebalance::Assign(_) => RebalanceKind::Assign,
-            Rebalance::Revoke(_) => RebalanceKind::Revoke,
-            Rebalance::Error(_) => RebalanceKind::Error,
-        };
-        self.partitions.metrics.record_rebalance(kind);
-        match rebalance {
-            Rebalance::Revoke(tpl) => self.partitions.revoke(consumer, tpl),
-            Rebalance::Error(error) => tracing::warn!(error = %error, "Rebalance error."),
-            Rebalance::Assign(_) => {}
-        }
-    }
-
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(tpl) = rebalance {
-            self.partitions.assign(tpl);
-        }
-    }
-
-    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
-        let metrics = &self.partitions.metrics;
-        match result {
-            Ok(()) => metrics.record_commit(true),
-            // Nothing new was stored since the last commit: the group is up to
-            // date, which is what "time since the last commit" is about.
-            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {
-                metrics.record_commit(true)
-            }
-            Err(error) => {
-                metrics.record_commit(false);
-                tracing::warn!(error = %error, "Offset commit failed; it is retried with the next commit.");
-            }
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
+// Single ranges of offsets are meant, not vectors of their offsets.
+#[allow(clippy::single_range_in_vec_init)]
+pub(super) mod tests {
     use super::*;
     use crate::config::RateLimitScope;
 
-    fn partitions() -> Partitions {
+    pub(in crate::pipeline) fn partitions() -> Partitions {
         let metrics = Arc::new(Metrics::new());
         let budget = RateBudget::new(100, 100, RateLimitScope::Group, 4, metrics.clone());
         Partitions::new(
@@ -355,7 +415,15 @@ mod tests {
             metrics,
             Arc::new(budget),
             vec!["t".into()],
+            4000,
         )
+    }
+
+    pub(in crate::pipeline) fn ticket(start: Start) -> Ticket {
+        match start {
+            Start::Deliver(ticket) => ticket,
+            other => panic!("expected a ticket, got {other:?}"),
+        }
     }
 
     #[test]
@@ -379,21 +447,30 @@ mod tests {
         let partitions = partitions();
         let p0 = PartitionId::new("t", 0);
         own(&partitions, std::slice::from_ref(&p0));
-        let first = partitions.start(p0.clone(), 10).unwrap();
-        let second = partitions.start(p0.clone(), 11).unwrap();
+        let first = ticket(partitions.start(p0.clone(), 10));
+        let second = ticket(partitions.start(p0.clone(), 11));
         partitions.task_ended(&second, TaskEnd::Finished);
         partitions.task_ended(&first, TaskEnd::Abandoned);
         assert_eq!(partitions.live_tasks(), 0);
-        let positions = partitions.positions();
-        let position = positions.find_partition("t", 0).unwrap().offset();
-        assert_eq!(position, rdkafka::Offset::Offset(10), "10 was abandoned");
+        let points = partitions.commit_list(false);
+        let point = points.find_partition("t", 0).unwrap();
+        assert_eq!(
+            point.offset(),
+            rdkafka::Offset::Offset(10),
+            "10 was abandoned"
+        );
+        let map = CompletionMap::decode(point.metadata(), 10).unwrap();
+        assert_eq!(map.finished, vec![11..12], "11 finished above it");
         assert_eq!(partitions.metrics.tasks_abandoned.get(), 1);
     }
 
     #[test]
     fn messages_of_partitions_not_owned_are_not_started() {
         let partitions = partitions();
-        assert!(partitions.start(PartitionId::new("t", 5), 0).is_none());
+        assert!(matches!(
+            partitions.start(PartitionId::new("t", 5), 0),
+            Start::NotOwned
+        ));
     }
 
     #[test]
@@ -401,8 +478,8 @@ mod tests {
         let partitions = partitions();
         let (p0, p1) = (PartitionId::new("t", 0), PartitionId::new("t", 1));
         own(&partitions, &[p0.clone(), p1.clone()]);
-        let on_p0 = partitions.start(p0.clone(), 4).unwrap();
-        let on_p1 = partitions.start(p1.clone(), 7).unwrap();
+        let on_p0 = ticket(partitions.start(p0.clone(), 4));
+        let on_p1 = ticket(partitions.start(p1.clone(), 7));
         let started = std::time::Instant::now();
         // p0's task never ends: the drain waits its deadline, then gives up.
         let committed = partitions.drain(std::slice::from_ref(&p0));
@@ -428,5 +505,86 @@ mod tests {
         assert_eq!(partitions.live_tasks(), 1, "only p1's task is live");
         partitions.task_ended(&on_p1, TaskEnd::Finished);
         assert_eq!(partitions.live_tasks(), 0);
+    }
+
+    #[test]
+    fn a_revoked_partition_is_remembered_and_resumes_with_what_it_finished() {
+        let partitions = partitions();
+        let p0 = PartitionId::new("t", 0);
+        own(&partitions, std::slice::from_ref(&p0));
+        let tickets: Vec<Ticket> = (20..25)
+            .map(|o| ticket(partitions.start(p0.clone(), o)))
+            .collect();
+        for t in &tickets[1..] {
+            partitions.task_ended(t, TaskEnd::Finished);
+        }
+        // The revoke's commit fails (the group moved on during an outage):
+        // the group still has 10 committed.
+        let (stuck, rest) = tickets.split_first().unwrap();
+        let dropped = std::thread::scope(|scope| {
+            let drain = scope.spawn(|| partitions.drain(std::slice::from_ref(&p0)));
+            std::thread::sleep(Duration::from_millis(20));
+            partitions.task_ended(stuck, TaskEnd::Abandoned);
+            drain.join().unwrap()
+        });
+        assert_eq!(rest.len(), 4);
+        assert_eq!(
+            dropped.find_partition("t", 0).unwrap().offset(),
+            rdkafka::Offset::Offset(20)
+        );
+        let known = partitions.remembered.lock().unwrap().remove(&p0);
+        let map = resume_map(&p0, 10, "", known);
+        assert_eq!(map.base, 10);
+        assert_eq!(map.finished, vec![10..20, 21..25]);
+        let mut tracker = OffsetTracker::resuming(map);
+        let sent: Vec<i64> = (10..26)
+            .filter(|o| tracker.start(*o) == Started::InFlight)
+            .collect();
+        assert_eq!(sent, vec![20, 25], "only the unfinished are sent again");
+    }
+
+    #[test]
+    fn a_foreign_committed_map_is_ignored() {
+        let id = PartitionId::new("t", 0);
+        let map = resume_map(&id, 7, "written by another tool", None);
+        assert_eq!(
+            map,
+            CompletionMap {
+                base: 7,
+                finished: vec![]
+            }
+        );
+        let (text, _) = CompletionMap {
+            base: 7,
+            finished: vec![9..10],
+        }
+        .encode(4000)
+        .unwrap();
+        assert_eq!(resume_map(&id, 7, &text, None).finished, vec![9..10]);
+        // The same map under another committed offset (offsets reset by a tool).
+        assert!(resume_map(&id, 3, &text, None).finished.is_empty());
+    }
+
+    #[test]
+    fn only_changed_partitions_are_committed_until_a_commit_fails() {
+        let partitions = partitions();
+        let (p0, p1) = (PartitionId::new("t", 0), PartitionId::new("t", 1));
+        own(&partitions, &[p0.clone(), p1.clone()]);
+        let t = ticket(partitions.start(p0.clone(), 0));
+        assert_eq!(partitions.commit_list(true).count(), 1, "only p0 changed");
+        assert_eq!(partitions.commit_list(true).count(), 0);
+        partitions.task_ended(&t, TaskEnd::Finished);
+        let list = partitions.commit_list(true);
+        assert_eq!(
+            list.find_partition("t", 0).unwrap().offset(),
+            rdkafka::Offset::Offset(1)
+        );
+        partitions.commit_failed(&list);
+        assert_eq!(partitions.commit_list(true).count(), 1, "sent again");
+        assert_eq!(
+            partitions.commit_list(false).count(),
+            1,
+            "p1 has no position yet"
+        );
     }
 }

@@ -55,6 +55,8 @@ impl Health {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Summary {
     pub consumed: u64,
+    /// Skipped because a completion map says they were finished before.
+    pub already_finished: u64,
     pub delivered: u64,
     pub dead_lettered_invalid_event: u64,
     pub dead_lettered_rejected: u64,
@@ -71,6 +73,7 @@ impl Summary {
         let retried_calls = metrics.calls(CallKind::Retry) + metrics.calls(CallKind::Halt);
         Summary {
             consumed: metrics.events_consumed.get(),
+            already_finished: metrics.events_already_finished.get(),
             delivered: metrics.events_delivered.get(),
             dead_lettered_invalid_event: metrics.dead_lettered(DeadLetterClass::InvalidEvent),
             dead_lettered_rejected: metrics.dead_lettered(DeadLetterClass::Rejected),

@@ -558,6 +558,16 @@ async fn a_crash_redelivers_everything_uncommitted_and_loses_nothing() {
         "nothing is committed before it is accepted"
     );
 
+    // The committed offsets and their completion maps: what the group knows is finished.
+    let known_at_crash = harness
+        .kafka
+        .known_finished(&harness.group, SOURCE, harness.partitions);
+    assert!(known_at_crash >= committed_at_crash);
+    assert!(
+        known_at_crash as usize <= accepted_before,
+        "nothing is claimed finished before it is accepted"
+    );
+
     let restarted = Process::start(&config);
     wait_accepted(&harness.emulator, 500).await;
     wait_committed(&harness, &harness.end_offsets()).await;
@@ -567,12 +577,62 @@ async fn a_crash_redelivers_everything_uncommitted_and_loses_nothing() {
     let (accepted, unique, duplicates) = harness.emulator.gateway().order_counts();
     assert_eq!(unique, 500, "nothing lost");
     let sent_after_restart = accepted - accepted_before;
-    assert!(
-        sent_after_restart as i64 >= 500 - committed_at_crash,
-        "everything from the committed position was sent again: {sent_after_restart} after restart, {committed_at_crash} committed"
+    assert_eq!(
+        sent_after_restart as i64,
+        500 - known_at_crash,
+        "exactly what the group did not know finished is sent again ({committed_at_crash} committed, {known_at_crash} known finished)"
     );
-    println!("crash: accepted {accepted}, unique {unique}, duplicates {duplicates}");
+    println!(
+        "crash: accepted {accepted}, unique {unique}, duplicates {duplicates}, committed {committed_at_crash}, known finished {known_at_crash}"
+    );
     assert!(harness.dead_letters().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stuck_event_does_not_make_a_restart_resend_what_finished_behind_it() {
+    let harness = Harness::new(
+        1,
+        Faults {
+            fail_order_ids: vec!["stuck-0".into()],
+            ..Faults::default()
+        },
+    )
+    .await;
+    harness.produce(&valid_events("stuck", 200)).await;
+    let mut settings = harness.settings();
+    settings.delivery.max_attempts = 1_000;
+    settings.delivery.max_retry_elapsed_ms = Duration::from_secs(600);
+    settings.delivery.shutdown_drain_timeout_ms = Duration::from_millis(500);
+    let running = Running::start(settings.clone()).await;
+    running
+        .wait_for("all but the stuck event", |s| s.delivered == 199)
+        .await;
+    let first = running.stop().await;
+    assert_eq!(
+        first.abandoned, 1,
+        "the stuck event was given up at shutdown"
+    );
+    let (offset, map) = harness
+        .kafka
+        .committed_maps(&harness.group, SOURCE, 1)
+        .remove(&0)
+        .unwrap();
+    assert_eq!(offset, 0, "the stuck event holds the position");
+    assert_eq!(
+        map.expect("a completion map was committed").finished,
+        vec![1..200]
+    );
+
+    harness.emulator.gateway().set_faults(Faults::default());
+    let again = Running::start(settings).await;
+    again
+        .wait_for("the stuck event", |s| s.delivered == 1)
+        .await;
+    wait_committed(&harness, &harness.end_offsets()).await;
+    let second = again.stop().await;
+    assert_eq!(second.already_finished, 199, "{second:?}");
+    assert_eq!(second.consumed, 1);
+    assert_eq!(harness.emulator.gateway().order_counts(), (200, 200, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

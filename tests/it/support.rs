@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use paysync::pipeline::completion::CompletionMap;
 use paysync::tools::emulator::journal::Journal;
 use paysync::tools::emulator::{Emulator, Faults, Gateway, GatewaySettings};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -108,6 +109,20 @@ impl Kafka {
     }
 
     pub fn committed(&self, group: &str, topic: &str, partitions: i32) -> BTreeMap<i32, i64> {
+        self.committed_maps(group, topic, partitions)
+            .into_iter()
+            .map(|(partition, (offset, _))| (partition, offset))
+            .collect()
+    }
+
+    /// The group's committed offset per partition (0 where none) and the
+    /// completion map committed with it, if any.
+    pub fn committed_maps(
+        &self,
+        group: &str,
+        topic: &str,
+        partitions: i32,
+    ) -> BTreeMap<i32, (i64, Option<CompletionMap>)> {
         let mut config = self.client_config();
         config.set("group.id", group);
         let consumer: BaseConsumer = config.create().unwrap();
@@ -122,16 +137,24 @@ impl Kafka {
             .elements()
             .iter()
             .map(|e| {
-                (
-                    e.partition(),
-                    if let Offset::Offset(o) = e.offset() {
-                        o
-                    } else {
-                        0
-                    },
-                )
+                let offset = if let Offset::Offset(o) = e.offset() {
+                    o
+                } else {
+                    0
+                };
+                let map = CompletionMap::decode(e.metadata(), offset).ok();
+                (e.partition(), (offset, map))
             })
             .collect()
+    }
+
+    /// How many offsets of each partition the group knows to be finished:
+    /// those below the committed offset and those its completion map names.
+    pub fn known_finished(&self, group: &str, topic: &str, partitions: i32) -> i64 {
+        self.committed_maps(group, topic, partitions)
+            .values()
+            .map(|(offset, map)| offset + map.as_ref().map_or(0, |m| m.finished_count() as i64))
+            .sum()
     }
 
     pub fn end_offsets(&self, topic: &str, partitions: i32) -> BTreeMap<i32, i64> {

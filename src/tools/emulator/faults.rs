@@ -34,6 +34,9 @@ pub struct Faults {
     pub reject_rate: f64,
     /// Orders with these `order_id`s are always rejected that way.
     pub reject_order_ids: Vec<String>,
+    /// Orders with these `order_id`s are always answered `success=false`
+    /// (a transient failure): their events retry until the fault is lifted.
+    pub fail_order_ids: Vec<String>,
     pub reject_code: String,
     pub reject_message: String,
     /// Answer code 11 (insufficient isv permissions) to every call.
@@ -55,6 +58,7 @@ impl Default for Faults {
             service_failure_rate: 0.0,
             reject_rate: 0.0,
             reject_order_ids: Vec::new(),
+            fail_order_ids: Vec::new(),
             reject_code: "404".to_owned(),
             reject_message: "未找到".to_owned(),
             permission_denied: false,

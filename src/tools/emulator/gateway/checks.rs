@@ -163,7 +163,13 @@ impl Gateway {
                 "远程服务连接错误",
             );
         }
-        if self.draw(faults.service_failure_rate) {
+        let order_id = order
+            .get("order_id")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if faults.fail_order_ids.iter().any(|id| id == order_id)
+            || self.draw(faults.service_failure_rate)
+        {
             return Answer::Result {
                 code: "500".into(),
                 success: false,
@@ -171,10 +177,6 @@ impl Gateway {
                 message: "系统繁忙".into(),
             };
         }
-        let order_id = order
-            .get("order_id")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
         if faults.reject_order_ids.iter().any(|id| id == order_id) || self.draw(faults.reject_rate)
         {
             return Answer::Result {

@@ -1,0 +1,164 @@
+//! Building a pipeline: every check that can fail before anything runs
+//! (configuration, the TOP client, the brokers, the dead-letter topic), the
+//! consumer subscribed to its topics or assigned its replay ranges, and the
+//! parts the main loop shares with the tasks.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::Semaphore;
+
+use super::context::PipelineContext;
+use super::deliver::Deliverer;
+use super::gate::{Gate, GateSettings};
+use super::offsets::OffsetTracker;
+use super::partitions::Partitions;
+use super::rate::{RateBudget, RateLimitScope};
+use super::{Pipeline, Source};
+use crate::config::{ConfigError, Settings, TopClientError};
+use crate::dead_letter::DeadLetterProducer;
+use crate::kafka::{self, PartitionId};
+use crate::metrics::Metrics;
+
+/// How long start-up waits for the dead-letter topic to appear in metadata.
+const DLQ_TOPIC_WAIT: Duration = Duration::from_secs(10);
+
+/// Why a pipeline could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    TopClient(#[from] TopClientError),
+    #[error("cannot create the Kafka consumer: {0}")]
+    CreateConsumer(#[source] KafkaError),
+    #[error("cannot read Kafka metadata (is kafka.bootstrap_servers right?): {0}")]
+    Metadata(#[source] KafkaError),
+    #[error("the dead-letter topic {topic:?} does not exist: create it before starting paysync")]
+    MissingDeadLetterTopic { topic: String },
+    #[error("cannot subscribe to the source topics: {0}")]
+    Subscribe(#[source] KafkaError),
+    #[error("cannot assign the replay range: {0}")]
+    Assign(#[source] KafkaError),
+    #[error("cannot create the dead-letter producer: {0}")]
+    CreateProducer(#[source] KafkaError),
+    #[error("start-up did not complete: {0}")]
+    Interrupted(#[from] tokio::task::JoinError),
+}
+
+impl Pipeline {
+    /// Connects to Kafka, checks the dead-letter topic exists, subscribes (or
+    /// assigns a range). The blocking librdkafka work runs on a blocking thread.
+    pub async fn build(settings: Settings, source: Source) -> Result<Pipeline, StartError> {
+        tokio::task::spawn_blocking(move || Self::build_blocking(settings, source)).await?
+    }
+
+    fn build_blocking(settings: Settings, source: Source) -> Result<Pipeline, StartError> {
+        let kafka = &settings.kafka;
+        let delivery = &settings.delivery;
+        // Checked before anything connects.
+        let rate = NonZeroU32::new(delivery.rate_limit_per_sec)
+            .ok_or_else(|| ConfigError::one("delivery.rate_limit_per_sec", "must be above 0"))?;
+        let burst = NonZeroU32::new(delivery.burst())
+            .ok_or_else(|| ConfigError::one("delivery.rate_limit_burst", "must be above 0"))?;
+        let client = settings.top_client()?;
+        let metrics = Arc::new(Metrics::new());
+        // A replay is its own client with its own rate, not a share of the group's.
+        let scope = match source {
+            Source::Group => delivery.rate_limit_scope,
+            Source::Range(_) => RateLimitScope::Replica,
+        };
+        let budget = Arc::new(RateBudget::new(
+            rate.get(),
+            burst.get(),
+            scope,
+            0,
+            metrics.clone(),
+        ));
+        let partitions = Arc::new(Partitions::new(
+            kafka.revoke_drain_timeout_ms,
+            metrics.clone(),
+            budget.clone(),
+            kafka.topics.clone(),
+            kafka.completion_map_max_bytes,
+        ));
+        let consumer: StreamConsumer<PipelineContext> = kafka::group_consumer(&settings)
+            .create_with_context(PipelineContext {
+                partitions: partitions.clone(),
+            })
+            .map_err(StartError::CreateConsumer)?;
+        if kafka::wait_for_topic(&consumer, &kafka.dlq_topic, DLQ_TOPIC_WAIT)
+            .map_err(StartError::Metadata)?
+            .is_none()
+        {
+            return Err(StartError::MissingDeadLetterTopic {
+                topic: kafka.dlq_topic.clone(),
+            });
+        }
+        let mut ranges_by_partition = HashMap::new();
+        match &source {
+            Source::Group => {
+                let mut total = 0;
+                for topic in &kafka.topics {
+                    total += kafka::topic_partitions(&consumer, topic)
+                        .map_err(StartError::Metadata)?
+                        .map_or(0, |partitions| partitions.len());
+                }
+                budget.set_total(total);
+                let topics: Vec<&str> = kafka.topics.iter().map(String::as_str).collect();
+                consumer.subscribe(&topics).map_err(StartError::Subscribe)?;
+            }
+            Source::Range(ranges) => {
+                // No group membership: the ranges are assigned directly, and
+                // the group only keeps the committed progress (for resuming).
+                let mut tpl = TopicPartitionList::new();
+                for range in ranges {
+                    let id = PartitionId::new(&range.topic, range.partition);
+                    tpl.add_partition_offset(&id.topic, id.partition, Offset::Offset(range.start))
+                        .map_err(StartError::Assign)?;
+                    ranges_by_partition.insert(id, (range.start, range.end));
+                }
+                partitions.own(ranges.iter().map(|range| {
+                    (
+                        PartitionId::new(&range.topic, range.partition),
+                        OffsetTracker::starting_at(range.start),
+                    )
+                }));
+                consumer.assign(&tpl).map_err(StartError::Assign)?;
+            }
+        }
+        let dead_letters = DeadLetterProducer::new(&settings, metrics.clone())
+            .map_err(StartError::CreateProducer)?;
+        let gate = Arc::new(Gate::new(
+            GateSettings {
+                failure_threshold: delivery.breaker_failure_threshold,
+                probe_interval: delivery.breaker_probe_interval_ms,
+                halt_probe_interval: delivery.halt_probe_interval_ms,
+            },
+            partitions.wake.clone(),
+        ));
+        let deliverer = Arc::new(Deliverer {
+            client,
+            classifier: settings.classifier(),
+            gate,
+            budget,
+            calls: Semaphore::new(delivery.max_in_flight),
+            dead_letters,
+            delivery: delivery.clone(),
+            metrics,
+            observer: None,
+        });
+        Ok(Pipeline {
+            consumer,
+            ranges: ranges_by_partition,
+            partitions,
+            deliverer,
+            settings,
+        })
+    }
+}

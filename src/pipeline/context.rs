@@ -1,0 +1,168 @@
+//! The consumer's librdkafka context: the rebalance callbacks hand ownership
+//! changes to [`Partitions`], commit results decide what is committed again
+//! (and whether completion maps still fit the broker), and statistics become
+//! per-partition committed-offset and lag metrics and resize the rate budget
+//! when a subscribed topic gains partitions.
+
+use std::sync::Arc;
+
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, TopicPartitionList};
+
+use super::partitions::Partitions;
+use crate::kafka::PartitionId;
+use crate::labels::RebalanceKind;
+
+/// The consumer's context: rebalance, commit and statistics callbacks.
+pub(super) struct PipelineContext {
+    pub(super) partitions: Arc<Partitions>,
+}
+
+impl ClientContext for PipelineContext {
+    /// librdkafka's statistics (every `kafka.statistics_interval_ms`): the
+    /// committed offset and lag of each owned partition, paused ones included.
+    fn stats(&self, statistics: Statistics) {
+        // Partitions added to a subscribed topic enlarge the divisor of the quota.
+        let known: usize = statistics
+            .topics
+            .iter()
+            .filter(|(name, _)| self.partitions.topics.contains(name))
+            .map(|(_, topic)| topic.partitions.keys().filter(|p| **p >= 0).count())
+            .sum();
+        let budget = &self.partitions.budget;
+        if known > budget.total() {
+            budget.set_total(known);
+        }
+        let partitions = self.partitions.lock();
+        let metrics = &self.partitions.metrics;
+        for (topic_name, topic) in &statistics.topics {
+            for (partition, stats) in &topic.partitions {
+                if *partition < 0
+                    || !partitions.contains_key(&PartitionId::new(topic_name, *partition))
+                {
+                    continue;
+                }
+                let labels = [topic_name.as_str(), &partition.to_string()];
+                if stats.committed_offset >= 0 {
+                    metrics
+                        .partition_committed_offset
+                        .with_label_values(&labels)
+                        .set(stats.committed_offset);
+                }
+                if stats.hi_offset >= 0 {
+                    // Before the first commit the whole partition counts as lag.
+                    let base = if stats.committed_offset >= 0 {
+                        stats.committed_offset
+                    } else {
+                        stats.lo_offset.max(0)
+                    };
+                    metrics
+                        .partition_lag
+                        .with_label_values(&labels)
+                        .set((stats.hi_offset - base).max(0));
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for PipelineContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let kind = match rebalance {
+            Rebalance::Assign(_) => RebalanceKind::Assign,
+            Rebalance::Revoke(_) => RebalanceKind::Revoke,
+            Rebalance::Error(_) => RebalanceKind::Error,
+        };
+        self.partitions.metrics.record_rebalance(kind);
+        match rebalance {
+            Rebalance::Revoke(tpl) => self.partitions.revoke(consumer, tpl),
+            Rebalance::Error(error) => tracing::warn!(error = %error, "Rebalance error."),
+            Rebalance::Assign(_) => {}
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            self.partitions.assign(consumer, tpl);
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        let metrics = &self.partitions.metrics;
+        let too_large = offsets.elements().iter().any(|e| {
+            matches!(
+                e.error(),
+                Err(KafkaError::OffsetFetch(
+                    RDKafkaErrorCode::OffsetMetadataTooLarge
+                )) | Err(KafkaError::ConsumerCommit(
+                    RDKafkaErrorCode::OffsetMetadataTooLarge
+                ))
+            )
+        }) || matches!(
+            result,
+            Err(KafkaError::ConsumerCommit(
+                RDKafkaErrorCode::OffsetMetadataTooLarge
+            ))
+        );
+        if too_large {
+            self.partitions.refuse_maps();
+        }
+        if !matches!(
+            result,
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset))
+        ) {
+            self.partitions.commit_failed(offsets);
+        }
+        match result {
+            Ok(()) => metrics.record_commit(true),
+            // Nothing new was stored since the last commit: the group is up to
+            // date, which is what "time since the last commit" is about.
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {
+                metrics.record_commit(true)
+            }
+            Err(error) => {
+                metrics.record_commit(false);
+                tracing::warn!(error = %error, "Offset commit failed; it is retried with the next commit.");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::partitions::tests::{partitions, ticket};
+    use crate::pipeline::partitions::{Start, TaskEnd};
+
+    #[test]
+    fn a_map_the_broker_finds_too_large_turns_maps_off_and_the_commit_is_sent_again() {
+        let context = PipelineContext {
+            partitions: Arc::new(partitions()),
+        };
+        let partitions = &context.partitions;
+        let p0 = PartitionId::new("t", 0);
+        partitions.own([(p0.clone(), Default::default())]);
+        let first = ticket(partitions.start(p0.clone(), 0));
+        let second = ticket(partitions.start(p0.clone(), 1));
+        partitions.task_ended(&second, TaskEnd::Finished);
+        let list = partitions.commit_list(true);
+        assert!(
+            !list.elements()[0].metadata().is_empty(),
+            "1 is finished above 0"
+        );
+        context.commit_callback(
+            Err(KafkaError::ConsumerCommit(
+                RDKafkaErrorCode::OffsetMetadataTooLarge,
+            )),
+            &list,
+        );
+        assert_eq!(partitions.metrics.commit_failures.get(), 1);
+        let again = partitions.commit_list(true);
+        assert_eq!(again.count(), 1, "the partition is committed again");
+        assert!(again.elements()[0].metadata().is_empty(), "without a map");
+        partitions.task_ended(&first, TaskEnd::Finished);
+        assert!(matches!(partitions.start(p0, 2), Start::Deliver(_)));
+    }
+}
