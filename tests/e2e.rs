@@ -134,9 +134,23 @@ fn kafka_script(command: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_thousand_events_reach_the_api_or_the_dlq_and_offsets_reach_the_end() {
+    bulk("classic").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_bulk_scenario_passes_with_the_kip_848_group_protocol() {
+    bulk("consumer").await;
+}
+
+/// The environment that selects a group protocol.
+fn protocol_env(protocol: &str) -> [(&'static str, &str); 1] {
+    [("PAYSYNC_KAFKA__GROUP_PROTOCOL", protocol)]
+}
+
+async fn bulk(protocol: &str) {
     let _serial = SERIAL.lock().await;
     let scenario = Scenario::new(
-        "bulk",
+        &format!("bulk-{protocol}"),
         Faults {
             reject_order_ids: (0..20).map(|i| format!("bulk-{}", i * 997)).collect(),
             ..Faults::default()
@@ -153,7 +167,10 @@ async fn twenty_thousand_events_reach_the_api_or_the_dlq_and_offsets_reach_the_e
     }
     scenario.kafka.produce(&scenario.topic, &records).await;
     let url = scenario.emulator.url();
-    let process = Process::start(&scenario.config(&url, "max_in_flight = 128"));
+    let process = Process::start_with_env(
+        &scenario.config(&url, "max_in_flight = 128"),
+        &protocol_env(protocol),
+    );
     let rejected: HashSet<String> = (0..20).map(|i| format!("bulk-{}", i * 997)).collect();
     let invalid: HashSet<String> = records
         .iter()
@@ -195,16 +212,22 @@ async fn twenty_thousand_events_reach_the_api_or_the_dlq_and_offsets_reach_the_e
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn repeated_kill_9_under_faults_loses_nothing() {
     let _serial = SERIAL.lock().await;
+    // One order in a hundred is refused by the API: dead letters are written
+    // around the kills too.
+    let rejected: HashSet<String> = (0..120).map(|i| format!("kill9-{}", i * 100)).collect();
     let faults = Faults {
         isp_error_rate: 0.05,
         http_502_rate: 0.02,
         drop_connection_rate: 0.01,
         latency_ms: 2,
+        reject_order_ids: rejected.iter().cloned().collect(),
         ..Faults::default()
     };
     let scenario = Scenario::new("kill9", faults).await;
     let records = valid_events("kill9", 12_000);
     let url = scenario.emulator.url();
+    const MAX_IN_FLIGHT: u64 = 32;
+    const KILLS: u64 = 4;
     let delivery = "max_in_flight = 32\nmax_attempts = 100\nbreaker_failure_threshold = 1000";
     let config = scenario.config(&url, delivery);
     // Events keep flowing while paysync is killed and restarted.
@@ -219,7 +242,7 @@ async fn repeated_kill_9_under_faults_loses_nothing() {
             }
         })
     };
-    for round in 0..4 {
+    for round in 0..KILLS {
         let process = Process::start(&config);
         // Kill it while it delivers: after it made progress, at a random moment.
         let before = scenario.emulator.gateway().order_counts().1;
@@ -233,35 +256,77 @@ async fn repeated_kill_9_under_faults_loses_nothing() {
         );
     }
     producer.await.unwrap();
+    let produced: HashSet<String> = records.iter().map(|r| r.0.clone()).collect();
+    let expected: HashSet<String> = produced.difference(&rejected).cloned().collect();
     let last = Process::start(&config);
-    wait_accepted(&scenario.emulator, records.len()).await;
+    wait_accepted(&scenario.emulator, expected.len()).await;
     scenario.wait_committed_to_end().await;
     last.signal("TERM");
     assert_eq!(last.wait_exit(Duration::from_secs(30)).await, Some(0));
     let delivered = scenario.accepted_ids();
-    let dead: HashSet<usize> = scenario
-        .dead_letters()
-        .iter()
-        .map(|(_, h)| h[header::SOURCE_OFFSET].parse().unwrap())
-        .collect();
-    let produced: HashSet<String> = records.iter().map(|r| r.0.clone()).collect();
+    let mut dead_copies: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for (_, headers) in scenario.dead_letters() {
+        let position = (
+            headers[header::SOURCE_PARTITION].clone(),
+            headers[header::SOURCE_OFFSET].clone(),
+        );
+        *dead_copies.entry(position).or_default() += 1;
+    }
     assert!(
-        produced.is_subset(&delivered),
+        expected.is_subset(&delivered),
         "lost: {:?}",
-        produced.difference(&delivered).take(5).collect::<Vec<_>>()
+        expected.difference(&delivered).take(5).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        dead_copies.len(),
+        rejected.len(),
+        "exactly the refused events are dead-lettered; transient faults never are"
+    );
+    let most_copies = dead_copies.values().max().copied().unwrap_or(0);
+    assert!(
+        most_copies <= 2,
+        "a dead letter was written {most_copies} times"
+    );
+
+    // What a kill can make paysync send again: the calls under way, and
+    // what finished since the last commit (one interval, 100 ms here).
+    let stats = scenario.emulator.gateway().stats();
+    let peak_per_second = stats
+        .accepted_per_second
+        .values()
+        .max()
+        .copied()
+        .unwrap_or(0);
+    let bound_per_kill = MAX_IN_FLIGHT + peak_per_second.div_ceil(10);
+    let duplicates = scenario.emulator.gateway().order_counts().2 as u64;
+    println!(
+        "e2e kill9: {duplicates} duplicate calls over {KILLS} kills ({} per kill; bound per kill {bound_per_kill} = max_in_flight {MAX_IN_FLIGHT} + {} delivered in one 100 ms commit interval at the peak of {peak_per_second}/s); dead letters {} for {} refused events, at most {most_copies} copies of one",
+        duplicates / KILLS,
+        peak_per_second.div_ceil(10),
+        dead_copies.values().sum::<u64>(),
+        rejected.len(),
     );
     assert!(
-        dead.is_empty(),
-        "transient faults must not dead-letter anything"
+        duplicates <= KILLS * bound_per_kill,
+        "{duplicates} duplicate calls exceed {KILLS} × {bound_per_kill}"
     );
     scenario.report(records.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_survivor_of_two_replicas_takes_over_the_partitions_of_the_killed_one() {
+    takeover("classic").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_takeover_scenario_passes_with_the_kip_848_group_protocol() {
+    takeover("consumer").await;
+}
+
+async fn takeover(protocol: &str) {
     let _serial = SERIAL.lock().await;
     let scenario = Scenario::new(
-        "takeover",
+        &format!("takeover-{protocol}"),
         Faults {
             latency_ms: 5,
             ..Faults::default()
@@ -272,8 +337,8 @@ async fn the_survivor_of_two_replicas_takes_over_the_partitions_of_the_killed_on
     scenario.kafka.produce(&scenario.topic, &records).await;
     let url = scenario.emulator.url();
     let config = scenario.config(&url, "max_in_flight = 16");
-    let first = Process::start(&config);
-    let second = Process::start(&config);
+    let first = Process::start_with_env(&config, &protocol_env(protocol));
+    let second = Process::start_with_env(&config, &protocol_env(protocol));
     wait_accepted(&scenario.emulator, 3_000).await;
     first.kill();
     println!(
@@ -308,9 +373,10 @@ async fn paysync_recovers_by_itself_when_the_broker_restarts_mid_stream() {
     wait_accepted(&scenario.emulator, 2_000).await;
     kafka_script("stop");
     let at_stop = scenario.emulator.gateway().order_counts();
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Twice the session timeout (6 s): the consumer loses its assignment.
+    tokio::time::sleep(Duration::from_secs(12)).await;
     kafka_script("start");
-    println!("e2e restart: broker stopped at {at_stop:?} for 5 s and started again");
+    println!("e2e restart: broker stopped at {at_stop:?} for 12 s and started again");
     wait_accepted(&scenario.emulator, records.len()).await;
     scenario.wait_committed_to_end().await;
     process.signal("TERM");
@@ -318,6 +384,14 @@ async fn paysync_recovers_by_itself_when_the_broker_restarts_mid_stream() {
     let produced: HashSet<String> = records.iter().map(|r| r.0.clone()).collect();
     assert_eq!(scenario.accepted_ids(), produced);
     assert!(scenario.dead_letters().is_empty());
+    // What it finished while its commits failed, it remembers: when the
+    // same partitions come back, only calls cut off by the drain repeat.
+    let duplicates = scenario.emulator.gateway().order_counts().2;
+    println!("e2e restart: {duplicates} duplicate calls after an outage longer than the session");
+    assert!(
+        duplicates <= 16,
+        "{duplicates} duplicate calls after the outage (max_in_flight is 16)"
+    );
     scenario.report(records.len());
 }
 
@@ -358,5 +432,209 @@ async fn sigterm_drains_and_commits_so_a_restart_redelivers_nothing() {
         "a restart redelivered accepted events"
     );
     again.kill();
+    scenario.report(records.len());
+}
+
+/// Calls accepted by the emulator during `span`, per second.
+async fn accepted_rate(emulator: &Emulator, span: Duration) -> f64 {
+    let before = emulator.gateway().order_counts().0;
+    tokio::time::sleep(span).await;
+    let after = emulator.gateway().order_counts().0;
+    (after - before) as f64 / span.as_secs_f64()
+}
+
+/// How many partitions a replica owns, from its latest rate-budget log line.
+fn owned_partitions(replica: &Process) -> Option<usize> {
+    let log = replica.log();
+    let line = log.lines().rev().find(|l| l.contains("Rate budget"))?;
+    let owned = line.split("owned=").nth(1)?;
+    owned.split_whitespace().next()?.parse().ok()
+}
+
+/// The partitions a replica was assigned, from its log, in order.
+fn assigned(replica: &Process) -> Vec<String> {
+    replica
+        .log()
+        .lines()
+        .filter(|l| l.contains("Partition assigned."))
+        .filter_map(|l| l.split("partition=").nth(1).map(str::to_owned))
+        .collect()
+}
+
+/// Waits until each replica owns `each` partitions.
+async fn wait_owned(replicas: &[Process], each: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !replicas.iter().all(|r| owned_partitions(r) == Some(each)) {
+        assert!(
+            Instant::now() < deadline,
+            "the partitions were not spread: {:?}",
+            replicas.iter().map(owned_partitions).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn bans(emulator: &Emulator) -> u64 {
+    let stats = emulator.gateway().stats();
+    stats.answers.get("error_7").copied().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_share_one_quota_and_the_survivors_take_over_the_share() {
+    let _serial = SERIAL.lock().await;
+    // The gateway's quota for the app: a bucket of 300 calls refilled at 300/s.
+    const QUOTA: u32 = 300;
+    let scenario = Scenario::new(
+        "quota",
+        Faults {
+            latency_ms: 2,
+            rate_limit: Some(paysync::tools::emulator::RateLimit {
+                calls_per_second: QUOTA,
+                burst: None,
+                ban_seconds: 2,
+            }),
+            ..Faults::default()
+        },
+    )
+    .await;
+    let records = valid_events("quota", 9_000);
+    scenario.kafka.produce(&scenario.topic, &records).await;
+    let url = scenario.emulator.url();
+    let config = scenario.config(&url, "max_in_flight = 32\nrate_limit_burst = 30");
+    let rate = QUOTA.to_string();
+    // Info logs: the replicas say when their share changes.
+    let env = [
+        ("PAYSYNC_DELIVERY__RATE_LIMIT_PER_SEC", rate.as_str()),
+        ("RUST_LOG", "info"),
+    ];
+    let mut replicas: Vec<Process> = (0..3)
+        .map(|_| Process::start_with_env(&config, &env))
+        .collect();
+    wait_owned(&replicas, 2).await;
+    // A moment for the buckets to reach their pace after the rebalance.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let three = accepted_rate(&scenario.emulator, Duration::from_secs(5)).await;
+    let bans_with_three = bans(&scenario.emulator);
+    replicas.remove(0).kill();
+    // The killed replica's partitions move after the session timeout (6 s).
+    wait_owned(&replicas, 3).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let two = accepted_rate(&scenario.emulator, Duration::from_secs(5)).await;
+    let total_bans = bans(&scenario.emulator);
+    println!(
+        "e2e quota: quota {QUOTA}/s; 3 replicas {three:.0} calls/s, then 2 survivors {two:.0} calls/s; code-7 answers {bans_with_three} with three, {total_bans} in all"
+    );
+    for survivor in replicas {
+        survivor.signal("TERM");
+        assert_eq!(survivor.wait_exit(Duration::from_secs(30)).await, Some(0));
+    }
+    assert_eq!(total_bans, 0, "the group stayed within its quota");
+    let floor = 0.9 * f64::from(QUOTA);
+    assert!(three >= floor, "3 replicas delivered {three:.0}/s");
+    assert!(two >= floor, "2 survivors delivered {two:.0}/s");
+    let (accepted, unique, _) = scenario.emulator.gateway().order_counts();
+    assert!(accepted >= unique && unique > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rolling_restart_with_static_membership_sends_nothing_twice() {
+    let _serial = SERIAL.lock().await;
+    let scenario = Scenario::new(
+        "rolling",
+        Faults {
+            latency_ms: 5,
+            ..Faults::default()
+        },
+    )
+    .await;
+    let records = valid_events("rolling", 9_000);
+    let url = scenario.emulator.url();
+    let config = scenario.config(&url, "max_in_flight = 16");
+    let ids = ["paysync-0", "paysync-1", "paysync-2"];
+    // Info logs: the replicas say which partitions they are assigned.
+    let start = |id: &str| {
+        Process::start_with_env(
+            &config,
+            &[
+                ("PAYSYNC_KAFKA__GROUP_INSTANCE_ID", id),
+                ("RUST_LOG", "info"),
+            ],
+        )
+    };
+    let mut replicas: Vec<Process> = ids.iter().map(|id| start(id)).collect();
+    wait_owned(&replicas, 2).await;
+    scenario
+        .kafka
+        .produce(&scenario.topic, &records[..1_000])
+        .await;
+    wait_accepted(&scenario.emulator, 1_000).await;
+    // Events keep flowing while each replica is restarted in turn.
+    let producer = {
+        let kafka = scenario.kafka.clone();
+        let topic = scenario.topic.clone();
+        let rest = records[1_000..].to_vec();
+        tokio::spawn(async move {
+            for chunk in rest.chunks(100) {
+                kafka.produce(&topic, chunk).await;
+                tokio::time::sleep(Duration::from_millis(80)).await;
+            }
+        })
+    };
+    let mut longest_restart = Duration::ZERO;
+    for (index, id) in ids.iter().enumerate() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let began = Instant::now();
+        let old = replicas.remove(index);
+        let before: Vec<Vec<String>> = replicas.iter().map(assigned).collect();
+        let mut owned = assigned(&old);
+        old.signal("TERM");
+        assert_eq!(old.wait_exit(Duration::from_secs(30)).await, Some(0));
+        let new = start(id);
+        // The restart ends when the replica has its partitions back.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while assigned(&new).len() < 2 {
+            assert!(Instant::now() < deadline, "{id} got no partitions back");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        longest_restart = longest_restart.max(began.elapsed());
+        let mut back = assigned(&new);
+        owned.sort();
+        back.sort();
+        assert_eq!(back, owned, "{id} came back to its own partitions");
+        let after: Vec<Vec<String>> = replicas.iter().map(assigned).collect();
+        assert_eq!(before, after, "the other replicas saw no rebalance");
+        replicas.insert(index, new);
+    }
+    producer.await.unwrap();
+    wait_accepted(&scenario.emulator, records.len()).await;
+    scenario.wait_committed_to_end().await;
+    for replica in replicas {
+        replica.signal("TERM");
+        assert_eq!(replica.wait_exit(Duration::from_secs(30)).await, Some(0));
+    }
+    let mut accepted_at: Vec<chrono::DateTime<chrono::FixedOffset>> = scenario
+        .emulator
+        .gateway()
+        .orders()
+        .iter()
+        .map(|o| chrono::DateTime::parse_from_rfc3339(&o.received_at).unwrap())
+        .collect();
+    accepted_at.sort();
+    let longest_gap = accepted_at
+        .windows(2)
+        .map(|w| (w[1] - w[0]).to_std().unwrap_or_default())
+        .max()
+        .unwrap_or_default();
+    let (accepted, unique, duplicates) = scenario.emulator.gateway().order_counts();
+    println!(
+        "e2e rolling: 3 static members restarted one at a time; accepted {accepted}, distinct {unique}, duplicates {duplicates}; longest pause in deliveries {longest_gap:?}, longest restart {longest_restart:?}"
+    );
+    let produced: HashSet<String> = records.iter().map(|r| r.0.clone()).collect();
+    assert_eq!(scenario.accepted_ids(), produced, "nothing lost");
+    assert_eq!(duplicates, 0, "a restart sent finished events again");
+    assert!(
+        longest_gap < longest_restart,
+        "deliveries stopped for {longest_gap:?}, longer than one restart ({longest_restart:?})"
+    );
     scenario.report(records.len());
 }

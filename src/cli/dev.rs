@@ -116,6 +116,7 @@ pub(super) async fn emulator(args: EmulatorArgs) -> ExitCode {
     if let Some(calls_per_second) = args.rate_limit {
         faults.rate_limit = Some(RateLimit {
             calls_per_second,
+            burst: None,
             ban_seconds: args.ban_seconds,
         });
     }

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, TopicPartitionList};
@@ -85,6 +85,13 @@ impl ConsumerContext for PipelineContext {
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
+            // librdkafka keeps a partition's pause across ownerships: one
+            // paused by the window when it was revoked (or lost) would stay
+            // paused forever when it comes back. A new ownership starts
+            // unpaused, in librdkafka as in `Partitions`.
+            if let Err(error) = consumer.resume(tpl) {
+                tracing::warn!(error = %error, "Resuming newly assigned partitions failed.");
+            }
             self.partitions.assign(consumer, tpl);
         }
     }

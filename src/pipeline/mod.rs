@@ -69,19 +69,6 @@ use window::Window;
 /// How long the final commit is tried again while the coordinator is away.
 const SHUTDOWN_COMMIT_PATIENCE: Duration = Duration::from_secs(10);
 
-/// When the main loop commits: every `kafka.commit_interval_ms`, and at the
-/// next tick after the window drains (so an idle group is up to date at once).
-struct CommitSchedule {
-    interval: Duration,
-    last: Instant,
-}
-
-impl CommitSchedule {
-    fn due(&self, now: Instant, window_empty: bool) -> bool {
-        window_empty || now.duration_since(self.last) >= self.interval
-    }
-}
-
 /// Where a pipeline's messages come from.
 #[derive(Debug, Clone)]
 pub enum Source {
@@ -146,10 +133,10 @@ impl Pipeline {
         let wake = self.partitions.wake.clone();
         let delivery = &self.settings.delivery;
         let mut window = Window::new(delivery.partition_window, delivery.global_window);
-        let mut commits = CommitSchedule {
-            interval: self.settings.kafka.commit_interval_ms,
-            last: Instant::now(),
-        };
+        // Commits every interval, and at the next tick after the window
+        // drains (so an idle group is up to date at once).
+        let mut commit_tick = tokio::time::interval(self.settings.kafka.commit_interval_ms);
+        commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.refresh_gauges();
         loop {
             let may_poll = self.apply_window(&mut window);
@@ -162,12 +149,10 @@ impl Pipeline {
                 biased;
                 _ = &mut shutdown => break,
                 _ = wake.notified() => {}
+                _ = commit_tick.tick() => self.commit_changed(),
                 _ = tick.tick() => {
                     orders.prune();
-                    let in_flight = self.refresh_gauges();
-                    let now = Instant::now();
-                    if commits.due(now, in_flight == 0) {
-                        commits.last = now;
+                    if self.refresh_gauges() == 0 {
                         self.commit_changed();
                     }
                 }
@@ -273,6 +258,9 @@ impl Pipeline {
     fn commit_changed(&self) {
         let list = self.partitions.commit_list(true);
         if list.count() == 0 {
+            // Nothing changed since the last commit: the group is up to date,
+            // which is what "time since the last commit" watches.
+            self.partitions.metrics.record_commit(true);
             return;
         }
         if let Err(error) = self.consumer.commit(&list, CommitMode::Async) {

@@ -238,6 +238,7 @@ async fn a_code_7_ban_pauses_every_call_for_the_announced_time() {
     let faults = Faults {
         rate_limit: Some(RateLimit {
             calls_per_second: 30,
+            burst: None,
             ban_seconds: 2,
         }),
         ..Faults::default()
@@ -633,6 +634,45 @@ async fn a_stuck_event_does_not_make_a_restart_resend_what_finished_behind_it() 
     assert_eq!(second.already_finished, 199, "{second:?}");
     assert_eq!(second.consumed, 1);
     assert_eq!(harness.emulator.gateway().order_counts(), (200, 200, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partition_paused_when_its_assignment_was_lost_flows_again_when_it_comes_back() {
+    // Slow calls and a window of 4: the partition fills its window and is paused.
+    let harness = Harness::new(
+        1,
+        Faults {
+            latency_ms: 5_000,
+            ..Faults::default()
+        },
+    )
+    .await;
+    harness.produce(&valid_events("lost", 40)).await;
+    let mut settings = harness.settings();
+    settings.delivery.partition_window = 4;
+    settings.delivery.max_in_flight = 4;
+    settings.kafka.revoke_drain_timeout_ms = Duration::from_millis(500);
+    settings.top.request_timeout_ms = Duration::from_millis(10_000);
+    let running = Running::start(settings).await;
+    running
+        .wait_for("the window to fill", |s| s.consumed >= 4)
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The coordinator forgets the member: the assignment is lost, and the
+    // same partition comes back to the same consumer.
+    harness.cluster.request_errors(
+        rdkafka::types::RDKafkaApiKey::Heartbeat,
+        &[rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID],
+    );
+    running
+        .wait_for("the assignment lost and given back", |s| s.rebalances >= 3)
+        .await;
+    harness.emulator.gateway().set_faults(Faults::default());
+    running.wait_for("every event", |s| s.delivered >= 40).await;
+    wait_committed(&harness, &harness.end_offsets()).await;
+    running.stop().await;
+    let distinct: HashSet<String> = harness.accepted_order_ids().into_iter().collect();
+    assert_eq!(distinct.len(), 40, "every event reached the API");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -314,6 +314,7 @@ async fn flow_control_bans_with_the_announced_time() {
     let faults = Faults {
         rate_limit: Some(RateLimit {
             calls_per_second: 3,
+            burst: None,
             ban_seconds: 5,
         }),
         ..Faults::default()

@@ -277,7 +277,8 @@ impl Process {
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_paysync"))
             .args(["run", "--config", path.to_str().unwrap()])
             .env("PAYSYNC_TOP__APP_SECRET", SECRET)
-            .env("RUST_LOG", "warn")
+            // Info from paysync itself: start-up (the admin address) and assignments.
+            .env("RUST_LOG", "warn,paysync=info")
             .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(log)
@@ -286,9 +287,19 @@ impl Process {
         Process { child, _dir: dir }
     }
 
-    /// Everything the process wrote to stderr so far.
+    /// Everything the process wrote to stderr so far, without colour codes.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self._dir.path().join("paysync.log")).unwrap_or_default()
+        let log = std::fs::read_to_string(self._dir.path().join("paysync.log")).unwrap_or_default();
+        let mut plain = String::with_capacity(log.len());
+        let mut chars = log.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                chars.by_ref().find(|c| *c == 'm');
+            } else {
+                plain.push(c);
+            }
+        }
+        plain
     }
 
     pub fn signal(&self, name: &str) {
@@ -320,15 +331,56 @@ impl Process {
     }
 }
 
+/// The pipeline's own figures, read from the admin server whose address a
+/// process logs at start (for a failing test's report).
+fn pipeline_figures(log: &str) -> Vec<String> {
+    use std::io::{Read, Write};
+    let Some(address) = log
+        .split("admin=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(|a| a.trim_matches(|c: char| !c.is_ascii_digit() && c != '.' && c != ':'))
+    else {
+        return Vec::new();
+    };
+    let Ok(mut stream) = std::net::TcpStream::connect(address) else {
+        return Vec::new();
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = write!(stream, "GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n");
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.contains("_bucket"))
+        .filter(|l| {
+            [
+                "consumed",
+                "already",
+                "window",
+                "paused",
+                "assigned",
+                "delivered",
+                "abandoned",
+                "rebalances",
+                "commit",
+            ]
+            .iter()
+            .any(|name| l.contains(name))
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
 impl Drop for Process {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // A failing test shows what paysync said.
+        // A failing test shows what paysync said and where it stood.
         if std::thread::panicking() {
-            let log =
-                std::fs::read_to_string(self._dir.path().join("paysync.log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            let log = self.log();
+            eprintln!("--- paysync (pid {}) figures ---", self.child.id());
+            for line in pipeline_figures(&log) {
+                eprintln!("{line}");
+            }
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
             eprintln!(
                 "--- paysync (pid {}) stderr, last lines ---",
                 self.child.id()
@@ -337,6 +389,8 @@ impl Drop for Process {
                 eprintln!("{line}");
             }
         }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

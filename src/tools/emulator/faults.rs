@@ -67,13 +67,25 @@ impl Default for Faults {
     }
 }
 
-/// Per-app flow control, as the gateway's `accesscontrol` does it.
+/// Per-app flow control, as the gateway's `accesscontrol` does it: a token
+/// bucket per app key (docs/top-protocol.md, the emulator checklist).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
+    /// The bucket's refill rate.
     pub calls_per_second: u32,
-    /// How long a ban lasts once the limit is passed.
+    /// The bucket's size: calls allowed at once after a quiet spell
+    /// (default: one second's worth).
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// How long a ban lasts once the bucket is empty.
     pub ban_seconds: u64,
+}
+
+impl RateLimit {
+    fn capacity(&self) -> f64 {
+        f64::from(self.burst.unwrap_or(self.calls_per_second))
+    }
 }
 
 impl Faults {
@@ -109,18 +121,18 @@ impl Faults {
     }
 }
 
-/// One app's flow-control window and ban.
-#[derive(Debug, Default)]
-struct AppWindow {
-    window_start: Option<Instant>,
-    calls_in_window: u32,
+/// One app's bucket and ban.
+#[derive(Debug)]
+struct AppBucket {
+    tokens: f64,
+    refilled: Instant,
     banned_until: Option<Instant>,
 }
 
 /// Flow-control state for every app.
 #[derive(Debug, Default)]
 pub struct FlowControl {
-    apps: HashMap<String, AppWindow>,
+    apps: HashMap<String, AppBucket>,
 }
 
 impl FlowControl {
@@ -131,27 +143,33 @@ impl FlowControl {
         limit: &RateLimit,
         now: Instant,
     ) -> Result<(), Duration> {
-        let app = self.apps.entry(app_key.to_owned()).or_default();
+        let capacity = limit.capacity();
+        let app = self
+            .apps
+            .entry(app_key.to_owned())
+            .or_insert_with(|| AppBucket {
+                tokens: capacity,
+                refilled: now,
+                banned_until: None,
+            });
         if let Some(until) = app.banned_until {
             if now < until {
                 return Err(until - now);
             }
+            // A ban ends with a full bucket.
             app.banned_until = None;
-            app.window_start = None;
+            app.tokens = capacity;
+            app.refilled = now;
         }
-        let window_is_current = app
-            .window_start
-            .is_some_and(|start| now.duration_since(start) < Duration::from_secs(1));
-        if !window_is_current {
-            app.window_start = Some(now);
-            app.calls_in_window = 0;
-        }
-        app.calls_in_window += 1;
-        if app.calls_in_window > limit.calls_per_second {
+        let elapsed = now.saturating_duration_since(app.refilled).as_secs_f64();
+        app.tokens = (app.tokens + elapsed * f64::from(limit.calls_per_second)).min(capacity);
+        app.refilled = now;
+        if app.tokens < 1.0 {
             let ban = Duration::from_secs(limit.ban_seconds);
             app.banned_until = Some(now + ban);
             return Err(ban);
         }
+        app.tokens -= 1.0;
         Ok(())
     }
 }
@@ -168,6 +186,7 @@ mod tests {
             faults.rate_limit,
             Some(RateLimit {
                 calls_per_second: 10,
+                burst: None,
                 ban_seconds: 2
             })
         );
@@ -183,6 +202,7 @@ mod tests {
     fn passing_the_limit_starts_a_ban_that_ends() {
         let limit = RateLimit {
             calls_per_second: 2,
+            burst: None,
             ban_seconds: 3,
         };
         let mut flow = FlowControl::default();
@@ -197,5 +217,26 @@ mod tests {
             Err(Duration::from_secs(2))
         );
         assert!(flow.admit("a", &limit, t0 + Duration::from_secs(3)).is_ok());
+    }
+
+    #[test]
+    fn the_bucket_refills_at_the_rate_and_holds_its_burst() {
+        let limit = RateLimit {
+            calls_per_second: 10,
+            burst: Some(3),
+            ban_seconds: 1,
+        };
+        let mut flow = FlowControl::default();
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert!(flow.admit("a", &limit, t0).is_ok(), "the burst at once");
+        }
+        // Then one call per 100 ms, for as long as it lasts.
+        for i in 1..=50 {
+            let at = t0 + Duration::from_millis(100 * i);
+            assert!(flow.admit("a", &limit, at).is_ok(), "call {i} at the rate");
+        }
+        let at = t0 + Duration::from_millis(5_000);
+        assert!(flow.admit("a", &limit, at).is_err(), "faster than the rate");
     }
 }
