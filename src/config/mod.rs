@@ -290,6 +290,11 @@ pub struct TopSettings {
     pub connect_timeout_ms: Duration,
     #[serde(deserialize_with = "millis")]
     pub request_timeout_ms: Duration,
+    /// Requests larger than this (query string and body, in bytes) are not
+    /// sent: the event is dead-lettered as `request_too_large`. 0: no limit
+    /// (the gateway's limit is not documented; its HTTP 413 answer
+    /// dead-letters the event the same way).
+    pub max_request_bytes: usize,
 }
 
 /// The production gateway over HTTPS (`docs/top-protocol.md` §6).
@@ -313,6 +318,7 @@ impl Default for TopSettings {
             // Kafka offset back, and a retry is cheap.
             connect_timeout_ms: Duration::from_millis(5_000),
             request_timeout_ms: Duration::from_millis(10_000),
+            max_request_bytes: 0,
         }
     }
 }
@@ -433,11 +439,11 @@ impl Settings {
     pub fn top_client(&self) -> Result<TopClient, TopClientError> {
         let url = Url::parse(&self.top.gateway_url)
             .map_err(|e| ConfigError::one("top.gateway_url", format!("is not a URL: {e}")))?;
-        Ok(TopClient::new(
-            url,
-            self.request_profile()?,
-            self.timeouts(),
-        )?)
+        let limit = (self.top.max_request_bytes > 0).then_some(self.top.max_request_bytes);
+        Ok(
+            TopClient::new(url, self.request_profile()?, self.timeouts())?
+                .with_max_request_bytes(limit),
+        )
     }
 }
 

@@ -168,6 +168,11 @@ impl Failure {
                 self.message = format!("HTTP {status}: {reason}")
             }
             Outcome::Timeout => self.message = "timed out".to_owned(),
+            Outcome::TooLarge { bytes, limit } => {
+                self.message = format!(
+                    "not sent: the request is {bytes} bytes, top.max_request_bytes is {limit}"
+                )
+            }
             Outcome::Connect { reason } | Outcome::Transport { reason } => {
                 self.message = reason.clone()
             }

@@ -70,6 +70,9 @@ pub enum RejectCause {
     BusinessRejected,
     /// A remote error paysync has no row for, while configured to dead-letter those.
     UnknownError,
+    /// HTTP 413/414, or larger than `top.max_request_bytes`: this event's
+    /// request is too large for the gateway; other events are not.
+    RequestTooLarge,
 }
 
 /// Why delivery must stop until the configuration is fixed.
@@ -87,7 +90,7 @@ pub enum HaltCause {
     Clock,
     /// 9, 20–23, 32–34, 45, 47, or a 40 naming a system parameter: a client bug.
     Protocol,
-    /// A 4xx status other than 400/408/429: wrong gateway URL or a proxy in the way.
+    /// A 4xx status other than 400/408/413/414/429: wrong gateway URL or a proxy in the way.
     Endpoint,
 }
 
@@ -108,6 +111,7 @@ label_names!(RejectCause {
     InvalidArguments => "invalid_arguments",
     BusinessRejected => "business_rejected",
     UnknownError => "unknown_error",
+    RequestTooLarge => "request_too_large",
 });
 
 label_names!(HaltCause {
@@ -178,6 +182,11 @@ impl Classifier {
                 status,
                 retry_after,
             } => match status {
+                // Too large depends on this request's content: the event's
+                // problem, not the configuration's (every other event fits).
+                413 | 414 => DeadLetter {
+                    cause: RejectCause::RequestTooLarge,
+                },
                 408 | 429 | 500..=599 => Retry {
                     cause: RetryCause::HttpStatus,
                     wait: *retry_after,
@@ -208,6 +217,9 @@ impl Classifier {
             Outcome::Transport { .. } => Retry {
                 cause: RetryCause::Transport,
                 wait: None,
+            },
+            Outcome::TooLarge { .. } => DeadLetter {
+                cause: RejectCause::RequestTooLarge,
             },
         }
     }
@@ -770,6 +782,18 @@ mod tests {
             );
         }
         assert_eq!(classify(&status(302, None)), retry(RetryCause::HttpStatus));
+        // Too large is one request's problem: dead-letter it, never halt.
+        let too_large = DeadLetter {
+            cause: RejectCause::RequestTooLarge,
+        };
+        for code in [413, 414] {
+            assert_eq!(classify(&status(code, None)), too_large, "{code}");
+        }
+        let not_sent = Outcome::TooLarge {
+            bytes: 5_000,
+            limit: 4_096,
+        };
+        assert_eq!(classify(&not_sent), too_large);
         // A 400 whose body is a gateway answer is classified by that answer.
         let answered = Outcome::Answered {
             status: 400,

@@ -48,6 +48,7 @@ pub struct TopClient {
     http: reqwest::Client,
     endpoint: Url,
     profile: RequestProfile,
+    max_request_bytes: Option<usize>,
 }
 
 /// The client could not be built.
@@ -72,7 +73,15 @@ impl TopClient {
             http,
             endpoint,
             profile,
+            max_request_bytes: None,
         })
+    }
+
+    /// Refuses (without sending) requests larger than `limit` bytes (query
+    /// string and body): the gateway's own limit, where it is known.
+    pub fn with_max_request_bytes(mut self, limit: Option<usize>) -> TopClient {
+        self.max_request_bytes = limit;
+        self
     }
 
     pub fn endpoint(&self) -> &Url {
@@ -103,8 +112,16 @@ impl TopClient {
     }
 
     async fn exchange(&self, request: &SignedRequest) -> (Outcome, Option<String>, Option<String>) {
+        let query = request.query_string();
+        let body = request.body_string();
+        if let Some(limit) = self.max_request_bytes
+            && query.len() + body.len() > limit
+        {
+            let bytes = query.len() + body.len();
+            return (Outcome::TooLarge { bytes, limit }, None, None);
+        }
         let mut url = self.endpoint.clone();
-        url.set_query(Some(&request.query_string()));
+        url.set_query(Some(&query));
         let sent = self
             .http
             .post(url)
@@ -112,7 +129,7 @@ impl TopClient {
                 CONTENT_TYPE,
                 HeaderValue::from_static("application/x-www-form-urlencoded;charset=UTF-8"),
             )
-            .body(request.body_string())
+            .body(body)
             .send()
             .await;
         let response = match sent {

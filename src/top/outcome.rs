@@ -24,4 +24,6 @@ pub enum Outcome {
     Connect { reason: String },
     /// The connection broke while sending or reading.
     Transport { reason: String },
+    /// Not sent: the request is larger than `top.max_request_bytes`.
+    TooLarge { bytes: usize, limit: usize },
 }

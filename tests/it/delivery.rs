@@ -675,6 +675,71 @@ async fn a_partition_paused_when_its_assignment_was_lost_flows_again_when_it_com
     assert_eq!(distinct.len(), 40, "every event reached the API");
 }
 
+/// A valid event whose identifiers are long: its request is larger than most.
+fn large_event(order_id: &str) -> Vec<u8> {
+    let long = "x".repeat(120);
+    format!(
+        r#"{{"car_no":"浙A888888","order_id":"{order_id}","park_id":"p-{long}","pay_order_id":"po-{long}","pay_method":"WX","pay_time":"2020-10-10 20:00:00","order_type":1,"pay_fee":1000}}"#
+    )
+    .into_bytes()
+}
+
+/// 300 ordinary events and one too large for the gateway; `top` is extra settings.
+async fn one_event_too_large(gateway_limit: Option<usize>, sender_limit: usize) -> Harness {
+    let harness = Harness::new(
+        3,
+        Faults {
+            max_request_bytes: gateway_limit,
+            ..Faults::default()
+        },
+    )
+    .await;
+    let mut records = valid_events("size", 300);
+    records.insert(150, ("size-big".into(), large_event("size-big")));
+    harness.produce(&records).await;
+    let mut settings = harness.settings();
+    settings.top.max_request_bytes = sender_limit;
+    let running = Running::start(settings).await;
+    running
+        .wait_for("every event settled", |s| {
+            s.delivered + s.dead_lettered() == 301
+        })
+        .await;
+    wait_committed(&harness, &harness.end_offsets()).await;
+    let summary = running.stop().await;
+    assert_eq!(summary.delivered, 300, "{summary:?}");
+    assert_eq!(summary.dead_lettered_rejected, 1, "{summary:?}");
+    let dead = harness.dead_letters();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].1[header::CLASS], "rejected");
+    assert_eq!(dead[0].1[header::REASON], "request_too_large");
+    assert!(
+        !harness
+            .accepted_order_ids()
+            .contains(&"size-big".to_owned())
+    );
+    harness
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_event_the_gateway_finds_too_large_is_dead_lettered_and_nothing_halts() {
+    let harness = one_event_too_large(Some(700), 0).await;
+    let answers = harness.emulator.gateway().stats().answers;
+    assert_eq!(answers.get("http_413"), Some(&1), "one 413, never retried");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_event_over_the_configured_request_size_is_dead_lettered_without_a_call() {
+    let harness = one_event_too_large(None, 700).await;
+    assert_eq!(
+        harness.emulator.gateway().stats().received,
+        300,
+        "the large event was never sent"
+    );
+    let dead = harness.dead_letters();
+    assert!(dead[0].1[header::MESSAGE].contains("top.max_request_bytes"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_second_signal_exits_at_once_without_committing_unfinished_work() {
     // Calls that take 30 s keep the first signal's drain waiting.

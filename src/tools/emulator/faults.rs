@@ -18,6 +18,8 @@ pub struct Faults {
     pub latency_ms: u64,
     /// Uniform extra latency in [0, latency_jitter_ms].
     pub latency_jitter_ms: u64,
+    /// Answer HTTP 413 to requests (query string and body) larger than this.
+    pub max_request_bytes: Option<usize>,
     /// Answer HTTP 502 with an HTML body, as a proxy in front of a dead backend does.
     pub http_502_rate: f64,
     /// Answer HTTP 503 with `Retry-After: 1`.
@@ -59,6 +61,7 @@ impl Default for Faults {
             reject_rate: 0.0,
             reject_order_ids: Vec::new(),
             fail_order_ids: Vec::new(),
+            max_request_bytes: None,
             reject_code: "404".to_owned(),
             reject_message: "未找到".to_owned(),
             permission_denied: false,

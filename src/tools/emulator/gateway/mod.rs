@@ -68,7 +68,7 @@ pub struct Stats {
     pub accepted: u64,
     pub duplicates: u64,
     /// Answers by kind: `accepted`, `rejected`, `service_failure`, `error_<code>`,
-    /// `http_502`, `http_503`, `dropped`.
+    /// `http_413`, `http_502`, `http_503`, `dropped`.
     pub answers: HashMap<String, u64>,
     /// Accepted orders per wall-clock second (unix seconds), the last hour.
     pub accepted_per_second: BTreeMap<i64, u64>,
@@ -210,6 +210,16 @@ impl Gateway {
         if self.draw(faults.drop_connection_rate) {
             self.count("dropped".into());
             return Reply::Drop;
+        }
+        let size = request.body.len() + request.query.as_ref().map_or(0, String::len);
+        if faults.max_request_bytes.is_some_and(|limit| size > limit) {
+            self.count("http_413".into());
+            return Reply::Http {
+                status: 413,
+                content_type: "text/html",
+                retry_after: None,
+                body: "<html><body><h1>413 Request Entity Too Large</h1></body></html>".into(),
+            };
         }
         if self.draw(faults.http_502_rate) {
             self.count("http_502".into());
