@@ -263,7 +263,7 @@ fn plan(
         .context("cannot create a Kafka client")?;
     let ranges = resolve(settings, request, &consumer)?;
     let checked = if request.dry_run {
-        Some(dry_run(&consumer, &ranges, settings.event.max_bytes)?)
+        Some(dry_run(&consumer, &ranges, &settings.event.limits())?)
     } else {
         None
     };
@@ -274,7 +274,7 @@ fn plan(
 fn dry_run(
     consumer: &BaseConsumer,
     ranges: &[OffsetRange],
-    max_bytes: usize,
+    limits: &event::Limits,
 ) -> anyhow::Result<Checked> {
     let mut tpl = TopicPartitionList::new();
     let mut remaining = 0;
@@ -302,7 +302,7 @@ fn dry_run(
         if message.offset() >= range.end {
             continue;
         }
-        match event::decode(message.payload(), max_bytes) {
+        match event::decode(message.payload(), limits) {
             Ok(_) => valid += 1,
             Err(error) => {
                 invalid += 1;

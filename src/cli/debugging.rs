@@ -92,7 +92,7 @@ pub(super) async fn call(args: CallArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let event = match event::decode(Some(&bytes), settings.event.max_bytes) {
+    let event = match event::decode(Some(&bytes), &settings.event.limits()) {
         Ok(event) => event,
         Err(invalid) => {
             eprintln!("paysync call: invalid event:");

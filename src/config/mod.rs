@@ -25,7 +25,7 @@ pub use load::{ENV_PREFIX, ENV_SEPARATOR};
 use validate::read_secret_file;
 pub use validate::{ConfigError, ConfigProblem};
 
-use crate::event::DEFAULT_MAX_EVENT_BYTES;
+use crate::event::{DEFAULT_MAX_EVENT_BYTES, FieldLengths, Limits};
 use crate::top::classify::{Classifier, UnknownErrorPolicy};
 use crate::top::client::{ClientBuildError, Timeouts, TopClient};
 use crate::top::request::{RequestProfile, ResponseFormat};
@@ -351,12 +351,24 @@ impl Default for AdminSettings {
 pub struct EventSettings {
     /// Larger message values are dead-lettered as invalid without parsing.
     pub max_bytes: usize,
+    /// The most characters each text field may hold (`[event.max_chars]`).
+    pub max_chars: FieldLengths,
 }
 
 impl Default for EventSettings {
     fn default() -> Self {
         EventSettings {
             max_bytes: DEFAULT_MAX_EVENT_BYTES,
+            max_chars: FieldLengths::default(),
+        }
+    }
+}
+
+impl EventSettings {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_bytes: self.max_bytes,
+            max_chars: self.max_chars,
         }
     }
 }

@@ -248,7 +248,7 @@ pub async fn redrive(
                         let client = client.as_ref().expect("built for the API target");
                         let outcome = match event::decode(
                             record.original.value.as_deref(),
-                            settings.event.max_bytes,
+                            &settings.event.limits(),
                         ) {
                             Ok(event) => {
                                 let call = client.send(&dto_json(&event)).await;

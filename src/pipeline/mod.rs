@@ -187,7 +187,7 @@ impl Pipeline {
         let source = SourceRecord::of(message);
         let event = event::decode(
             source.payload.value.as_deref(),
-            self.settings.event.max_bytes,
+            &self.settings.event.limits(),
         );
         let order_id = event.as_ref().ok().map(|e| e.order_id.as_str());
         let span = tracing::info_span!(

@@ -77,7 +77,15 @@ fn leaves_import_nothing_and_the_domain_only_the_clock() {
     for leaf in ["labels.rs", "gmt8.rs", "backoff.rs", "shutdown.rs"] {
         assert_eq!(crate_modules(&source(leaf)), Vec::<String>::new(), "{leaf}");
     }
-    assert_eq!(crate_modules(&source("event.rs")), ["gmt8"]);
+    for (path, code) in sources(&src().join("event")) {
+        let modules = crate_modules(&code);
+        assert!(
+            modules.iter().all(|m| m == "gmt8"),
+            "{} imports {modules:?}",
+            path.display()
+        );
+    }
+    assert_eq!(crate_modules(&source("event/mod.rs")), ["gmt8"]);
 }
 
 #[test]

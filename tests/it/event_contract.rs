@@ -8,8 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
-use paysync::event::{self, DEFAULT_MAX_EVENT_BYTES, WHOLE_EVENT};
+use paysync::event::{self, Limits, WHOLE_EVENT};
 use proptest::prelude::*;
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Map, Value, json};
 
 /// Compiled once: the property test checks thousands of objects.
@@ -26,12 +27,39 @@ fn schema() -> &'static jsonschema::Validator {
     &SCHEMA
 }
 
-/// Whether the schema accepts these bytes (bytes that are not JSON are refused).
+/// Whether the schema accepts these bytes: bytes that are not I-JSON (not
+/// JSON, or an object with a key given twice) are refused, as the schema's
+/// description says.
 fn schema_accepts(validator: &jsonschema::Validator, bytes: &[u8]) -> bool {
+    if repeats_a_top_level_key(bytes) {
+        return false;
+    }
     match serde_json::from_slice::<Value>(bytes) {
         Ok(value) => validator.is_valid(&value),
         Err(_) => false,
     }
+}
+
+/// Whether the top-level object gives a key twice.
+fn repeats_a_top_level_key(bytes: &[u8]) -> bool {
+    struct Keys;
+    impl<'de> Visitor<'de> for Keys {
+        type Value = bool;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            let mut repeated = false;
+            while let Some(key) = map.next_key::<String>()? {
+                map.next_value::<IgnoredAny>()?;
+                repeated |= !seen.insert(key);
+            }
+            Ok(repeated)
+        }
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    deserializer.deserialize_map(Keys).unwrap_or(false)
 }
 
 fn corpus(kind: &str) -> Vec<(String, Vec<u8>)> {
@@ -58,7 +86,7 @@ fn valid_corpus_passes_both_the_schema_and_the_decoder() {
     assert!(files.len() >= 10, "the valid corpus is too small");
     for (name, bytes) in files {
         assert!(schema_accepts(validator, &bytes), "schema refuses {name}");
-        if let Err(error) = event::decode(Some(&bytes), DEFAULT_MAX_EVENT_BYTES) {
+        if let Err(error) = event::decode(Some(&bytes), &Limits::default()) {
             panic!("decoder refuses {name}: {error}");
         }
     }
@@ -74,7 +102,7 @@ fn invalid_corpus_fails_both_and_the_error_names_the_field() {
             .split_once("--")
             .expect("invalid corpus files are named <field>--<case>");
         assert!(!schema_accepts(validator, &bytes), "schema accepts {name}");
-        let error = event::decode(Some(&bytes), DEFAULT_MAX_EVENT_BYTES)
+        let error = event::decode(Some(&bytes), &Limits::default())
             .expect_err(&format!("decoder accepts {name}"));
         assert!(
             error.fields().contains(&field),
@@ -89,7 +117,7 @@ fn camel_and_snake_case_decode_identically() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/corpus/valid")
             .join(name);
-        event::decode(Some(&std::fs::read(path).unwrap()), DEFAULT_MAX_EVENT_BYTES).unwrap()
+        event::decode(Some(&std::fs::read(path).unwrap()), &Limits::default()).unwrap()
     };
     assert_eq!(read("seed.json"), read("camel-case.json"));
 }
@@ -150,7 +178,7 @@ proptest! {
 
     #[test]
     fn arbitrary_bytes_never_panic_and_errors_name_a_field(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
-        if let Err(error) = event::decode(Some(&bytes), DEFAULT_MAX_EVENT_BYTES) {
+        if let Err(error) = event::decode(Some(&bytes), &Limits::default()) {
             prop_assert!(!error.problems.is_empty());
             let known = [WHOLE_EVENT, "car_no", "order_id", "park_id", "pay_time", "order_type", "pay_fee", "pay_order_id", "pay_method"];
             for field in error.fields() {
@@ -163,7 +191,7 @@ proptest! {
     fn schema_and_decoder_agree_on_generated_objects(object in event_object()) {
         let validator = schema();
         let bytes = serde_json::to_vec(&object).unwrap();
-        let decoded = event::decode(Some(&bytes), DEFAULT_MAX_EVENT_BYTES);
+        let decoded = event::decode(Some(&bytes), &Limits::default());
         prop_assert_eq!(
             validator.is_valid(&object),
             decoded.is_ok(),

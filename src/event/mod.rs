@@ -6,7 +6,10 @@
 //! are accepted because Java platforms publish the latter; fields this model
 //! does not know are ignored. `pay_time` may be GMT+8 `yyyy-MM-dd HH:mm:ss`,
 //! RFC 3339 with an offset, or epoch milliseconds, and is normalised to an
-//! instant. Decoding never panics: every problem becomes a [`FieldProblem`]
+//! instant, which must fall in 2000..2100 whatever its form. Text fields have
+//! length limits ([`FieldLengths`], configurable) and may not hold control
+//! characters; an object that gives a key twice is refused (which one was
+//! meant?). Decoding never panics: every problem becomes a [`FieldProblem`]
 //! naming the field and the reason, and all of them are reported together.
 //! `schemas/payment-event.schema.json` describes the same contract; a test keeps
 //! the two in agreement over the corpus under `tests/corpus/`.
@@ -17,6 +20,12 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use crate::gmt8;
+use object::TopLevel;
+
+mod limits;
+mod object;
+
+pub use limits::{FieldLengths, Limits};
 
 /// Default cap on a message value, in bytes; a real event is a few hundred.
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 64 * 1024;
@@ -25,8 +34,9 @@ pub const DEFAULT_MAX_EVENT_BYTES: usize = 64 * 1024;
 /// (including JavaScript's) holds it exactly.
 pub const MAX_PAY_FEE: u64 = (1 << 53) - 1;
 
-/// Epoch-millisecond `pay_time` values must fall in [2000-01-01, 2100-01-01).
-/// The lower bound catches the common bug of sending epoch *seconds*.
+/// `pay_time` must fall in [2000-01-01, 2100-01-01), whatever its form. For
+/// epoch milliseconds the lower bound catches the common bug of sending
+/// epoch *seconds*; for text it catches years like 0001.
 pub const MIN_EPOCH_MILLIS: i64 = 946_684_800_000;
 /// See [`MIN_EPOCH_MILLIS`].
 pub const MAX_EPOCH_MILLIS: i64 = 4_102_444_800_000;
@@ -114,7 +124,8 @@ impl fmt::Display for InvalidEvent {
 pub const WHOLE_EVENT: &str = "event";
 
 /// Decodes and validates one Kafka message value.
-pub fn decode(value: Option<&[u8]>, max_bytes: usize) -> Result<PaymentEvent, InvalidEvent> {
+pub fn decode(value: Option<&[u8]>, limits: &Limits) -> Result<PaymentEvent, InvalidEvent> {
+    let max_bytes = limits.max_bytes;
     let bytes = match value {
         None => return Err(InvalidEvent::whole("has no value (a tombstone)")),
         Some([]) => return Err(InvalidEvent::whole("is empty")),
@@ -132,15 +143,21 @@ pub fn decode(value: Option<&[u8]>, max_bytes: usize) -> Result<PaymentEvent, In
             error.valid_up_to()
         ))
     })?;
-    let json: Value = serde_json::from_str(text)
+    let top: TopLevel = serde_json::from_str(text)
         .map_err(|error| InvalidEvent::whole(format!("is not valid JSON: {error}")))?;
-    let Value::Object(object) = json else {
-        return Err(InvalidEvent::whole(format!(
-            "must be a JSON object, got {}",
-            type_name(&json)
-        )));
+    let object = match top {
+        TopLevel::Object(object) => object,
+        TopLevel::Other(kind) => {
+            return Err(InvalidEvent::whole(format!(
+                "must be a JSON object, got {kind}"
+            )));
+        }
     };
-    Fields::new(&object).event()
+    let mut fields = Fields::new(&object.map, limits.max_chars);
+    for key in &object.repeated {
+        fields.repeated(key);
+    }
+    fields.event()
 }
 
 /// The DTO's fields: snake_case name and the camelCase alias.
@@ -153,17 +170,42 @@ const PAY_FEE: (&str, &str) = ("pay_fee", "payFee");
 const PAY_ORDER_ID: (&str, &str) = ("pay_order_id", "payOrderId");
 const PAY_METHOD: (&str, &str) = ("pay_method", "payMethod");
 
+/// Every field's names, in the order problems are reported.
+const ALL_FIELDS: [(&str, &str); 8] = [
+    CAR_NO,
+    ORDER_ID,
+    PARK_ID,
+    PAY_TIME,
+    ORDER_TYPE,
+    PAY_FEE,
+    PAY_ORDER_ID,
+    PAY_METHOD,
+];
+
 /// Collects problems while reading fields, so one pass reports all of them.
 struct Fields<'a> {
     object: &'a Map<String, Value>,
+    max_chars: FieldLengths,
     problems: Vec<FieldProblem>,
 }
 
 impl<'a> Fields<'a> {
-    fn new(object: &'a Map<String, Value>) -> Self {
+    fn new(object: &'a Map<String, Value>, max_chars: FieldLengths) -> Self {
         Fields {
             object,
+            max_chars,
             problems: Vec::new(),
+        }
+    }
+
+    /// A key the object gives more than once: ambiguous, so refused (keys
+    /// this model does not know are ignored, repeated or not).
+    fn repeated(&mut self, key: &str) {
+        if let Some((snake, _)) = ALL_FIELDS
+            .iter()
+            .find(|(snake, camel)| key == *snake || key == *camel)
+        {
+            self.problem(snake, format!("is given more than once (as {key:?})"));
         }
     }
 
@@ -248,10 +290,31 @@ impl<'a> Fields<'a> {
         }
     }
 
-    /// A string value, or a "must be a string" problem.
+    /// A string value within its length and without control characters,
+    /// or the problem with it.
     fn string(&mut self, field: &'static str, value: &Value) -> Option<String> {
         match value {
-            Value::String(s) => Some(s.clone()),
+            Value::String(s) => {
+                let limit = self.max_chars.of(field);
+                let length = s.chars().count();
+                if length > limit {
+                    self.problem(
+                        field,
+                        format!("is {length} characters long, more than the {limit} allowed"),
+                    );
+                    return None;
+                }
+                if let Some(position) = s.chars().position(char::is_control) {
+                    self.problem(
+                        field,
+                        format!(
+                            "must not contain control characters (one at character {position})"
+                        ),
+                    );
+                    return None;
+                }
+                Some(s.clone())
+            }
             other => {
                 self.problem(field, format!("must be a string, got {}", type_name(other)));
                 None
@@ -260,6 +323,21 @@ impl<'a> Fields<'a> {
     }
 
     fn pay_time(&mut self) -> Option<DateTime<Utc>> {
+        let field = PAY_TIME.0;
+        let time = self.pay_time_any()?;
+        let millis = time.timestamp_millis();
+        if (MIN_EPOCH_MILLIS..MAX_EPOCH_MILLIS).contains(&millis) {
+            return Some(time);
+        }
+        self.problem(
+            field,
+            format!("{} is outside 2000-01-01..2100-01-01", time.to_rfc3339()),
+        );
+        None
+    }
+
+    /// `pay_time` in any of its forms, before the plausibility check.
+    fn pay_time_any(&mut self) -> Option<DateTime<Utc>> {
         let field = PAY_TIME.0;
         match self.required(PAY_TIME)? {
             Value::String(text) => {
@@ -401,7 +479,7 @@ mod tests {
     use chrono::TimeZone;
 
     fn decode_str(text: &str) -> Result<PaymentEvent, InvalidEvent> {
-        decode(Some(text.as_bytes()), DEFAULT_MAX_EVENT_BYTES)
+        decode(Some(text.as_bytes()), &Limits::default())
     }
 
     const SEED: &str = r#"{"pay_order_id":"2020111112323232323","pay_method":"WX","car_no":"浙A888888","order_id":"BK212132334343","park_id":"p123456","pay_time":"2020-10-10 20:00:00","order_type":1,"pay_fee":1000}"#;
@@ -476,6 +554,48 @@ mod tests {
     }
 
     #[test]
+    fn hostile_values_are_refused_with_the_field_and_the_reason() {
+        let with = |from: &str, to: &str| decode_str(&SEED.replace(from, to)).unwrap_err();
+        let repeated =
+            decode_str(&SEED.replace("\"pay_fee\":1000", "\"pay_fee\":1000,\"pay_fee\":9"))
+                .unwrap_err();
+        assert_eq!(repeated.fields(), ["pay_fee"]);
+        assert!(
+            repeated.to_string().contains("more than once"),
+            "{repeated}"
+        );
+        let ancient = with("2020-10-10 20:00:00", "0001-01-01 00:00:00");
+        assert_eq!(ancient.fields(), ["pay_time"]);
+        assert!(
+            ancient
+                .to_string()
+                .contains("outside 2000-01-01..2100-01-01")
+        );
+        let long = with("浙A888888", &"A".repeat(10_000));
+        assert_eq!(
+            long.to_string(),
+            "car_no: is 10000 characters long, more than the 32 allowed"
+        );
+        let nul = with("浙A888888", "浙A\\u0000888888");
+        assert_eq!(
+            nul.to_string(),
+            "car_no: must not contain control characters (one at character 2)"
+        );
+        // Keys this model does not know may repeat: they are ignored anyway.
+        assert!(decode_str(&SEED.replace("{", "{\"x\":1,\"x\":2,")).is_ok());
+        // Limits are configurable.
+        let roomy = Limits {
+            max_chars: FieldLengths {
+                car_no: 20_000,
+                ..FieldLengths::default()
+            },
+            ..Limits::default()
+        };
+        let text = SEED.replace("浙A888888", &"A".repeat(10_000));
+        assert!(decode(Some(text.as_bytes()), &roomy).is_ok());
+    }
+
+    #[test]
     fn whole_message_problems_name_the_event() {
         let too_big = [b' '; 100];
         for (value, reason) in [
@@ -486,7 +606,11 @@ mod tests {
             (Some(&b"[1,2]"[..]), "must be a JSON object, got an array"),
             (Some(&too_big[..]), "more than the 64 allowed"),
         ] {
-            let error = decode(value, 64).unwrap_err();
+            let limits = Limits {
+                max_bytes: 64,
+                ..Limits::default()
+            };
+            let error = decode(value, &limits).unwrap_err();
             assert_eq!(error.fields(), vec![WHOLE_EVENT]);
             assert!(error.to_string().contains(reason), "{error} lacks {reason}");
         }
