@@ -10,6 +10,8 @@
 //! its own too, by default a quarter of the live one, so a backfill cannot
 //! starve live traffic on a shared API quota.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
@@ -191,9 +193,22 @@ pub async fn run(
     let rate = request.rate.unwrap_or_else(|| {
         ((f64::from(settings.delivery.rate_limit_per_sec) * request.rate_fraction) as u32).max(1)
     });
-    let planned = {
+    // Planning (and a dry run's reading) blocks; a signal stops it too.
+    let mut shutdown = Box::pin(shutdown);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut planning = {
         let (settings, request, group) = (settings.clone(), request.clone(), group.clone());
-        tokio::task::spawn_blocking(move || plan(&settings, &request, &group)).await??
+        let stop = stop.clone();
+        tokio::task::spawn_blocking(move || plan(&settings, &request, &group, &stop))
+    };
+    let planned = tokio::select! {
+        planned = &mut planning => planned??,
+        _ = &mut shutdown => {
+            stop.store(true, Ordering::Relaxed);
+            // Wait for the blocking work to notice, then stop here.
+            let _ = planning.await;
+            bail!("interrupted before the replay started");
+        }
     };
     let (ranges, checked) = planned;
     if let Some(checked) = checked {
@@ -252,47 +267,62 @@ pub async fn run(
 /// The dry run's findings: (valid, invalid, the first problems found).
 pub type Checked = (u64, u64, Vec<String>);
 
-/// Resolves the ranges and, for a dry run, checks them. Blocks.
+/// Resolves the ranges and, for a dry run, checks them. Blocks; gives up
+/// when `stop` is set.
 fn plan(
     settings: &Settings,
     request: &ReplayRequest,
     group: &str,
+    stop: &AtomicBool,
 ) -> anyhow::Result<(Vec<OffsetRange>, Option<Checked>)> {
     let consumer: BaseConsumer = kafka::tool_consumer(settings, group)
         .create()
         .context("cannot create a Kafka client")?;
     let ranges = resolve(settings, request, &consumer)?;
     let checked = if request.dry_run {
-        Some(dry_run(&consumer, &ranges, &settings.event.limits())?)
+        Some(dry_run(&consumer, &ranges, &settings.event.limits(), stop)?)
     } else {
         None
     };
     Ok((ranges, checked))
 }
 
-/// Reads the ranges and decodes every message; sends nothing, commits nothing. Blocks.
+/// Reads the ranges and decodes every message; sends nothing, commits
+/// nothing. Blocks; gives up when `stop` is set (a signal).
 fn dry_run(
     consumer: &BaseConsumer,
     ranges: &[OffsetRange],
     limits: &event::Limits,
+    stop: &AtomicBool,
 ) -> anyhow::Result<Checked> {
     let mut tpl = TopicPartitionList::new();
-    let mut remaining = 0;
+    let mut open = std::collections::HashSet::new();
     for range in ranges.iter().filter(|r| r.end > r.start) {
         tpl.add_partition_offset(&range.topic, range.partition, Offset::Offset(range.start))?;
-        remaining += 1;
+        open.insert(range.partition);
     }
     consumer.assign(&tpl)?;
     let (mut valid, mut invalid, mut problems) = (0u64, 0u64, Vec::new());
-    let mut positions: std::collections::HashMap<i32, i64> =
-        ranges.iter().map(|r| (r.partition, r.start)).collect();
     let deadline = std::time::Instant::now() + Duration::from_secs(600);
-    while remaining > 0 {
+    while !open.is_empty() {
+        ensure!(!stop.load(Ordering::Relaxed), "interrupted");
         ensure!(
             std::time::Instant::now() < deadline,
             "the dry run did not reach the end of the range"
         );
-        let Some(message) = consumer.poll(Duration::from_millis(500)) else {
+        let polled = consumer.poll(Duration::from_millis(200));
+        // librdkafka's position passes transaction markers, which no
+        // message occupies: a range may end with one.
+        for element in consumer.position()?.elements() {
+            let finished = ranges.iter().any(|r| {
+                r.partition == element.partition()
+                    && matches!(element.offset(), Offset::Offset(position) if position >= r.end)
+            });
+            if finished {
+                open.remove(&element.partition());
+            }
+        }
+        let Some(message) = polled else {
             continue;
         };
         let message = message?;
@@ -316,10 +346,8 @@ fn dry_run(
                 }
             }
         }
-        let position = positions.entry(message.partition()).or_insert(range.start);
-        *position = message.offset() + 1;
-        if *position >= range.end {
-            remaining -= 1;
+        if message.offset() + 1 >= range.end {
+            open.remove(&message.partition());
         }
     }
     Ok((valid, invalid, problems))

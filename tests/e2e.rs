@@ -638,3 +638,102 @@ async fn a_rolling_restart_with_static_membership_sends_nothing_twice() {
     );
     scenario.report(records.len());
 }
+
+/// Runs a `paysync` command to its end (at most a minute); its exit status and output.
+async fn paysync_command(args: &[&str]) -> (Option<i32>, String) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_paysync"))
+        .args(args)
+        .env("PAYSYNC_TOP__APP_SECRET", support::SECRET)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("paysync {args:?} did not end within a minute");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let output = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_transactional_topic_is_committed_and_replayed_to_its_end() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let _serial = SERIAL.lock().await;
+    let scenario = Scenario::new("transactional", Faults::default()).await;
+    let records = valid_events("tx", 600);
+    // Six transactions: each leaves a commit marker in every partition it wrote.
+    {
+        let mut config = scenario.kafka.client_config();
+        config.set("transactional.id", format!("{}-producer", scenario.topic));
+        let producer: BaseProducer = config.create().unwrap();
+        producer.init_transactions(Duration::from_secs(30)).unwrap();
+        for chunk in records.chunks(100) {
+            producer.begin_transaction().unwrap();
+            for (key, value) in chunk {
+                producer
+                    .send(BaseRecord::to(&scenario.topic).key(key).payload(value))
+                    .unwrap();
+            }
+            producer
+                .commit_transaction(Duration::from_secs(30))
+                .unwrap();
+        }
+    }
+    let end: i64 = scenario.end_offsets().values().sum();
+    assert!(end > 600, "the markers occupy offsets ({end})");
+    let url = scenario.emulator.url();
+    let config = scenario.config(&url, "");
+    let process = Process::start(&config);
+    wait_accepted(&scenario.emulator, records.len()).await;
+    // The committed offsets pass the last markers: no lag of 1 for ever.
+    scenario.wait_committed_to_end().await;
+    process.signal("TERM");
+    assert_eq!(process.wait_exit(Duration::from_secs(30)).await, Some(0));
+
+    // Replays to the end (a marker) end, dry and real.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("paysync.toml");
+    std::fs::write(&path, config.toml()).unwrap();
+    let path = path.to_str().unwrap();
+    let (dry, said) = paysync_command(&[
+        "replay",
+        "--config",
+        path,
+        "--from-offset",
+        "0",
+        "--dry-run",
+    ])
+    .await;
+    assert_eq!(dry, Some(0), "{said}");
+    let (real, said) = paysync_command(&[
+        "replay",
+        "--config",
+        path,
+        "--from-offset",
+        "0",
+        "--rate",
+        "5000",
+    ])
+    .await;
+    assert_eq!(real, Some(0), "{said}");
+    let (accepted, unique, _) = scenario.emulator.gateway().order_counts();
+    println!(
+        "e2e transactional: 600 events in 6 transactions, {end} offsets; committed to the end; a dry and a real replay to the end finished; accepted {accepted} ({unique} distinct)"
+    );
+    assert_eq!(
+        accepted,
+        2 * records.len(),
+        "the replay sent every event once more"
+    );
+    scenario.report(records.len());
+}

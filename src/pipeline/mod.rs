@@ -47,9 +47,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
@@ -152,6 +152,7 @@ impl Pipeline {
                 _ = commit_tick.tick() => self.commit_changed(),
                 _ = tick.tick() => {
                     orders.prune();
+                    self.skip_control_records();
                     if self.refresh_gauges() == 0 {
                         self.commit_changed();
                     }
@@ -251,6 +252,30 @@ impl Pipeline {
             .oldest_in_flight_age
             .set(oldest.map_or(0.0, |t| t.elapsed().as_secs_f64()));
         in_flight
+    }
+
+    /// Moves each partition's position past offsets librdkafka consumed that
+    /// are not messages (transaction markers): see
+    /// [`offsets::OffsetTracker::skip_to`].
+    fn skip_control_records(&self) {
+        let Ok(positions) = self.consumer.position() else {
+            return;
+        };
+        let mut partitions = self.partitions.lock();
+        for element in positions.elements() {
+            let Offset::Offset(position) = element.offset() else {
+                continue;
+            };
+            let id = PartitionId::from(&element);
+            // A replay range ends at its end, whatever librdkafka read past it.
+            let position = match self.ranges.get(&id) {
+                Some((_, end)) => position.min(*end),
+                None => position,
+            };
+            if let Some(state) = partitions.get_mut(&id) {
+                state.tracker.skip_to(position);
+            }
+        }
     }
 
     /// Commits, without waiting, the partitions whose commit point changed;

@@ -90,6 +90,28 @@ impl OffsetTracker {
         Started::InFlight
     }
 
+    /// librdkafka's position (one past the last message it handed over) is
+    /// `position`: every offset below it that never arrived is not a message
+    /// (a transaction's commit or abort marker, a compacted gap), so the
+    /// position may move past it. Without this, a partition whose last
+    /// record is a transaction marker would commit one short of its end for ever.
+    pub fn skip_to(&mut self, position: i64) {
+        if self.next_after_seen.is_none_or(|next| position > next) {
+            self.next_after_seen = Some(position);
+            self.changed = true;
+            while self
+                .finished_ahead
+                .front()
+                .is_some_and(|range| range.end <= position)
+            {
+                self.finished_ahead.pop_front();
+            }
+            if let Some(front) = self.finished_ahead.front_mut() {
+                front.start = front.start.max(position);
+            }
+        }
+    }
+
     /// A message reached its final outcome (delivered or dead-lettered).
     /// Returns false if the offset was not in flight (a late or repeated completion).
     pub fn finish(&mut self, offset: i64) -> bool {
@@ -267,6 +289,27 @@ mod tests {
         assert_eq!(tracker.start(11), Started::AlreadyFinished);
         let map = tracker.completion_map().unwrap();
         assert_eq!(map.finished, vec![1..5, 6..12], "gaps count as finished");
+    }
+
+    #[test]
+    fn a_trailing_transaction_marker_does_not_hold_the_position() {
+        let mut tracker = OffsetTracker::default();
+        for offset in 0..10 {
+            tracker.start(offset);
+            tracker.finish(offset);
+        }
+        assert_eq!(tracker.position(), Some(10));
+        // Offset 10 is the commit marker: librdkafka's position is 11.
+        tracker.skip_to(11);
+        assert_eq!(tracker.position(), Some(11));
+        tracker.skip_to(5);
+        assert_eq!(tracker.position(), Some(11), "never backwards");
+        // With a message in flight the position stays at it.
+        tracker.start(12);
+        tracker.skip_to(14);
+        assert_eq!(tracker.position(), Some(12));
+        tracker.finish(12);
+        assert_eq!(tracker.position(), Some(14));
     }
 
     proptest! {
