@@ -7,7 +7,7 @@
 //!   An API outage or a halt does not fail liveness: restarting would only
 //!   cause a rebalance storm.
 //! * `GET /health/ready` — a JSON body saying why: `starting` (503, not yet
-//!   in the group), `ready` (200), `degraded` (200: the circuit breaker is
+//!   in the group, or still waiting for Kafka at start-up), `ready` (200), `degraded` (200: the circuit breaker is
 //!   open or a code-7 ban is running; delivery resumes by itself), `halted`
 //!   (503: the configuration is broken and someone must fix it).
 
@@ -58,6 +58,35 @@ pub struct Readiness {
     pub halted: Option<String>,
     pub ban_remaining_s: f64,
     pub reasons: Vec<String>,
+}
+
+/// The endpoints before the pipeline exists.
+fn starting_router(waiting: Arc<std::sync::Mutex<String>>) -> Router {
+    let ready = move || {
+        let reason = waiting.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        async move {
+            let readiness = Readiness {
+                status: "starting".to_owned(),
+                joined: false,
+                assigned_partitions: 0,
+                breaker: BreakerState::Closed.as_str().to_owned(),
+                halted: None,
+                ban_remaining_s: 0.0,
+                reasons: vec![reason],
+            };
+            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(readiness))
+        }
+    };
+    Router::new()
+        .route(
+            "/metrics",
+            get(|| async { [(header::CONTENT_TYPE, "text/plain; version=0.0.4")] }),
+        )
+        .route(
+            "/health/live",
+            get(|| async { axum::Json(serde_json::json!({"status": "live", "starting": true})) }),
+        )
+        .route("/health/ready", get(ready))
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -163,10 +192,23 @@ impl AdminServer {
     /// Serves on a listener bound earlier (so a taken port fails before
     /// anything else starts).
     pub fn serve(listener: TcpListener, state: AdminState) -> std::io::Result<AdminServer> {
+        Self::serve_router(listener, router(state))
+    }
+
+    /// Serves while the pipeline cannot start yet (Kafka unreachable):
+    /// alive, not ready, with `waiting` as the reason.
+    pub fn serve_starting(
+        listener: TcpListener,
+        waiting: Arc<std::sync::Mutex<String>>,
+    ) -> std::io::Result<AdminServer> {
+        Self::serve_router(listener, starting_router(waiting))
+    }
+
+    fn serve_router(listener: TcpListener, router: Router) -> std::io::Result<AdminServer> {
         let addr = listener.local_addr()?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, router(state))
+            let _ = axum::serve(listener, router)
                 .with_graceful_shutdown(async {
                     let _ = stopped.await;
                 })

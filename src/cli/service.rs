@@ -4,9 +4,15 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
 
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+
 use super::load_settings;
 use crate::admin::{AdminServer, AdminState};
-use crate::pipeline::{Pipeline, Source};
+use crate::config::Settings;
+use crate::pipeline::{Pipeline, Source, StartError};
 
 pub(super) async fn run(path: &Path) -> ExitCode {
     let settings = match load_settings(path) {
@@ -17,9 +23,11 @@ pub(super) async fn run(path: &Path) -> ExitCode {
     // The first signal drains and commits; a second one exits at once. Stored
     // offsets only ever cover finished events, so nothing unfinished is committed.
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (stop_early, stopped_early) = tokio::sync::watch::channel(false);
     let first_signal = crate::shutdown::signal();
     tokio::spawn(async move {
         first_signal.await;
+        let _ = stop_early.send(true);
         let _ = stop.send(());
         crate::shutdown::signal().await;
         eprintln!("paysync: second signal, exiting now");
@@ -31,21 +39,16 @@ pub(super) async fn run(path: &Path) -> ExitCode {
         .parse()
         .expect("validated in Settings::validate");
     let liveness_timeout = settings.admin.liveness_timeout_ms;
-    let pipeline = match Pipeline::build(settings, Source::Group).await {
-        Ok(pipeline) => pipeline,
-        Err(error) => {
-            let error = anyhow::Error::from(error);
-            tracing::error!(error = format!("{error:#}"), "Cannot start.");
-            eprintln!("paysync: {error:#}");
-            return ExitCode::FAILURE;
-        }
-    };
+    // Bound first: a taken port fails before anything else starts.
     let listener = match tokio::net::TcpListener::bind(admin_listen).await {
         Ok(listener) => listener,
         Err(error) => {
             eprintln!("paysync: cannot listen on admin.listen {admin_listen}: {error}");
             return ExitCode::FAILURE;
         }
+    };
+    let Some((pipeline, listener)) = start_pipeline(settings, listener, stopped_early).await else {
+        return ExitCode::FAILURE;
     };
     let running = pipeline.spawn(async move {
         let _ = stopped.await;
@@ -62,4 +65,68 @@ pub(super) async fn run(path: &Path) -> ExitCode {
     running.finished().await;
     admin.stop().await;
     ExitCode::SUCCESS
+}
+
+/// Builds the pipeline, waiting for Kafka with backoff (alive, not ready,
+/// a log line per attempt) up to `kafka.startup_timeout_ms`. Returns the
+/// admin listener back for the real server; `None` after a reported error
+/// or a signal.
+async fn start_pipeline(
+    settings: Settings,
+    listener: TcpListener,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> Option<(Pipeline, TcpListener)> {
+    let address = listener.local_addr().ok()?;
+    let waiting = Arc::new(Mutex::new("connecting to Kafka".to_owned()));
+    let starting = match AdminServer::serve_starting(listener, waiting.clone()) {
+        Ok(server) => server,
+        Err(error) => {
+            eprintln!("paysync: cannot serve on admin.listen {address}: {error}");
+            return None;
+        }
+    };
+    tracing::info!(admin = %address, "Starting; /health/ready answers 503 until the pipeline runs.");
+    let patience = settings.kafka.startup_timeout_ms;
+    let deadline = Instant::now() + patience;
+    let mut attempt = 0;
+    let built = loop {
+        attempt += 1;
+        let error = match Pipeline::build(settings.clone(), Source::Group).await {
+            Ok(pipeline) => break Ok(pipeline),
+            Err(StartError::Metadata(error)) => error,
+            Err(error) => break Err(anyhow::Error::from(error)),
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break Err(anyhow::anyhow!(
+                "Kafka was not reachable within kafka.startup_timeout_ms ({} s, {attempt} attempts): {error}",
+                patience.as_secs()
+            ));
+        }
+        let delay =
+            crate::backoff::backoff(attempt - 1, Duration::from_secs(1), Duration::from_secs(30))
+                .min(left);
+        tracing::warn!(attempt, error = %error, retry_in_s = delay.as_secs_f64(), "Kafka is not reachable yet; trying again.");
+        *waiting.lock().unwrap_or_else(|p| p.into_inner()) =
+            format!("waiting for Kafka (attempt {attempt}): {error}");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stopped.wait_for(|stop| *stop) => break Err(anyhow::anyhow!("stopped by a signal while waiting for Kafka")),
+        }
+    };
+    starting.stop().await;
+    match built {
+        Ok(pipeline) => match TcpListener::bind(address).await {
+            Ok(listener) => Some((pipeline, listener)),
+            Err(error) => {
+                eprintln!("paysync: cannot listen on admin.listen {address} again: {error}");
+                None
+            }
+        },
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "Cannot start.");
+            eprintln!("paysync: {error:#}");
+            None
+        }
+    }
 }

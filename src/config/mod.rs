@@ -83,6 +83,10 @@ pub struct KafkaSettings {
     /// committed; a drained window commits at once.
     #[serde(deserialize_with = "millis")]
     pub commit_interval_ms: Duration,
+    /// How long `paysync run` keeps trying to reach Kafka at start-up (with
+    /// backoff, readiness 503 meanwhile) before it exits with an error.
+    #[serde(deserialize_with = "millis")]
+    pub startup_timeout_ms: Duration,
     /// The largest completion map (finished offsets above a committed
     /// position) stored in a commit's metadata, in bytes; 0 stores none.
     /// Must stay below the broker's `offset.metadata.max.bytes` (4096 by default).
@@ -127,6 +131,9 @@ impl Default for KafkaSettings {
             // librdkafka's default.
             session_timeout_ms: Duration::from_millis(45_000),
             commit_interval_ms: Duration::from_millis(1_000),
+            // Long enough for a broker that starts with the stack (compose,
+            // a node reboot); a supervisor restarts paysync after it anyway.
+            startup_timeout_ms: Duration::from_millis(300_000),
             // Below the broker's default offset.metadata.max.bytes (4096).
             completion_map_max_bytes: 4_000,
             auto_offset_reset: "earliest".to_owned(),

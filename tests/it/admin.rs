@@ -249,3 +249,65 @@ async fn readiness_reports_a_halt_as_not_ready_with_its_cause() {
     admin.stop().await;
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paysync_waits_for_an_unreachable_kafka_then_exits_with_a_clear_error() {
+    let emulator = emulator(Faults::default()).await;
+    let url = emulator.url();
+    let config = RunConfig {
+        bootstrap: "127.0.0.1:1",
+        group: "startup",
+        topic: "payments",
+        dlq: "payments.dlq",
+        gateway_url: &url,
+        delivery: "",
+        top: "",
+        commit_interval_ms: 100,
+    };
+    let started = std::time::Instant::now();
+    let process =
+        Process::start_with_env(&config, &[("PAYSYNC_KAFKA__STARTUP_TIMEOUT_MS", "11000")]);
+    // Each attempt waits up to 10 s for metadata: two attempts, one retry line.
+    // Alive and serving while it waits, but not ready.
+    let mut address = None;
+    wait_until("the admin address in the log", || {
+        address = process
+            .log()
+            .split("admin=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_owned);
+        address.is_some()
+    })
+    .await;
+    let base = format!("http://{}", address.unwrap());
+    let ready = reqwest::get(format!("{base}/health/ready")).await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let body: serde_json::Value = serde_json::from_str(&ready.text().await.unwrap()).unwrap();
+    assert_eq!(body["status"], "starting");
+    let live = reqwest::get(format!("{base}/health/live")).await.unwrap();
+    assert_eq!(live.status(), 200);
+    let mut process = process;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = process.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "it never gave up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let log = process.log();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(11),
+        "it waited for kafka.startup_timeout_ms"
+    );
+    assert!(
+        log.contains("Kafka is not reachable yet; trying again."),
+        "{log}"
+    );
+    assert!(
+        log.contains("Kafka was not reachable within kafka.startup_timeout_ms (11 s, 2 attempts)"),
+        "{log}"
+    );
+}
