@@ -3,10 +3,13 @@
 //!
 //! The range is per partition: from an offset or a time (`offsets_for_times`)
 //! up to an offset or a time, or the high watermark when replay starts, so it
-//! always ends. Replay uses its own consumer group (default
-//! `<kafka.group_id>.replay`) only to remember its progress: partitions are
-//! assigned directly, so it never joins or moves the live group, and an
-//! interrupted replay continues from its committed progress. Its rate limit is
+//! always ends (transaction markers included). Replay uses its own consumer
+//! group only to remember its progress; by default one per request
+//! (`<kafka.group_id>.replay.<hash of topic, partitions and bounds>`), so the
+//! same request resumes where it stopped and a different range sends exactly
+//! what it names. Partitions are assigned directly, so it never joins or
+//! moves the live group. The report's first line says whether a run is new or
+//! resumed. Its rate limit is
 //! its own too, by default a quarter of the live one, so a backfill cannot
 //! starve live traffic on a shared API quota.
 
@@ -37,7 +40,7 @@ pub struct ReplayRequest {
     pub to_offset: Option<i64>,
     pub from_time: Option<DateTime<Utc>>,
     pub to_time: Option<DateTime<Utc>>,
-    /// Defaults to `<kafka.group_id>.replay`.
+    /// Defaults to one group per request: `<kafka.group_id>.replay.<hash>`.
     pub group: Option<String>,
     /// Calls per second; defaults to `rate_fraction` of the live rate.
     pub rate: Option<u32>,
@@ -51,6 +54,9 @@ pub struct ReplayReport {
     pub ranges: Vec<OffsetRange>,
     pub group: String,
     pub rate: u32,
+    /// Messages of the requested range the group had finished before (a
+    /// resumed run); 0 for a new one.
+    pub already_done: i64,
     /// Filled for a real run.
     pub summary: Option<Summary>,
     /// Filled for a dry run: (valid, invalid) and the first problems found.
@@ -58,13 +64,27 @@ pub struct ReplayReport {
 }
 
 impl ReplayReport {
+    /// Whether the run is new or resumes the group's progress, and how much.
+    pub fn headline(&self) -> String {
+        let messages: i64 = self.ranges.iter().map(|r| r.end - r.start).sum();
+        let run = if self.already_done > 0 {
+            format!(
+                "resumed run ({} messages of the range were finished before)",
+                self.already_done
+            )
+        } else {
+            "new run".to_owned()
+        };
+        format!(
+            "paysync replay: {run}, {messages} messages, group {} at {} calls/s",
+            self.group, self.rate
+        )
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let messages: i64 = self.ranges.iter().map(|r| r.end - r.start).sum();
-        out.push_str(&format!(
-            "paysync replay: {} messages from group {} at {} calls/s\n",
-            messages, self.group, self.rate
-        ));
+        out.push_str(&self.headline());
+        out.push('\n');
         for range in &self.ranges {
             out.push_str(&format!(
                 "  {}/{}  offsets {}..{}\n",
@@ -95,12 +115,33 @@ impl ReplayReport {
     }
 }
 
-/// Resolves the request into offset ranges, using `consumer` for metadata. Blocks.
+/// The default replay group: one per request (topic, partitions, bounds), so
+/// a run resumes only the same request's progress and a different range
+/// starts new, sending exactly what it names.
+fn default_group(settings: &Settings, request: &ReplayRequest) -> String {
+    let spec = format!(
+        "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+        request.topic,
+        request.partitions,
+        request.from_offset,
+        request.to_offset,
+        request.from_time.map(|t| t.timestamp_millis()),
+        request.to_time.map(|t| t.timestamp_millis()),
+    );
+    format!(
+        "{}.replay.{:08x}",
+        settings.kafka.group_id,
+        crc32fast::hash(spec.as_bytes())
+    )
+}
+
+/// Resolves the request into offset ranges, using `consumer` for metadata,
+/// and says how many messages of them the group had finished before. Blocks.
 fn resolve(
     settings: &Settings,
     request: &ReplayRequest,
     consumer: &BaseConsumer,
-) -> anyhow::Result<Vec<OffsetRange>> {
+) -> anyhow::Result<(Vec<OffsetRange>, i64)> {
     let timeout = kafka::REQUEST_TIMEOUT;
     let topic = match (&request.topic, settings.kafka.topics.as_slice()) {
         (Some(topic), _) => topic.clone(),
@@ -143,6 +184,7 @@ fn resolve(
     let to_times = request.to_time.map(by_time).transpose()?;
     let committed = kafka::committed_offsets(consumer, &topic, &partitions)?;
     let mut ranges = Vec::new();
+    let mut already_done = 0;
     for (i, partition) in partitions.iter().enumerate() {
         let (low, high) = consumer.fetch_watermarks(&topic, *partition, timeout)?;
         // A time with no message at or after it means "the end".
@@ -161,6 +203,7 @@ fn resolve(
             Some(done) if done > start && done <= end => done,
             _ => start,
         };
+        already_done += resumed - start;
         ranges.push(OffsetRange {
             topic: topic.clone(),
             partition: *partition,
@@ -168,7 +211,7 @@ fn resolve(
             end,
         });
     }
-    Ok(ranges)
+    Ok((ranges, already_done))
 }
 
 /// Runs a replay (or a dry run) to the end of its range, or until `shutdown`.
@@ -184,7 +227,7 @@ pub async fn run(
     let group = request
         .group
         .clone()
-        .unwrap_or_else(|| format!("{}.replay", settings.kafka.group_id));
+        .unwrap_or_else(|| default_group(&settings, &request));
     ensure!(
         group != settings.kafka.group_id,
         "the replay group must differ from the live group {:?}",
@@ -210,25 +253,24 @@ pub async fn run(
             bail!("interrupted before the replay started");
         }
     };
-    let (ranges, checked) = planned;
-    if let Some(checked) = checked {
-        return Ok(ReplayReport {
-            ranges,
-            group,
-            rate,
-            summary: None,
-            checked: Some(checked),
-        });
+    let (ranges, already_done, checked) = planned;
+    let mut report = ReplayReport {
+        ranges: ranges.clone(),
+        group: group.clone(),
+        rate,
+        already_done,
+        summary: None,
+        checked: None,
+    };
+    tracing::info!("{}", report.headline());
+    if checked.is_some() {
+        report.checked = checked;
+        return Ok(report);
     }
     let total: i64 = ranges.iter().map(|r| r.end - r.start).sum();
     if total == 0 {
-        return Ok(ReplayReport {
-            ranges,
-            group,
-            rate,
-            summary: Some(Summary::default()),
-            checked: None,
-        });
+        report.summary = Some(Summary::default());
+        return Ok(report);
     }
     settings.kafka.group_id = group.clone();
     settings.delivery.rate_limit_per_sec = rate;
@@ -255,13 +297,8 @@ pub async fn run(
     }
     bar.finish_and_clear();
     let summary = running.finished().await;
-    Ok(ReplayReport {
-        ranges,
-        group,
-        rate,
-        summary: Some(summary),
-        checked: None,
-    })
+    report.summary = Some(summary);
+    Ok(report)
 }
 
 /// The dry run's findings: (valid, invalid, the first problems found).
@@ -274,17 +311,17 @@ fn plan(
     request: &ReplayRequest,
     group: &str,
     stop: &AtomicBool,
-) -> anyhow::Result<(Vec<OffsetRange>, Option<Checked>)> {
+) -> anyhow::Result<(Vec<OffsetRange>, i64, Option<Checked>)> {
     let consumer: BaseConsumer = kafka::tool_consumer(settings, group)
         .create()
         .context("cannot create a Kafka client")?;
-    let ranges = resolve(settings, request, &consumer)?;
+    let (ranges, already_done) = resolve(settings, request, &consumer)?;
     let checked = if request.dry_run {
         Some(dry_run(&consumer, &ranges, &settings.event.limits(), stop)?)
     } else {
         None
     };
-    Ok((ranges, checked))
+    Ok((ranges, already_done, checked))
 }
 
 /// Reads the ranges and decodes every message; sends nothing, commits

@@ -215,7 +215,8 @@ pub struct ReplayArgs {
     /// Stop before the first message at or after this RFC 3339 time.
     #[arg(long)]
     pub to_time: Option<chrono::DateTime<chrono::Utc>>,
-    /// The replay's own group, which keeps its progress (default: <kafka.group_id>.replay).
+    /// The replay's own group, which keeps its progress (default: one per
+    /// request, <kafka.group_id>.replay.<hash of topic, partitions, bounds>).
     #[arg(long)]
     pub group: Option<String>,
     /// Calls per second (default: --rate-fraction of delivery.rate_limit_per_sec).

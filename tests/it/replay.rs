@@ -49,6 +49,13 @@ async fn replay_sends_exactly_the_range_once_and_leaves_the_live_group_alone() {
     let report = replay(harness.settings(), request.clone(), std::future::pending())
         .await
         .unwrap();
+    assert!(
+        report
+            .render()
+            .starts_with("paysync replay: new run, 20 messages"),
+        "{}",
+        report.render()
+    );
     let summary = report.summary.unwrap();
     assert_eq!(
         (summary.delivered, summary.dead_lettered_invalid_event),
@@ -70,18 +77,48 @@ async fn replay_sends_exactly_the_range_once_and_leaves_the_live_group_alone() {
         live_committed,
         "the live group's offsets are untouched"
     );
-    let progress = harness
-        .kafka
-        .committed(&format!("{}.replay", harness.group), SOURCE, 1);
+    let progress = harness.kafka.committed(&report.group, SOURCE, 1);
     assert_eq!(progress.get(&0), Some(&30));
 
     // Run again: the replay continues from its progress, which is the end.
-    let again = replay(harness.settings(), request, std::future::pending())
+    let again = replay(harness.settings(), request.clone(), std::future::pending())
         .await
         .unwrap();
     assert_eq!(again.ranges[0].start, 30);
+    assert!(
+        again
+            .render()
+            .starts_with("paysync replay: resumed run (20 messages of the range were finished before), 0 messages"),
+        "{}",
+        again.render()
+    );
     assert_eq!(
         harness.emulator.gateway().orders().len(),
         accepted_live + 19
+    );
+
+    // A different range is a new run: exactly what it names, none skipped.
+    let wider = replay(
+        harness.settings(),
+        ReplayRequest {
+            from_offset: Some(0),
+            to_offset: Some(40),
+            ..request
+        },
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
+    assert_ne!(wider.group, report.group);
+    assert!(
+        wider
+            .render()
+            .starts_with("paysync replay: new run, 40 messages")
+    );
+    assert_eq!((wider.ranges[0].start, wider.ranges[0].end), (0, 40));
+    assert_eq!(wider.summary.unwrap().delivered, 39);
+    assert_eq!(
+        harness.emulator.gateway().orders().len(),
+        accepted_live + 19 + 39
     );
 }
