@@ -32,6 +32,29 @@ pub struct Payload {
 }
 
 impl Payload {
+    /// This payload cut down to `level` (0: whole; 1: without its value; 2:
+    /// without value, key and headers), with the headers that say what was
+    /// left out. For a copy too large for the dead-letter topic.
+    pub fn shrunk(&self, level: u8) -> (Payload, Vec<(&'static str, String)>) {
+        let mut said = Vec::new();
+        let mut payload = self.clone();
+        if level >= 1
+            && let Some(value) = payload.value.take()
+        {
+            said.push((header::VALUE_OMITTED_BYTES, value.len().to_string()));
+        }
+        if level >= 2 {
+            if let Some(key) = payload.key.take() {
+                said.push((header::KEY_OMITTED_BYTES, key.len().to_string()));
+            }
+            if !payload.headers.is_empty() {
+                said.push((header::HEADERS_OMITTED, payload.headers.len().to_string()));
+                payload.headers.clear();
+            }
+        }
+        (payload, said)
+    }
+
     /// A copy of a message's key, value and every header.
     pub fn of(message: &impl Message) -> Payload {
         Payload {
@@ -192,7 +215,7 @@ fn flag(value: Option<bool>) -> &'static str {
 /// Header names, in one place.
 pub mod header {
     /// Every `paysync.*` header a dead letter may carry, in the order written.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 19] = [
         CLASS,
         REASON,
         MESSAGE,
@@ -209,6 +232,9 @@ pub mod header {
         SOURCE_TIMESTAMP,
         CONSUMER_GROUP,
         VERSION,
+        VALUE_OMITTED_BYTES,
+        KEY_OMITTED_BYTES,
+        HEADERS_OMITTED,
     ];
     /// Set by `paysync dlq redrive --to source` on the record it writes back.
     pub const REDRIVEN_FROM: &str = "paysync.redriven_from";
@@ -231,6 +257,13 @@ pub mod header {
     pub const SOURCE_TIMESTAMP: &str = "paysync.source.timestamp";
     pub const CONSUMER_GROUP: &str = "paysync.consumer_group";
     pub const VERSION: &str = "paysync.version";
+    /// The copy was too large for the dead-letter topic: its value was left
+    /// out (this many bytes); the source record keeps it for its retention.
+    pub const VALUE_OMITTED_BYTES: &str = "paysync.value.omitted_bytes";
+    /// Still too large without its value: the key was left out too.
+    pub const KEY_OMITTED_BYTES: &str = "paysync.key.omitted_bytes";
+    /// ... and the source's own headers (this many).
+    pub const HEADERS_OMITTED: &str = "paysync.headers.omitted";
 }
 
 /// Longest `paysync.error.message`; the rest is cut (a header is not a log).
@@ -340,6 +373,30 @@ mod tests {
     use crate::top::response::ErrorResponse;
     use rdkafka::Timestamp;
     use rdkafka::message::OwnedMessage;
+
+    #[test]
+    fn a_shrunk_payload_says_what_it_left_out() {
+        let payload = Payload {
+            key: Some(b"order-1".to_vec()),
+            value: Some(vec![b'x'; 5_000]),
+            headers: vec![("a".into(), None), ("b".into(), Some(b"1".to_vec()))],
+        };
+        assert_eq!(payload.shrunk(0), (payload.clone(), vec![]));
+        let (without_value, said) = payload.shrunk(1);
+        assert_eq!(without_value.value, None);
+        assert_eq!(without_value.key, payload.key);
+        assert_eq!(said, vec![(header::VALUE_OMITTED_BYTES, "5000".to_owned())]);
+        let (bare, said) = payload.shrunk(2);
+        assert_eq!(bare, Payload::default());
+        assert_eq!(
+            said,
+            vec![
+                (header::VALUE_OMITTED_BYTES, "5000".to_owned()),
+                (header::KEY_OMITTED_BYTES, "7".to_owned()),
+                (header::HEADERS_OMITTED, "2".to_owned()),
+            ]
+        );
+    }
 
     fn source() -> SourceRecord {
         SourceRecord {

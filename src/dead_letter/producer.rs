@@ -4,11 +4,16 @@
 //! idempotent producer, see [`crate::kafka::durable_producer`]); until then
 //! the source offset is not committed. A failed write is retried with backoff
 //! for as long as it takes: the partition waits rather than losing the message.
+//! A copy too large for the topic is written without its value (then without
+//! key and source headers too), with headers that say what was left out: the
+//! source record keeps it for its retention, and a stuck partition would help
+//! no one.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::util::Timeout;
 
@@ -20,6 +25,8 @@ use crate::metrics::Metrics;
 /// First and longest pause between attempts to write one dead letter.
 const RETRY_INITIAL: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(8);
+/// The most a copy is cut down ([`super::Payload::shrunk`]).
+const MAX_SHRINK: u8 = 2;
 
 /// How a dead-letter write ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,10 +69,13 @@ impl DeadLetterProducer {
         cancelled: impl std::future::Future<Output = ()>,
     ) -> Written {
         tokio::pin!(cancelled);
-        let extra = encode_headers(source, failure, &self.group, Utc::now());
+        let headers = encode_headers(source, failure, &self.group, Utc::now());
         let mut attempt = 0u32;
+        let mut level = 0u8;
         loop {
-            let mut record = source.payload.to_record(&self.topic, &extra);
+            let (payload, mut extra) = source.payload.shrunk(level);
+            extra.splice(0..0, headers.iter().cloned());
+            let mut record = payload.to_record(&self.topic, &extra);
             if let Some(timestamp) = source.timestamp {
                 record = record.timestamp(timestamp);
             }
@@ -77,6 +87,19 @@ impl DeadLetterProducer {
                 return Written::Acknowledged;
             };
             self.metrics.dlq_produce_failures.inc();
+            if error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge)
+                && level < MAX_SHRINK
+            {
+                level += 1;
+                tracing::warn!(
+                    source_topic = %source.topic,
+                    source_partition = source.partition,
+                    source_offset = source.offset,
+                    left_out = if level == 1 { "the value" } else { "the value, key and source headers" },
+                    "The dead-letter copy is too large for the topic; writing it with less."
+                );
+                continue;
+            }
             tracing::error!(
                 error = %error,
                 topic = %self.topic,

@@ -1,5 +1,6 @@
 //! `paysync dlq inspect` and `redrive` against the mock cluster.
 
+use paysync::dead_letter::header;
 use paysync::tools::emulator::Faults;
 
 use crate::harness::*;
@@ -104,4 +105,36 @@ async fn dlq_inspect_lists_dead_letters_and_redrive_moves_only_the_selected_ones
     .await
     .unwrap();
     assert_eq!((api.selected, api.redriven, api.failed.len()), (1, 0, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_letter_too_large_for_its_topic_is_written_without_its_value() {
+    let harness = Harness::new(1, Faults::default()).await;
+    let mut records = valid_events("big", 20);
+    // Larger than event.max_bytes (invalid), and than the producer may write.
+    records.insert(10, ("big-x".into(), vec![b'x'; 20_000]));
+    harness.produce(&records).await;
+    let mut settings = harness.settings();
+    settings.event.max_bytes = 8_000;
+    settings
+        .kafka
+        .producer
+        .insert("message.max.bytes".into(), "10000".into());
+    let running = Running::start(settings).await;
+    running
+        .wait_for("every event settled", |s| {
+            s.delivered == 20 && s.dead_lettered() == 1
+        })
+        .await;
+    wait_committed(&harness, &harness.end_offsets()).await;
+    running.stop().await;
+    let dead = harness.dead_letters();
+    assert_eq!(dead.len(), 1);
+    let (value, headers) = &dead[0];
+    assert_eq!(value, &None, "the value was left out");
+    assert_eq!(headers[header::VALUE_OMITTED_BYTES], "20000");
+    assert_eq!(headers[header::CLASS], "invalid_event");
+    assert_eq!(headers[header::SOURCE_OFFSET], "10");
+    assert_eq!(headers["source-system"], "parking-platform", "source headers kept");
+    assert!(!headers.contains_key(header::KEY_OMITTED_BYTES));
 }
