@@ -7,8 +7,10 @@
 //!   An API outage or a halt does not fail liveness: restarting would only
 //!   cause a rebalance storm.
 //! * `GET /health/ready` — a JSON body saying why: `starting` (503, not yet
-//!   in the group, or still waiting for Kafka at start-up), `ready` (200), `degraded` (200: the circuit breaker is
-//!   open or a code-7 ban is running; delivery resumes by itself), `halted`
+//!   in the group, or still waiting for Kafka at start-up), `ready` (200),
+//!   `degraded` (200: the circuit breaker is open, a code-7 ban is running,
+//!   or a failing dead-letter write has held a partition for
+//!   `delivery.dead_letter_stall_ms`; delivery resumes by itself), `halted`
 //!   (503: the configuration is broken and someone must fix it).
 
 use std::net::SocketAddr;
@@ -100,6 +102,7 @@ pub fn router(state: AdminState) -> Router {
 async fn metrics(State(state): State<AdminState>) -> Response {
     // Read at scrape time: the gate changes between the main loop's ticks.
     state.gate.status().publish(&state.metrics);
+    state.health.publish_dead_letter_stall(&state.metrics);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
@@ -129,6 +132,7 @@ async fn live(State(state): State<AdminState>) -> Response {
 pub fn readiness(state: &AdminState) -> (StatusCode, Readiness) {
     let gate = state.gate.status();
     let joined = state.health.joined();
+    let dead_letter_stall = state.health.dead_letter_stall();
     let mut reasons = Vec::new();
     let status = if let Some(cause) = gate.halted {
         reasons.push(format!(
@@ -139,7 +143,18 @@ pub fn readiness(state: &AdminState) -> (StatusCode, Readiness) {
     } else if !joined {
         reasons.push("not yet a member of the consumer group".to_owned());
         "starting"
-    } else if gate.breaker != BreakerState::Closed || gate.ban_remaining.is_some() {
+    } else if gate.breaker != BreakerState::Closed
+        || gate.ban_remaining.is_some()
+        || dead_letter_stall.is_some()
+    {
+        if let Some(stall) = &dead_letter_stall {
+            reasons.push(format!(
+                "dead-letter writes have failed for {} s: {}/{} is held until one succeeds",
+                stall.held.as_secs(),
+                stall.topic,
+                stall.partition
+            ));
+        }
         if gate.breaker != BreakerState::Closed {
             reasons.push(format!(
                 "circuit breaker {}: the gateway looks down",

@@ -48,6 +48,7 @@ pub struct Metrics {
     pub calls_in_flight: IntGauge,
     pub window_messages: IntGauge,
     pub oldest_in_flight_age: Gauge,
+    pub dead_letter_stalled: Gauge,
     pub breaker_state: IntGaugeVec,
     pub halted: IntGaugeVec,
     pub ban_remaining: Gauge,
@@ -207,6 +208,11 @@ impl Metrics {
                 &r,
                 "paysync_oldest_in_flight_age_seconds",
                 "Age of the oldest unfinished message (0 when none).",
+            ),
+            dead_letter_stalled: gauge(
+                &r,
+                "paysync_dead_letter_stalled_seconds",
+                "How long the longest-failing dead-letter write has held its partition (0 when none fails).",
             ),
             breaker_state: int_gauge_vec(
                 &r,

@@ -232,6 +232,10 @@ pub struct DeliverySettings {
     /// On SIGTERM/SIGINT, how long in-flight work may finish.
     #[serde(deserialize_with = "millis")]
     pub shutdown_drain_timeout_ms: Duration,
+    /// A partition held this long by a failing dead-letter write makes
+    /// `/health/ready` report `degraded`, naming it.
+    #[serde(deserialize_with = "millis")]
+    pub dead_letter_stall_ms: Duration,
 }
 
 impl Default for DeliverySettings {
@@ -251,6 +255,7 @@ impl Default for DeliverySettings {
             breaker_probe_interval_ms: Duration::from_millis(2_000),
             halt_probe_interval_ms: Duration::from_millis(30_000),
             shutdown_drain_timeout_ms: Duration::from_millis(10_000),
+            dead_letter_stall_ms: Duration::from_millis(60_000),
         }
     }
 }

@@ -21,7 +21,7 @@ use crate::event::InvalidEvent;
 pub use crate::labels::DeadLetterClass;
 use crate::top::classify::Outcome;
 use crate::top::response::TopResponse;
-pub use producer::{DeadLetterProducer, Written};
+pub use producer::{DeadLetterProducer, StalledWrites, Written};
 
 /// A record's own content: what a dead letter copies unchanged.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -9,8 +9,9 @@
 //! source record keeps it for its retention, and a stuck partition would help
 //! no one.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use rdkafka::error::RDKafkaErrorCode;
@@ -37,6 +38,59 @@ pub enum Written {
     Cancelled,
 }
 
+/// Source partitions whose dead-letter writes are failing (each holds its
+/// partition's offset), and since when: for readiness and the alert.
+#[derive(Debug, Default)]
+pub struct StalledWrites {
+    /// (source topic, partition) → (first failure of the oldest write, writes failing).
+    failing: Mutex<HashMap<(String, i32), (Instant, usize)>>,
+}
+
+impl StalledWrites {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i32), (Instant, usize)>> {
+        self.failing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn failing(&self, topic: &str, partition: i32) {
+        self.lock()
+            .entry((topic.to_owned(), partition))
+            .or_insert((Instant::now(), 0))
+            .1 += 1;
+    }
+
+    fn ended(&self, topic: &str, partition: i32) {
+        let mut failing = self.lock();
+        let key = (topic.to_owned(), partition);
+        if let Some(entry) = failing.get_mut(&key) {
+            entry.1 -= 1;
+            if entry.1 == 0 {
+                failing.remove(&key);
+            }
+        }
+    }
+
+    /// The source partition held longest by a failing write, and for how long.
+    pub fn oldest(&self) -> Option<(String, i32, Duration)> {
+        self.lock()
+            .iter()
+            .min_by_key(|(_, (since, _))| *since)
+            .map(|((topic, partition), (since, _))| (topic.clone(), *partition, since.elapsed()))
+    }
+}
+
+/// Marks a write as failing until it ends, however it ends.
+struct Failing<'a> {
+    stalled: &'a StalledWrites,
+    topic: &'a str,
+    partition: i32,
+}
+
+impl Drop for Failing<'_> {
+    fn drop(&mut self) {
+        self.stalled.ended(self.topic, self.partition);
+    }
+}
+
 /// Writes dead letters and waits for the broker's acknowledgement.
 #[derive(Clone)]
 pub struct DeadLetterProducer {
@@ -44,6 +98,7 @@ pub struct DeadLetterProducer {
     topic: String,
     group: String,
     metrics: Arc<Metrics>,
+    stalled: Arc<StalledWrites>,
 }
 
 impl DeadLetterProducer {
@@ -57,7 +112,13 @@ impl DeadLetterProducer {
             topic: settings.kafka.dlq_topic.clone(),
             group: settings.kafka.group_id.clone(),
             metrics,
+            stalled: Arc::default(),
         })
+    }
+
+    /// The source partitions held by failing writes.
+    pub fn stalled(&self) -> &Arc<StalledWrites> {
+        &self.stalled
     }
 
     /// Writes one dead letter; retries until the broker acknowledges it or
@@ -72,6 +133,7 @@ impl DeadLetterProducer {
         let headers = encode_headers(source, failure, &self.group, Utc::now());
         let mut attempt = 0u32;
         let mut level = 0u8;
+        let mut failing = None;
         loop {
             let (payload, mut extra) = source.payload.shrunk(level);
             extra.splice(0..0, headers.iter().cloned());
@@ -99,6 +161,14 @@ impl DeadLetterProducer {
                     "The dead-letter copy is too large for the topic; writing it with less."
                 );
                 continue;
+            }
+            if failing.is_none() {
+                self.stalled.failing(&source.topic, source.partition);
+                failing = Some(Failing {
+                    stalled: &self.stalled,
+                    topic: &source.topic,
+                    partition: source.partition,
+                });
             }
             tracing::error!(
                 error = %error,

@@ -134,6 +134,10 @@ impl Pipeline {
         }
         let dead_letters = DeadLetterProducer::new(&settings, metrics.clone())
             .map_err(StartError::CreateProducer)?;
+        partitions.health.watch_dead_letters(
+            dead_letters.stalled().clone(),
+            delivery.dead_letter_stall_ms,
+        );
         let gate = Arc::new(Gate::new(
             GateSettings {
                 failure_threshold: delivery.breaker_failure_threshold,

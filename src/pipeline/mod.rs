@@ -251,6 +251,7 @@ impl Pipeline {
         metrics
             .oldest_in_flight_age
             .set(oldest.map_or(0.0, |t| t.elapsed().as_secs_f64()));
+        self.partitions.health.publish_dead_letter_stall(metrics);
         in_flight
     }
 

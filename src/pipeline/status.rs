@@ -1,11 +1,13 @@
 //! What a running pipeline reports: [`Health`] for the admin server's
 //! liveness and readiness, and [`Summary`], the counts a run ends with.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
 
+use crate::dead_letter::StalledWrites;
 use crate::labels::{CallKind, DeadLetterClass, RebalanceKind};
 use crate::metrics::Metrics;
 
@@ -17,6 +19,17 @@ pub struct Health {
     /// Set once the consumer has been through its first assignment.
     joined: AtomicBool,
     assigned: AtomicUsize,
+    /// Failing dead-letter writes, and how long one may hold its partition
+    /// before readiness says so.
+    dead_letters: OnceLock<(std::sync::Arc<StalledWrites>, Duration)>,
+}
+
+/// A source partition held by a failing dead-letter write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetterStall {
+    pub topic: String,
+    pub partition: i32,
+    pub held: Duration,
 }
 
 fn now_ms() -> u64 {
@@ -48,6 +61,39 @@ impl Health {
 
     pub fn assigned_partitions(&self) -> usize {
         self.assigned.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn watch_dead_letters(
+        &self,
+        writes: std::sync::Arc<StalledWrites>,
+        after: Duration,
+    ) {
+        let _ = self.dead_letters.set((writes, after));
+    }
+
+    /// The partition held longest by a failing dead-letter write, if any.
+    pub fn dead_letter_held(&self) -> Option<DeadLetterStall> {
+        let (writes, _) = self.dead_letters.get()?;
+        let (topic, partition, held) = writes.oldest()?;
+        Some(DeadLetterStall {
+            topic,
+            partition,
+            held,
+        })
+    }
+
+    /// Sets `paysync_dead_letter_stalled_seconds` (each tick, and at scrape time).
+    pub fn publish_dead_letter_stall(&self, metrics: &Metrics) {
+        let held = self.dead_letter_held();
+        metrics
+            .dead_letter_stalled
+            .set(held.map_or(0.0, |stall| stall.held.as_secs_f64()));
+    }
+
+    /// The same, once it has lasted `delivery.dead_letter_stall_ms`.
+    pub fn dead_letter_stall(&self) -> Option<DeadLetterStall> {
+        let (_, after) = self.dead_letters.get()?;
+        self.dead_letter_held().filter(|stall| stall.held >= *after)
     }
 }
 

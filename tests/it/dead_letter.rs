@@ -1,5 +1,7 @@
 //! `paysync dlq inspect` and `redrive` against the mock cluster.
 
+use std::time::Duration;
+
 use paysync::dead_letter::header;
 use paysync::tools::emulator::Faults;
 
@@ -135,6 +137,81 @@ async fn a_dead_letter_too_large_for_its_topic_is_written_without_its_value() {
     assert_eq!(headers[header::VALUE_OMITTED_BYTES], "20000");
     assert_eq!(headers[header::CLASS], "invalid_event");
     assert_eq!(headers[header::SOURCE_OFFSET], "10");
-    assert_eq!(headers["source-system"], "parking-platform", "source headers kept");
+    assert_eq!(
+        headers["source-system"], "parking-platform",
+        "source headers kept"
+    );
     assert!(!headers.contains_key(header::KEY_OMITTED_BYTES));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partition_held_by_failing_dead_letter_writes_shows_in_readiness_until_they_succeed() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let harness = Harness::new(1, Faults::default()).await;
+    let mut records = valid_events("stall", 5);
+    records[2].1 = b"{broken".to_vec();
+    harness.produce(&records).await;
+    // From now on, every write is refused (only dead letters are written).
+    harness.cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 500],
+    );
+    let mut settings = harness.settings();
+    settings.delivery.dead_letter_stall_ms = Duration::from_millis(1_000);
+    settings
+        .kafka
+        .producer
+        .insert("message.timeout.ms".into(), "500".into());
+    let running = Running::start(settings).await;
+    let (admin, base) = admin_for(&running).await;
+    let ready = || async {
+        let response = reqwest::get(format!("{base}/health/ready")).await.unwrap();
+        let status = response.status().as_u16();
+        let body: serde_json::Value =
+            serde_json::from_str(&response.text().await.unwrap()).unwrap();
+        (status, body)
+    };
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let (status, body) = loop {
+        let (status, body) = ready().await;
+        if body["status"] == "degraded" {
+            break (status, body);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never degraded: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(status, 200);
+    let reason = body["reasons"][0].as_str().unwrap();
+    assert!(
+        reason.contains("dead-letter writes have failed")
+            && reason.contains(&format!("{SOURCE}/0")),
+        "{reason}"
+    );
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(sample(&metrics, "paysync_dead_letter_stalled_seconds").unwrap() >= 1.0);
+    // The topic takes writes again: the letter is written, the partition moves.
+    harness.cluster.clear_request_errors(RDKafkaApiKey::Produce);
+    running
+        .wait_for("the dead letter and the rest", |s| {
+            s.dead_lettered() == 1 && s.delivered == 4
+        })
+        .await;
+    wait_committed(&harness, &harness.end_offsets()).await;
+    let (status, body) = ready().await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("ready")),
+        "{body}"
+    );
+    admin.stop().await;
+    running.stop().await;
+    assert_eq!(harness.dead_letters().len(), 1);
 }

@@ -577,11 +577,14 @@ async fn a_crash_redelivers_everything_uncommitted_and_loses_nothing() {
 
     let (accepted, unique, duplicates) = harness.emulator.gateway().order_counts();
     assert_eq!(unique, 500, "nothing lost");
-    let sent_after_restart = accepted - accepted_before;
-    assert_eq!(
-        sent_after_restart as i64,
-        500 - known_at_crash,
-        "exactly what the group did not know finished is sent again ({committed_at_crash} committed, {known_at_crash} known finished)"
+    // What the group did not know finished is sent again: no more, except
+    // the calls (at most max_in_flight = 8) the gateway answered after the
+    // kill, which count here as sent after the restart.
+    let sent_after_restart = accepted as i64 - accepted_before as i64;
+    let unknown = 500 - known_at_crash;
+    assert!(
+        (unknown..=unknown + 8).contains(&sent_after_restart),
+        "{sent_after_restart} sent again, {unknown} not known finished ({committed_at_crash} committed, {known_at_crash} known finished)"
     );
     println!(
         "crash: accepted {accepted}, unique {unique}, duplicates {duplicates}, committed {committed_at_crash}, known finished {known_at_crash}"
