@@ -329,6 +329,9 @@ pub struct DeadLetterRecord {
     pub source_partition: Option<i32>,
     pub source_offset: Option<i64>,
     pub dead_lettered_at: Option<DateTime<Utc>>,
+    /// The copy left parts of the source record out (it was too large for
+    /// the dead-letter topic): `original` is not the whole record.
+    pub left_out: bool,
     /// The original key, value and headers, as the source had them.
     #[serde(skip)]
     pub original: Payload,
@@ -362,6 +365,13 @@ impl DeadLetterRecord {
             dead_lettered_at: get(header::DEAD_LETTERED_AT)
                 .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
                 .map(|t| t.with_timezone(&Utc)),
+            left_out: [
+                header::VALUE_OMITTED_BYTES,
+                header::KEY_OMITTED_BYTES,
+                header::HEADERS_OMITTED,
+            ]
+            .iter()
+            .any(|name| paysync.contains_key(*name)),
             original: payload,
         }
     }

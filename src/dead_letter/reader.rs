@@ -21,7 +21,7 @@ use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
-use super::{DeadLetterRecord, header};
+use super::{DeadLetterRecord, Payload, header};
 use crate::config::Settings;
 use crate::event;
 use crate::kafka;
@@ -193,7 +193,36 @@ fn read_after_cursor(
     Ok((consumer, records))
 }
 
+/// The source record a dead letter came from, read back from its topic (for
+/// a dead letter that left parts of it out); `None` when it is gone
+/// (retention, compaction). Blocks.
+fn read_source(settings: &Settings, record: &DeadLetterRecord) -> anyhow::Result<Option<Payload>> {
+    let (Some(partition), Some(offset)) = (record.source_partition, record.source_offset) else {
+        return Ok(None);
+    };
+    let topic = &record.source_topic;
+    let consumer = consumer(settings, &format!("{}.redrive", settings.kafka.group_id))?;
+    let (low, high) = consumer.fetch_watermarks(topic, partition, kafka::REQUEST_TIMEOUT)?;
+    if offset < low || offset >= high {
+        return Ok(None);
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+    consumer.assign(&tpl)?;
+    let deadline = std::time::Instant::now() + kafka::REQUEST_TIMEOUT;
+    while std::time::Instant::now() < deadline {
+        if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+            let message = message?;
+            // A later offset: this one was compacted away.
+            return Ok((message.offset() == offset).then(|| Payload::of(&message)));
+        }
+    }
+    bail!("cannot read the source record {topic}/{partition}@{offset} back")
+}
+
 /// Redrives the dead letters after the group's cursor that match `filter`.
+/// A dead letter that left its value out is redriven with the source
+/// record, read back from the source topic while it is still there.
 pub async fn redrive(
     settings: &Settings,
     filter: &Filter,
@@ -225,12 +254,31 @@ pub async fn redrive(
     for record in &records {
         if filter.matches(record) {
             report.selected += 1;
-            if !dry_run {
+            let original = match (dry_run, record.left_out) {
+                (true, _) => None,
+                (false, false) => Some(record.original.clone()),
+                (false, true) => {
+                    let (settings, copy) = (settings.clone(), record.clone());
+                    let source = tokio::task::spawn_blocking(move || read_source(&settings, &copy))
+                        .await??;
+                    if source.is_none() {
+                        report.failed.push(format!(
+                            "{}@{}: the dead letter left its value out and the source record {}/{}@{} is gone",
+                            record.partition,
+                            record.offset,
+                            record.source_topic,
+                            record.source_partition.unwrap_or(-1),
+                            record.source_offset.unwrap_or(-1)
+                        ));
+                    }
+                    source
+                }
+            };
+            if let Some(original) = original {
                 match target {
                     Target::Source => {
                         let origin = format!("{}@{}", record.partition, record.offset);
-                        let out = record
-                            .original
+                        let out = original
                             .to_record(&record.source_topic, &[(header::REDRIVEN_FROM, origin)]);
                         producer
                             .send(out, Duration::from_secs(30))
@@ -247,7 +295,7 @@ pub async fn redrive(
                     Target::Api => {
                         let client = client.as_ref().expect("built for the API target");
                         let outcome = match event::decode(
-                            record.original.value.as_deref(),
+                            original.value.as_deref(),
                             &settings.event.limits(),
                         ) {
                             Ok(event) => {

@@ -142,6 +142,30 @@ async fn a_dead_letter_too_large_for_its_topic_is_written_without_its_value() {
         "source headers kept"
     );
     assert!(!headers.contains_key(header::KEY_OMITTED_BYTES));
+
+    // Redrive reads the value back from the source record.
+    let before = harness.end_offsets()[&0];
+    let report = paysync::dead_letter::reader::redrive(
+        &harness.settings(),
+        &paysync::dead_letter::reader::Filter::default(),
+        paysync::dead_letter::reader::Target::Source,
+        None,
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!((report.redriven, report.failed.len()), (1, 0), "{report:?}");
+    assert_eq!(harness.end_offsets()[&0], before + 1);
+    let (value, headers) = harness
+        .kafka
+        .read_one(SOURCE, 0, before)
+        .expect("the redriven record");
+    assert_eq!(
+        value.map(|v| v.len()),
+        Some(20_000),
+        "the whole value again"
+    );
+    assert_eq!(headers[header::REDRIVEN_FROM], "0@0");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

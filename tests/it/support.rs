@@ -23,6 +23,24 @@ pub const PATIENCE: Duration = Duration::from_secs(120);
 /// A record read back from a dead-letter topic: its value and headers.
 pub type DeadLetter = (Option<Vec<u8>>, HashMap<String, String>);
 
+/// A record's value and headers (as text).
+fn record_of(message: &impl Message) -> DeadLetter {
+    let headers = message
+        .headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| {
+                    (
+                        h.key.to_owned(),
+                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    (message.payload().map(<[u8]>::to_vec), headers)
+}
+
 /// An emulator on a free loopback port that knows the test app.
 pub async fn emulator(faults: Faults) -> Emulator {
     emulator_seeded(faults, 3).await
@@ -173,6 +191,26 @@ impl Kafka {
     }
 
     /// Every record in a one-partition dead-letter topic.
+    /// The record at `offset` of one partition, if there is one.
+    pub fn read_one(&self, topic: &str, partition: i32, offset: i64) -> Option<DeadLetter> {
+        let mut config = self.client_config();
+        config
+            .set("group.id", format!("reader-{}", rand::random::<u32>()))
+            .set("enable.auto.commit", "false");
+        let consumer: BaseConsumer = config.create().unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Offset(offset))
+            .unwrap();
+        consumer.assign(&tpl).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+                return Some(record_of(&message));
+            }
+        }
+        None
+    }
+
     pub fn dead_letters(&self, dlq: &str) -> Vec<DeadLetter> {
         let mut config = self.client_config();
         config
@@ -189,21 +227,7 @@ impl Kafka {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while (records.len() as i64) < high && std::time::Instant::now() < deadline {
             if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
-                let headers = message
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| {
-                                (
-                                    h.key.to_owned(),
-                                    String::from_utf8_lossy(h.value.unwrap_or_default())
-                                        .into_owned(),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                records.push((message.payload().map(<[u8]>::to_vec), headers));
+                records.push(record_of(&message));
             }
         }
         records
