@@ -185,9 +185,14 @@ pub struct DlqRedriveArgs {
     pub filter: DlqFilterArgs,
     #[arg(long, value_enum, default_value_t = crate::dead_letter::reader::Target::Source)]
     pub to: crate::dead_letter::reader::Target,
-    /// The group that keeps the redrive's cursor (default: <kafka.group_id>.redrive).
+    /// The group that keeps the redrive's cursor (default: one per filter,
+    /// <kafka.group_id>.redrive, then .<hash of the filter> when filtered).
     #[arg(long)]
     pub group: Option<String>,
+    /// Records already redriven this many times are held back (they stay in
+    /// the dead-letter topic), so a record that keeps failing cannot circle.
+    #[arg(long, default_value_t = 3)]
+    pub max_redrives: u32,
     /// Show what would be redriven; send nothing and keep the cursor.
     #[arg(long)]
     pub dry_run: bool,

@@ -42,6 +42,7 @@ pub(super) async fn dlq(command: DlqCommand) -> ExitCode {
                 &args.filter.filter(),
                 args.to,
                 args.group.as_deref(),
+                args.max_redrives,
                 args.dry_run,
             )
             .await
@@ -63,6 +64,16 @@ pub(super) async fn dlq(command: DlqCommand) -> ExitCode {
                         },
                         args.to
                     );
+                    let passed_over = report.examined - report.selected;
+                    if passed_over > 0 {
+                        println!(
+                            "  passed over {passed_over} records the filter did not select; the cursor of group {} moved past them, other filters have their own",
+                            report.group
+                        );
+                    }
+                    for held in &report.held_back {
+                        println!("  held back (raise --max-redrives to send it again): {held}");
+                    }
                     for failure in &report.failed {
                         println!("  not accepted: {failure}");
                     }

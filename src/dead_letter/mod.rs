@@ -238,6 +238,9 @@ pub mod header {
     ];
     /// Set by `paysync dlq redrive --to source` on the record it writes back.
     pub const REDRIVEN_FROM: &str = "paysync.redriven_from";
+    /// How many times the record was redriven to its source (set with
+    /// [`REDRIVEN_FROM`]; a dead letter of it carries it along).
+    pub const REDRIVES: &str = "paysync.redrives";
     /// The prefix of every header paysync adds.
     pub const PREFIX: &str = "paysync.";
 
@@ -332,6 +335,8 @@ pub struct DeadLetterRecord {
     /// The copy left parts of the source record out (it was too large for
     /// the dead-letter topic): `original` is not the whole record.
     pub left_out: bool,
+    /// How many times this record was redriven to its source before.
+    pub redrives: u32,
     /// The original key, value and headers, as the source had them.
     #[serde(skip)]
     pub original: Payload,
@@ -372,6 +377,9 @@ impl DeadLetterRecord {
             ]
             .iter()
             .any(|name| paysync.contains_key(*name)),
+            redrives: get(header::REDRIVES)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0),
             original: payload,
         }
     }

@@ -39,6 +39,25 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// The group that keeps a redrive's cursor by default: one per filter,
+    /// so a filtered redrive never moves the cursor of another filter past
+    /// records it did not select.
+    pub fn default_group(&self, settings: &Settings) -> String {
+        let base = format!("{}.redrive", settings.kafka.group_id);
+        if self.class.is_none()
+            && self.reason.is_none()
+            && self.code.is_none()
+            && self.since.is_none()
+            && self.until.is_none()
+        {
+            return base;
+        }
+        format!(
+            "{base}.{:08x}",
+            crc32fast::hash(format!("{self:?}").as_bytes())
+        )
+    }
+
     pub fn matches(&self, record: &DeadLetterRecord) -> bool {
         self.class.as_ref().is_none_or(|c| *c == record.class)
             && self.reason.as_ref().is_none_or(|r| *r == record.reason)
@@ -169,9 +188,14 @@ pub enum Target {
 /// What a redrive did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RedriveReport {
+    /// The cursor's group.
+    pub group: String,
     pub examined: usize,
     pub selected: usize,
     pub redriven: usize,
+    /// Selected records already redriven `--max-redrives` times: not sent
+    /// again (they stay in the dead-letter topic).
+    pub held_back: Vec<String>,
     /// Records sent to the API that it did not accept (they stay in the DLQ).
     pub failed: Vec<String>,
     pub dry_run: bool,
@@ -228,19 +252,18 @@ pub async fn redrive(
     filter: &Filter,
     target: Target,
     group: Option<&str>,
+    max_redrives: u32,
     dry_run: bool,
 ) -> anyhow::Result<RedriveReport> {
-    let group = group.map_or_else(
-        || format!("{}.redrive", settings.kafka.group_id),
-        str::to_owned,
-    );
+    let group = group.map_or_else(|| filter.default_group(settings), str::to_owned);
     let topic = settings.kafka.dlq_topic.clone();
     let (consumer, records) = {
-        let settings = settings.clone();
+        let (settings, group) = (settings.clone(), group.clone());
         tokio::task::spawn_blocking(move || read_after_cursor(&settings, &group)).await??
     };
     let consumer = Arc::new(consumer);
     let mut report = RedriveReport {
+        group: group.clone(),
         examined: records.len(),
         dry_run,
         ..RedriveReport::default()
@@ -254,7 +277,14 @@ pub async fn redrive(
     for record in &records {
         if filter.matches(record) {
             report.selected += 1;
+            if record.redrives >= max_redrives {
+                report.held_back.push(format!(
+                    "{}@{}: redriven {} times already",
+                    record.partition, record.offset, record.redrives
+                ));
+            }
             let original = match (dry_run, record.left_out) {
+                _ if record.redrives >= max_redrives => None,
                 (true, _) => None,
                 (false, false) => Some(record.original.clone()),
                 (false, true) => {
@@ -278,8 +308,11 @@ pub async fn redrive(
                 match target {
                     Target::Source => {
                         let origin = format!("{}@{}", record.partition, record.offset);
-                        let out = original
-                            .to_record(&record.source_topic, &[(header::REDRIVEN_FROM, origin)]);
+                        let count = (record.redrives + 1).to_string();
+                        let out = original.to_record(
+                            &record.source_topic,
+                            &[(header::REDRIVEN_FROM, origin), (header::REDRIVES, count)],
+                        );
                         producer
                             .send(out, Duration::from_secs(30))
                             .await

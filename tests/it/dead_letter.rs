@@ -52,7 +52,7 @@ async fn dlq_inspect_lists_dead_letters_and_redrive_moves_only_the_selected_ones
     assert!(paysync::dead_letter::reader::render_table(&all).contains("invalid_event"));
 
     let source_end = harness.end_offsets()[&0];
-    let dry = redrive(&settings, &rejected_only, Target::Source, None, true)
+    let dry = redrive(&settings, &rejected_only, Target::Source, None, 3, true)
         .await
         .unwrap();
     assert_eq!((dry.selected, dry.redriven), (1, 0));
@@ -64,12 +64,12 @@ async fn dlq_inspect_lists_dead_letters_and_redrive_moves_only_the_selected_ones
 
     // The API takes the order now; redrive it to the source topic, once.
     harness.emulator.gateway().set_faults(Faults::default());
-    let done = redrive(&settings, &rejected_only, Target::Source, None, false)
+    let done = redrive(&settings, &rejected_only, Target::Source, None, 3, false)
         .await
         .unwrap();
     assert_eq!((done.examined, done.selected, done.redriven), (2, 1, 1));
     assert_eq!(harness.end_offsets()[&0], source_end + 1);
-    let again = redrive(&settings, &rejected_only, Target::Source, None, false)
+    let again = redrive(&settings, &rejected_only, Target::Source, None, 3, false)
         .await
         .unwrap();
     assert_eq!(
@@ -92,21 +92,69 @@ async fn dlq_inspect_lists_dead_letters_and_redrive_moves_only_the_selected_ones
         1
     );
 
-    // Straight to the API: an invalid event is reported, not accepted.
+    // Straight to the API: an invalid event is reported, not accepted. Its
+    // filter has its own cursor: the rejected-only redrives passed over
+    // this record without hiding it.
     let invalid_only = Filter {
         class: Some("invalid_event".into()),
         ..Filter::default()
     };
-    let api = redrive(
+    let api = redrive(&settings, &invalid_only, Target::Api, None, 3, false)
+        .await
+        .unwrap();
+    assert_ne!(api.group, done.group);
+    assert_eq!((api.selected, api.redriven, api.failed.len()), (1, 0, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_record_that_keeps_failing_is_held_back_after_max_redrives() {
+    use paysync::dead_letter::reader::{Filter, Target, redrive};
+    let harness = Harness::new(
+        1,
+        Faults {
+            reject_order_ids: vec!["circle-1".into()],
+            ..Faults::default()
+        },
+    )
+    .await;
+    harness.produce(&valid_events("circle", 3)).await;
+    let settings = harness.settings();
+    let running = Running::start(settings.clone()).await;
+    running
+        .wait_for("one dead letter", |s| s.dead_lettered() == 1)
+        .await;
+    // Redriven once: refused again, dead-lettered again, carrying the count.
+    let first = redrive(
         &settings,
-        &invalid_only,
-        Target::Api,
-        Some("api-redrive"),
+        &Filter::default(),
+        Target::Source,
+        None,
+        1,
         false,
     )
     .await
     .unwrap();
-    assert_eq!((api.selected, api.redriven, api.failed.len()), (1, 0, 1));
+    assert_eq!((first.redriven, first.held_back.len()), (1, 0));
+    running
+        .wait_for("the second dead letter", |s| s.dead_lettered() == 2)
+        .await;
+    let second = redrive(
+        &settings,
+        &Filter::default(),
+        Target::Source,
+        None,
+        1,
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!((second.selected, second.redriven), (1, 0), "{second:?}");
+    assert_eq!(second.held_back.len(), 1);
+    assert!(second.held_back[0].contains("redriven 1 times already"));
+    running.stop().await;
+    let copies = harness.dead_letters();
+    assert_eq!(copies.len(), 2, "no third copy");
+    assert_eq!(copies[1].1[header::REDRIVES], "1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -150,6 +198,7 @@ async fn a_dead_letter_too_large_for_its_topic_is_written_without_its_value() {
         &paysync::dead_letter::reader::Filter::default(),
         paysync::dead_letter::reader::Target::Source,
         None,
+        3,
         false,
     )
     .await
