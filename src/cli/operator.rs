@@ -67,7 +67,7 @@ pub(super) async fn dlq(command: DlqCommand) -> ExitCode {
                     let passed_over = report.examined - report.selected;
                     if passed_over > 0 {
                         println!(
-                            "  passed over {passed_over} records the filter did not select; the cursor of group {} moved past them, other filters have their own",
+                            "  {passed_over} records not selected by the filter; group {} keeps this filter's cursor, other filters have their own",
                             report.group
                         );
                     }

@@ -311,3 +311,49 @@ async fn paysync_waits_for_an_unreachable_kafka_then_exits_with_a_clear_error() 
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn liveness_fails_while_the_main_loop_is_stuck_and_recovers_after() {
+    // Calls of 3 s, and a revoke that waits for them: the rebalance callback
+    // holds the main loop for that long (production settings keep the
+    // liveness timeout above the revoke drain; here it is below on purpose).
+    let harness = Harness::new(
+        2,
+        Faults {
+            latency_ms: 3_000,
+            ..Faults::default()
+        },
+    )
+    .await;
+    harness.produce(&valid_events("stuck", 40)).await;
+    let mut settings = harness.settings();
+    settings.delivery.max_in_flight = 4;
+    settings.kafka.revoke_drain_timeout_ms = Duration::from_secs(5);
+    let first = Running::start(settings.clone()).await;
+    first.wait_for("calls under way", |s| s.consumed >= 4).await;
+    let state = paysync::admin::AdminState {
+        liveness_timeout: Duration::from_millis(1_000),
+        ..paysync::admin::AdminState::of(&first.pipeline, Duration::ZERO)
+    };
+    let admin = paysync::admin::AdminServer::start("127.0.0.1:0".parse().unwrap(), state)
+        .await
+        .unwrap();
+    let live = format!("http://{}/health/live", admin.addr());
+    assert_eq!(reqwest::get(&live).await.unwrap().status(), 200);
+    // A second member joins: the first revokes and drains its calls.
+    let second = Running::start(settings).await;
+    let mut saw_stuck = false;
+    let mut recovered = false;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline && !recovered {
+        let status = reqwest::get(&live).await.unwrap().status();
+        saw_stuck |= status == 503;
+        recovered = saw_stuck && status == 200;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(saw_stuck, "liveness never failed while the loop was held");
+    assert!(recovered, "liveness did not recover after the drain");
+    admin.stop().await;
+    second.stop().await;
+    first.stop().await;
+}

@@ -112,7 +112,7 @@ impl Harness {
 pub struct Running {
     pub gate: Arc<Gate>,
     /// Dropping it (a failing test) aborts the run, so the mock cluster can shut down.
-    pipeline: RunningPipeline,
+    pub pipeline: RunningPipeline,
 }
 
 impl Running {
