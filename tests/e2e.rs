@@ -42,6 +42,11 @@ struct Scenario {
 
 impl Scenario {
     async fn new(name: &str, faults: Faults) -> Scenario {
+        Self::with_dlq_config(name, faults, &[]).await
+    }
+
+    /// With topic configuration for the dead-letter topic (a size limit, say).
+    async fn with_dlq_config(name: &str, faults: Faults, dlq_config: &[(&str, &str)]) -> Scenario {
         let kafka = Kafka {
             bootstrap: bootstrap(),
         };
@@ -53,7 +58,10 @@ impl Scenario {
             .create_topics(
                 &[
                     NewTopic::new(&topic, PARTITIONS, TopicReplication::Fixed(1)),
-                    NewTopic::new(&dlq, 1, TopicReplication::Fixed(1)),
+                    dlq_config.iter().fold(
+                        NewTopic::new(&dlq, 1, TopicReplication::Fixed(1)),
+                        |topic, (key, value)| topic.set(key, value),
+                    ),
                 ],
                 &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
             )
@@ -734,6 +742,68 @@ async fn a_transactional_topic_is_committed_and_replayed_to_its_end() {
         accepted,
         2 * records.len(),
         "the replay sent every event once more"
+    );
+    scenario.report(records.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_too_large_to_send_or_to_copy_are_dead_lettered_and_the_rest_flow() {
+    let _serial = SERIAL.lock().await;
+    // The gateway refuses requests over 700 bytes (HTTP 413); the
+    // dead-letter topic takes records of at most 50,000 bytes.
+    let scenario = Scenario::with_dlq_config(
+        "oversized",
+        Faults {
+            max_request_bytes: Some(700),
+            ..Faults::default()
+        },
+        &[("max.message.bytes", "50000")],
+    )
+    .await;
+    let mut records = valid_events("big", 2_000);
+    let long = "x".repeat(120);
+    records.insert(
+        500,
+        (
+            "big-request".into(),
+            format!(
+                r#"{{"car_no":"浙A888888","order_id":"big-request","park_id":"p-{long}","pay_order_id":"po-{long}","pay_time":"2020-10-10 20:00:00","order_type":1,"pay_fee":1000}}"#
+            )
+            .into_bytes(),
+        ),
+    );
+    records.insert(1_000, ("big-value".into(), vec![b'x'; 200_000]));
+    scenario.kafka.produce(&scenario.topic, &records).await;
+    let url = scenario.emulator.url();
+    let process = Process::start(&scenario.config(&url, ""));
+    wait_accepted(&scenario.emulator, 2_000).await;
+    scenario.wait_committed_to_end().await;
+    process.signal("TERM");
+    assert_eq!(process.wait_exit(Duration::from_secs(30)).await, Some(0));
+    let dead = scenario.dead_letters();
+    assert_eq!(
+        dead.len(),
+        2,
+        "one too large to send, one too large to copy"
+    );
+    let reasons: HashSet<String> = dead
+        .iter()
+        .map(|(_, h)| h[header::REASON].clone())
+        .collect();
+    assert_eq!(
+        reasons,
+        HashSet::from(["request_too_large".to_owned(), "invalid_event".to_owned()])
+    );
+    let copy = dead
+        .iter()
+        .find(|(_, h)| h[header::REASON] == "invalid_event")
+        .unwrap();
+    assert_eq!(copy.0, None, "the value was left out");
+    assert_eq!(copy.1[header::VALUE_OMITTED_BYTES], "200000");
+    let answers = scenario.emulator.gateway().stats().answers;
+    println!(
+        "e2e oversized: 2,002 events; 2,000 delivered, 1 dead-lettered after HTTP 413 ({:?} answers 413), 1 of 200,000 bytes dead-lettered without its value under the topic's 50,000-byte limit; committed to the end",
+        answers.get("http_413")
     );
     scenario.report(records.len());
 }
