@@ -47,8 +47,9 @@ pub(super) async fn run(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let Some((pipeline, listener)) = start_pipeline(settings, listener, stopped_early).await else {
-        return ExitCode::FAILURE;
+    let (pipeline, listener) = match start_pipeline(settings, listener, stopped_early).await {
+        Ok(started) => started,
+        Err(code) => return code,
     };
     let running = pipeline.spawn(async move {
         let _ = stopped.await;
@@ -69,20 +70,20 @@ pub(super) async fn run(path: &Path) -> ExitCode {
 
 /// Builds the pipeline, waiting for Kafka with backoff (alive, not ready,
 /// a log line per attempt) up to `kafka.startup_timeout_ms`. Returns the
-/// admin listener back for the real server; `None` after a reported error
-/// or a signal.
+/// admin listener back for the real server, or the exit code: success after
+/// a signal (a requested stop), failure after a reported error.
 async fn start_pipeline(
     settings: Settings,
     listener: TcpListener,
     mut stopped: tokio::sync::watch::Receiver<bool>,
-) -> Option<(Pipeline, TcpListener)> {
-    let address = listener.local_addr().ok()?;
+) -> Result<(Pipeline, TcpListener), ExitCode> {
+    let address = listener.local_addr().map_err(|_| ExitCode::FAILURE)?;
     let waiting = Arc::new(Mutex::new("connecting to Kafka".to_owned()));
     let starting = match AdminServer::serve_starting(listener, waiting.clone()) {
         Ok(server) => server,
         Err(error) => {
             eprintln!("paysync: cannot serve on admin.listen {address}: {error}");
-            return None;
+            return Err(ExitCode::FAILURE);
         }
     };
     tracing::info!(admin = %address, "Starting; /health/ready answers 503 until the pipeline runs.");
@@ -111,22 +112,26 @@ async fn start_pipeline(
             format!("waiting for Kafka (attempt {attempt}): {error}");
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = stopped.wait_for(|stop| *stop) => break Err(anyhow::anyhow!("stopped by a signal while waiting for Kafka")),
+            _ = stopped.wait_for(|stop| *stop) => {
+                tracing::info!("Stopped by a signal while waiting for Kafka.");
+                starting.stop().await;
+                return Err(ExitCode::SUCCESS);
+            }
         }
     };
     starting.stop().await;
     match built {
         Ok(pipeline) => match TcpListener::bind(address).await {
-            Ok(listener) => Some((pipeline, listener)),
+            Ok(listener) => Ok((pipeline, listener)),
             Err(error) => {
                 eprintln!("paysync: cannot listen on admin.listen {address} again: {error}");
-                None
+                Err(ExitCode::FAILURE)
             }
         },
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "Cannot start.");
             eprintln!("paysync: {error:#}");
-            None
+            Err(ExitCode::FAILURE)
         }
     }
 }

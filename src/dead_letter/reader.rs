@@ -160,7 +160,11 @@ pub fn render_table(records: &[DeadLetterRecord]) -> String {
         let at = r
             .dead_lettered_at
             .map_or("-".into(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string());
-        let message: String = r.message.chars().take(80).collect();
+        let mut message: String = r.message.chars().take(80).collect();
+        if r.left_out {
+            // The copy was too large for the topic; redrive reads the source.
+            message.insert_str(0, "[value left out] ");
+        }
         out.push_str(&format!(
             "{:<10} {:<24} {:<17} {:<18} {:<5} {:<28} {}\n",
             format!("{}@{}", r.partition, r.offset),

@@ -357,3 +357,24 @@ async fn liveness_fails_while_the_main_loop_is_stuck_and_recovers_after() {
     second.stop().await;
     first.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_while_waiting_for_kafka_stops_paysync_cleanly() {
+    let emulator = emulator(Faults::default()).await;
+    let url = emulator.url();
+    let config = RunConfig {
+        bootstrap: "127.0.0.1:1",
+        group: "startup-stop",
+        topic: "payments",
+        dlq: "payments.dlq",
+        gateway_url: &url,
+        delivery: "",
+        top: "",
+        commit_interval_ms: 100,
+    };
+    let process = Process::start(&config);
+    wait_until("the start-up line", || process.log().contains("Starting;")).await;
+    process.signal("TERM");
+    // The attempt under way (up to 10 s) ends first; then it stops.
+    assert_eq!(process.wait_exit(Duration::from_secs(30)).await, Some(0));
+}

@@ -190,6 +190,20 @@ async fn a_dead_letter_too_large_for_its_topic_is_written_without_its_value() {
         "source headers kept"
     );
     assert!(!headers.contains_key(header::KEY_OMITTED_BYTES));
+    let listed = tokio::task::spawn_blocking({
+        let settings = harness.settings();
+        move || {
+            paysync::dead_letter::reader::inspect(
+                &settings,
+                &paysync::dead_letter::reader::Filter::default(),
+            )
+        }
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(listed[0].left_out);
+    assert!(paysync::dead_letter::reader::render_table(&listed).contains("[value left out]"));
 
     // Redrive reads the value back from the source record.
     let before = harness.end_offsets()[&0];
