@@ -250,20 +250,25 @@ async fn readiness_reports_a_halt_as_not_ready_with_its_cause() {
     running.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn paysync_waits_for_an_unreachable_kafka_then_exits_with_a_clear_error() {
-    let emulator = emulator(Faults::default()).await;
-    let url = emulator.url();
-    let config = RunConfig {
+/// A `paysync run` configuration whose Kafka is not there (nothing listens on port 1).
+fn unreachable_kafka(gateway_url: &str) -> RunConfig<'_> {
+    RunConfig {
         bootstrap: "127.0.0.1:1",
         group: "startup",
         topic: "payments",
         dlq: "payments.dlq",
-        gateway_url: &url,
+        gateway_url,
         delivery: "",
         top: "",
         commit_interval_ms: 100,
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paysync_waits_for_an_unreachable_kafka_then_exits_with_a_clear_error() {
+    let emulator = emulator(Faults::default()).await;
+    let url = emulator.url();
+    let config = unreachable_kafka(&url);
     let started = std::time::Instant::now();
     let process =
         Process::start_with_env(&config, &[("PAYSYNC_KAFKA__STARTUP_TIMEOUT_MS", "11000")]);
@@ -362,16 +367,7 @@ async fn liveness_fails_while_the_main_loop_is_stuck_and_recovers_after() {
 async fn a_signal_while_waiting_for_kafka_stops_paysync_cleanly() {
     let emulator = emulator(Faults::default()).await;
     let url = emulator.url();
-    let config = RunConfig {
-        bootstrap: "127.0.0.1:1",
-        group: "startup-stop",
-        topic: "payments",
-        dlq: "payments.dlq",
-        gateway_url: &url,
-        delivery: "",
-        top: "",
-        commit_interval_ms: 100,
-    };
+    let config = unreachable_kafka(&url);
     let process = Process::start(&config);
     wait_until("the start-up line", || process.log().contains("Starting;")).await;
     process.signal("TERM");

@@ -212,31 +212,22 @@ impl Gateway {
             return Reply::Drop;
         }
         let size = request.body.len() + request.query.as_ref().map_or(0, String::len);
-        if faults.max_request_bytes.is_some_and(|limit| size > limit) {
-            self.count("http_413".into());
+        let proxy_error = if faults.max_request_bytes.is_some_and(|limit| size > limit) {
+            Some((413, "Request Entity Too Large", None))
+        } else if self.draw(faults.http_502_rate) {
+            Some((502, "Bad Gateway", None))
+        } else if self.draw(faults.http_503_rate) {
+            Some((503, "Service Unavailable", Some(1)))
+        } else {
+            None
+        };
+        if let Some((status, title, retry_after)) = proxy_error {
+            self.count(format!("http_{status}"));
             return Reply::Http {
-                status: 413,
+                status,
                 content_type: "text/html",
-                retry_after: None,
-                body: "<html><body><h1>413 Request Entity Too Large</h1></body></html>".into(),
-            };
-        }
-        if self.draw(faults.http_502_rate) {
-            self.count("http_502".into());
-            return Reply::Http {
-                status: 502,
-                content_type: "text/html",
-                retry_after: None,
-                body: "<html><body><h1>502 Bad Gateway</h1></body></html>".into(),
-            };
-        }
-        if self.draw(faults.http_503_rate) {
-            self.count("http_503".into());
-            return Reply::Http {
-                status: 503,
-                content_type: "text/html",
-                retry_after: Some(1),
-                body: "<html><body><h1>503 Service Unavailable</h1></body></html>".into(),
+                retry_after,
+                body: format!("<html><body><h1>{status} {title}</h1></body></html>"),
             };
         }
         let (rendering, answer, request_id) =
