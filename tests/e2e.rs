@@ -290,9 +290,13 @@ async fn repeated_kill_9_under_faults_loses_nothing() {
         rejected.len(),
         "exactly the refused events are dead-lettered; transient faults never are"
     );
+    // Each of the five processes writes a given dead letter at most once (a
+    // finished event is never sent again by the process that finished it).
+    // Two copies at most is the usual case, not a guarantee: a kill soon
+    // after a rebalance can find the last write's commit not yet made.
     let most_copies = dead_copies.values().max().copied().unwrap_or(0);
     assert!(
-        most_copies <= 2,
+        most_copies <= KILLS + 1,
         "a dead letter was written {most_copies} times"
     );
 
