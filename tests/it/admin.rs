@@ -167,12 +167,7 @@ async fn readiness_is_degraded_while_the_breaker_is_open_and_liveness_holds() {
             .status(),
         200
     );
-    let metrics = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&format!("{base}/metrics")).await;
     assert_eq!(
         sample(&metrics, r#"paysync_breaker_state{state="closed"}"#),
         Some(0.0),
@@ -232,12 +227,7 @@ async fn readiness_reports_a_halt_as_not_ready_with_its_cause() {
         200,
         "a halt is not a stuck process"
     );
-    let metrics = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&format!("{base}/metrics")).await;
     assert_eq!(
         sample(&metrics, r#"paysync_halted{cause="signature"}"#),
         Some(1.0)

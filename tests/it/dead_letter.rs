@@ -124,30 +124,15 @@ async fn a_record_that_keeps_failing_is_held_back_after_max_redrives() {
         .wait_for("one dead letter", |s| s.dead_lettered() == 1)
         .await;
     // Redriven once: refused again, dead-lettered again, carrying the count.
-    let first = redrive(
-        &settings,
-        &Filter::default(),
-        Target::Source,
-        None,
-        1,
-        false,
-    )
-    .await
-    .unwrap();
+    // At most one redrive per record.
+    let everything = Filter::default();
+    let redrive_all = || redrive(&settings, &everything, Target::Source, None, 1, false);
+    let first = redrive_all().await.unwrap();
     assert_eq!((first.redriven, first.held_back.len()), (1, 0));
     running
         .wait_for("the second dead letter", |s| s.dead_lettered() == 2)
         .await;
-    let second = redrive(
-        &settings,
-        &Filter::default(),
-        Target::Source,
-        None,
-        1,
-        false,
-    )
-    .await
-    .unwrap();
+    let second = redrive_all().await.unwrap();
     assert_eq!((second.selected, second.redriven), (1, 0), "{second:?}");
     assert_eq!(second.held_back.len(), 1);
     assert!(second.held_back[0].contains("redriven 1 times already"));
@@ -277,12 +262,7 @@ async fn a_partition_held_by_failing_dead_letter_writes_shows_in_readiness_until
             && reason.contains(&format!("{SOURCE}/0")),
         "{reason}"
     );
-    let metrics = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&format!("{base}/metrics")).await;
     assert!(sample(&metrics, "paysync_dead_letter_stalled_seconds").unwrap() >= 1.0);
     // Meanwhile nothing passes the held event (offset 2), though 3 and 4 are delivered.
     running.wait_for("the others", |s| s.delivered == 4).await;

@@ -167,6 +167,11 @@ pub async fn admin_for(running: &Running) -> (paysync::admin::AdminServer, Strin
     (server, base)
 }
 
+/// The body of a GET (the admin endpoints).
+pub async fn get_text(url: &str) -> String {
+    reqwest::get(url).await.unwrap().text().await.unwrap()
+}
+
 /// The value of one series in a Prometheus text exposition.
 pub fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
