@@ -302,6 +302,23 @@ pub fn committed_with_metadata<C: ConsumerContext>(
         .collect())
 }
 
+/// Each partition's end (high watermark) where it could be read; blocks for
+/// up to [`REQUEST_TIMEOUT`] per partition.
+pub fn end_offsets<C: ConsumerContext>(
+    consumer: &impl Consumer<C>,
+    partitions: &[PartitionId],
+) -> HashMap<PartitionId, i64> {
+    partitions
+        .iter()
+        .filter_map(|id| {
+            let (_, high) = consumer
+                .fetch_watermarks(&id.topic, id.partition, REQUEST_TIMEOUT)
+                .ok()?;
+            Some((id.clone(), high))
+        })
+        .collect()
+}
+
 /// Whether a failed commit may succeed if tried again soon: the coordinator
 /// is moving, loading or briefly unreachable.
 pub fn commit_retriable(error: &KafkaError) -> bool {

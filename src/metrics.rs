@@ -63,6 +63,7 @@ pub struct Metrics {
     pub seconds_since_last_commit: Gauge,
     pub tasks_abandoned: IntCounter,
     pub events_already_finished: IntCounter,
+    pub dead_letters_written_before: IntCounter,
     pub completion_maps_truncated: IntCounter,
     last_commit: Mutex<Instant>,
     /// Typed totals beside the labelled families, for the run summary: it
@@ -290,6 +291,11 @@ impl Metrics {
                 &r,
                 "paysync_events_already_finished_total",
                 "Events skipped on consumption because a committed completion map (or this process's own record) says they were already delivered or dead-lettered.",
+            ),
+            dead_letters_written_before: counter(
+                &r,
+                "paysync_dead_letters_written_before_total",
+                "Dead letters not written because an earlier owner of the partition had written the copy before the group committed it (found by reading the dead-letter topic back after a takeover).",
             ),
             completion_maps_truncated: counter(
                 &r,

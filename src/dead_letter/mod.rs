@@ -8,6 +8,7 @@
 //! Nothing secret goes in: no app secret, no signature, no session — only the
 //! API's own answer.
 
+pub mod prior;
 pub mod producer;
 pub mod reader;
 
@@ -331,6 +332,8 @@ pub struct DeadLetterRecord {
     pub source_topic: String,
     pub source_partition: Option<i32>,
     pub source_offset: Option<i64>,
+    /// The consumer group whose pipeline wrote it.
+    pub consumer_group: Option<String>,
     pub dead_lettered_at: Option<DateTime<Utc>>,
     /// The copy left parts of the source record out (it was too large for
     /// the dead-letter topic): `original` is not the whole record.
@@ -367,6 +370,7 @@ impl DeadLetterRecord {
             source_topic: get(header::SOURCE_TOPIC).unwrap_or_default(),
             source_partition: get(header::SOURCE_PARTITION).and_then(|p| p.parse().ok()),
             source_offset: get(header::SOURCE_OFFSET).and_then(|o| o.parse().ok()),
+            consumer_group: get(header::CONSUMER_GROUP),
             dead_lettered_at: get(header::DEAD_LETTERED_AT)
                 .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
                 .map(|t| t.with_timezone(&Utc)),

@@ -18,6 +18,7 @@ use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::util::Timeout;
 
+use super::prior::PriorCopies;
 use super::{Failure, SourceRecord, encode_headers};
 use crate::backoff::backoff;
 use crate::config::Settings;
@@ -99,6 +100,8 @@ pub struct DeadLetterProducer {
     group: String,
     metrics: Arc<Metrics>,
     stalled: Arc<StalledWrites>,
+    /// For reading the topic back ([`PriorCopies`]).
+    settings: Arc<Settings>,
 }
 
 impl DeadLetterProducer {
@@ -113,7 +116,14 @@ impl DeadLetterProducer {
             group: settings.kafka.group_id.clone(),
             metrics,
             stalled: Arc::default(),
+            settings: Arc::new(settings.clone()),
         })
+    }
+
+    /// Whether an earlier owner of the source partition already wrote a copy
+    /// of `offset` (see [`PriorCopies`]).
+    pub async fn written_before(&self, prior: &PriorCopies, offset: i64) -> bool {
+        prior.holds(&self.settings, offset).await
     }
 
     /// The source partitions held by failing writes.

@@ -74,7 +74,7 @@ impl Filter {
     }
 }
 
-fn consumer(settings: &Settings, group: &str) -> anyhow::Result<BaseConsumer> {
+pub(super) fn consumer(settings: &Settings, group: &str) -> anyhow::Result<BaseConsumer> {
     kafka::tool_consumer(settings, group)
         .create()
         .context("cannot create a Kafka client")
@@ -82,7 +82,7 @@ fn consumer(settings: &Settings, group: &str) -> anyhow::Result<BaseConsumer> {
 
 /// Reads the dead-letter topic from each partition's `start` (or its
 /// beginning) to the high watermark, in partition and offset order. Blocks.
-fn read_from(
+pub(super) fn read_from(
     consumer: &BaseConsumer,
     topic: &str,
     starts: &HashMap<i32, i64>,

@@ -158,7 +158,7 @@ impl Pipeline {
             observer: None,
         });
         Ok(Pipeline {
-            consumer,
+            consumer: Arc::new(consumer),
             ranges: ranges_by_partition,
             partitions,
             deliverer,

@@ -22,6 +22,14 @@
 //! prefix of finished ranges that fits, so what is committed is always true
 //! and never larger than the budget.
 //!
+//! # The dead-letter look-back
+//!
+//! After the map (or alone), `~` and a time in epoch milliseconds: no dead
+//! letter for an offset at or above the committed one was written by this
+//! group's earlier owners before it. A new owner about to dead-letter such an
+//! offset first looks in the dead-letter topic from that time on, and does
+//! not write a second copy of one it finds (see `dead_letter::prior`).
+//!
 //! Decoding trusts nothing: an unknown prefix or kind, bad base64, a bad
 //! checksum, a body that does not add up, or a `base` other than the
 //! committed offset makes the map unusable ([`MapError`]), and the caller
@@ -34,6 +42,8 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 const PREFIX: &str = "ps1";
+/// Separates the map from the dead-letter look-back time.
+const SINCE_MARK: char = '~';
 /// The longest completion map written or read (the broker's default limit
 /// is 4096 bytes).
 pub const MAX_TEXT: usize = 64 * 1024;
@@ -211,6 +221,52 @@ impl CompletionMap {
     }
 }
 
+/// The metadata committed with `map.base`: the map, shortened to fit
+/// `budget` with the look-back time (which is left out only when it alone
+/// does not fit). The second value is how many finished ranges it keeps.
+pub fn encode_metadata(
+    map: &CompletionMap,
+    dead_letters_since: Option<i64>,
+    budget: usize,
+) -> (String, usize) {
+    let since = dead_letters_since
+        .map(|ms| format!("{SINCE_MARK}{ms}"))
+        .filter(|text| text.len() <= budget)
+        .unwrap_or_default();
+    match map.encode(budget - since.len()) {
+        Some((text, kept)) => (text + &since, kept),
+        None => (since, 0),
+    }
+}
+
+/// Reads metadata committed with the offset `committed`: the completion map
+/// (an empty one when there is only a look-back time) and the look-back time.
+pub fn decode_metadata(
+    text: &str,
+    committed: i64,
+) -> (Result<CompletionMap, MapError>, Option<i64>) {
+    let (map, since) = match text.rsplit_once(SINCE_MARK) {
+        Some((map, since)) => match since.parse::<i64>() {
+            Ok(ms) if ms >= 0 && since.bytes().all(|b| b.is_ascii_digit()) => (map, Some(ms)),
+            _ => {
+                return (
+                    Err(MapError::Corrupt("bad dead-letter look-back time")),
+                    None,
+                );
+            }
+        },
+        None => (text, None),
+    };
+    let map = match map {
+        "" if since.is_some() => Ok(CompletionMap {
+            base: committed,
+            finished: Vec::new(),
+        }),
+        map => CompletionMap::decode(map, committed),
+    };
+    (map, since)
+}
+
 fn kind_letter(body: Body, deflated: bool) -> char {
     match (body, deflated) {
         (Body::Runs, false) => 'r',
@@ -359,6 +415,64 @@ fn inflate(bytes: &[u8]) -> Result<Vec<u8>, MapError> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn the_look_back_time_travels_with_the_map_or_alone() {
+        let with_map = map(10, &[12..15]);
+        let (text, kept) = encode_metadata(&with_map, Some(1_700_000_000_123), 4000);
+        assert_eq!(kept, 1);
+        assert!(text.ends_with("~1700000000123"), "{text}");
+        assert_eq!(
+            decode_metadata(&text, 10),
+            (Ok(with_map), Some(1_700_000_000_123))
+        );
+
+        let (alone, _) = encode_metadata(&map(10, &[]), Some(5), 4000);
+        assert_eq!(alone, "~5");
+        assert_eq!(decode_metadata(&alone, 10), (Ok(map(10, &[])), Some(5)));
+        // Without a time the text is a version-1 map, as before.
+        let (plain, _) = encode_metadata(&map(10, &[12..15]), None, 4000);
+        assert_eq!(decode_metadata(&plain, 10), (Ok(map(10, &[12..15])), None));
+    }
+
+    #[test]
+    fn the_map_gives_way_to_the_look_back_time_within_the_budget() {
+        // Irregular gaps and runs, so that no encoding shrinks them much.
+        let mut scattered: Vec<Range<i64>> = Vec::new();
+        let (mut cursor, mut seed) = (0i64, 12_345u64);
+        for _ in 0..400 {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let (gap, run) = (1 + (seed >> 33) % 50, 1 + (seed >> 40) % 30);
+            cursor += gap as i64;
+            scattered.push(cursor..cursor + run as i64);
+            cursor += run as i64;
+        }
+        let long = map(0, &scattered);
+        let (text, kept) = encode_metadata(&long, Some(1_700_000_000_123), 200);
+        assert!(text.len() <= 200, "{}", text.len());
+        assert!(kept < scattered.len());
+        let (decoded, since) = decode_metadata(&text, 0);
+        assert_eq!(decoded.unwrap().finished, scattered[..kept].to_vec());
+        assert_eq!(since, Some(1_700_000_000_123));
+        // A budget too small for the time leaves it out rather than overflow.
+        assert_eq!(
+            encode_metadata(&map(0, &[]), Some(1_700_000_000_123), 8).0,
+            ""
+        );
+    }
+
+    #[test]
+    fn a_malformed_look_back_time_makes_the_metadata_unusable() {
+        for text in ["~", "~-5", "~12a", "~+5", "ps1r~9999999999999999999999"] {
+            let (map, since) = decode_metadata(text, 0);
+            assert!(map.is_err(), "{text}");
+            assert_eq!(since, None, "{text}");
+        }
+        assert_eq!(
+            decode_metadata("another tool's note", 0).0,
+            Err(MapError::Foreign)
+        );
+    }
 
     fn map(base: i64, finished: &[Range<i64>]) -> CompletionMap {
         CompletionMap {

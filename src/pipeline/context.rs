@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::error::KafkaResult;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, TopicPartitionList};
 
@@ -96,44 +96,10 @@ impl ConsumerContext for PipelineContext {
         }
     }
 
+    /// Only librdkafka's own (auto) commits report here; paysync's commits
+    /// are synchronous and report to [`Partitions::commit_result`] directly.
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        let metrics = &self.partitions.metrics;
-        let too_large = offsets.elements().iter().any(|e| {
-            matches!(
-                e.error(),
-                Err(KafkaError::OffsetFetch(
-                    RDKafkaErrorCode::OffsetMetadataTooLarge
-                )) | Err(KafkaError::ConsumerCommit(
-                    RDKafkaErrorCode::OffsetMetadataTooLarge
-                ))
-            )
-        }) || matches!(
-            result,
-            Err(KafkaError::ConsumerCommit(
-                RDKafkaErrorCode::OffsetMetadataTooLarge
-            ))
-        );
-        if too_large {
-            self.partitions.refuse_maps();
-        }
-        if !matches!(
-            result,
-            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset))
-        ) {
-            self.partitions.commit_failed(offsets);
-        }
-        match result {
-            Ok(()) => metrics.record_commit(true),
-            // Nothing new was stored since the last commit: the group is up to
-            // date, which is what "time since the last commit" is about.
-            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {
-                metrics.record_commit(true)
-            }
-            Err(error) => {
-                metrics.record_commit(false);
-                tracing::warn!(error = %error, "Offset commit failed; it is retried with the next commit.");
-            }
-        }
+        self.partitions.commit_result(offsets, &result);
     }
 }
 
@@ -142,6 +108,7 @@ mod tests {
     use super::*;
     use crate::pipeline::partitions::tests::{partitions, ticket};
     use crate::pipeline::partitions::{Start, TaskEnd};
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
     #[test]
     fn a_map_the_broker_finds_too_large_turns_maps_off_and_the_commit_is_sent_again() {
@@ -159,11 +126,11 @@ mod tests {
             !list.elements()[0].metadata().is_empty(),
             "1 is finished above 0"
         );
-        context.commit_callback(
-            Err(KafkaError::ConsumerCommit(
+        partitions.commit_result(
+            &list,
+            &Err(KafkaError::ConsumerCommit(
                 RDKafkaErrorCode::OffsetMetadataTooLarge,
             )),
-            &list,
         );
         assert_eq!(partitions.metrics.commit_failures.get(), 1);
         let again = partitions.commit_list(true);

@@ -25,6 +25,7 @@ use super::partitions::TaskEnd;
 use super::rate::RateBudget;
 use crate::backoff::backoff;
 use crate::config::DeliverySettings;
+use crate::dead_letter::prior::PriorCopies;
 use crate::dead_letter::{DeadLetterClass, DeadLetterProducer, Failure, SourceRecord, Written};
 use crate::event::{InvalidEvent, PaymentEvent};
 use crate::metrics::Metrics;
@@ -105,6 +106,8 @@ pub(super) struct Job {
     pub(super) received: Instant,
     pub(super) source: SourceRecord,
     pub(super) event: Result<PaymentEvent, InvalidEvent>,
+    /// Set when an earlier owner may have dead-lettered this offset already.
+    pub(super) prior: Option<Arc<PriorCopies>>,
 }
 
 impl Deliverer {
@@ -124,7 +127,7 @@ impl Deliverer {
         match &job.event {
             Err(invalid) => {
                 tracing::warn!(error = %invalid, "Invalid event; dead-lettering it.");
-                self.dead_letter(&job.source, Failure::invalid_event(invalid), &cancel)
+                self.dead_letter(&job, Failure::invalid_event(invalid), &cancel)
                     .await
             }
             Ok(event) => self.deliver(&job, event, &cancel).await,
@@ -133,20 +136,30 @@ impl Deliverer {
 
     async fn dead_letter(
         &self,
-        source: &SourceRecord,
+        job: &Job,
         failure: Failure,
         cancel: &CancellationToken,
     ) -> TaskEnd {
         let class = failure.class;
+        if let Some(prior) = &job.prior {
+            tokio::select! {
+                held = self.dead_letters.written_before(prior, job.source.offset) => if held {
+                    self.metrics.dead_letters_written_before.inc();
+                    tracing::info!(class = class.as_str(), reason = %failure.reason, "Event already dead-lettered by an earlier owner; not writing it again.");
+                    return TaskEnd::DeadLettered;
+                },
+                _ = cancel.cancelled() => return TaskEnd::Abandoned,
+            }
+        }
         match self
             .dead_letters
-            .send(source, &failure, cancel.cancelled())
+            .send(&job.source, &failure, cancel.cancelled())
             .await
         {
             Written::Acknowledged => {
                 self.metrics.record_dead_lettered(class, &failure.reason);
                 tracing::warn!(class = class.as_str(), reason = %failure.reason, "Event dead-lettered.");
-                TaskEnd::Finished
+                TaskEnd::DeadLettered
             }
             Written::Cancelled => TaskEnd::Abandoned,
         }
@@ -230,7 +243,7 @@ impl Deliverer {
                 }
                 Disposition::DeadLetter { cause } => {
                     let failure = failure(DeadLetterClass::Rejected, cause.as_str());
-                    return self.dead_letter(&job.source, failure, cancel).await;
+                    return self.dead_letter(job, failure, cancel).await;
                 }
                 Disposition::Halt { .. } => {
                     // The gate is now halted; the loop waits there for a probe.
@@ -243,7 +256,7 @@ impl Deliverer {
                         NextAttempt::Exhausted => {
                             let failure =
                                 failure(DeadLetterClass::RetriesExhausted, cause.as_str());
-                            return self.dead_letter(&job.source, failure, cancel).await;
+                            return self.dead_letter(job, failure, cancel).await;
                         }
                         NextAttempt::After(delay) => tokio::select! {
                             _ = tokio::time::sleep(delay) => {}

@@ -18,11 +18,12 @@
 //! * [`rate`]: the replica's share of the group's rate quota.
 //! * [`offsets`]: the lowest unfinished offset per partition.
 //! * [`completion`]: the finished offsets above it, as commit metadata.
+//! * [`commits`]: what a commit carries and what its answer means.
 //! * [`status`]: health and the run summary.
 //!
 //! Offsets: librdkafka stores and commits nothing by itself. Every
-//! `kafka.commit_interval_ms`, and as soon as the window drains, the loop
-//! commits each changed partition's lowest unfinished offset with its
+//! `kafka.commit_interval_ms`, as soon as the window drains, and right after
+//! a dead-letter copy is acknowledged, the loop commits each changed partition's lowest unfinished offset with its
 //! completion map (which offsets above it are finished) in the metadata;
 //! on revoke and at shutdown the same is committed synchronously, tried
 //! again while the coordinator is briefly away. A task that gives up never
@@ -30,6 +31,7 @@
 //! it and the map never claims it.
 
 mod build;
+mod commits;
 pub mod completion;
 mod context;
 pub mod deliver;
@@ -45,6 +47,7 @@ pub mod window;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -90,7 +93,7 @@ pub struct OffsetRange {
 
 /// A built pipeline, ready to [`Pipeline::spawn`].
 pub struct Pipeline {
-    consumer: StreamConsumer<PipelineContext>,
+    consumer: Arc<StreamConsumer<PipelineContext>>,
     /// For a bounded range: each partition's `[start, end)`.
     ranges: HashMap<PartitionId, (i64, i64)>,
     partitions: Arc<Partitions>,
@@ -148,7 +151,11 @@ impl Pipeline {
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
-                _ = wake.notified() => {}
+                _ = wake.notified() => {
+                    if self.partitions.take_commit_now() {
+                        self.commit_changed();
+                    }
+                }
                 _ = commit_tick.tick() => self.commit_changed(),
                 _ = tick.tick() => {
                     orders.prune();
@@ -208,6 +215,7 @@ impl Pipeline {
                     received,
                     source,
                     event,
+                    prior: ticket.prior.clone(),
                 };
                 let end = deliverer.run(job, predecessor, ticket.cancel.clone()).await;
                 partitions.task_ended(&ticket, end);
@@ -279,21 +287,32 @@ impl Pipeline {
         }
     }
 
-    /// Commits, without waiting, the partitions whose commit point changed;
-    /// a failure (here or in the commit callback) commits them again next time.
+    /// Commits the partitions whose commit point changed, on a blocking
+    /// thread (a synchronous commit is the only kind whose result librdkafka
+    /// reports back for manual commits), one commit at a time; a failure
+    /// commits them again next time.
     fn commit_changed(&self) {
-        let list = self.partitions.commit_list(true);
+        let partitions = &self.partitions;
+        if partitions.committing.swap(true, Ordering::AcqRel) {
+            // Committed when the one on its way ends.
+            partitions.ask_commit();
+            return;
+        }
+        let list = partitions.commit_list(true);
         if list.count() == 0 {
             // Nothing changed since the last commit: the group is up to date,
             // which is what "time since the last commit" watches.
-            self.partitions.metrics.record_commit(true);
+            partitions.commit_ended(&list, &Ok(()));
             return;
         }
-        if let Err(error) = self.consumer.commit(&list, CommitMode::Async) {
-            tracing::debug!(error = %error, "Offset commit could not be sent; it is tried again.");
-            self.partitions.metrics.record_commit(false);
-            self.partitions.commit_failed(&list);
-        }
+        let (consumer, partitions) = (self.consumer.clone(), partitions.clone());
+        tokio::task::spawn_blocking(move || {
+            let result = consumer.commit(&list, CommitMode::Sync);
+            // Released first: the consumer is closed on the pipeline's task
+            // at shutdown, which waits for this commit to end.
+            drop(consumer);
+            partitions.commit_ended(&list, &result);
+        });
     }
 
     /// Pauses or resumes partitions as the [`Window`] decides, and says
@@ -372,10 +391,10 @@ impl Pipeline {
             ..
         } = self;
         let metrics = partitions.metrics.clone();
-        let consumer = Arc::new(consumer);
         let committed = {
             let (consumer, metrics) = (consumer.clone(), metrics.clone());
             tokio::task::spawn_blocking(move || {
+                partitions.wait_for_commit(SHUTDOWN_COMMIT_PATIENCE);
                 let points = partitions.commit_list(false);
                 kafka::commit_sync(
                     &*consumer,

@@ -18,9 +18,10 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::completion::CompletionMap;
+use crate::dead_letter::prior::LookBack;
 
 /// One partition's unfinished offsets and commit position.
 #[derive(Debug, Clone, Default)]
@@ -36,6 +37,9 @@ pub struct OffsetTracker {
     reported: Option<i64>,
     /// Whether the commit point may have moved since [`OffsetTracker::take_changed`].
     changed: bool,
+    /// The look-back this owner took over with, passed on until its
+    /// position leaves the range earlier owners may have reached.
+    inherited: Option<LookBack>,
 }
 
 /// What to do with a message taken from Kafka.
@@ -58,10 +62,11 @@ impl OffsetTracker {
 
     /// A tracker resuming at a committed offset whose completion map says
     /// which offsets above it are finished.
-    pub fn resuming(map: CompletionMap) -> OffsetTracker {
+    pub fn resuming(map: CompletionMap, inherited: Option<LookBack>) -> OffsetTracker {
         OffsetTracker {
             finished_ahead: map.finished.into_iter().collect(),
             changed: true,
+            inherited,
             ..OffsetTracker::starting_at(map.base)
         }
     }
@@ -153,6 +158,33 @@ impl OffsetTracker {
             push(range.start.max(base)..range.end.max(base));
         }
         Some(CompletionMap { base, finished })
+    }
+
+    /// The look-back time to commit with the position: no dead letter for an
+    /// offset at or above it was written before. This owner took every such
+    /// offset no earlier than the position's own message (offsets arrive in
+    /// order); with nothing in flight, it has written none yet. An inherited
+    /// time stays while the position is inside the range earlier owners
+    /// may have reached.
+    pub fn dead_letters_since(&self, now: Instant) -> i64 {
+        let wall_now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let own = match self.in_flight.first_key_value() {
+            Some((_, taken)) => wall_now - now.saturating_duration_since(*taken).as_millis() as i64,
+            None => wall_now,
+        };
+        match (self.inherited, self.position()) {
+            (Some(inherited), Some(position)) if inherited.covers(position) => {
+                own.min(inherited.since_ms)
+            }
+            _ => own,
+        }
+    }
+
+    /// The look-back this owner took over with.
+    pub fn inherited(&self) -> Option<LookBack> {
+        self.inherited
     }
 
     /// Whether the commit point may have moved since the last call.
@@ -254,7 +286,7 @@ mod tests {
             base: 50,
             finished: vec![51..53, 60..62],
         };
-        let mut tracker = OffsetTracker::resuming(map.clone());
+        let mut tracker = OffsetTracker::resuming(map.clone(), None);
         assert_eq!(
             tracker.completion_map(),
             Some(map),
@@ -279,16 +311,69 @@ mod tests {
 
     #[test]
     fn map_ranges_that_compaction_removed_are_dropped_when_passed() {
-        let mut tracker = OffsetTracker::resuming(CompletionMap {
-            base: 0,
-            finished: vec![2..4, 10..12],
-        });
+        let mut tracker = OffsetTracker::resuming(
+            CompletionMap {
+                base: 0,
+                finished: vec![2..4, 10..12],
+            },
+            None,
+        );
         // Offsets 2..4 were compacted away: 5 arrives first.
         assert_eq!(tracker.start(0), Started::InFlight);
         assert_eq!(tracker.start(5), Started::InFlight);
         assert_eq!(tracker.start(11), Started::AlreadyFinished);
         let map = tracker.completion_map().unwrap();
         assert_eq!(map.finished, vec![1..5, 6..12], "gaps count as finished");
+    }
+
+    fn epoch_ms() -> i64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    }
+
+    #[test]
+    fn the_look_back_time_is_when_the_position_was_taken_or_inherited() {
+        let mut tracker = OffsetTracker::default();
+        let before = epoch_ms();
+        tracker.start(0);
+        tracker.start(1);
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let since = tracker.dead_letters_since(Instant::now());
+        assert!(
+            (before - 5..=before + 20).contains(&since),
+            "offset 0 was taken at about {before}, not {since}"
+        );
+        // Idle: nothing at or above the position was dead-lettered yet.
+        tracker.finish(0);
+        tracker.finish(1);
+        assert!(tracker.dead_letters_since(Instant::now()) >= before + 30);
+
+        // An inherited time holds while the position is where earlier owners
+        // may have been, then gives way to this owner's own.
+        let inherited = LookBack {
+            since_ms: 1_000,
+            until: 20,
+        };
+        let mut tracker = OffsetTracker::resuming(
+            CompletionMap {
+                base: 10,
+                finished: vec![],
+            },
+            Some(inherited),
+        );
+        assert_eq!(tracker.inherited(), Some(inherited));
+        tracker.start(10);
+        assert_eq!(tracker.dead_letters_since(Instant::now()), 1_000);
+        for offset in 11..25 {
+            tracker.start(offset);
+        }
+        for offset in 10..20 {
+            tracker.finish(offset);
+        }
+        assert_eq!(tracker.position(), Some(20));
+        assert!(tracker.dead_letters_since(Instant::now()) >= before);
     }
 
     #[test]

@@ -17,46 +17,29 @@
 //! flowing. Late completions for a partition no longer owned are ignored.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
+use rdkafka::TopicPartitionList;
 use rdkafka::consumer::BaseConsumer;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::commits::{self, CommitPoint, resume_map};
 use super::completion::CompletionMap;
 use super::context::PipelineContext;
 use super::offsets::{OffsetTracker, Started};
 use super::rate::RateBudget;
 use super::status::Health;
+use crate::dead_letter::prior::{LookBack, PriorCopies};
 use crate::kafka::{self, PartitionId};
 use crate::metrics::Metrics;
 
 /// How long a revoke's commit is tried again while the coordinator is away.
 /// The drain before it is bounded by the session timeout already.
 const REVOKE_COMMIT_PATIENCE: Duration = Duration::from_secs(5);
-
-/// The completion map to resume a partition with: the group's committed map
-/// (ignored with a warning when it is not a valid one for `committed`),
-/// merged with what this process remembers finishing there.
-fn resume_map(
-    id: &PartitionId,
-    committed: i64,
-    metadata: &str,
-    remembered: Option<CompletionMap>,
-) -> CompletionMap {
-    let group = match metadata {
-        "" => None,
-        text => CompletionMap::decode(text, committed)
-            .inspect_err(|error| {
-                tracing::warn!(partition = %id, %error, "Ignoring the committed completion map; resuming from the committed offset alone.");
-            })
-            .ok(),
-    };
-    CompletionMap::union_at(committed, group.iter().chain(remembered.iter()))
-}
 
 /// Runs blocking work inside one of librdkafka's callbacks (which are
 /// synchronous): on a multi-thread runtime the worker's other tasks move on.
@@ -80,13 +63,20 @@ pub(super) struct PartitionState {
     /// Tells waiting tasks to give up (revoke, shutdown).
     pub(super) cancel: CancellationToken,
     pub(super) paused: bool,
+    /// The copies earlier owners may have dead-lettered (when the commit said when).
+    prior: Option<Arc<PriorCopies>>,
 }
 
 /// How a task ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TaskEnd {
-    /// The event reached its final outcome: delivered or dead-lettered.
+    /// The event was delivered.
     Finished,
+    /// The event's dead-letter copy was acknowledged. Its offset is committed
+    /// at once, not at the next interval: a copy written again after a crash
+    /// is a duplicate an operator sees, so the window for one stays as short
+    /// as a commit's round trip.
+    DeadLettered,
     /// It gave up on revoke or shutdown; its offset stays unfinished, so the
     /// next owner (or the next run) sends it.
     Abandoned,
@@ -110,6 +100,8 @@ pub(super) struct Ticket {
     pub(super) generation: u64,
     pub(super) offset: i64,
     pub(super) cancel: CancellationToken,
+    /// Set when an earlier owner may have dead-lettered this offset.
+    pub(super) prior: Option<Arc<PriorCopies>>,
 }
 
 /// The owned partitions, shared by the main loop, the rebalance callbacks and the tasks.
@@ -119,6 +111,11 @@ pub(super) struct Partitions {
     progress: Condvar,
     /// Wakes the main loop.
     pub(super) wake: Arc<Notify>,
+    /// Set when a dead letter finished: the main loop commits when it wakes.
+    commit_now: AtomicBool,
+    /// Whether a commit from the main loop is on its way (one at a time, so
+    /// commits reach the broker in the order their points were taken).
+    pub(super) committing: AtomicBool,
     next_generation: AtomicU64,
     revoke_drain: Duration,
     pub(super) metrics: Arc<Metrics>,
@@ -146,6 +143,8 @@ impl Partitions {
             owned: Mutex::new(HashMap::new()),
             progress: Condvar::new(),
             wake: Arc::new(Notify::new()),
+            commit_now: AtomicBool::new(false),
+            committing: AtomicBool::new(false),
             next_generation: AtomicU64::new(0),
             revoke_drain,
             metrics,
@@ -170,7 +169,18 @@ impl Partitions {
         tpl: &TopicPartitionList,
     ) {
         let ids = kafka::partitions_of(tpl);
-        let committed = blocking_in_callback(|| kafka::committed_with_metadata(consumer, &ids));
+        let (committed, ends) = blocking_in_callback(|| {
+            let committed = kafka::committed_with_metadata(consumer, &ids);
+            // How far earlier owners can have read, where the commit says
+            // when they may have written dead letters.
+            let with_look_back: Vec<PartitionId> = committed
+                .iter()
+                .flatten()
+                .filter(|(_, (_, metadata))| metadata.contains('~'))
+                .map(|(id, _)| id.clone())
+                .collect();
+            (committed, kafka::end_offsets(consumer, &with_look_back))
+        });
         let committed = committed.unwrap_or_else(|error| {
             tracing::warn!(error = %error, "Reading committed completion maps failed; events finished after the last committed offsets may be sent again.");
             HashMap::new()
@@ -182,7 +192,12 @@ impl Partitions {
                 let known = remembered.remove(&id);
                 let tracker = match committed.get(&id) {
                     Some((offset, metadata)) => {
-                        OffsetTracker::resuming(resume_map(&id, *offset, metadata, known))
+                        let (map, since) = resume_map(&id, *offset, metadata, known);
+                        let look_back = since.zip(ends.get(&id)).map(|(since_ms, end)| LookBack {
+                            since_ms,
+                            until: *end,
+                        });
+                        OffsetTracker::resuming(map, look_back)
                     }
                     None => OffsetTracker::default(),
                 };
@@ -199,13 +214,18 @@ impl Partitions {
         self.health.mark_joined();
         let mut partitions = self.lock();
         for (id, tracker) in owned {
-            partitions.entry(id).or_insert_with(|| PartitionState {
-                tracker,
-                live_tasks: 0,
-                generation: self.next_generation.fetch_add(1, Ordering::Relaxed),
-                cancel: CancellationToken::new(),
-                paused: false,
-            });
+            partitions
+                .entry(id.clone())
+                .or_insert_with(|| PartitionState {
+                    prior: tracker
+                        .inherited()
+                        .map(|look_back| Arc::new(PriorCopies::new(id, look_back))),
+                    tracker,
+                    live_tasks: 0,
+                    generation: self.next_generation.fetch_add(1, Ordering::Relaxed),
+                    cancel: CancellationToken::new(),
+                    paused: false,
+                });
         }
         self.publish_assigned(partitions.len());
     }
@@ -232,6 +252,10 @@ impl Partitions {
         Start::Deliver(Ticket {
             generation: state.generation,
             cancel: state.cancel.clone(),
+            prior: state
+                .prior
+                .clone()
+                .filter(|prior| prior.look_back.covers(offset)),
             id,
             offset,
         })
@@ -245,16 +269,70 @@ impl Partitions {
             .filter(|s| s.generation == ticket.generation)
         {
             state.live_tasks -= 1;
-            if end == TaskEnd::Finished {
+            if end != TaskEnd::Abandoned {
                 state.tracker.finish(ticket.offset);
             }
         }
         drop(partitions);
-        if end == TaskEnd::Abandoned {
-            self.metrics.tasks_abandoned.inc();
+        match end {
+            TaskEnd::Finished => {}
+            TaskEnd::DeadLettered => self.commit_now.store(true, Ordering::Relaxed),
+            TaskEnd::Abandoned => self.metrics.tasks_abandoned.inc(),
         }
         self.progress.notify_all();
         self.wake.notify_one();
+    }
+
+    /// Whether a commit was asked for since the last time this was called.
+    pub(super) fn take_commit_now(&self) -> bool {
+        self.commit_now.swap(false, Ordering::Relaxed)
+    }
+
+    /// Asks the main loop for a commit as soon as it wakes.
+    pub(super) fn ask_commit(&self) {
+        self.commit_now.store(true, Ordering::Relaxed);
+    }
+
+    /// A commit of the main loop ended: what its result means for what is
+    /// committed next. Wakes the main loop if a commit was asked for meanwhile.
+    pub(super) fn commit_ended(&self, list: &TopicPartitionList, result: &KafkaResult<()>) {
+        self.commit_result(list, result);
+        self.committing.store(false, Ordering::Release);
+        if self.commit_now.load(Ordering::Relaxed) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Waits (blocking) until no commit of the main loop is on its way, for
+    /// up to `patience`: a synchronous commit made after it then carries the
+    /// newest point, and no older one can land after it.
+    pub(super) fn wait_for_commit(&self, patience: Duration) {
+        let deadline = std::time::Instant::now() + patience;
+        while self.committing.load(Ordering::Acquire) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// What a commit's result means: a failed one commits its partitions
+    /// again next time; a completion map the broker finds too large turns
+    /// maps off.
+    pub(super) fn commit_result(&self, list: &TopicPartitionList, result: &KafkaResult<()>) {
+        if commits::too_large(list, result) {
+            self.refuse_maps();
+        }
+        match result {
+            Ok(()) => self.metrics.record_commit(true),
+            // Nothing new was stored since the last commit: the group is up to
+            // date, which is what "time since the last commit" is about.
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {
+                self.metrics.record_commit(true)
+            }
+            Err(error) => {
+                self.commit_failed(list);
+                self.metrics.record_commit(false);
+                tracing::warn!(error = %error, "Offset commit failed; it is retried with the next commit.");
+            }
+        }
     }
 
     /// Tells every task to give up waiting (shutdown).
@@ -272,7 +350,8 @@ impl Partitions {
     /// The commit points (position and completion map) of the owned
     /// partitions: all of them, or only those that changed since last asked.
     pub(super) fn commit_list(&self, only_changed: bool) -> TopicPartitionList {
-        let points: Vec<(PartitionId, CompletionMap)> = self
+        let now = std::time::Instant::now();
+        let points: Vec<CommitPoint> = self
             .lock()
             .iter_mut()
             .filter_map(|(id, state)| {
@@ -280,32 +359,16 @@ impl Partitions {
                 if only_changed && !changed {
                     return None;
                 }
-                Some((id.clone(), state.tracker.completion_map()?))
+                let map = state.tracker.completion_map()?;
+                Some((id.clone(), map, state.tracker.dead_letters_since(now)))
             })
             .collect();
         // Encoded outside the lock: the tasks need it to report their ends.
-        self.encode_points(points.iter().map(|(id, map)| (id, map.clone())))
-    }
-
-    /// The commit list of completion maps, each within the byte budget.
-    fn encode_points<'a>(
-        &self,
-        points: impl IntoIterator<Item = (&'a PartitionId, CompletionMap)>,
-    ) -> TopicPartitionList {
-        let budget = self.map_budget.load(Ordering::Relaxed);
-        let mut list = TopicPartitionList::new();
-        for (id, map) in points {
-            let mut element = list.add_partition(&id.topic, id.partition);
-            // Setting the offset of a fresh element cannot fail.
-            let _ = element.set_offset(Offset::Offset(map.base));
-            if let Some((text, kept)) = map.encode(budget) {
-                if kept < map.finished.len() {
-                    self.metrics.completion_maps_truncated.inc();
-                }
-                element.set_metadata(text);
-            }
-        }
-        list
+        commits::encode_points(
+            points,
+            self.map_budget.load(Ordering::Relaxed),
+            &self.metrics,
+        )
     }
 
     /// A commit failed: commit these partitions again next time.
@@ -362,23 +425,28 @@ impl Partitions {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
+        let now = std::time::Instant::now();
         let mut points = Vec::new();
         for id in revoked {
             self.metrics.forget_partition(&id.topic, id.partition);
             if let Some(state) = partitions.remove(id)
                 && let Some(map) = state.tracker.completion_map()
             {
-                points.push((id, map));
+                points.push((id.clone(), map, state.tracker.dead_letters_since(now)));
             }
         }
         self.publish_assigned(partitions.len());
         drop(partitions);
         let mut remembered = self.remembered.lock().unwrap_or_else(|p| p.into_inner());
-        for (id, map) in &points {
-            remembered.insert((*id).clone(), map.clone());
+        for (id, map, _) in &points {
+            remembered.insert(id.clone(), map.clone());
         }
         drop(remembered);
-        self.encode_points(points)
+        commits::encode_points(
+            points,
+            self.map_budget.load(Ordering::Relaxed),
+            &self.metrics,
+        )
     }
 
     /// Drains the revoked partitions, commits their positions, drops them.
@@ -388,7 +456,11 @@ impl Partitions {
         tpl: &TopicPartitionList,
     ) {
         let revoked = kafka::partitions_of(tpl);
-        let commit = blocking_in_callback(|| self.drain(&revoked));
+        let commit = blocking_in_callback(|| {
+            let points = self.drain(&revoked);
+            self.wait_for_commit(REVOKE_COMMIT_PATIENCE);
+            points
+        });
         kafka::commit_sync(
             consumer,
             &commit,
@@ -459,8 +531,12 @@ pub(super) mod tests {
             rdkafka::Offset::Offset(10),
             "10 was abandoned"
         );
-        let map = CompletionMap::decode(point.metadata(), 10).unwrap();
-        assert_eq!(map.finished, vec![11..12], "11 finished above it");
+        let (map, since) = crate::pipeline::completion::decode_metadata(point.metadata(), 10);
+        assert_eq!(map.unwrap().finished, vec![11..12], "11 finished above it");
+        assert!(
+            since.is_some(),
+            "the dead-letter look-back time is committed too"
+        );
         assert_eq!(partitions.metrics.tasks_abandoned.get(), 1);
     }
 
@@ -533,10 +609,10 @@ pub(super) mod tests {
             rdkafka::Offset::Offset(20)
         );
         let known = partitions.remembered.lock().unwrap().remove(&p0);
-        let map = resume_map(&p0, 10, "", known);
-        assert_eq!(map.base, 10);
+        let (map, since) = resume_map(&p0, 10, "", known);
+        assert_eq!((map.base, since), (10, None));
         assert_eq!(map.finished, vec![10..20, 21..25]);
-        let mut tracker = OffsetTracker::resuming(map);
+        let mut tracker = OffsetTracker::resuming(map, None);
         let sent: Vec<i64> = (10..26)
             .filter(|o| tracker.start(*o) == Started::InFlight)
             .collect();
@@ -549,10 +625,13 @@ pub(super) mod tests {
         let map = resume_map(&id, 7, "written by another tool", None);
         assert_eq!(
             map,
-            CompletionMap {
-                base: 7,
-                finished: vec![]
-            }
+            (
+                CompletionMap {
+                    base: 7,
+                    finished: vec![]
+                },
+                None
+            )
         );
         let (text, _) = CompletionMap {
             base: 7,
@@ -560,9 +639,21 @@ pub(super) mod tests {
         }
         .encode(4000)
         .unwrap();
-        assert_eq!(resume_map(&id, 7, &text, None).finished, vec![9..10]);
-        // The same map under another committed offset (offsets reset by a tool).
-        assert!(resume_map(&id, 3, &text, None).finished.is_empty());
+        assert_eq!(resume_map(&id, 7, &text, None).0.finished, vec![9..10]);
+        // The same map under another committed offset (offsets reset by a
+        // tool): neither it nor its look-back time is trusted.
+        let moved = format!("{text}~1700000000000");
+        assert_eq!(resume_map(&id, 7, &moved, None).1, Some(1_700_000_000_000));
+        assert_eq!(
+            resume_map(&id, 3, &moved, None),
+            (
+                CompletionMap {
+                    base: 3,
+                    finished: vec![]
+                },
+                None
+            )
+        );
     }
 
     #[test]

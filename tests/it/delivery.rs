@@ -640,6 +640,48 @@ async fn a_stuck_event_does_not_make_a_restart_resend_what_finished_behind_it() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[allow(clippy::single_range_in_vec_init)]
+async fn a_dead_letter_is_committed_at_once_not_at_the_next_interval() {
+    // A stuck event keeps the window from draining and the interval is a
+    // hour: only the commit that follows the dead letter can name it.
+    let harness = Harness::new(
+        1,
+        Faults {
+            fail_order_ids: vec!["stuck-0".into()],
+            ..Faults::default()
+        },
+    )
+    .await;
+    let mut records = valid_events("stuck", 1);
+    records.push(("bad-json".into(), b"{not json".to_vec()));
+    harness.produce(&records).await;
+    let mut settings = harness.settings();
+    settings.kafka.commit_interval_ms = Duration::from_secs(3_600);
+    settings.delivery.max_attempts = 1_000;
+    settings.delivery.max_retry_elapsed_ms = Duration::from_secs(600);
+    settings.delivery.shutdown_drain_timeout_ms = Duration::from_millis(500);
+    let running = Running::start(settings).await;
+    running
+        .wait_for("the dead letter", |s| s.dead_lettered() == 1)
+        .await;
+    wait_until("the dead letter's offset in the committed map", || {
+        harness
+            .kafka
+            .committed_maps(&harness.group, SOURCE, 1)
+            .remove(&0)
+            .and_then(|(offset, map)| Some((offset, map?.finished)))
+            == Some((0, vec![1..2]))
+    })
+    .await;
+    assert_eq!(
+        running.summary().delivered,
+        0,
+        "the stuck event is still under way"
+    );
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_partition_paused_when_its_assignment_was_lost_flows_again_when_it_comes_back() {
     // Slow calls and a window of 4: the partition fills its window and is paused.
     let harness = Harness::new(

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use paysync::pipeline::completion::CompletionMap;
+use paysync::pipeline::completion::{CompletionMap, decode_metadata};
 use paysync::tools::emulator::journal::Journal;
 use paysync::tools::emulator::{Emulator, Faults, Gateway, GatewaySettings};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -160,7 +160,7 @@ impl Kafka {
                 } else {
                     0
                 };
-                let map = CompletionMap::decode(e.metadata(), offset).ok();
+                let map = decode_metadata(e.metadata(), offset).0.ok();
                 (e.partition(), (offset, map))
             })
             .collect()
