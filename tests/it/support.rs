@@ -148,9 +148,20 @@ impl Kafka {
         for partition in 0..partitions {
             tpl.add_partition(topic, partition);
         }
-        let committed = consumer
-            .committed_offsets(tpl, Duration::from_secs(10))
-            .unwrap();
+        // A broker just started may still be loading the group's coordinator.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let committed = loop {
+            match consumer.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
+                Ok(committed) => break committed,
+                Err(error) => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "committed offsets: {error}"
+                    );
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
+        };
         committed
             .elements()
             .iter()
