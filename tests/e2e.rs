@@ -507,6 +507,41 @@ async fn a_takeover_finds_the_dead_letters_its_predecessor_wrote_before_committi
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_broker_benchmark_accounts_for_every_event_and_measures_paysync_alone() {
+    let _serial = SERIAL.lock().await;
+    let bootstrap = bootstrap();
+    // It fails unless every event was accepted and the group committed the end.
+    let (code, output) = paysync_command(&[
+        "bench",
+        "--bootstrap",
+        &bootstrap,
+        "--events",
+        "3000",
+        "--max-in-flight",
+        "16",
+        "--orders-per-partition",
+        "10",
+        "--json",
+    ])
+    .await;
+    assert_eq!(code, Some(0), "{output}");
+    let json = output
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .expect("a JSON report");
+    let report: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(report["mode"], "broker");
+    assert_eq!(report["events"], 3000);
+    assert_eq!(report["orders_per_partition"], 10);
+    let cpu = report["cpu_seconds"].as_f64().unwrap();
+    let rss = report["peak_rss_mb"].as_f64().unwrap();
+    assert!(cpu > 0.0 && rss > 1.0, "{report}");
+    println!(
+        "e2e bench: 3000 events through paysync run against the broker, {cpu:.2} CPU-s, peak RSS {rss:.1} MiB"
+    );
+}
+
 /// Calls accepted by the emulator during `span`, per second.
 async fn accepted_rate(emulator: &Emulator, span: Duration) -> f64 {
     let before = emulator.gateway().order_counts().0;

@@ -279,6 +279,18 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Run `paysync run` as a child process against this Kafka broker
+    /// instead of in process against the mock cluster. The benchmark creates
+    /// its own topics and deletes them at the end.
+    #[arg(long)]
+    pub bootstrap: Option<String>,
+    /// Source partitions (broker mode).
+    #[arg(long, default_value_t = 6)]
+    pub partitions: i32,
+    /// Distinct order ids per partition (broker mode; default: every event
+    /// its own order). Events of one order are delivered one after another.
+    #[arg(long)]
+    pub orders_per_partition: Option<usize>,
 }
 
 #[derive(Debug, Args)]

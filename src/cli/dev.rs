@@ -54,14 +54,32 @@ pub(super) async fn bench(args: BenchArgs) -> ExitCode {
         level: "warn".into(),
         ..LogSettings::default()
     });
-    let options = crate::tools::bench::BenchOptions {
-        events: args.events,
-        latency_ms: args.latency_ms,
-        max_in_flight: args.max_in_flight,
-        rate: args.rate,
-        burst: args.burst,
+    let measured = match &args.bootstrap {
+        Some(bootstrap) => {
+            crate::tools::bench_broker::run(crate::tools::bench_broker::BrokerBenchOptions {
+                bootstrap: bootstrap.clone(),
+                events: args.events,
+                partitions: args.partitions,
+                orders_per_partition: args.orders_per_partition,
+                latency_ms: args.latency_ms,
+                max_in_flight: args.max_in_flight,
+                rate: args.rate,
+                burst: args.burst,
+            })
+            .await
+        }
+        None => {
+            crate::tools::bench::run(crate::tools::bench::BenchOptions {
+                events: args.events,
+                latency_ms: args.latency_ms,
+                max_in_flight: args.max_in_flight,
+                rate: args.rate,
+                burst: args.burst,
+            })
+            .await
+        }
     };
-    match crate::tools::bench::run(options).await {
+    match measured {
         Ok(report) if args.json => {
             println!(
                 "{}",

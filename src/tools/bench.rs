@@ -44,6 +44,9 @@ pub struct BenchOptions {
 /// What was measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
+    /// `in-process` (mock cluster, one process) or `broker` (`paysync run`
+    /// as a child process against a real broker).
+    pub mode: &'static str,
     pub events: usize,
     pub latency_ms: u64,
     pub max_in_flight: usize,
@@ -60,7 +63,19 @@ pub struct BenchReport {
     pub p99_ms: f64,
     /// Most acceptances in one wall-clock second.
     pub max_in_one_second: u64,
+    /// In process: the whole process (pipeline, emulator and mock broker);
+    /// against a broker: `paysync run` alone.
     pub peak_rss_mb: f64,
+    /// CPU seconds of `paysync run` (broker mode only).
+    pub cpu_seconds: Option<f64>,
+    pub events_per_cpu_second: Option<f64>,
+    /// `max_in_flight / latency` (when the emulator adds latency).
+    pub ceiling_per_sec: Option<f64>,
+    /// Throughput over the ceiling.
+    pub ceiling_ratio: Option<f64>,
+    pub partitions: i32,
+    /// Distinct order ids per partition (`None`: one event per order).
+    pub orders_per_partition: Option<usize>,
 }
 
 fn event(index: usize, prefix: &str) -> PaymentEvent {
@@ -167,7 +182,9 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
     } else {
         interior.iter().sum::<u64>() as f64 / interior.len() as f64
     };
+    let ceiling = super::bench_broker::ceiling_per_sec(options.max_in_flight, options.latency_ms);
     Ok(BenchReport {
+        mode: "in-process",
         events: options.events,
         latency_ms: options.latency_ms,
         max_in_flight: options.max_in_flight,
@@ -181,11 +198,21 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         p99_ms: latency.quantile_ms(0.99),
         max_in_one_second,
         peak_rss_mb: peak_rss_mb(),
+        cpu_seconds: None,
+        events_per_cpu_second: None,
+        ceiling_per_sec: ceiling,
+        ceiling_ratio: ceiling.map(|c| events_per_sec / c),
+        partitions: PARTITIONS,
+        orders_per_partition: None,
     })
 }
 
 /// Signed POSTs straight to the emulator with `concurrency` workers.
-async fn baseline(settings: &Settings, calls: usize, concurrency: usize) -> anyhow::Result<f64> {
+pub(super) async fn baseline(
+    settings: &Settings,
+    calls: usize,
+    concurrency: usize,
+) -> anyhow::Result<f64> {
     let client = Arc::new(settings.top_client()?);
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
@@ -216,27 +243,38 @@ async fn baseline(settings: &Settings, calls: usize, concurrency: usize) -> anyh
     Ok(calls as f64 / started.elapsed().as_secs_f64())
 }
 
+/// The `index`th benchmark event as a Kafka record: its order id (the key)
+/// and its JSON value. `orders` distinct order ids are used in turn (events
+/// of one order are delivered one after another); `None` makes each unique.
+pub(super) fn record(index: usize, orders: Option<usize>) -> (String, String) {
+    let mut event = event(index, "bench");
+    if let Some(orders) = orders {
+        event.order_id = format!("bench-order-{}", index % orders.max(1));
+    }
+    let value = serde_json::json!({
+        "carNo": event.car_no,
+        "orderId": event.order_id,
+        "parkId": event.park_id,
+        "payTime": event.pay_time.timestamp_millis(),
+        "orderType": event.order_type.code(),
+        "payFee": event.pay_fee,
+        "payOrderId": event.pay_order_id,
+        "payMethod": event.pay_method,
+    })
+    .to_string();
+    (event.order_id, value)
+}
+
 async fn produce(stack: &LocalStack, events: usize) -> anyhow::Result<()> {
     let producer = stack.producer()?;
     let mut pending = Vec::with_capacity(events);
     for index in 0..events {
-        let event = event(index, "bench");
-        let value = serde_json::json!({
-            "carNo": event.car_no,
-            "orderId": event.order_id,
-            "parkId": event.park_id,
-            "payTime": event.pay_time.timestamp_millis(),
-            "orderType": event.order_type.code(),
-            "payFee": event.pay_fee,
-            "payOrderId": event.pay_order_id,
-            "payMethod": event.pay_method,
-        })
-        .to_string();
+        let (key, value) = record(index, None);
         let producer = producer.clone();
         pending.push(tokio::spawn(async move {
             producer
                 .send(
-                    FutureRecord::to(TOPIC).key(&event.order_id).payload(&value),
+                    FutureRecord::to(TOPIC).key(&key).payload(&value),
                     Duration::from_secs(30),
                 )
                 .await
@@ -272,8 +310,19 @@ impl BenchReport {
             (Some(rate), Some(burst)) => format!("{rate}/s (burst {burst})"),
             _ => "none".to_owned(),
         };
+        let cpu = match (self.cpu_seconds, self.events_per_cpu_second) {
+            (Some(seconds), Some(per)) => {
+                format!("{seconds:.2} s ({per:.0} events per CPU-second)")
+            }
+            _ => "not measured (in-process mode)".to_owned(),
+        };
+        let ceiling = match (self.ceiling_per_sec, self.ceiling_ratio) {
+            (Some(c), Some(r)) => format!("{c:.0}/s (reached {:.0} %)", r * 100.0),
+            _ => "none (no emulator latency)".to_owned(),
+        };
         format!(
-            "events            {}\nemulator latency  {} ms\nmax in flight     {}\nrate limit        {limit}\nthroughput        {:.0} events/s (sustained {:.0}/s)\nbaseline (HTTP)   {:.0} calls/s\nratio             {:.2}\nlatency p50/p99   {:.1} / {:.1} ms (Kafka → API acceptance)\nmost in 1 s       {}\npeak RSS          {:.1} MiB\n",
+            "mode              {}\nevents            {}\nemulator latency  {} ms\nmax in flight     {}\nrate limit        {limit}\nthroughput        {:.0} events/s (sustained {:.0}/s)\nbaseline (HTTP)   {:.0} calls/s\nratio             {:.2}\nlatency p50/p99   {:.1} / {:.1} ms (Kafka → API acceptance)\nmost in 1 s       {}\npeak RSS          {:.1} MiB\npaysync CPU       {cpu}\nceiling           {ceiling}\n",
+            self.mode,
             self.events,
             self.latency_ms,
             self.max_in_flight,

@@ -1,0 +1,459 @@
+//! `paysync bench --bootstrap ADDR`: the production binary against a real
+//! broker. The benchmark creates its own topics (a source topic and its
+//! dead-letter topic, both deleted at the end), produces the backlog, starts
+//! the emulator in this process, and runs `paysync run` as a child process:
+//! CPU seconds and peak RSS are that child's alone (from `/proc`), not the
+//! broker's, the emulator's or the producer's. Latency quantiles come from
+//! the child's own `paysync_delivery_latency_seconds` histogram (taken from
+//! Kafka → accepted by the API), interpolated within its buckets. The run
+//! counts only when every event was accepted and the group's committed
+//! offsets reached the end of every partition.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use secrecy::SecretString;
+
+use super::bench::{BenchReport, baseline, record};
+use super::emulator::journal::Journal;
+use super::emulator::{Emulator, Faults, Gateway, GatewaySettings};
+use super::local::{APP_KEY, APP_SECRET};
+use crate::config::Settings;
+
+/// What to run against a real broker.
+#[derive(Debug, Clone)]
+pub struct BrokerBenchOptions {
+    pub bootstrap: String,
+    pub events: usize,
+    pub partitions: i32,
+    /// Distinct order ids per partition (events of one order go one after
+    /// another); `None`: every event its own order.
+    pub orders_per_partition: Option<usize>,
+    pub latency_ms: u64,
+    pub max_in_flight: usize,
+    pub rate: Option<u32>,
+    pub burst: Option<u32>,
+}
+
+/// Runs the benchmark; the child is the binary running this one.
+pub async fn run(options: BrokerBenchOptions) -> anyhow::Result<BenchReport> {
+    ensure!(options.events > 0, "--events must be above 0");
+    ensure!(options.partitions > 0, "--partitions must be above 0");
+    let suffix = rand::random::<u32>();
+    let topic = format!("paysync-bench-{suffix}");
+    let dlq = format!("{topic}.dlq");
+    let admin: AdminClient<DefaultClientContext> = client_config(&options.bootstrap)
+        .create()
+        .context("cannot create a Kafka admin client")?;
+    let created = admin
+        .create_topics(
+            &[
+                NewTopic::new(&topic, options.partitions, TopicReplication::Fixed(1)),
+                NewTopic::new(&dlq, 1, TopicReplication::Fixed(1)),
+            ],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await
+        .with_context(|| format!("cannot reach the broker at {}", options.bootstrap))?;
+    for result in created {
+        result.map_err(|(topic, error)| anyhow::anyhow!("cannot create {topic}: {error}"))?;
+    }
+    let measured = measure(&options, &topic, &dlq).await;
+    // Deleted whatever happened: the benchmark leaves the broker as it was.
+    let _ = admin
+        .delete_topics(&[&topic, &dlq], &AdminOptions::new())
+        .await;
+    measured
+}
+
+async fn measure(
+    options: &BrokerBenchOptions,
+    topic: &str,
+    dlq: &str,
+) -> anyhow::Result<BenchReport> {
+    let gateway = Gateway::new(
+        GatewaySettings {
+            apps: HashMap::from([(APP_KEY.to_owned(), SecretString::from(APP_SECRET))]),
+            seed: Some(1),
+            ..GatewaySettings::default()
+        },
+        Faults {
+            latency_ms: options.latency_ms,
+            ..Faults::default()
+        },
+        Journal::new(None)?.without_retention(),
+    );
+    let emulator = Emulator::start("127.0.0.1:0".parse()?, gateway).await?;
+    let mut settings = Settings::default();
+    settings.top.gateway_url = emulator.url();
+    settings.top.app_key = APP_KEY.to_owned();
+    settings.top.app_secret = Some(SecretString::from(APP_SECRET));
+    let baseline_per_sec =
+        baseline(&settings, options.events.min(20_000), options.max_in_flight).await?;
+    emulator.gateway().reset_stats();
+    // The baseline's calls are in the emulator's counts too.
+    let accepted_before = emulator.gateway().order_counts().0;
+
+    let orders = options
+        .orders_per_partition
+        .map(|per| per * options.partitions as usize);
+    produce(&options.bootstrap, topic, options.events, orders).await?;
+
+    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let config = child_config(options, topic, dlq, &emulator.url(), admin_port);
+    let dir = std::env::temp_dir().join(format!("paysync-bench-{}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir)?;
+    let config_path = dir.join("paysync.toml");
+    std::fs::write(&config_path, config)?;
+    let child = Child::start(&config_path, &dir)?;
+
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let mut first: Option<Instant> = None;
+    let last = loop {
+        let accepted = emulator.gateway().order_counts().0 - accepted_before;
+        if accepted > 0 && first.is_none() {
+            first = Some(Instant::now());
+        }
+        if accepted >= options.events {
+            break Instant::now();
+        }
+        if let Some(status) = child.exited()? {
+            bail!(
+                "paysync run exited ({status}) after {accepted} accepted; its log is in {}",
+                dir.display()
+            );
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "not finished in 15 minutes ({accepted} accepted)"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    let cpu_seconds = child.cpu_seconds()?;
+    let peak_rss_mb = child.peak_rss_mb()?;
+    let committed_to_end =
+        wait_committed_to_end(&options.bootstrap, topic, options.partitions).await?;
+    let metrics = reqwest::get(format!("http://127.0.0.1:{admin_port}/metrics"))
+        .await?
+        .text()
+        .await?;
+    child.stop().await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    ensure!(
+        committed_to_end,
+        "the group's committed offsets did not reach the end"
+    );
+
+    let elapsed = last
+        .duration_since(first.unwrap_or(last))
+        .as_secs_f64()
+        .max(1e-3);
+    let events_per_sec = (options.events.saturating_sub(1)).max(1) as f64 / elapsed;
+    let per_second: Vec<u64> = emulator
+        .gateway()
+        .stats()
+        .accepted_per_second
+        .values()
+        .copied()
+        .collect();
+    let interior = per_second
+        .get(1..per_second.len().saturating_sub(1))
+        .unwrap_or_default();
+    let sustained_per_sec = if interior.is_empty() {
+        events_per_sec
+    } else {
+        interior.iter().sum::<u64>() as f64 / interior.len() as f64
+    };
+    let buckets = histogram(&metrics, "paysync_delivery_latency_seconds");
+    let ceiling = ceiling_per_sec(options.max_in_flight, options.latency_ms);
+    Ok(BenchReport {
+        mode: "broker",
+        events: options.events,
+        latency_ms: options.latency_ms,
+        max_in_flight: options.max_in_flight,
+        rate_limit: options.rate,
+        burst: options
+            .rate
+            .map(|rate| options.burst.unwrap_or((rate / 50).max(1))),
+        events_per_sec,
+        sustained_per_sec,
+        baseline_per_sec,
+        ratio: events_per_sec / baseline_per_sec,
+        p50_ms: quantile(&buckets, 0.50) * 1000.0,
+        p99_ms: quantile(&buckets, 0.99) * 1000.0,
+        max_in_one_second: per_second.iter().copied().max().unwrap_or(0),
+        peak_rss_mb,
+        cpu_seconds: Some(cpu_seconds),
+        events_per_cpu_second: Some(options.events as f64 / cpu_seconds.max(1e-3)),
+        ceiling_per_sec: ceiling,
+        ceiling_ratio: ceiling.map(|c| events_per_sec / c),
+        partitions: options.partitions,
+        orders_per_partition: options.orders_per_partition,
+    })
+}
+
+/// `max_in_flight / latency`: what the calls in flight allow at the emulator's latency.
+pub fn ceiling_per_sec(max_in_flight: usize, latency_ms: u64) -> Option<f64> {
+    (latency_ms > 0).then(|| max_in_flight as f64 * 1000.0 / latency_ms as f64)
+}
+
+fn client_config(bootstrap: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    config
+}
+
+async fn produce(
+    bootstrap: &str,
+    topic: &str,
+    events: usize,
+    orders: Option<usize>,
+) -> anyhow::Result<()> {
+    let producer: FutureProducer = client_config(bootstrap)
+        .set("linger.ms", "20")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    for chunk in (0..events).collect::<Vec<_>>().chunks(20_000) {
+        let sends = chunk.iter().map(|index| {
+            let (key, value) = record(*index, orders);
+            let producer = producer.clone();
+            let topic = topic.to_owned();
+            async move {
+                producer
+                    .send(
+                        FutureRecord::to(&topic).key(&key).payload(&value),
+                        Duration::from_secs(60),
+                    )
+                    .await
+                    .map(|_| ())
+                    .map_err(|(error, _)| error)
+            }
+        });
+        for sent in futures::future::join_all(sends).await {
+            sent?;
+        }
+    }
+    Ok(())
+}
+
+fn child_config(
+    options: &BrokerBenchOptions,
+    topic: &str,
+    dlq: &str,
+    url: &str,
+    admin_port: u16,
+) -> String {
+    let rate = options.rate.unwrap_or(1_000_000);
+    let burst = options.rate.map_or(1_000_000, |rate| {
+        options.burst.unwrap_or((rate / 50).max(1))
+    });
+    format!(
+        "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{topic}\"\ntopics = [\"{topic}\"]\ndlq_topic = \"{dlq}\"\n\n\
+         [top]\ngateway_url = \"{url}\"\napp_key = \"{APP_KEY}\"\n\n\
+         [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n\
+         [delivery]\nmax_in_flight = {}\nrate_limit_per_sec = {rate}\nrate_limit_burst = {burst}\n\n\
+         [log]\nlevel = \"warn\"\n",
+        options.bootstrap, options.max_in_flight,
+    )
+}
+
+/// Whether the group committed every partition's end, waiting up to 30 s.
+async fn wait_committed_to_end(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+) -> anyhow::Result<bool> {
+    let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = client_config(&bootstrap).set("group.id", &topic).create()?;
+        let mut ends = BTreeMap::new();
+        for partition in 0..partitions {
+            let (_, high) =
+                consumer.fetch_watermarks(&topic, partition, Duration::from_secs(10))?;
+            ends.insert(partition, high);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut list = TopicPartitionList::new();
+            for partition in 0..partitions {
+                list.add_partition(&topic, partition);
+            }
+            let committed = consumer.committed_offsets(list, Duration::from_secs(10))?;
+            let at_end = committed.elements().iter().all(
+                |e| matches!(e.offset(), Offset::Offset(o) if Some(&o) == ends.get(&e.partition())),
+            );
+            if at_end || Instant::now() >= deadline {
+                return Ok(at_end);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+    .await?
+}
+
+/// `name`'s cumulative buckets in Prometheus text: (upper bound, count).
+fn histogram(text: &str, name: &str) -> Vec<(f64, f64)> {
+    let prefix = format!("{name}_bucket{{le=\"");
+    let mut buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(&prefix)?;
+            let (bound, count) = rest.split_once("\"} ")?;
+            let bound = if bound == "+Inf" {
+                f64::INFINITY
+            } else {
+                bound.parse().ok()?
+            };
+            Some((bound, count.trim().parse().ok()?))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    buckets
+}
+
+/// The `q` quantile of cumulative buckets, linear within its bucket (0 when empty).
+fn quantile(buckets: &[(f64, f64)], q: f64) -> f64 {
+    let Some(&(_, total)) = buckets.last() else {
+        return 0.0;
+    };
+    let rank = q * total;
+    let (mut lower, mut below) = (0.0, 0.0);
+    for &(bound, count) in buckets {
+        if count >= rank && count > below {
+            if bound.is_infinite() {
+                return lower;
+            }
+            return lower + (bound - lower) * (rank - below) / (count - below);
+        }
+        (lower, below) = (bound, count);
+    }
+    lower
+}
+
+/// `paysync run` as a child process.
+struct Child {
+    child: std::process::Child,
+}
+
+impl Child {
+    fn start(config: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<Child> {
+        let log = std::fs::File::create(dir.join("paysync.log"))?;
+        let child = std::process::Command::new(std::env::current_exe()?)
+            .args(["run", "--config"])
+            .arg(config)
+            .env("PAYSYNC_TOP__APP_SECRET", APP_SECRET)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("cannot start paysync run")?;
+        Ok(Child { child })
+    }
+
+    fn proc_file(&self, name: &str) -> anyhow::Result<String> {
+        let path = PathBuf::from(format!("/proc/{}/{name}", self.child.id()));
+        std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))
+    }
+
+    fn exited(&self) -> anyhow::Result<Option<String>> {
+        Ok(self
+            .proc_file("stat")
+            .map_or(Some("gone".to_owned()), |stat| {
+                stat.rsplit_once(") ")
+                    .and_then(|(_, rest)| rest.split_whitespace().next())
+                    .filter(|state| *state == "Z")
+                    .map(|_| "exited".to_owned())
+            }))
+    }
+
+    /// User and system CPU seconds so far.
+    fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        let stat = self.proc_file("stat")?;
+        let fields: Vec<&str> = stat
+            .rsplit_once(") ")
+            .context("unreadable /proc stat")?
+            .1
+            .split_whitespace()
+            .collect();
+        // Fields 14 and 15 of stat(5), counted after the command name.
+        let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+        Ok(ticks / clock_ticks_per_second())
+    }
+
+    /// The peak resident set (VmHWM), MiB.
+    fn peak_rss_mb(&self) -> anyhow::Result<f64> {
+        let status = self.proc_file("status")?;
+        let kb = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .context("no VmHWM")?
+            .parse::<f64>()?;
+        Ok(kb / 1024.0)
+    }
+
+    /// SIGTERM, then waits for the exit (the final commit included).
+    async fn stop(mut self) -> anyhow::Result<()> {
+        std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait()?.is_none() {
+            ensure!(
+                Instant::now() < deadline,
+                "paysync run did not stop after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn clock_ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_interpolate_within_prometheus_buckets() {
+        let text = "x_bucket{le=\"0.01\"} 50\nx_bucket{le=\"0.02\"} 90\nx_bucket{le=\"+Inf\"} 100\nx_count 100\n";
+        let buckets = histogram(text, "x");
+        assert_eq!(buckets.len(), 3);
+        assert!((quantile(&buckets, 0.5) - 0.01).abs() < 1e-9);
+        assert!((quantile(&buckets, 0.7) - 0.015).abs() < 1e-9);
+        // In the open last bucket the answer is its lower bound.
+        assert!((quantile(&buckets, 0.99) - 0.02).abs() < 1e-9);
+        assert_eq!(quantile(&[], 0.5), 0.0);
+    }
+
+    #[test]
+    fn the_ceiling_is_what_the_calls_in_flight_allow() {
+        assert_eq!(ceiling_per_sec(256, 50), Some(5_120.0));
+        assert_eq!(ceiling_per_sec(64, 0), None);
+    }
+}
