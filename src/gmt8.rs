@@ -8,7 +8,7 @@
 //! A leaf: the domain ([`crate::event`]) reads `pay_time` with it and the
 //! protocol ([`crate::top`]) writes it, so it belongs to neither.
 
-use chrono::{DateTime, FixedOffset, NaiveDateTime, TimeZone, Utc};
+use chrono::{DateTime, Datelike, FixedOffset, NaiveDateTime, TimeZone, Timelike, Utc};
 
 /// The `chrono` format string for `yyyy-MM-dd HH:mm:ss`.
 pub const FORMAT: &str = "%Y-%m-%d %H:%M:%S";
@@ -20,7 +20,31 @@ pub fn offset() -> FixedOffset {
 
 /// Formats an instant as GMT+8 `yyyy-MM-dd HH:mm:ss`.
 pub fn format(instant: DateTime<Utc>) -> String {
-    instant.with_timezone(&offset()).format(FORMAT).to_string()
+    let local = instant.with_timezone(&offset()).naive_local();
+    let year = local.year();
+    if !(0..=9999).contains(&year) {
+        // Outside four digits chrono writes a sign; no such time is ever sent.
+        return local.format(FORMAT).to_string();
+    }
+    // Written field by field: this runs for every call, and chrono's
+    // format-string interpreter costs several times more.
+    let mut out = String::with_capacity(19);
+    let mut push = |value: u32, digits: u32, separator: Option<char>| {
+        for place in (0..digits).rev() {
+            let digit = value / 10u32.pow(place) % 10;
+            out.push(char::from(b'0' + digit as u8));
+        }
+        if let Some(separator) = separator {
+            out.push(separator);
+        }
+    };
+    push(year as u32, 4, Some('-'));
+    push(local.month(), 2, Some('-'));
+    push(local.day(), 2, Some(' '));
+    push(local.hour(), 2, Some(':'));
+    push(local.minute(), 2, Some(':'));
+    push(local.second(), 2, None);
+    out
 }
 
 /// Parses GMT+8 `yyyy-MM-dd HH:mm:ss` (exactly that shape, no fractions).
@@ -49,6 +73,28 @@ mod tests {
     fn formats_in_gmt8_whatever_the_input_zone() {
         let utc = Utc.with_ymd_and_hms(2020, 10, 10, 12, 0, 0).unwrap();
         assert_eq!(format(utc), "2020-10-10 20:00:00");
+    }
+
+    #[test]
+    fn formats_like_chrono_across_the_whole_range() {
+        for seconds in [
+            0i64,
+            59,
+            86_399,
+            951_782_400, // 2000-02-29, a leap day
+            1_700_000_000,
+            253_402_300_799 - 8 * 3600, // the last second of year 9999 in GMT+8
+            -62_167_219_200,            // year 0
+        ] {
+            let instant = DateTime::<Utc>::from_timestamp(seconds, 0).unwrap();
+            let expected = instant.with_timezone(&offset()).format(FORMAT).to_string();
+            assert_eq!(format(instant), expected, "{seconds}");
+        }
+        let far = DateTime::<Utc>::from_timestamp(300_000_000_000, 0).unwrap();
+        assert_eq!(
+            format(far),
+            far.with_timezone(&offset()).format(FORMAT).to_string()
+        );
     }
 
     #[test]

@@ -132,10 +132,28 @@ pub fn group_consumer(settings: &Settings) -> ClientConfig {
         &[
             ("auto.offset.reset", kafka.auto_offset_reset.clone()),
             ("enable.partition.eof", "false".to_owned()),
-        ],
+        ]
+        .into_iter()
+        .chain(PREFETCH_DEFAULTS.map(|(key, value)| (key, value.to_owned())))
+        .collect::<Vec<_>>(),
         &owned,
     )
 }
+
+/// The group consumer's prefetch, sized for a bridge rather than a stream
+/// processor: paysync's windows hold the work, so librdkafka's queue only
+/// has to keep them fed (its own defaults, 64 MiB and 100,000 messages,
+/// hold a whole backlog in memory). Small per-partition fetches keep the
+/// queue interleaved across partitions, and a partition whose queue filled
+/// up is fetched again after 10 ms instead of librdkafka's 1 s, which
+/// stalled every partition resumed after a pause. Users may change them in
+/// `[kafka.consumer]`; docs/performance.md gives what they cost.
+pub const PREFETCH_DEFAULTS: [(&str, &str); 4] = [
+    ("queued.max.messages.kbytes", "4096"),
+    ("queued.min.messages", "10000"),
+    ("max.partition.fetch.bytes", "65536"),
+    ("fetch.queue.backoff.ms", "10"),
+];
 
 /// A tool's consumer (replay's planning, dead-letter reading): it joins no
 /// group and commits only when the tool says so, under `group`.
@@ -454,6 +472,21 @@ mod tests {
     }
 
     #[test]
+    fn the_prefetch_defaults_apply_and_yield_to_the_users_table() {
+        let mut settings = Settings::default();
+        let consumer = group_consumer(&settings);
+        for (key, value) in PREFETCH_DEFAULTS {
+            assert_eq!(get(&consumer, key), Some(value), "{key}");
+        }
+        settings
+            .kafka
+            .consumer
+            .insert("queued.max.messages.kbytes".into(), "65536".into());
+        let consumer = group_consumer(&settings);
+        assert_eq!(get(&consumer, "queued.max.messages.kbytes"), Some("65536"));
+    }
+
+    #[test]
     fn every_owned_property_is_reserved() {
         let settings = Settings::default();
         for config in [
@@ -469,7 +502,7 @@ mod tests {
                         | "auto.offset.reset"
                         | "enable.partition.eof"
                         | "message.timeout.ms"
-                );
+                ) || PREFETCH_DEFAULTS.iter().any(|(default, _)| *default == key);
                 assert!(
                     owned_by_setting || reserved_reason(key).is_some(),
                     "{key} is set by paysync but not reserved"

@@ -291,6 +291,12 @@ pub struct BenchArgs {
     /// its own order). Events of one order are delivered one after another.
     #[arg(long)]
     pub orders_per_partition: Option<usize>,
+    /// A setting for the benchmarked `paysync run` (broker mode), as one TOML
+    /// line with a dotted key; repeatable. For example
+    /// `--set 'delivery.global_window = 2000'` or
+    /// `--set 'kafka.consumer."queued.max.messages.kbytes" = "8192"'`.
+    #[arg(long = "set", value_name = "KEY = VALUE")]
+    pub settings: Vec<String>,
 }
 
 #[derive(Debug, Args)]

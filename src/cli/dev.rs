@@ -65,9 +65,13 @@ pub(super) async fn bench(args: BenchArgs) -> ExitCode {
                 max_in_flight: args.max_in_flight,
                 rate: args.rate,
                 burst: args.burst,
+                settings: args.settings.clone(),
             })
             .await
         }
+        None if !args.settings.is_empty() => Err(anyhow::anyhow!(
+            "--set configures the `paysync run` child of broker mode: give --bootstrap too"
+        )),
         None => {
             crate::tools::bench::run(crate::tools::bench::BenchOptions {
                 events: args.events,

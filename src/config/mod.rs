@@ -243,7 +243,7 @@ impl Default for DeliverySettings {
         DeliverySettings {
             max_in_flight: 64,
             partition_window: 1_000,
-            global_window: 10_000,
+            global_window: 2_000,
             rate_limit_per_sec: 100,
             rate_limit_burst: None,
             rate_limit_scope: RateLimitScope::Group,

@@ -143,7 +143,7 @@ impl Deliverer {
         let class = failure.class;
         if let Some(prior) = &job.prior {
             tokio::select! {
-                held = self.dead_letters.written_before(prior, job.source.offset) => if held {
+                held = Box::pin(self.dead_letters.written_before(prior, job.source.offset)) => if held {
                     self.metrics.dead_letters_written_before.inc();
                     tracing::info!(class = class.as_str(), reason = %failure.reason, "Event already dead-lettered by an earlier owner; not writing it again.");
                     return TaskEnd::DeadLettered;
@@ -151,11 +151,11 @@ impl Deliverer {
                 _ = cancel.cancelled() => return TaskEnd::Abandoned,
             }
         }
-        match self
-            .dead_letters
-            .send(&job.source, &failure, cancel.cancelled())
-            .await
-        {
+        let sent = Box::pin(
+            self.dead_letters
+                .send(&job.source, &failure, cancel.cancelled()),
+        );
+        match sent.await {
             Written::Acknowledged => {
                 self.metrics.record_dead_lettered(class, &failure.reason);
                 tracing::warn!(class = class.as_str(), reason = %failure.reason, "Event dead-lettered.");
@@ -200,7 +200,8 @@ impl Deliverer {
             }
             // Signed here, after every wait: the timestamp is fresh on each attempt.
             self.metrics.calls_in_flight.inc();
-            let report = self.client.send(&dto).await;
+            // Boxed: a task waiting for its turn stays small (see docs/performance.md).
+            let report = Box::pin(self.client.send(&dto)).await;
             self.metrics.calls_in_flight.dec();
             drop(permit);
             calls += 1;

@@ -41,6 +41,9 @@ pub struct BrokerBenchOptions {
     pub max_in_flight: usize,
     pub rate: Option<u32>,
     pub burst: Option<u32>,
+    /// Extra settings for the child, each one TOML line with a dotted key
+    /// (`delivery.global_window = 2000`); they override the benchmark's own.
+    pub settings: Vec<String>,
 }
 
 /// Runs the benchmark; the child is the binary running this one.
@@ -110,7 +113,7 @@ async fn measure(
     let admin_port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let config = child_config(options, topic, dlq, &emulator.url(), admin_port);
+    let config = child_config(options, topic, dlq, &emulator.url(), admin_port)?;
     let dir = std::env::temp_dir().join(format!("paysync-bench-{}", rand::random::<u32>()));
     std::fs::create_dir_all(&dir)?;
     let config_path = dir.join("paysync.toml");
@@ -143,10 +146,7 @@ async fn measure(
     let peak_rss_mb = child.peak_rss_mb()?;
     let committed_to_end =
         wait_committed_to_end(&options.bootstrap, topic, options.partitions).await?;
-    let metrics = reqwest::get(format!("http://127.0.0.1:{admin_port}/metrics"))
-        .await?
-        .text()
-        .await?;
+    let metrics = get_text(&format!("http://127.0.0.1:{admin_port}/metrics")).await?;
     child.stop().await?;
     let _ = std::fs::remove_dir_all(&dir);
     ensure!(
@@ -252,19 +252,39 @@ fn child_config(
     dlq: &str,
     url: &str,
     admin_port: u16,
-) -> String {
+) -> anyhow::Result<String> {
     let rate = options.rate.unwrap_or(1_000_000);
     let burst = options.rate.map_or(1_000_000, |rate| {
         options.burst.unwrap_or((rate / 50).max(1))
     });
-    format!(
+    let base = format!(
         "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{topic}\"\ntopics = [\"{topic}\"]\ndlq_topic = \"{dlq}\"\n\n\
          [top]\ngateway_url = \"{url}\"\napp_key = \"{APP_KEY}\"\n\n\
          [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n\
          [delivery]\nmax_in_flight = {}\nrate_limit_per_sec = {rate}\nrate_limit_burst = {burst}\n\n\
          [log]\nlevel = \"warn\"\n",
         options.bootstrap, options.max_in_flight,
-    )
+    );
+    let mut config: toml::Table = base.parse().context("the benchmark's own configuration")?;
+    for line in &options.settings {
+        let extra: toml::Table = line.parse().with_context(|| {
+            format!("--set {line:?} is not a TOML line like `delivery.global_window = 2000`")
+        })?;
+        merge(&mut config, extra);
+    }
+    Ok(config.to_string())
+}
+
+/// Merges `extra` into `base`, table by table; `extra`'s values win.
+fn merge(base: &mut toml::Table, extra: toml::Table) {
+    for (key, value) in extra {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(inner)), toml::Value::Table(more)) => merge(inner, more),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
 }
 
 /// Whether the group committed every partition's end, waiting up to 30 s.
@@ -338,6 +358,22 @@ fn quantile(buckets: &[(f64, f64)], q: f64) -> f64 {
         (lower, below) = (bound, count);
     }
     lower
+}
+
+/// A plain-HTTP GET on loopback, read as text.
+async fn get_text(uri: &str) -> anyhow::Result<String> {
+    use http_body_util::BodyExt;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let response = client.get(uri.parse()?).await?;
+    ensure!(
+        response.status().is_success(),
+        "GET {uri}: {}",
+        response.status()
+    );
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 /// `paysync run` as a child process.

@@ -5,11 +5,22 @@
 //! so the timestamp is fresh after any rate-limiter wait or retry backoff.
 //! Transport errors are reported without the request URL, because the query
 //! string carries the signature and, when configured, the session token.
+//!
+//! This is the hot path of every delivery, so it speaks to hyper's pooled
+//! client directly (rustls, HTTP/1.1 and HTTP/2 by ALPN): no redirect layer
+//! (a gateway that redirects a signed POST is answered as an HTTP status, not
+//! followed) and no URL re-parsing per call.
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use chrono::Utc;
-use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER, USER_AGENT};
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use url::Url;
 
 use crate::top::outcome::Outcome;
@@ -42,19 +53,28 @@ pub struct Timeouts {
     pub request: Duration,
 }
 
+const USER_AGENT_VALUE: &str = concat!("paysync/", env!("CARGO_PKG_VERSION"));
+
 /// Sends signed calls to one gateway URL with one set of credentials.
 #[derive(Debug, Clone)]
 pub struct TopClient {
-    http: reqwest::Client,
+    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     endpoint: Url,
+    /// The endpoint without query or fragment: each call appends its own query.
+    endpoint_base: String,
+    request_timeout: Duration,
     profile: RequestProfile,
     max_request_bytes: Option<usize>,
 }
 
 /// The client could not be built.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot build the HTTP client: {0}")]
-pub struct ClientBuildError(#[source] reqwest::Error);
+pub enum ClientBuildError {
+    #[error("cannot set up TLS for the HTTP client: {0}")]
+    Tls(#[source] rustls::Error),
+    #[error("the gateway URL {0} is not an http or https URL")]
+    Scheme(String),
+}
 
 impl TopClient {
     pub fn new(
@@ -62,16 +82,32 @@ impl TopClient {
         profile: RequestProfile,
         timeouts: Timeouts,
     ) -> Result<Self, ClientBuildError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(timeouts.connect)
-            .timeout(timeouts.request)
-            .user_agent(concat!("paysync/", env!("CARGO_PKG_VERSION")))
+        if !matches!(endpoint.scheme(), "http" | "https") {
+            return Err(ClientBuildError::Scheme(endpoint.to_string()));
+        }
+        let mut tcp = HttpConnector::new();
+        tcp.set_connect_timeout(Some(timeouts.connect));
+        tcp.set_nodelay(true);
+        // HttpsConnector checks the scheme itself.
+        tcp.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+            .map_err(ClientBuildError::Tls)?
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(tcp);
+        let http = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(1024)
-            .build()
-            .map_err(ClientBuildError)?;
+            .build(connector);
+        let mut base = endpoint.clone();
+        base.set_query(None);
+        base.set_fragment(None);
         Ok(TopClient {
             http,
+            endpoint_base: base.to_string(),
             endpoint,
+            request_timeout: timeouts.request,
             profile,
             max_request_bytes: None,
         })
@@ -120,32 +156,49 @@ impl TopClient {
             let bytes = query.len() + body.len();
             return (Outcome::TooLarge { bytes, limit }, None, None);
         }
-        let mut url = self.endpoint.clone();
-        url.set_query(Some(&query));
-        let sent = self
-            .http
-            .post(url)
+        let uri = format!("{}?{query}", self.endpoint_base);
+        let built = http::Request::post(uri)
             .header(
                 CONTENT_TYPE,
                 HeaderValue::from_static("application/x-www-form-urlencoded;charset=UTF-8"),
             )
-            .body(body)
-            .send()
-            .await;
-        let response = match sent {
-            Ok(response) => response,
-            Err(error) => return (transport_outcome(error), None, None),
+            .header(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE))
+            .body(Full::new(Bytes::from(body)));
+        let built = match built {
+            Ok(built) => built,
+            // Never shows the URI: it holds the signature.
+            Err(error) => {
+                return (
+                    Outcome::Transport {
+                        reason: format!("cannot build the request: {}", error_chain(&error)),
+                    },
+                    None,
+                    None,
+                );
+            }
         };
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let body = match read_capped(response).await {
-            Ok(body) => body,
-            Err(error) => return (transport_outcome(error), None, None),
+        let answer = tokio::time::timeout(self.request_timeout, async {
+            let response = self.http.request(built).await.map_err(transport_outcome)?;
+            let status = response.status().as_u16();
+            let retry_after = response
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let body =
+                read_capped(response.into_body())
+                    .await
+                    .map_err(|error| Outcome::Transport {
+                        reason: error_chain(&error),
+                    })?;
+            Ok::<_, Outcome>((status, retry_after, body))
+        })
+        .await;
+        let (status, retry_after, body) = match answer {
+            Err(_elapsed) => return (Outcome::Timeout, None, None),
+            Ok(Err(outcome)) => return (outcome, None, None),
+            Ok(Ok(answer)) => answer,
         };
         let excerpt = Some(excerpt(&body));
         match response::parse(&body) {
@@ -177,16 +230,18 @@ impl TopClient {
     }
 }
 
-async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await? {
-        let room = MAX_RESPONSE_BYTES.saturating_sub(body.len());
-        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if body.len() >= MAX_RESPONSE_BYTES {
-            break;
+async fn read_capped(mut body: hyper::body::Incoming) -> Result<Vec<u8>, hyper::Error> {
+    let mut out = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Some(chunk) = frame?.data_ref() {
+            let room = MAX_RESPONSE_BYTES.saturating_sub(out.len());
+            out.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if out.len() >= MAX_RESPONSE_BYTES {
+                break;
+            }
         }
     }
-    Ok(body)
+    Ok(out)
 }
 
 fn excerpt(body: &[u8]) -> String {
@@ -196,17 +251,33 @@ fn excerpt(body: &[u8]) -> String {
         .collect()
 }
 
-/// Maps a reqwest error to an outcome; the URL (with the signature) is stripped.
-fn transport_outcome(error: reqwest::Error) -> Outcome {
-    let error = error.without_url();
+/// Maps a client error to an outcome (hyper's errors never carry the URI,
+/// which holds the signature).
+fn transport_outcome(error: hyper_util::client::legacy::Error) -> Outcome {
     let reason = error_chain(&error);
-    if error.is_timeout() {
-        Outcome::Timeout
-    } else if error.is_connect() {
+    if error.is_connect() {
+        if timed_out(&error) {
+            return Outcome::Timeout;
+        }
         Outcome::Connect { reason }
     } else {
         Outcome::Transport { reason }
     }
+}
+
+/// Whether the connect step gave up at `top.connect_timeout_ms`.
+fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(cause) = source {
+        if cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {

@@ -8,7 +8,7 @@
 //! * [`response`]: reading JSON and XML answers, wrapped or simplified.
 //! * [`outcome`]: what happened to one call.
 //! * [`classify`]: the single table from outcome to disposition.
-//! * [`client`]: the reqwest client that sends one call and reports its outcome.
+//! * [`client`]: the HTTP client (hyper, rustls) that sends one call and reports its outcome.
 
 pub mod classify;
 pub mod client;
