@@ -496,13 +496,14 @@ mod tests {
         ] {
             for (key, _) in config.config_map() {
                 let key: &str = key;
-                let owned_by_setting = matches!(
-                    key,
-                    "client.id"
-                        | "auto.offset.reset"
-                        | "enable.partition.eof"
-                        | "message.timeout.ms"
-                ) || PREFETCH_DEFAULTS.iter().any(|(default, _)| *default == key);
+                let owned_by_setting =
+                    matches!(
+                        key,
+                        "client.id"
+                            | "auto.offset.reset"
+                            | "enable.partition.eof"
+                            | "message.timeout.ms"
+                    ) || PREFETCH_DEFAULTS.iter().any(|(default, _)| *default == key);
                 assert!(
                     owned_by_setting || reserved_reason(key).is_some(),
                     "{key} is set by paysync but not reserved"

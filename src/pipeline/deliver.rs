@@ -187,9 +187,8 @@ impl Deliverer {
                 _ = cancel.cancelled() => return TaskEnd::Abandoned,
             };
             let waiting = Instant::now();
-            let limiter = self.budget.limiter();
             let snapshot = tokio::select! {
-                snapshot = limiter.until_ready() => snapshot,
+                snapshot = self.budget.until_ready() => snapshot,
                 _ = cancel.cancelled() => { self.gate.release(pass); return TaskEnd::Abandoned; }
             };
             self.metrics

@@ -19,7 +19,7 @@ use std::time::Duration;
 use super::deliver::Limiter;
 pub use crate::config::RateLimitScope;
 use crate::metrics::Metrics;
-use governor::middleware::StateInformationMiddleware;
+use governor::middleware::{StateInformationMiddleware, StateSnapshot};
 use governor::{Quota, RateLimiter};
 
 /// One replica's part of the quota.
@@ -69,6 +69,11 @@ pub struct RateBudget {
     burst: u32,
     scope: RateLimitScope,
     state: RwLock<BudgetState>,
+    /// One caller at a time waits on the bucket; the others queue here in
+    /// order. governor's `until_ready` wakes every waiter for each token
+    /// (all but one go back to sleep), which at a low rate with many calls
+    /// waiting cost more CPU than the calls themselves.
+    turn: tokio::sync::Mutex<()>,
     metrics: Arc<Metrics>,
 }
 
@@ -103,8 +108,15 @@ impl RateBudget {
                 share,
                 limiter: Arc::new(limiter(share)),
             }),
+            turn: tokio::sync::Mutex::new(()),
             metrics,
         }
+    }
+
+    /// Waits for this caller's turn, then for a token of the current bucket.
+    pub async fn until_ready(&self) -> StateSnapshot {
+        let _turn = self.turn.lock().await;
+        self.limiter().until_ready().await
     }
 
     /// The bucket every call takes a token from.

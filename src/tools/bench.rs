@@ -20,8 +20,8 @@ use serde::Serialize;
 use crate::config::Settings;
 use crate::event::{OrderType, PaymentEvent};
 use crate::pipeline::{Pipeline, Source};
-use crate::tools::emulator::Faults;
 use crate::tools::emulator::journal::Journal;
+use crate::tools::emulator::{Emulator, Faults};
 use crate::tools::latency::LatencyRecorder;
 use crate::tools::local::{LocalStack, TOPIC};
 use crate::top::classify::{Classifier, Disposition};
@@ -73,9 +73,61 @@ pub struct BenchReport {
     pub ceiling_per_sec: Option<f64>,
     /// Throughput over the ceiling.
     pub ceiling_ratio: Option<f64>,
+    /// Mean gateway call as `paysync run` timed it (broker mode): the
+    /// emulator's latency plus what the machine adds to it.
+    pub call_mean_ms: Option<f64>,
+    /// Share of the `max_in_flight` call slots in use on average (Little's
+    /// law: events/s × mean call ÷ slots; broker mode). Near 1, paysync kept
+    /// every slot busy and the gateway's answer time is the limit.
+    pub slots_busy_ratio: Option<f64>,
     pub partitions: i32,
     /// Distinct order ids per partition (`None`: one event per order).
     pub orders_per_partition: Option<usize>,
+}
+
+/// Throughput figures of a run, from its first and last acceptance and the
+/// emulator's acceptances per wall-clock second; both modes use them.
+pub(super) struct Throughput {
+    pub(super) events_per_sec: f64,
+    /// Mean acceptances per whole second (the first and last are partial).
+    pub(super) sustained_per_sec: f64,
+    pub(super) max_in_one_second: u64,
+}
+
+impl Throughput {
+    pub(super) fn measure(
+        events: usize,
+        first: Option<Instant>,
+        last: Instant,
+        emulator: &Emulator,
+    ) -> Throughput {
+        let elapsed = last
+            .duration_since(first.unwrap_or(last))
+            .as_secs_f64()
+            .max(1e-3);
+        // n acceptances span n - 1 intervals.
+        let events_per_sec = (events.saturating_sub(1)).max(1) as f64 / elapsed;
+        let per_second: Vec<u64> = emulator
+            .gateway()
+            .stats()
+            .accepted_per_second
+            .values()
+            .copied()
+            .collect();
+        let interior = per_second
+            .get(1..per_second.len().saturating_sub(1))
+            .unwrap_or_default();
+        let sustained_per_sec = if interior.is_empty() {
+            events_per_sec
+        } else {
+            interior.iter().sum::<u64>() as f64 / interior.len() as f64
+        };
+        Throughput {
+            events_per_sec,
+            sustained_per_sec,
+            max_in_one_second: per_second.iter().copied().max().unwrap_or(0),
+        }
+    }
 }
 
 fn event(index: usize, prefix: &str) -> PaymentEvent {
@@ -160,28 +212,11 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         "the emulator accepted {accepted} of {}",
         options.events
     );
-    let elapsed = last
-        .duration_since(first.unwrap_or(last))
-        .as_secs_f64()
-        .max(1e-3);
-    let events_per_sec = (options.events.saturating_sub(1)).max(1) as f64 / elapsed;
-    let per_second: Vec<u64> = emulator
-        .gateway()
-        .stats()
-        .accepted_per_second
-        .values()
-        .copied()
-        .collect();
-    let max_in_one_second = per_second.iter().copied().max().unwrap_or(0);
-    // Whole seconds only: the first and last are partial.
-    let interior = per_second
-        .get(1..per_second.len().saturating_sub(1))
-        .unwrap_or_default();
-    let sustained_per_sec = if interior.is_empty() {
-        events_per_sec
-    } else {
-        interior.iter().sum::<u64>() as f64 / interior.len() as f64
-    };
+    let Throughput {
+        events_per_sec,
+        sustained_per_sec,
+        max_in_one_second,
+    } = Throughput::measure(options.events, first, last, emulator);
     let ceiling = super::bench_broker::ceiling_per_sec(options.max_in_flight, options.latency_ms);
     Ok(BenchReport {
         mode: "in-process",
@@ -202,6 +237,8 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         events_per_cpu_second: None,
         ceiling_per_sec: ceiling,
         ceiling_ratio: ceiling.map(|c| events_per_sec / c),
+        call_mean_ms: None,
+        slots_busy_ratio: None,
         partitions: PARTITIONS,
         orders_per_partition: None,
     })
@@ -320,8 +357,14 @@ impl BenchReport {
             (Some(c), Some(r)) => format!("{c:.0}/s (reached {:.0} %)", r * 100.0),
             _ => "none (no emulator latency)".to_owned(),
         };
+        let slots = match (self.call_mean_ms, self.slots_busy_ratio) {
+            (Some(call), Some(busy)) => {
+                format!("{:.0} % busy (mean call {call:.1} ms)", busy * 100.0)
+            }
+            _ => "not measured (in-process mode)".to_owned(),
+        };
         format!(
-            "mode              {}\nevents            {}\nemulator latency  {} ms\nmax in flight     {}\nrate limit        {limit}\nthroughput        {:.0} events/s (sustained {:.0}/s)\nbaseline (HTTP)   {:.0} calls/s\nratio             {:.2}\nlatency p50/p99   {:.1} / {:.1} ms (Kafka → API acceptance)\nmost in 1 s       {}\npeak RSS          {:.1} MiB\npaysync CPU       {cpu}\nceiling           {ceiling}\n",
+            "mode              {}\nevents            {}\nemulator latency  {} ms\nmax in flight     {}\nrate limit        {limit}\nthroughput        {:.0} events/s (sustained {:.0}/s)\nbaseline (HTTP)   {:.0} calls/s\nratio             {:.2}\nlatency p50/p99   {:.1} / {:.1} ms (Kafka → API acceptance)\nmost in 1 s       {}\npeak RSS          {:.1} MiB\npaysync CPU       {cpu}\nceiling           {ceiling}\ncall slots        {slots}\n",
             self.mode,
             self.events,
             self.latency_ms,

@@ -22,7 +22,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use secrecy::SecretString;
 
-use super::bench::{BenchReport, baseline, record};
+use super::bench::{BenchReport, Throughput, baseline, record};
 use super::emulator::journal::Journal;
 use super::emulator::{Emulator, Faults, Gateway, GatewaySettings};
 use super::local::{APP_KEY, APP_SECRET};
@@ -154,27 +154,13 @@ async fn measure(
         "the group's committed offsets did not reach the end"
     );
 
-    let elapsed = last
-        .duration_since(first.unwrap_or(last))
-        .as_secs_f64()
-        .max(1e-3);
-    let events_per_sec = (options.events.saturating_sub(1)).max(1) as f64 / elapsed;
-    let per_second: Vec<u64> = emulator
-        .gateway()
-        .stats()
-        .accepted_per_second
-        .values()
-        .copied()
-        .collect();
-    let interior = per_second
-        .get(1..per_second.len().saturating_sub(1))
-        .unwrap_or_default();
-    let sustained_per_sec = if interior.is_empty() {
-        events_per_sec
-    } else {
-        interior.iter().sum::<u64>() as f64 / interior.len() as f64
-    };
+    let Throughput {
+        events_per_sec,
+        sustained_per_sec,
+        max_in_one_second,
+    } = Throughput::measure(options.events, first, last, &emulator);
     let buckets = histogram(&metrics, "paysync_delivery_latency_seconds");
+    let call_mean = mean(&metrics, "paysync_call_duration_seconds");
     let ceiling = ceiling_per_sec(options.max_in_flight, options.latency_ms);
     Ok(BenchReport {
         mode: "broker",
@@ -191,12 +177,15 @@ async fn measure(
         ratio: events_per_sec / baseline_per_sec,
         p50_ms: quantile(&buckets, 0.50) * 1000.0,
         p99_ms: quantile(&buckets, 0.99) * 1000.0,
-        max_in_one_second: per_second.iter().copied().max().unwrap_or(0),
+        max_in_one_second,
         peak_rss_mb,
         cpu_seconds: Some(cpu_seconds),
         events_per_cpu_second: Some(options.events as f64 / cpu_seconds.max(1e-3)),
         ceiling_per_sec: ceiling,
         ceiling_ratio: ceiling.map(|c| events_per_sec / c),
+        call_mean_ms: call_mean.map(|mean| mean * 1000.0),
+        slots_busy_ratio: call_mean
+            .map(|mean| events_per_sec * mean / options.max_in_flight as f64),
         partitions: options.partitions,
         orders_per_partition: options.orders_per_partition,
     })
@@ -339,6 +328,17 @@ fn histogram(text: &str, name: &str) -> Vec<(f64, f64)> {
         .collect();
     buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
     buckets
+}
+
+/// A histogram's mean (`_sum / _count`), when it has observations.
+fn mean(text: &str, name: &str) -> Option<f64> {
+    let value = |suffix: &str| {
+        let prefix = format!("{name}_{suffix} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&prefix)?.trim().parse::<f64>().ok())
+    };
+    let count = value("count").filter(|count| *count > 0.0)?;
+    Some(value("sum")? / count)
 }
 
 /// The `q` quantile of cumulative buckets, linear within its bucket (0 when empty).
