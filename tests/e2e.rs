@@ -520,8 +520,10 @@ async fn the_broker_benchmark_accounts_for_every_event_and_measures_paysync_alon
         "3000",
         "--max-in-flight",
         "16",
+        // One order per partition: every partition one chain, the strictest
+        // ordering, and every partition must still get its events.
         "--orders-per-partition",
-        "10",
+        "1",
         "--json",
     ])
     .await;
@@ -533,10 +535,13 @@ async fn the_broker_benchmark_accounts_for_every_event_and_measures_paysync_alon
     let report: serde_json::Value = serde_json::from_str(json).unwrap();
     assert_eq!(report["mode"], "broker");
     assert_eq!(report["events"], 3000);
-    assert_eq!(report["orders_per_partition"], 10);
+    assert_eq!(report["orders_per_partition"], 1);
     let cpu = report["cpu_seconds"].as_f64().unwrap();
     let rss = report["peak_rss_mb"].as_f64().unwrap();
     assert!(cpu > 0.0 && rss > 1.0, "{report}");
+    // Six chains, one call each at a time: at most 6 of the 16 slots busy.
+    let busy = report["slots_busy_ratio"].as_f64().unwrap();
+    assert!(busy > 0.0 && busy <= 6.0 / 16.0 + 0.05, "{report}");
     println!(
         "e2e bench: 3000 events through paysync run against the broker, {cpu:.2} CPU-s, peak RSS {rss:.1} MiB"
     );

@@ -281,12 +281,12 @@ pub(super) async fn baseline(
 }
 
 /// The `index`th benchmark event as a Kafka record: its order id (the key)
-/// and its JSON value. `orders` distinct order ids are used in turn (events
-/// of one order are delivered one after another); `None` makes each unique.
-pub(super) fn record(index: usize, orders: Option<usize>) -> (String, String) {
+/// and its JSON value. `order_id` puts it in that order (events of one order
+/// are delivered one after another); `None` makes it an order of its own.
+pub(super) fn record(index: usize, order_id: Option<String>) -> (String, String) {
     let mut event = event(index, "bench");
-    if let Some(orders) = orders {
-        event.order_id = format!("bench-order-{}", index % orders.max(1));
+    if let Some(order_id) = order_id {
+        event.order_id = order_id;
     }
     let value = serde_json::json!({
         "carNo": event.car_no,

@@ -105,10 +105,7 @@ async fn measure(
     // The baseline's calls are in the emulator's counts too.
     let accepted_before = emulator.gateway().order_counts().0;
 
-    let orders = options
-        .orders_per_partition
-        .map(|per| per * options.partitions as usize);
-    produce(&options.bootstrap, topic, options.events, orders).await?;
+    produce(options, topic).await?;
 
     let admin_port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -148,11 +145,13 @@ async fn measure(
         wait_committed_to_end(&options.bootstrap, topic, options.partitions).await?;
     let metrics = get_text(&format!("http://127.0.0.1:{admin_port}/metrics")).await?;
     child.stop().await?;
-    let _ = std::fs::remove_dir_all(&dir);
+    // The child's log stays for a failed run: it is where to look first.
     ensure!(
         committed_to_end,
-        "the group's committed offsets did not reach the end"
+        "the group's committed offsets did not reach the end (paysync run's log: {})",
+        dir.join("paysync.log").display()
     );
+    let _ = std::fs::remove_dir_all(&dir);
 
     let Throughput {
         events_per_sec,
@@ -202,25 +201,32 @@ fn client_config(bootstrap: &str) -> ClientConfig {
     config
 }
 
-async fn produce(
-    bootstrap: &str,
-    topic: &str,
-    events: usize,
-    orders: Option<usize>,
-) -> anyhow::Result<()> {
-    let producer: FutureProducer = client_config(bootstrap)
+/// Produces the backlog, event `i` to partition `i % partitions` so every
+/// partition gets its share and exactly `orders_per_partition` orders (keys
+/// hashed by the partitioner could leave a partition with none).
+async fn produce(options: &BrokerBenchOptions, topic: &str) -> anyhow::Result<()> {
+    let producer: FutureProducer = client_config(&options.bootstrap)
         .set("linger.ms", "20")
         .set("queue.buffering.max.messages", "1000000")
         .create()?;
-    for chunk in (0..events).collect::<Vec<_>>().chunks(20_000) {
-        let sends = chunk.iter().map(|index| {
-            let (key, value) = record(*index, orders);
+    let partitions = options.partitions as usize;
+    for chunk in (0..options.events).collect::<Vec<_>>().chunks(20_000) {
+        let sends = chunk.iter().map(|&index| {
+            let partition = index % partitions;
+            let order_id = options.orders_per_partition.map(|per| {
+                let order = (index / partitions) % per.max(1);
+                format!("bench-order-{partition}-{order}")
+            });
+            let (key, value) = record(index, order_id);
             let producer = producer.clone();
             let topic = topic.to_owned();
             async move {
                 producer
                     .send(
-                        FutureRecord::to(&topic).key(&key).payload(&value),
+                        FutureRecord::to(&topic)
+                            .partition(partition as i32)
+                            .key(&key)
+                            .payload(&value),
                         Duration::from_secs(60),
                     )
                     .await
@@ -299,7 +305,9 @@ async fn wait_committed_to_end(
             }
             let committed = consumer.committed_offsets(list, Duration::from_secs(10))?;
             let at_end = committed.elements().iter().all(
-                |e| matches!(e.offset(), Offset::Offset(o) if Some(&o) == ends.get(&e.partition())),
+                // An empty partition has nothing to commit.
+                |e| ends.get(&e.partition()) == Some(&0)
+                    || matches!(e.offset(), Offset::Offset(o) if Some(&o) == ends.get(&e.partition())),
             );
             if at_end || Instant::now() >= deadline {
                 return Ok(at_end);
