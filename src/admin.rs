@@ -81,21 +81,28 @@ fn starting_router(waiting: Arc<std::sync::Mutex<String>>) -> Router {
     };
     Router::new()
         .route(
-            "/metrics",
+            METRICS_PATH,
             get(|| async { [(header::CONTENT_TYPE, "text/plain; version=0.0.4")] }),
         )
         .route(
-            "/health/live",
+            LIVE_PATH,
             get(|| async { axum::Json(serde_json::json!({"status": "live", "starting": true})) }),
         )
-        .route("/health/ready", get(ready))
+        .route(READY_PATH, get(ready))
 }
+
+/// Where Prometheus scrapes.
+pub const METRICS_PATH: &str = "/metrics";
+/// The liveness probe: the main loop turns.
+pub const LIVE_PATH: &str = "/health/live";
+/// The readiness probe: joined, not halted, dead letters flowing.
+pub const READY_PATH: &str = "/health/ready";
 
 pub fn router(state: AdminState) -> Router {
     Router::new()
-        .route("/metrics", get(metrics))
-        .route("/health/live", get(live))
-        .route("/health/ready", get(ready))
+        .route(METRICS_PATH, get(metrics))
+        .route(LIVE_PATH, get(live))
+        .route(READY_PATH, get(ready))
         .with_state(state)
 }
 

@@ -1,0 +1,393 @@
+//! The Helm chart (`deploy/helm/paysync`) checked against paysync itself, for
+//! the default values and every set in `deploy/helm/ci/`: the probes hit the
+//! admin server's routes on its port, the ConfigMap is a configuration
+//! `paysync check-config` accepts and holds no secret, the grace period
+//! outlasts the drains, the PrometheusRule is `dashboards/alerts.yml` and the
+//! dashboard is `dashboards/paysync.json` with only exported metrics.
+//!
+//! Needs `helm`: `scripts/helm-check` builds a pinned one and runs this with
+//! `PAYSYNC_HELM` set (`cargo test --features helm --test helm`).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use paysync::config::Settings;
+use yaml_rust2::{Yaml, YamlLoader};
+
+const CHART: &str = "deploy/helm/paysync";
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn helm() -> PathBuf {
+    std::env::var_os("PAYSYNC_HELM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("helm"))
+}
+
+/// The value sets CI renders: the defaults, then each file of deploy/helm/ci.
+fn value_sets() -> Vec<Option<PathBuf>> {
+    let mut sets = vec![None];
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("deploy/helm/ci"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 2, "at least two non-default value sets");
+    sets.extend(files.into_iter().map(Some));
+    sets
+}
+
+/// `helm template` with a value set and extra arguments: the objects, or helm's error.
+fn try_render(set: &Option<PathBuf>, extra: &[&str]) -> Result<Vec<Yaml>, String> {
+    let mut command = Command::new(helm());
+    command
+        .current_dir(root())
+        .args(["template", "paysync", CHART]);
+    if let Some(file) = set {
+        command.arg("--values").arg(file);
+    }
+    command.args(extra);
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {} (set PAYSYNC_HELM): {e}", helm().display()));
+    if !output.status.success() {
+        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+    }
+    let text = String::from_utf8(output.stdout).unwrap();
+    Ok(YamlLoader::load_from_str(&text)
+        .unwrap()
+        .into_iter()
+        .filter(|doc| !doc.is_null())
+        .collect())
+}
+
+fn render(set: &Option<PathBuf>) -> Vec<Yaml> {
+    try_render(set, &[]).unwrap_or_else(|error| panic!("helm template {set:?}: {error}"))
+}
+
+fn of_kind<'a>(objects: &'a [Yaml], kind: &str) -> Vec<&'a Yaml> {
+    objects
+        .iter()
+        .filter(|o| o["kind"].as_str() == Some(kind))
+        .collect()
+}
+
+fn one<'a>(objects: &'a [Yaml], kind: &str) -> &'a Yaml {
+    let found = of_kind(objects, kind);
+    assert_eq!(found.len(), 1, "one {kind}");
+    found[0]
+}
+
+fn container(objects: &[Yaml]) -> &Yaml {
+    &one(objects, "StatefulSet")["spec"]["template"]["spec"]["containers"][0]
+}
+
+/// The paysync configuration ConfigMap's TOML (the one holding paysync.toml).
+fn config_toml(objects: &[Yaml]) -> String {
+    of_kind(objects, "ConfigMap")
+        .into_iter()
+        .find_map(|c| c["data"]["paysync.toml"].as_str())
+        .expect("a ConfigMap with paysync.toml")
+        .to_owned()
+}
+
+/// Loads the rendered TOML as paysync would, with the app secret file (a
+/// Secret mount in the cluster) pointed at a local file.
+fn load_settings(toml: &str) -> Settings {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("paysync.toml");
+    std::fs::write(&config, toml).unwrap();
+    let secret = dir.path().join("app-secret");
+    std::fs::write(&secret, "not-a-real-secret\n").unwrap();
+    let env = [(
+        "PAYSYNC_TOP__APP_SECRET_FILE".to_owned(),
+        secret.display().to_string(),
+    )];
+    Settings::load_from(Some(&config), env).unwrap_or_else(|e| panic!("{e}\n{toml}"))
+}
+
+fn int(yaml: &Yaml) -> i64 {
+    yaml.as_i64()
+        .unwrap_or_else(|| panic!("an integer: {yaml:?}"))
+}
+
+#[test]
+fn the_probes_hit_the_admin_servers_routes_on_its_port() {
+    for set in value_sets() {
+        let objects = render(&set);
+        let container = container(&objects);
+        let port = container["ports"]
+            .as_vec()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"].as_str() == Some("admin"))
+            .expect("an admin port");
+        let settings = load_settings(&config_toml(&objects));
+        let listen: std::net::SocketAddr = settings.admin.listen.parse().unwrap();
+        assert_eq!(
+            int(&port["containerPort"]),
+            i64::from(listen.port()),
+            "{set:?}"
+        );
+        assert!(
+            listen.ip().is_unspecified(),
+            "the kubelet reaches the pod's address: {listen}"
+        );
+        for (probe, path) in [
+            ("livenessProbe", paysync::admin::LIVE_PATH),
+            ("readinessProbe", paysync::admin::READY_PATH),
+        ] {
+            assert_eq!(container[probe]["httpGet"]["path"].as_str(), Some(path));
+            assert_eq!(container[probe]["httpGet"]["port"].as_str(), Some("admin"));
+        }
+        let service = of_kind(&objects, "Service")
+            .into_iter()
+            .find(|s| s["spec"]["clusterIP"].as_str() != Some("None"))
+            .expect("the metrics Service");
+        assert_eq!(
+            service["spec"]["ports"][0]["targetPort"].as_str(),
+            Some("admin")
+        );
+        assert_eq!(
+            service["spec"]["publishNotReadyAddresses"].as_bool(),
+            Some(true),
+            "a halted replica is not ready, and its metrics carry the alert"
+        );
+        for monitor in of_kind(&objects, "ServiceMonitor") {
+            let endpoint = &monitor["spec"]["endpoints"][0];
+            assert_eq!(endpoint["port"].as_str(), Some("admin"));
+            assert_eq!(
+                endpoint["path"].as_str(),
+                Some(paysync::admin::METRICS_PATH)
+            );
+        }
+    }
+}
+
+#[test]
+fn the_configmap_passes_check_config_and_the_secret_comes_from_the_secret() {
+    for set in value_sets() {
+        let objects = render(&set);
+        let toml = config_toml(&objects);
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("paysync.toml");
+        std::fs::write(&config, &toml).unwrap();
+        let secret = dir.path().join("app-secret");
+        std::fs::write(&secret, "not-a-real-secret\n").unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_paysync"))
+            .args(["check-config", "--config"])
+            .arg(&config)
+            .env("PAYSYNC_TOP__APP_SECRET_FILE", &secret)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{set:?}: {}\n{}\n{toml}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+
+        // The app secret file is where the Secret is mounted, under its key.
+        let parsed: toml::Table = toml.parse().unwrap();
+        let secret_file = parsed["top"]["app_secret_file"].as_str().unwrap();
+        let container = container(&objects);
+        let mount = container["volumeMounts"]
+            .as_vec()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"].as_str() == Some("top-secret"))
+            .unwrap();
+        let volume = one(&objects, "StatefulSet")["spec"]["template"]["spec"]["volumes"]
+            .as_vec()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"].as_str() == Some("top-secret"))
+            .unwrap();
+        let key = volume["secret"]["items"][0]["path"].as_str().unwrap();
+        assert_eq!(
+            secret_file,
+            format!("{}/{key}", mount["mountPath"].as_str().unwrap())
+        );
+
+        // The configuration has no key that holds a secret...
+        for key in ["app_secret", "session"] {
+            assert!(
+                !parsed["top"].as_table().unwrap().contains_key(key),
+                "{set:?}: top.{key}"
+            );
+        }
+        for table in ["librdkafka", "consumer", "producer"] {
+            if let Some(table) = parsed["kafka"].get(table).and_then(toml::Value::as_table) {
+                assert!(
+                    table.keys().all(|k| !k.contains("password")),
+                    "{set:?}: a password in kafka.{table:?}"
+                );
+            }
+        }
+        // ...and no ConfigMap mentions one.
+        for map in of_kind(&objects, "ConfigMap") {
+            let text = format!("{:?}", map["data"]).to_lowercase();
+            assert!(
+                !text.contains("password"),
+                "{set:?}: a ConfigMap mentions a password"
+            );
+        }
+        // librdkafka secrets come from Secret keys, as environment variables.
+        for variable in container["env"].as_vec().into_iter().flatten() {
+            let name = variable["name"].as_str().unwrap();
+            if name.starts_with("PAYSYNC_KAFKA__LIBRDKAFKA__") || name == "PAYSYNC_TOP__SESSION" {
+                assert!(
+                    !variable["valueFrom"]["secretKeyRef"]["name"].is_badvalue(),
+                    "{name} comes from a Secret"
+                );
+                assert!(
+                    variable["value"].is_badvalue(),
+                    "{name} has no literal value"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn secrets_given_as_values_are_refused() {
+    for (extra, names) in [
+        (
+            ["--set", "config.top.app_secret=s3cret"],
+            "config.top.app_secret",
+        ),
+        (["--set", "config.top.session=s3cret"], "config.top.session"),
+        (
+            ["--set", "config.kafka.librdkafka.sasl\\.password=s3cret"],
+            "sasl.password",
+        ),
+    ] {
+        let error = try_render(&None, &extra).expect_err("refused");
+        assert!(error.contains(names), "{error}");
+        assert!(!error.contains("s3cret"), "the refusal repeats no secret");
+    }
+}
+
+#[test]
+fn sigterm_has_time_for_both_drains() {
+    for set in value_sets() {
+        let objects = render(&set);
+        let settings = load_settings(&config_toml(&objects));
+        let grace_ms = 1000
+            * int(
+                &one(&objects, "StatefulSet")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"],
+            );
+        let drains =
+            settings.delivery.shutdown_drain_timeout_ms + settings.kafka.revoke_drain_timeout_ms;
+        assert!(
+            grace_ms as u128 > drains.as_millis(),
+            "{set:?}: grace {grace_ms} ms, drains {drains:?}"
+        );
+    }
+}
+
+#[test]
+fn static_membership_uses_the_stable_pod_name() {
+    for set in value_sets() {
+        let objects = render(&set);
+        let settings = load_settings(&config_toml(&objects));
+        let statefulset = one(&objects, "StatefulSet");
+        let values: String = set
+            .as_ref()
+            .map(|f| std::fs::read_to_string(f).unwrap())
+            .unwrap_or_default();
+        let off = values.contains("staticMembership:\n  enabled: false");
+        assert_eq!(
+            settings.kafka.group_instance_id_from_hostname, !off,
+            "{set:?}"
+        );
+        // A StatefulSet's pod name is the hostname paysync takes.
+        assert!(statefulset["spec"]["serviceName"].as_str().is_some());
+        let pdbs = of_kind(&objects, "PodDisruptionBudget");
+        if let Some(pdb) = pdbs.first() {
+            assert_eq!(int(&pdb["spec"]["maxUnavailable"]), 1);
+        }
+    }
+}
+
+#[test]
+fn the_pods_run_locked_down() {
+    for set in value_sets() {
+        let objects = render(&set);
+        let pod = &one(&objects, "StatefulSet")["spec"]["template"]["spec"];
+        assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
+        assert_eq!(pod["automountServiceAccountToken"].as_bool(), Some(false));
+        let security = &pod["containers"][0]["securityContext"];
+        assert_eq!(security["readOnlyRootFilesystem"].as_bool(), Some(true));
+        assert_eq!(security["allowPrivilegeEscalation"].as_bool(), Some(false));
+        assert_eq!(security["capabilities"]["drop"][0].as_str(), Some("ALL"));
+        let resources = &pod["containers"][0]["resources"];
+        assert!(resources["limits"]["memory"].as_str().is_some());
+        assert!(resources["requests"]["memory"].as_str().is_some());
+    }
+}
+
+fn monitoring_set() -> Vec<Yaml> {
+    render(&Some(root().join("deploy/helm/ci/monitoring-on.yaml")))
+}
+
+#[test]
+fn the_prometheus_rule_is_dashboards_alerts_yml() {
+    let objects = monitoring_set();
+    let rule = one(&objects, "PrometheusRule");
+    let text = std::fs::read_to_string(root().join("dashboards/alerts.yml")).unwrap();
+    let alerts = YamlLoader::load_from_str(&text).unwrap().remove(0);
+    assert_eq!(rule["spec"], alerts);
+}
+
+#[test]
+fn the_dashboard_is_dashboards_paysync_json_and_uses_exported_metrics() {
+    let objects = monitoring_set();
+    let map = of_kind(&objects, "ConfigMap")
+        .into_iter()
+        .find(|c| !c["data"]["paysync.json"].is_badvalue())
+        .expect("the dashboard ConfigMap");
+    assert_eq!(
+        map["metadata"]["labels"]["grafana_dashboard"].as_str(),
+        Some("1")
+    );
+    let rendered: serde_json::Value =
+        serde_json::from_str(map["data"]["paysync.json"].as_str().unwrap()).unwrap();
+    let file: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("dashboards/paysync.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(rendered, file);
+
+    // The README's metrics table, itself checked against the registry
+    // (src/metrics.rs) by the unit tests.
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let exported: BTreeSet<String> = readme
+        .lines()
+        .filter(|l| l.starts_with("| `paysync_"))
+        .map(|l| l.split('`').nth(1).unwrap().to_owned())
+        .collect();
+    let text = rendered.to_string();
+    let mut used = 0;
+    for (at, _) in text.match_indices("paysync_") {
+        let name: String = text[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        let base = ["_bucket", "_count", "_sum"]
+            .iter()
+            .fold(name.as_str(), |n, suffix| {
+                n.strip_suffix(suffix).unwrap_or(n)
+            });
+        assert!(
+            exported.contains(base),
+            "the dashboard uses {base}, which paysync does not export"
+        );
+        used += 1;
+    }
+    assert!(used > 10, "the dashboard queries paysync's metrics");
+}
