@@ -309,13 +309,14 @@ async fn paysync_waits_for_an_unreachable_kafka_then_exits_with_a_clear_error() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn liveness_fails_while_the_main_loop_is_stuck_and_recovers_after() {
-    // Calls of 3 s, and a revoke that waits for them: the rebalance callback
-    // holds the main loop for that long (production settings keep the
-    // liveness timeout above the revoke drain; here it is below on purpose).
+    // Calls that outlast the revoke drain, so the rebalance callback holds
+    // the main loop for the whole drain, 3 s, whenever the revoke comes
+    // (production settings keep the liveness timeout above the revoke drain;
+    // here it is below on purpose).
     let harness = Harness::new(
         2,
         Faults {
-            latency_ms: 3_000,
+            latency_ms: 30_000,
             ..Faults::default()
         },
     )
@@ -323,7 +324,9 @@ async fn liveness_fails_while_the_main_loop_is_stuck_and_recovers_after() {
     harness.produce(&valid_events("stuck", 40)).await;
     let mut settings = harness.settings();
     settings.delivery.max_in_flight = 4;
-    settings.kafka.revoke_drain_timeout_ms = Duration::from_secs(5);
+    settings.top.request_timeout_ms = Duration::from_secs(60);
+    settings.kafka.revoke_drain_timeout_ms = Duration::from_secs(3);
+    settings.delivery.shutdown_drain_timeout_ms = Duration::from_secs(1);
     let first = Running::start(settings.clone()).await;
     first.wait_for("calls under way", |s| s.consumed >= 4).await;
     let state = paysync::admin::AdminState {
