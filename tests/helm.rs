@@ -8,12 +8,14 @@
 //! Needs `helm`: `scripts/helm-check` builds a pinned one and runs this with
 //! `PAYSYNC_HELM` set (`cargo test --features helm --test helm`).
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use paysync::config::Settings;
 use yaml_rust2::{Yaml, YamlLoader};
+
+#[path = "shared/metrics_used.rs"]
+mod metrics_used;
 
 const CHART: &str = "deploy/helm/paysync";
 
@@ -110,6 +112,15 @@ fn load_settings(toml: &str) -> Settings {
     Settings::load_from(Some(&config), env).unwrap_or_else(|e| panic!("{e}\n{toml}"))
 }
 
+/// The element of a list of objects with this `name` (ports, mounts, volumes).
+fn named<'a>(list: &'a Yaml, name: &str) -> &'a Yaml {
+    list.as_vec()
+        .unwrap_or_else(|| panic!("a list: {list:?}"))
+        .iter()
+        .find(|item| item["name"].as_str() == Some(name))
+        .unwrap_or_else(|| panic!("one named {name}"))
+}
+
 fn int(yaml: &Yaml) -> i64 {
     yaml.as_i64()
         .unwrap_or_else(|| panic!("an integer: {yaml:?}"))
@@ -120,12 +131,7 @@ fn the_probes_hit_the_admin_servers_routes_on_its_port() {
     for set in value_sets() {
         let objects = render(&set);
         let container = container(&objects);
-        let port = container["ports"]
-            .as_vec()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"].as_str() == Some("admin"))
-            .expect("an admin port");
+        let port = named(&container["ports"], "admin");
         let settings = load_settings(&config_toml(&objects));
         let listen: std::net::SocketAddr = settings.admin.listen.parse().unwrap();
         assert_eq!(
@@ -195,18 +201,11 @@ fn the_configmap_passes_check_config_and_the_secret_comes_from_the_secret() {
         let parsed: toml::Table = toml.parse().unwrap();
         let secret_file = parsed["top"]["app_secret_file"].as_str().unwrap();
         let container = container(&objects);
-        let mount = container["volumeMounts"]
-            .as_vec()
-            .unwrap()
-            .iter()
-            .find(|m| m["name"].as_str() == Some("top-secret"))
-            .unwrap();
-        let volume = one(&objects, "StatefulSet")["spec"]["template"]["spec"]["volumes"]
-            .as_vec()
-            .unwrap()
-            .iter()
-            .find(|v| v["name"].as_str() == Some("top-secret"))
-            .unwrap();
+        let mount = named(&container["volumeMounts"], "top-secret");
+        let volume = named(
+            &one(&objects, "StatefulSet")["spec"]["template"]["spec"]["volumes"],
+            "top-secret",
+        );
         let key = volume["secret"]["items"][0]["path"].as_str().unwrap();
         assert_eq!(
             secret_file,
@@ -363,31 +362,13 @@ fn the_dashboard_is_dashboards_paysync_json_and_uses_exported_metrics() {
     .unwrap();
     assert_eq!(rendered, file);
 
-    // The README's metrics table, itself checked against the registry
-    // (src/metrics.rs) by the unit tests.
-    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
-    let exported: BTreeSet<String> = readme
-        .lines()
-        .filter(|l| l.starts_with("| `paysync_"))
-        .map(|l| l.split('`').nth(1).unwrap().to_owned())
-        .collect();
-    let text = rendered.to_string();
-    let mut used = 0;
-    for (at, _) in text.match_indices("paysync_") {
-        let name: String = text[at..]
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect();
-        let base = ["_bucket", "_count", "_sum"]
-            .iter()
-            .fold(name.as_str(), |n, suffix| {
-                n.strip_suffix(suffix).unwrap_or(n)
-            });
+    let exported = metrics_used::exported(root());
+    let used = metrics_used::metric_names(&rendered.to_string());
+    for name in &used {
         assert!(
-            exported.contains(base),
-            "the dashboard uses {base}, which paysync does not export"
+            exported.contains(name),
+            "the dashboard uses {name}, which paysync does not export"
         );
-        used += 1;
     }
-    assert!(used > 10, "the dashboard queries paysync's metrics");
+    assert!(used.len() > 10, "the dashboard queries paysync's metrics");
 }

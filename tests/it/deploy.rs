@@ -163,35 +163,12 @@ fn prometheus_scrapes_paysync_and_loads_the_mounted_rules() {
     }
 }
 
-/// Metric names used in an expression, with histogram suffixes removed.
-fn metric_names(expr: &str) -> Vec<String> {
-    let mut names = Vec::new();
-    let mut rest = expr;
-    while let Some(at) = rest.find("paysync_") {
-        let tail = &rest[at..];
-        let end = tail
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(tail.len());
-        let name = &tail[..end];
-        let base = ["_bucket", "_count", "_sum"]
-            .iter()
-            .fold(name, |n, suffix| n.strip_suffix(suffix).unwrap_or(n));
-        names.push(base.to_owned());
-        rest = &tail[end..];
-    }
-    names
-}
+#[path = "../shared/metrics_used.rs"]
+mod metrics_used;
+use metrics_used::metric_names;
 
 fn exported() -> BTreeSet<String> {
-    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
-    let documented: BTreeSet<String> = readme
-        .lines()
-        .filter(|l| l.starts_with("| `paysync_"))
-        .map(|l| l.split('`').nth(1).unwrap().to_owned())
-        .collect();
-    // The README table is itself checked against the registry (src/metrics.rs).
-    assert!(documented.len() > 20);
-    documented
+    metrics_used::exported(root())
 }
 
 #[test]
