@@ -6,6 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use paysync::config::Settings;
 use paysync::dead_letter::header;
 use paysync::pipeline::gate::BreakerState;
 use paysync::pipeline::{Pipeline, Source, StartError};
@@ -592,21 +593,31 @@ async fn a_crash_redelivers_everything_uncommitted_and_loses_nothing() {
     assert!(harness.dead_letters().is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_stuck_event_does_not_make_a_restart_resend_what_finished_behind_it() {
-    let harness = Harness::new(
+/// One partition, and a gateway that fails every call of order `stuck-0`.
+async fn with_a_stuck_order() -> Harness {
+    Harness::new(
         1,
         Faults {
             fail_order_ids: vec!["stuck-0".into()],
             ..Faults::default()
         },
     )
-    .await;
-    harness.produce(&valid_events("stuck", 200)).await;
-    let mut settings = harness.settings();
+    .await
+}
+
+/// The stuck event keeps retrying until shutdown, which gives it up quickly.
+fn retrying_until_shutdown(mut settings: Settings) -> Settings {
     settings.delivery.max_attempts = 1_000;
     settings.delivery.max_retry_elapsed_ms = Duration::from_secs(600);
     settings.delivery.shutdown_drain_timeout_ms = Duration::from_millis(500);
+    settings
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stuck_event_does_not_make_a_restart_resend_what_finished_behind_it() {
+    let harness = with_a_stuck_order().await;
+    harness.produce(&valid_events("stuck", 200)).await;
+    let settings = retrying_until_shutdown(harness.settings());
     let running = Running::start(settings.clone()).await;
     running
         .wait_for("all but the stuck event", |s| s.delivered == 199)
@@ -644,22 +655,12 @@ async fn a_stuck_event_does_not_make_a_restart_resend_what_finished_behind_it() 
 async fn a_dead_letter_is_committed_at_once_not_at_the_next_interval() {
     // A stuck event keeps the window from draining and the interval is a
     // hour: only the commit that follows the dead letter can name it.
-    let harness = Harness::new(
-        1,
-        Faults {
-            fail_order_ids: vec!["stuck-0".into()],
-            ..Faults::default()
-        },
-    )
-    .await;
+    let harness = with_a_stuck_order().await;
     let mut records = valid_events("stuck", 1);
     records.push(("bad-json".into(), b"{not json".to_vec()));
     harness.produce(&records).await;
-    let mut settings = harness.settings();
+    let mut settings = retrying_until_shutdown(harness.settings());
     settings.kafka.commit_interval_ms = Duration::from_secs(3_600);
-    settings.delivery.max_attempts = 1_000;
-    settings.delivery.max_retry_elapsed_ms = Duration::from_secs(600);
-    settings.delivery.shutdown_drain_timeout_ms = Duration::from_millis(500);
     let running = Running::start(settings).await;
     running
         .wait_for("the dead letter", |s| s.dead_lettered() == 1)
