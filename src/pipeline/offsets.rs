@@ -40,6 +40,10 @@ pub struct OffsetTracker {
     /// The look-back this owner took over with, passed on until its
     /// position leaves the range earlier owners may have reached.
     inherited: Option<LookBack>,
+    /// Offsets below this are finished: set when resuming where this
+    /// process itself left off and the group has no committed offset, so
+    /// librdkafka starts below it (at `auto.offset.reset`'s end).
+    finished_below: Option<i64>,
 }
 
 /// What to do with a message taken from Kafka.
@@ -71,8 +75,24 @@ impl OffsetTracker {
         }
     }
 
+    /// A tracker resuming where this process itself left off when the group
+    /// has no committed offset for the partition (none was ever committed,
+    /// or it could not be read). librdkafka then starts at
+    /// `auto.offset.reset`'s end, which only moves forward (the log's start
+    /// or its end): every offset between it and the map's base is one this
+    /// process took before and finished, so it is skipped, not sent again.
+    pub fn resuming_own(map: CompletionMap) -> OffsetTracker {
+        OffsetTracker {
+            finished_below: Some(map.base),
+            ..OffsetTracker::resuming(map, None)
+        }
+    }
+
     /// A message was taken from Kafka.
     pub fn start(&mut self, offset: i64) -> Started {
+        if self.finished_below.is_some_and(|floor| offset < floor) {
+            return Started::AlreadyFinished;
+        }
         self.changed = true;
         if self.next_after_seen.is_none_or(|next| offset >= next) {
             self.next_after_seen = Some(offset + 1);
@@ -239,6 +259,27 @@ mod tests {
         assert!(tracker.finish(14));
         assert_eq!(tracker.position(), Some(15));
         assert!(!tracker.finish(14), "a repeated completion is ignored");
+    }
+
+    #[test]
+    fn resuming_its_own_map_skips_what_it_finished_below_and_above_the_base() {
+        let own = CompletionMap {
+            base: 100,
+            finished: vec![102..104],
+        };
+        let mut tracker = OffsetTracker::resuming_own(own);
+        assert_eq!(tracker.position(), Some(100));
+        // librdkafka starts at the log's start: the prefix this process
+        // finished before is skipped, the position does not move back.
+        let sent: Vec<i64> = (0..106)
+            .filter(|o| tracker.start(*o) == Started::InFlight)
+            .collect();
+        assert_eq!(sent, vec![100, 101, 104, 105]);
+        assert_eq!(tracker.position(), Some(100));
+        for offset in sent {
+            tracker.finish(offset);
+        }
+        assert_eq!(tracker.position(), Some(106));
     }
 
     #[test]

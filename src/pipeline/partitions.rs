@@ -190,8 +190,8 @@ impl Partitions {
             .into_iter()
             .map(|id| {
                 let known = remembered.remove(&id);
-                let tracker = match committed.get(&id) {
-                    Some((offset, metadata)) => {
+                let tracker = match (committed.get(&id), known) {
+                    (Some((offset, metadata)), known) => {
                         let (map, since) = resume_map(&id, *offset, metadata, known);
                         let look_back = since.zip(ends.get(&id)).map(|(since_ms, end)| LookBack {
                             since_ms,
@@ -199,7 +199,14 @@ impl Partitions {
                         });
                         OffsetTracker::resuming(map, look_back)
                     }
-                    None => OffsetTracker::default(),
+                    // No commit of the group landed (a new group whose first
+                    // commits failed in an outage): what this process
+                    // finished is all there is to know.
+                    (None, Some(known)) => {
+                        tracing::info!(partition = %id, position = known.base, "The group has no committed offset here; resuming from what this process finished before.");
+                        OffsetTracker::resuming_own(known)
+                    }
+                    (None, None) => OffsetTracker::default(),
                 };
                 tracing::info!(partition = %id, "Partition assigned.");
                 (id, tracker)
