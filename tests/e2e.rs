@@ -371,28 +371,54 @@ async fn takeover(protocol: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn paysync_recovers_by_itself_when_the_broker_restarts_mid_stream() {
+    broker_restart("restart", 100).await;
+}
+
+/// A new group whose commits never landed before the outage (the interval
+/// is longer than the run): librdkafka starts the partitions again at
+/// `auto.offset.reset`'s end, and what the process finished is skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broker_restart_before_any_commit_landed_resends_only_calls_under_way() {
+    let resumed_without_commit = broker_restart("restart-uncommitted", 600_000).await;
+    assert!(
+        resumed_without_commit > 0,
+        "the scenario reached a partition with no committed offset"
+    );
+}
+
+/// Stops the broker for twice the session timeout while paysync (committing
+/// every `commit_interval_ms`) works through a backlog; returns how many
+/// partitions it resumed with no committed offset, from its own memory.
+async fn broker_restart(name: &str, commit_interval_ms: u64) -> usize {
     let _serial = SERIAL.lock().await;
     let scenario = Scenario::new(
-        "restart",
+        name,
         Faults {
             latency_ms: 5,
             ..Faults::default()
         },
     )
     .await;
-    let records = valid_events("restart", 10_000);
+    let records = valid_events(name, 10_000);
     scenario.kafka.produce(&scenario.topic, &records).await;
     let url = scenario.emulator.url();
-    let process = Process::start(&scenario.config(&url, "max_in_flight = 16"));
+    let process = Process::start(&RunConfig {
+        commit_interval_ms,
+        ..scenario.config(&url, "max_in_flight = 16")
+    });
     wait_accepted(&scenario.emulator, 2_000).await;
     kafka_script("stop");
     let at_stop = scenario.emulator.gateway().order_counts();
     // Twice the session timeout (6 s): the consumer loses its assignment.
     tokio::time::sleep(Duration::from_secs(12)).await;
     kafka_script("start");
-    println!("e2e restart: broker stopped at {at_stop:?} for 12 s and started again");
+    println!("e2e {name}: broker stopped at {at_stop:?} for 12 s and started again");
     wait_accepted(&scenario.emulator, records.len()).await;
     scenario.wait_committed_to_end().await;
+    let resumed_without_commit = process
+        .log()
+        .matches("The group has no committed offset here")
+        .count();
     process.signal("TERM");
     assert_eq!(process.wait_exit(Duration::from_secs(30)).await, Some(0));
     let produced: HashSet<String> = records.iter().map(|r| r.0.clone()).collect();
@@ -401,12 +427,15 @@ async fn paysync_recovers_by_itself_when_the_broker_restarts_mid_stream() {
     // What it finished while its commits failed, it remembers: when the
     // same partitions come back, only calls cut off by the drain repeat.
     let duplicates = scenario.emulator.gateway().order_counts().2;
-    println!("e2e restart: {duplicates} duplicate calls after an outage longer than the session");
+    println!(
+        "e2e {name}: {duplicates} duplicate calls after an outage longer than the session; {resumed_without_commit} partition assignments resumed with no committed offset"
+    );
     assert!(
         duplicates <= 16,
         "{duplicates} duplicate calls after the outage (max_in_flight is 16)"
     );
     scenario.report(records.len());
+    resumed_without_commit
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
