@@ -6,7 +6,9 @@
 //! ([`super::completion`]) are read, merged with what this process itself
 //! finished when it owned the partition before (a revoke whose commit failed,
 //! an assignment lost in a broker outage), and the offsets known to be
-//! finished are skipped instead of sent again.
+//! finished are skipped instead of sent again. That memory is trusted only
+//! while the partition's log still reaches it (a topic created again starts
+//! its offsets over).
 //!
 //! The callbacks live with the state they mutate. On revoke (inside
 //! librdkafka's synchronous callback) the revoked partitions stop starting
@@ -169,17 +171,28 @@ impl Partitions {
         tpl: &TopicPartitionList,
     ) {
         let ids = kafka::partitions_of(tpl);
+        let with_memory: Vec<PartitionId> = {
+            let remembered = self.remembered.lock().unwrap_or_else(|p| p.into_inner());
+            ids.iter()
+                .filter(|id| remembered.contains_key(id))
+                .cloned()
+                .collect()
+        };
         let (committed, ends) = blocking_in_callback(|| {
             let committed = kafka::committed_with_metadata(consumer, &ids);
-            // How far earlier owners can have read, where the commit says
-            // when they may have written dead letters.
-            let with_look_back: Vec<PartitionId> = committed
+            // The partitions' ends: how far earlier owners can have read,
+            // where the commit says when they may have written dead letters,
+            // and whether the log still reaches what this process remembers.
+            let mut wanted: Vec<PartitionId> = committed
                 .iter()
                 .flatten()
                 .filter(|(_, (_, metadata))| metadata.contains('~'))
                 .map(|(id, _)| id.clone())
+                .chain(with_memory)
                 .collect();
-            (committed, kafka::end_offsets(consumer, &with_look_back))
+            wanted.sort();
+            wanted.dedup();
+            (committed, kafka::end_offsets(consumer, &wanted))
         });
         let committed = committed.unwrap_or_else(|error| {
             tracing::warn!(error = %error, "Reading committed completion maps failed; events finished after the last committed offsets may be sent again.");
@@ -189,7 +202,9 @@ impl Partitions {
         let trackers: Vec<(PartitionId, OffsetTracker)> = ids
             .into_iter()
             .map(|id| {
-                let known = remembered.remove(&id);
+                let known = remembered
+                    .remove(&id)
+                    .and_then(|map| memory_of_this_log(&id, map, ends.get(&id).copied()));
                 let tracker = match (committed.get(&id), known) {
                     (Some((offset, metadata)), known) => {
                         let (map, since) = resume_map(&id, *offset, metadata, known);
@@ -479,6 +494,30 @@ impl Partitions {
     }
 }
 
+/// What this process remembers finishing in a partition, if the partition's
+/// log still reaches it. A topic deleted and created again starts its offsets
+/// over: the memory of the old log would skip the new one's events, so it is
+/// dropped when the log now ends below it, or when the end cannot be read
+/// (events sent twice are safe, events skipped are lost).
+fn memory_of_this_log(
+    id: &PartitionId,
+    map: CompletionMap,
+    end: Option<i64>,
+) -> Option<CompletionMap> {
+    let reached = map.finished.last().map_or(map.base, |range| range.end);
+    match end {
+        Some(end) if end >= reached => Some(map),
+        Some(end) => {
+            tracing::warn!(partition = %id, end, reached, "The partition now ends below what this process finished there before (was the topic created again?); forgetting what it finished.");
+            None
+        }
+        None => {
+            tracing::warn!(partition = %id, "The partition's end could not be read; events this process finished there before may be sent again.");
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 // Single ranges of offsets are meant, not vectors of their offsets.
 #[allow(clippy::single_range_in_vec_init)]
@@ -624,6 +663,28 @@ pub(super) mod tests {
             .filter(|o| tracker.start(*o) == Started::InFlight)
             .collect();
         assert_eq!(sent, vec![20, 25], "only the unfinished are sent again");
+    }
+
+    #[test]
+    fn memory_is_kept_only_while_the_log_reaches_it() {
+        let id = PartitionId::new("t", 0);
+        let own = CompletionMap {
+            base: 100,
+            finished: vec![102..110],
+        };
+        assert_eq!(
+            memory_of_this_log(&id, own.clone(), Some(110)),
+            Some(own.clone())
+        );
+        // The topic was created again: its log ends below what was finished.
+        assert_eq!(memory_of_this_log(&id, own.clone(), Some(109)), None);
+        assert_eq!(memory_of_this_log(&id, own, None), None, "end unknown");
+        let idle = CompletionMap {
+            base: 100,
+            finished: vec![],
+        };
+        assert!(memory_of_this_log(&id, idle.clone(), Some(100)).is_some());
+        assert!(memory_of_this_log(&id, idle, Some(99)).is_none());
     }
 
     #[test]
