@@ -438,6 +438,80 @@ async fn broker_restart(name: &str, commit_interval_ms: u64) -> usize {
     resumed_without_commit
 }
 
+/// A topic deleted and created again while paysync runs starts its offsets
+/// over, and the group's commits for it are gone: what paysync remembers
+/// finishing in the old log must not skip the new log's events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_topic_created_again_has_every_new_event_delivered() {
+    let _serial = SERIAL.lock().await;
+    let scenario = Scenario::new("recreated", Faults::default()).await;
+    let old = valid_events("recreated-old", 3_000);
+    scenario.kafka.produce(&scenario.topic, &old).await;
+    let url = scenario.emulator.url();
+    // Metadata every second: the deletion and the new topic are seen at once.
+    let process = Process::start_with_env(
+        &scenario.config(&url, ""),
+        &[(
+            "PAYSYNC_KAFKA__CONSUMER__topic.metadata.refresh.interval.ms",
+            "1000",
+        )],
+    );
+    wait_accepted(&scenario.emulator, old.len()).await;
+    scenario.wait_committed_to_end().await;
+    let admin: AdminClient<DefaultClientContext> = scenario.kafka.client_config().create().unwrap();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for result in admin
+        .delete_topics(&[&scenario.topic], &options)
+        .await
+        .unwrap()
+    {
+        result.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // The revoke's commit fails (the topic is gone): its log line either way.
+    while !process.log().contains("revoked partitions") {
+        assert!(
+            Instant::now() < deadline,
+            "the deleted topic's partitions were never revoked"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Created again as soon as the broker lets it (deletion is asynchronous).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let topic = NewTopic::new(&scenario.topic, PARTITIONS, TopicReplication::Fixed(1));
+        match admin
+            .create_topics(&[topic], &options)
+            .await
+            .unwrap()
+            .remove(0)
+        {
+            Ok(_) => break,
+            Err((_, error)) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "cannot create the topic again: {error}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    let new = valid_events("recreated-new", 120);
+    scenario.kafka.produce(&scenario.topic, &new).await;
+    wait_accepted(&scenario.emulator, old.len() + new.len()).await;
+    scenario.wait_committed_to_end().await;
+    process.signal("TERM");
+    assert_eq!(process.wait_exit(Duration::from_secs(30)).await, Some(0));
+    let accepted = scenario.accepted_ids();
+    let missing = new.iter().filter(|(id, _)| !accepted.contains(id)).count();
+    println!(
+        "e2e recreated: 3,000 events, the topic deleted and created again, {} new events; {missing} of them not delivered",
+        new.len()
+    );
+    assert_eq!(missing, 0);
+    scenario.report(old.len() + new.len());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_drains_and_commits_so_a_restart_redelivers_nothing() {
     let _serial = SERIAL.lock().await;
