@@ -1,13 +1,16 @@
 //! What a commit carries and what its answer means: each partition's commit
 //! point (position, completion map, dead-letter look-back time) as the
-//! metadata text the broker stores, that text read back on assignment, and
-//! the one broker refusal that changes what is committed next (a map too
-//! large for `offset.metadata.max.bytes`).
+//! metadata text the broker stores; that text read back on assignment and
+//! merged with what this process remembers finishing there, into the tracker
+//! the partition resumes with; and the one broker refusal that changes what
+//! is committed next (a map too large for `offset.metadata.max.bytes`).
 
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::completion::{self, CompletionMap};
+use super::offsets::OffsetTracker;
+use crate::dead_letter::prior::LookBack;
 use crate::kafka::PartitionId;
 use crate::metrics::Metrics;
 
@@ -63,6 +66,59 @@ pub(super) fn resume_map(
     (map, since)
 }
 
+/// The tracker a newly assigned partition resumes with, from the group's
+/// committed offset and metadata (if any could be read), what this process
+/// remembers finishing there, and the partition's end (if read).
+pub(super) fn resume_tracker(
+    id: &PartitionId,
+    committed: Option<&(i64, String)>,
+    remembered: Option<CompletionMap>,
+    end: Option<i64>,
+) -> OffsetTracker {
+    let known = remembered.and_then(|map| memory_of_this_log(id, map, end));
+    match (committed, known) {
+        (Some((offset, metadata)), known) => {
+            let (map, since) = resume_map(id, *offset, metadata, known);
+            let look_back = since
+                .zip(end)
+                .map(|(since_ms, until)| LookBack { since_ms, until });
+            OffsetTracker::resuming(map, look_back)
+        }
+        // No commit of the group landed (a new group whose first commits
+        // failed in an outage): what this process finished is all there is
+        // to know.
+        (None, Some(known)) => {
+            tracing::info!(partition = %id, position = known.base, "The group has no committed offset here; resuming from what this process finished before.");
+            OffsetTracker::resuming_own(known)
+        }
+        (None, None) => OffsetTracker::default(),
+    }
+}
+
+/// What this process remembers finishing in a partition, if the partition's
+/// log still reaches it. A topic deleted and created again starts its offsets
+/// over: the memory of the old log would skip the new one's events, so it is
+/// dropped when the log now ends below it, or when the end cannot be read
+/// (events sent twice are safe, events skipped are lost).
+fn memory_of_this_log(
+    id: &PartitionId,
+    map: CompletionMap,
+    end: Option<i64>,
+) -> Option<CompletionMap> {
+    let reached = map.finished.last().map_or(map.base, |range| range.end);
+    match end {
+        Some(end) if end >= reached => Some(map),
+        Some(end) => {
+            tracing::warn!(partition = %id, end, reached, "The partition now ends below what this process finished there before (was the topic created again?); forgetting what it finished.");
+            None
+        }
+        None => {
+            tracing::warn!(partition = %id, "The partition's end could not be read; events this process finished there before may be sent again.");
+            None
+        }
+    }
+}
+
 /// Whether the broker refused a completion map as too large.
 pub(super) fn too_large(list: &TopicPartitionList, result: &KafkaResult<()>) -> bool {
     const TOO_LARGE: RDKafkaErrorCode = RDKafkaErrorCode::OffsetMetadataTooLarge;
@@ -72,4 +128,90 @@ pub(super) fn too_large(list: &TopicPartitionList, result: &KafkaResult<()>) -> 
             Err(KafkaError::OffsetFetch(TOO_LARGE)) | Err(KafkaError::ConsumerCommit(TOO_LARGE))
         )
     }) || matches!(result, Err(KafkaError::ConsumerCommit(TOO_LARGE)))
+}
+
+#[cfg(test)]
+// Single ranges of offsets are meant, not vectors of their offsets.
+#[allow(clippy::single_range_in_vec_init)]
+mod tests {
+    use super::*;
+    use crate::pipeline::offsets::Started;
+
+    #[test]
+    fn memory_is_kept_only_while_the_log_reaches_it() {
+        let id = PartitionId::new("t", 0);
+        let own = CompletionMap {
+            base: 100,
+            finished: vec![102..110],
+        };
+        assert_eq!(
+            memory_of_this_log(&id, own.clone(), Some(110)),
+            Some(own.clone())
+        );
+        // The topic was created again: its log ends below what was finished.
+        assert_eq!(memory_of_this_log(&id, own.clone(), Some(109)), None);
+        assert_eq!(memory_of_this_log(&id, own, None), None, "end unknown");
+        let idle = CompletionMap {
+            base: 100,
+            finished: vec![],
+        };
+        assert!(memory_of_this_log(&id, idle.clone(), Some(100)).is_some());
+        assert!(memory_of_this_log(&id, idle, Some(99)).is_none());
+    }
+
+    #[test]
+    fn a_partition_without_a_group_commit_resumes_from_memory_only_if_its_log_reaches_it() {
+        let id = PartitionId::new("t", 0);
+        let own = CompletionMap {
+            base: 50,
+            finished: vec![52..53],
+        };
+        let sent = |mut tracker: OffsetTracker| -> Vec<i64> {
+            (0..54)
+                .filter(|o| tracker.start(*o) == Started::InFlight)
+                .collect()
+        };
+        let resumed = resume_tracker(&id, None, Some(own.clone()), Some(60));
+        assert_eq!(sent(resumed), vec![50, 51, 53]);
+        // The log ends below the memory (the topic was created again): all is sent.
+        let fresh = resume_tracker(&id, None, Some(own), Some(10));
+        assert_eq!(sent(fresh).len(), 54);
+    }
+
+    #[test]
+    fn a_foreign_committed_map_is_ignored() {
+        let id = PartitionId::new("t", 0);
+        let map = resume_map(&id, 7, "written by another tool", None);
+        assert_eq!(
+            map,
+            (
+                CompletionMap {
+                    base: 7,
+                    finished: vec![]
+                },
+                None
+            )
+        );
+        let (text, _) = CompletionMap {
+            base: 7,
+            finished: vec![9..10],
+        }
+        .encode(4000)
+        .unwrap();
+        assert_eq!(resume_map(&id, 7, &text, None).0.finished, vec![9..10]);
+        // The same map under another committed offset (offsets reset by a
+        // tool): neither it nor its look-back time is trusted.
+        let moved = format!("{text}~1700000000000");
+        assert_eq!(resume_map(&id, 7, &moved, None).1, Some(1_700_000_000_000));
+        assert_eq!(
+            resume_map(&id, 3, &moved, None),
+            (
+                CompletionMap {
+                    base: 3,
+                    finished: vec![]
+                },
+                None
+            )
+        );
+    }
 }

@@ -29,13 +29,13 @@ use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::commits::{self, CommitPoint, resume_map};
+use super::commits::{self, CommitPoint};
 use super::completion::CompletionMap;
 use super::context::PipelineContext;
 use super::offsets::{OffsetTracker, Started};
 use super::rate::RateBudget;
 use super::status::Health;
-use crate::dead_letter::prior::{LookBack, PriorCopies};
+use crate::dead_letter::prior::PriorCopies;
 use crate::kafka::{self, PartitionId};
 use crate::metrics::Metrics;
 
@@ -202,27 +202,12 @@ impl Partitions {
         let trackers: Vec<(PartitionId, OffsetTracker)> = ids
             .into_iter()
             .map(|id| {
-                let known = remembered
-                    .remove(&id)
-                    .and_then(|map| memory_of_this_log(&id, map, ends.get(&id).copied()));
-                let tracker = match (committed.get(&id), known) {
-                    (Some((offset, metadata)), known) => {
-                        let (map, since) = resume_map(&id, *offset, metadata, known);
-                        let look_back = since.zip(ends.get(&id)).map(|(since_ms, end)| LookBack {
-                            since_ms,
-                            until: *end,
-                        });
-                        OffsetTracker::resuming(map, look_back)
-                    }
-                    // No commit of the group landed (a new group whose first
-                    // commits failed in an outage): what this process
-                    // finished is all there is to know.
-                    (None, Some(known)) => {
-                        tracing::info!(partition = %id, position = known.base, "The group has no committed offset here; resuming from what this process finished before.");
-                        OffsetTracker::resuming_own(known)
-                    }
-                    (None, None) => OffsetTracker::default(),
-                };
+                let tracker = commits::resume_tracker(
+                    &id,
+                    committed.get(&id),
+                    remembered.remove(&id),
+                    ends.get(&id).copied(),
+                );
                 tracing::info!(partition = %id, "Partition assigned.");
                 (id, tracker)
             })
@@ -494,36 +479,13 @@ impl Partitions {
     }
 }
 
-/// What this process remembers finishing in a partition, if the partition's
-/// log still reaches it. A topic deleted and created again starts its offsets
-/// over: the memory of the old log would skip the new one's events, so it is
-/// dropped when the log now ends below it, or when the end cannot be read
-/// (events sent twice are safe, events skipped are lost).
-fn memory_of_this_log(
-    id: &PartitionId,
-    map: CompletionMap,
-    end: Option<i64>,
-) -> Option<CompletionMap> {
-    let reached = map.finished.last().map_or(map.base, |range| range.end);
-    match end {
-        Some(end) if end >= reached => Some(map),
-        Some(end) => {
-            tracing::warn!(partition = %id, end, reached, "The partition now ends below what this process finished there before (was the topic created again?); forgetting what it finished.");
-            None
-        }
-        None => {
-            tracing::warn!(partition = %id, "The partition's end could not be read; events this process finished there before may be sent again.");
-            None
-        }
-    }
-}
-
 #[cfg(test)]
 // Single ranges of offsets are meant, not vectors of their offsets.
 #[allow(clippy::single_range_in_vec_init)]
 pub(super) mod tests {
     use super::*;
     use crate::config::RateLimitScope;
+    use crate::pipeline::commits::resume_map;
 
     pub(in crate::pipeline) fn partitions() -> Partitions {
         let metrics = Arc::new(Metrics::new());
@@ -663,65 +625,6 @@ pub(super) mod tests {
             .filter(|o| tracker.start(*o) == Started::InFlight)
             .collect();
         assert_eq!(sent, vec![20, 25], "only the unfinished are sent again");
-    }
-
-    #[test]
-    fn memory_is_kept_only_while_the_log_reaches_it() {
-        let id = PartitionId::new("t", 0);
-        let own = CompletionMap {
-            base: 100,
-            finished: vec![102..110],
-        };
-        assert_eq!(
-            memory_of_this_log(&id, own.clone(), Some(110)),
-            Some(own.clone())
-        );
-        // The topic was created again: its log ends below what was finished.
-        assert_eq!(memory_of_this_log(&id, own.clone(), Some(109)), None);
-        assert_eq!(memory_of_this_log(&id, own, None), None, "end unknown");
-        let idle = CompletionMap {
-            base: 100,
-            finished: vec![],
-        };
-        assert!(memory_of_this_log(&id, idle.clone(), Some(100)).is_some());
-        assert!(memory_of_this_log(&id, idle, Some(99)).is_none());
-    }
-
-    #[test]
-    fn a_foreign_committed_map_is_ignored() {
-        let id = PartitionId::new("t", 0);
-        let map = resume_map(&id, 7, "written by another tool", None);
-        assert_eq!(
-            map,
-            (
-                CompletionMap {
-                    base: 7,
-                    finished: vec![]
-                },
-                None
-            )
-        );
-        let (text, _) = CompletionMap {
-            base: 7,
-            finished: vec![9..10],
-        }
-        .encode(4000)
-        .unwrap();
-        assert_eq!(resume_map(&id, 7, &text, None).0.finished, vec![9..10]);
-        // The same map under another committed offset (offsets reset by a
-        // tool): neither it nor its look-back time is trusted.
-        let moved = format!("{text}~1700000000000");
-        assert_eq!(resume_map(&id, 7, &moved, None).1, Some(1_700_000_000_000));
-        assert_eq!(
-            resume_map(&id, 3, &moved, None),
-            (
-                CompletionMap {
-                    base: 3,
-                    finished: vec![]
-                },
-                None
-            )
-        );
     }
 
     #[test]
