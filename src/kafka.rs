@@ -32,7 +32,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// librdkafka properties paysync owns, and what to set instead. Setting them
 /// through the pass-through tables would break a guarantee or bypass a
 /// validated setting.
-pub const RESERVED: [(&str, &str); 11] = [
+pub const RESERVED: [(&str, &str); 12] = [
     ("group.protocol", "set kafka.group_protocol instead"),
     (
         "group.instance.id",
@@ -41,6 +41,10 @@ pub const RESERVED: [(&str, &str); 11] = [
     (
         "statistics.interval.ms",
         "set kafka.statistics_interval_ms instead",
+    ),
+    (
+        "topic.metadata.refresh.interval.ms",
+        "set kafka.metadata_refresh_interval_ms instead (the rate budget reads partition counts as often)",
     ),
     ("bootstrap.servers", "set kafka.bootstrap_servers instead"),
     ("group.id", "set kafka.group_id instead"),
@@ -114,6 +118,12 @@ pub fn group_consumer(settings: &Settings) -> ClientConfig {
         (
             "statistics.interval.ms",
             kafka.statistics_interval_ms.as_millis().to_string(),
+        ),
+        // The classic protocol's leader notices a grown topic (and rebalances
+        // its new partitions in) only at a metadata refresh.
+        (
+            "topic.metadata.refresh.interval.ms",
+            kafka.metadata_refresh_interval_ms.as_millis().to_string(),
         ),
     ];
     // With KIP-848 the session timeout is the broker's to set.
@@ -247,6 +257,21 @@ pub fn topic_partitions<C: ConsumerContext>(
         .iter()
         .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
         .map(|t| t.partitions().iter().map(|p| p.id()).collect()))
+}
+
+/// How many partitions each of `topics` has, for those the brokers know.
+/// Blocks for up to [`REQUEST_TIMEOUT`] per topic.
+pub fn partition_counts<C: ConsumerContext>(
+    consumer: &impl Consumer<C>,
+    topics: &[String],
+) -> KafkaResult<Vec<(String, usize)>> {
+    let mut counts = Vec::with_capacity(topics.len());
+    for topic in topics {
+        if let Some(partitions) = topic_partitions(consumer, topic)? {
+            counts.push((topic.clone(), partitions.len()));
+        }
+    }
+    Ok(counts)
 }
 
 /// Like [`topic_partitions`], waiting up to `patience` for a topic created

@@ -45,6 +45,11 @@ pub struct Metrics {
     pub limiter_wait: Histogram,
     pub limiter_tokens: IntGauge,
     pub rate_limit_share: Gauge,
+    pub rate_limit_group: Gauge,
+    pub rate_limit_learned: Gauge,
+    pub rate_limit_bans: IntCounter,
+    pub rate_limit_headroom: Gauge,
+    pub backlog_drain: Gauge,
     pub calls_in_flight: IntGauge,
     pub window_messages: IntGauge,
     pub oldest_in_flight_age: Gauge,
@@ -193,7 +198,32 @@ impl Metrics {
             rate_limit_share: gauge(
                 &r,
                 "paysync_rate_limit_share_per_sec",
-                "This replica's rate limit: its share of delivery.rate_limit_per_sec (the whole quota with rate_limit_scope = replica).",
+                "This replica's rate limit: its share of the group's rate (the whole rate with rate_limit_scope = replica).",
+            ),
+            rate_limit_group: gauge(
+                &r,
+                "paysync_rate_limit_group_per_sec",
+                "The group's rate this replica takes its share of: delivery.rate_limit_per_sec, or in adaptive mode the rate the controller found.",
+            ),
+            rate_limit_learned: gauge(
+                &r,
+                "paysync_rate_limit_learned_per_sec",
+                "Adaptive mode: the group's quota the latest ban measured (0 before the first ban).",
+            ),
+            rate_limit_bans: counter(
+                &r,
+                "paysync_rate_limit_bans_total",
+                "Flow-control bans (code 7 and the legacy 4/5/6/8) this replica met, one per ban however many calls met it.",
+            ),
+            rate_limit_headroom: gauge(
+                &r,
+                "paysync_rate_limit_headroom_ratio",
+                "Part of this replica's share the calls did not use over the last 5 s (0: the quota is the limit, more replicas cannot help).",
+            ),
+            backlog_drain: gauge(
+                &r,
+                "paysync_backlog_drain_seconds",
+                "Seconds this replica needs to send its partitions' lag at its current share of the rate.",
             ),
             calls_in_flight: int_gauge(
                 &r,

@@ -18,9 +18,11 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use url::Url;
 
+mod delivery;
 mod load;
 mod validate;
 
+pub use delivery::{DeliverySettings, RateLimitMode, RateLimitScope};
 pub use load::{ENV_PREFIX, ENV_SEPARATOR};
 use validate::read_secret_file;
 pub use validate::{ConfigError, ConfigProblem};
@@ -101,6 +103,12 @@ pub struct KafkaSettings {
     /// per partition, exported as metrics).
     #[serde(deserialize_with = "millis")]
     pub statistics_interval_ms: Duration,
+    /// How often the subscribed topics' partition counts are read from
+    /// metadata (and librdkafka's `topic.metadata.refresh.interval.ms`): a
+    /// topic that grows has its new partitions consumed, and every replica
+    /// divides the group's rate by the new count, within about this long.
+    #[serde(deserialize_with = "millis")]
+    pub metadata_refresh_interval_ms: Duration,
     /// The group protocol: `classic` (default), or `consumer`, the rebalance
     /// protocol of KIP-848 (Apache Kafka 4+), where the broker assigns
     /// partitions incrementally and the session timeout is the broker's.
@@ -141,6 +149,7 @@ impl Default for KafkaSettings {
             // push the consumer out of its group.
             revoke_drain_timeout_ms: Duration::from_millis(22_500),
             statistics_interval_ms: Duration::from_millis(5_000),
+            metadata_refresh_interval_ms: Duration::from_millis(2_000),
             group_protocol: GroupProtocol::Classic,
             group_instance_id: None,
             group_instance_id_from_hostname: false,
@@ -190,91 +199,6 @@ pub(crate) fn hostname() -> Option<String> {
         .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
         .map(|name| name.trim().to_owned())
         .filter(|name| !name.is_empty())
-}
-
-/// `[delivery]`: concurrency, rate, retries, breaker, drains.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DeliverySettings {
-    /// Calls in flight at once, over all partitions.
-    pub max_in_flight: usize,
-    /// Messages taken from Kafka and not finished, per partition; a full
-    /// partition is paused until it drains.
-    pub partition_window: usize,
-    /// The same, over all partitions.
-    pub global_window: usize,
-    /// Calls per second (a token bucket in front of every call).
-    pub rate_limit_per_sec: u32,
-    /// Calls allowed at once above the rate; defaults to the rate (one second's worth).
-    pub rate_limit_burst: Option<u32>,
-    /// Whose quota the rate and burst are: `group` (the whole consumer group;
-    /// each replica takes its partitions' share) or `replica` (each process's).
-    pub rate_limit_scope: RateLimitScope,
-    /// Attempts per event (transient failures while the gateway is otherwise
-    /// healthy) before it is dead-lettered as `retries_exhausted`.
-    pub max_attempts: u32,
-    /// Time spent retrying one event (not counting waits for a ban, an open
-    /// breaker or a halt) before it is dead-lettered as `retries_exhausted`.
-    #[serde(deserialize_with = "millis")]
-    pub max_retry_elapsed_ms: Duration,
-    #[serde(deserialize_with = "millis")]
-    pub backoff_initial_ms: Duration,
-    #[serde(deserialize_with = "millis")]
-    pub backoff_max_ms: Duration,
-    /// Transient failures in a row that open the circuit breaker.
-    pub breaker_failure_threshold: u32,
-    /// How often an open breaker lets a probe through.
-    #[serde(deserialize_with = "millis")]
-    pub breaker_probe_interval_ms: Duration,
-    /// How often a halted pipeline probes the gateway again.
-    #[serde(deserialize_with = "millis")]
-    pub halt_probe_interval_ms: Duration,
-    /// On SIGTERM/SIGINT, how long in-flight work may finish.
-    #[serde(deserialize_with = "millis")]
-    pub shutdown_drain_timeout_ms: Duration,
-    /// A partition held this long by a failing dead-letter write makes
-    /// `/health/ready` report `degraded`, naming it.
-    #[serde(deserialize_with = "millis")]
-    pub dead_letter_stall_ms: Duration,
-}
-
-impl Default for DeliverySettings {
-    fn default() -> Self {
-        DeliverySettings {
-            max_in_flight: 64,
-            partition_window: 1_000,
-            global_window: 2_000,
-            rate_limit_per_sec: 100,
-            rate_limit_burst: None,
-            rate_limit_scope: RateLimitScope::Group,
-            max_attempts: 8,
-            max_retry_elapsed_ms: Duration::from_millis(600_000),
-            backoff_initial_ms: Duration::from_millis(200),
-            backoff_max_ms: Duration::from_millis(30_000),
-            breaker_failure_threshold: 10,
-            breaker_probe_interval_ms: Duration::from_millis(2_000),
-            halt_probe_interval_ms: Duration::from_millis(30_000),
-            shutdown_drain_timeout_ms: Duration::from_millis(10_000),
-            dead_letter_stall_ms: Duration::from_millis(60_000),
-        }
-    }
-}
-
-/// Whose quota `delivery.rate_limit_per_sec` is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum RateLimitScope {
-    /// The whole consumer group's; each replica takes its partitions' share.
-    #[default]
-    Group,
-    /// Each replica's.
-    Replica,
-}
-
-impl DeliverySettings {
-    pub fn burst(&self) -> u32 {
-        self.rate_limit_burst.unwrap_or(self.rate_limit_per_sec)
-    }
 }
 
 /// `[top]`: the gateway and the app's credentials.

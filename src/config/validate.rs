@@ -211,6 +211,18 @@ impl Settings {
                 u64::from(delivery.rate_limit_per_sec),
             ),
             ("delivery.rate_limit_burst", u64::from(delivery.burst())),
+            (
+                "delivery.rate_limit_min_per_sec",
+                u64::from(delivery.min_rate()),
+            ),
+            (
+                "delivery.rate_probe_interval_ms",
+                delivery.rate_probe_interval_ms.as_millis() as u64,
+            ),
+            (
+                "kafka.metadata_refresh_interval_ms",
+                kafka.metadata_refresh_interval_ms.as_millis() as u64,
+            ),
             ("delivery.max_attempts", u64::from(delivery.max_attempts)),
             (
                 "delivery.breaker_failure_threshold",
@@ -228,6 +240,18 @@ impl Settings {
             if value == 0 {
                 problem(key, "must be greater than 0".into());
             }
+        }
+        if delivery.min_rate() > delivery.rate_limit_per_sec {
+            problem(
+                "delivery.rate_limit_min_per_sec",
+                "must not exceed delivery.rate_limit_per_sec (the adaptive ceiling)".into(),
+            );
+        }
+        if delivery.rate_probe_interval_ms > delivery.rate_probe_interval_max_ms {
+            problem(
+                "delivery.rate_probe_interval_ms",
+                "must not exceed delivery.rate_probe_interval_max_ms".into(),
+            );
         }
         if delivery.backoff_initial_ms > delivery.backoff_max_ms {
             problem(

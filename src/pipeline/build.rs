@@ -4,7 +4,6 @@
 //! parts the main loop shares with the tasks.
 
 use std::collections::HashMap;
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +17,7 @@ use super::deliver::Deliverer;
 use super::gate::{Gate, GateSettings};
 use super::offsets::OffsetTracker;
 use super::partitions::Partitions;
-use super::rate::{RateBudget, RateLimitScope};
+use super::rate::{RateBudget, RateLimitScope, RateSettings};
 use super::{Pipeline, Source};
 use crate::config::{ConfigError, Settings, TopClientError};
 use crate::dead_letter::DeadLetterProducer;
@@ -62,10 +61,12 @@ impl Pipeline {
         let kafka = &settings.kafka;
         let delivery = &settings.delivery;
         // Checked before anything connects.
-        let rate = NonZeroU32::new(delivery.rate_limit_per_sec)
-            .ok_or_else(|| ConfigError::one("delivery.rate_limit_per_sec", "must be above 0"))?;
-        let burst = NonZeroU32::new(delivery.burst())
-            .ok_or_else(|| ConfigError::one("delivery.rate_limit_burst", "must be above 0"))?;
+        if delivery.rate_limit_per_sec == 0 {
+            return Err(ConfigError::one("delivery.rate_limit_per_sec", "must be above 0").into());
+        }
+        if delivery.burst() == 0 {
+            return Err(ConfigError::one("delivery.rate_limit_burst", "must be above 0").into());
+        }
         let client = settings.top_client()?;
         let metrics = Arc::new(Metrics::new());
         // A replay is its own client with its own rate, not a share of the group's.
@@ -74,10 +75,7 @@ impl Pipeline {
             Source::Range(_) => RateLimitScope::Replica,
         };
         let budget = Arc::new(RateBudget::new(
-            rate.get(),
-            burst.get(),
-            scope,
-            0,
+            RateSettings::of(delivery, scope, kafka.metadata_refresh_interval_ms),
             metrics.clone(),
         ));
         let partitions = Arc::new(Partitions::new(
@@ -103,13 +101,9 @@ impl Pipeline {
         let mut ranges_by_partition = HashMap::new();
         match &source {
             Source::Group => {
-                let mut total = 0;
-                for topic in &kafka.topics {
-                    total += kafka::topic_partitions(&consumer, topic)
-                        .map_err(StartError::Metadata)?
-                        .map_or(0, |partitions| partitions.len());
-                }
-                budget.set_total(total);
+                let counts = kafka::partition_counts(&consumer, &kafka.topics)
+                    .map_err(StartError::Metadata)?;
+                budget.observe_counts(counts.iter().map(|(topic, count)| (topic.as_str(), *count)));
                 let topics: Vec<&str> = kafka.topics.iter().map(String::as_str).collect();
                 consumer.subscribe(&topics).map_err(StartError::Subscribe)?;
             }

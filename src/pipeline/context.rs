@@ -1,8 +1,8 @@
 //! The consumer's librdkafka context: the rebalance callbacks hand ownership
 //! changes to [`Partitions`], commit results decide what is committed again
 //! (and whether completion maps still fit the broker), and statistics become
-//! per-partition committed-offset and lag metrics and resize the rate budget
-//! when a subscribed topic gains partitions.
+//! per-partition committed-offset and lag metrics and the time the backlog
+//! takes to drain at this replica's share of the rate.
 
 use std::sync::Arc;
 
@@ -24,18 +24,8 @@ impl ClientContext for PipelineContext {
     /// librdkafka's statistics (every `kafka.statistics_interval_ms`): the
     /// committed offset and lag of each owned partition, paused ones included.
     fn stats(&self, statistics: Statistics) {
-        // Partitions added to a subscribed topic enlarge the divisor of the quota.
-        let known: usize = statistics
-            .topics
-            .iter()
-            .filter(|(name, _)| self.partitions.topics.contains(name))
-            .map(|(_, topic)| topic.partitions.keys().filter(|p| **p >= 0).count())
-            .sum();
-        let budget = &self.partitions.budget;
-        if known > budget.total() {
-            budget.set_total(known);
-        }
         let partitions = self.partitions.lock();
+        let mut lag = 0;
         let metrics = &self.partitions.metrics;
         for (topic_name, topic) in &statistics.topics {
             for (partition, stats) in &topic.partitions {
@@ -58,13 +48,18 @@ impl ClientContext for PipelineContext {
                     } else {
                         stats.lo_offset.max(0)
                     };
+                    let partition_lag = (stats.hi_offset - base).max(0);
+                    lag += partition_lag;
                     metrics
                         .partition_lag
                         .with_label_values(&labels)
-                        .set((stats.hi_offset - base).max(0));
+                        .set(partition_lag);
                 }
             }
         }
+        drop(partitions);
+        let share = self.partitions.budget.share();
+        metrics.backlog_drain.set(lag as f64 / share.per_sec);
     }
 }
 

@@ -210,6 +210,7 @@ impl Deliverer {
             self.metrics
                 .record_call(&report.outcome, &disposition, report.elapsed);
             let charge = self.gate.record(pass, &disposition);
+            self.budget.answered(&disposition);
             // The event's span carries the gateway's id of its latest call.
             tracing::Span::current()
                 .record("request_id", report.request_id.as_deref().unwrap_or("-"));

@@ -9,6 +9,9 @@
 //!   answer from a healthy gateway closes it. Failures seen while the breaker
 //!   is open (or that open it) cost no retry attempt, so an outage never
 //!   exhausts an event's retries and never reaches the dead-letter topic.
+//! * **Warm-up**: at start and after every ban, one call goes first and the
+//!   rest wait for its answer, so a restart into a ban (or a ban that is
+//!   extended) meets one code 7, not a window of `max_in_flight` calls.
 //! * **Halt**: the configuration is broken (signature, app key, permissions,
 //!   session, clock). Every call waits; one probe goes through every
 //!   `halt_probe_interval`, and the cause is logged each time it fails.
@@ -38,7 +41,7 @@ pub struct GateSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pass {
     Normal,
-    /// The one call allowed through an open breaker or a halt, to test it.
+    /// The one call allowed through an open breaker, a halt or a warm-up, to test it.
     Probe,
 }
 
@@ -97,6 +100,9 @@ struct State {
     halt_probe_at: Instant,
     probe_in_flight: bool,
     ban_until: Option<Instant>,
+    /// Nothing is known of the gateway since start or since a ban ended:
+    /// one probe goes first.
+    warming: bool,
 }
 
 pub struct Gate {
@@ -121,6 +127,7 @@ impl Gate {
                 halt_probe_at: now,
                 probe_in_flight: false,
                 ban_until: None,
+                warming: true,
             }),
             changed: Notify::new(),
             observer,
@@ -264,6 +271,7 @@ fn healthy(state: &mut State) {
     state.consecutive_failures = 0;
     state.breaker = BreakerState::Closed;
     state.halted = None;
+    state.warming = false;
 }
 
 /// Failures that say the gateway (or the way to it) is unwell, as opposed to
@@ -278,6 +286,7 @@ fn admit(state: &mut State, now: Instant) -> Result<Pass, Instant> {
             return Err(until);
         }
         state.ban_until = None;
+        state.warming = true;
     }
     if state.halted.is_some() {
         if state.probe_in_flight || now < state.halt_probe_at {
@@ -287,6 +296,13 @@ fn admit(state: &mut State, now: Instant) -> Result<Pass, Instant> {
         return Ok(Pass::Probe);
     }
     match state.breaker {
+        BreakerState::Closed if state.warming => {
+            if state.probe_in_flight {
+                return Err(now + Duration::from_millis(50));
+            }
+            state.probe_in_flight = true;
+            Ok(Pass::Probe)
+        }
         BreakerState::Closed => Ok(Pass::Normal),
         BreakerState::Open | BreakerState::HalfOpen => {
             if state.probe_in_flight || now < state.breaker_probe_at {
@@ -368,7 +384,11 @@ mod tests {
         assert_eq!(gate.record(Pass::Normal, &ban), RetryCharge::Free);
         assert!(gate.status().ban_remaining.is_some());
         let started = Instant::now();
-        assert_eq!(gate.pass().await, Pass::Normal);
+        assert_eq!(
+            gate.pass().await,
+            Pass::Probe,
+            "one call first after the ban"
+        );
         assert!(started.elapsed() >= Duration::from_secs(2));
     }
 
@@ -400,6 +420,38 @@ mod tests {
         );
         assert_eq!(gate.status().halted, None);
         assert_eq!(gate.pass().await, Pass::Normal);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_call_goes_first_at_start_and_after_a_ban() {
+        let gate = gate(3);
+        assert_eq!(
+            gate.pass().await,
+            Pass::Probe,
+            "the first call tests the gateway"
+        );
+        let second = tokio::time::timeout(Duration::from_secs(5), gate.pass()).await;
+        assert!(second.is_err(), "the rest wait for its answer");
+        let ban = Disposition::Retry {
+            cause: RetryCause::Throttled,
+            wait: Some(Duration::from_secs(30)),
+        };
+        gate.record(Pass::Probe, &ban);
+        let started = Instant::now();
+        assert_eq!(
+            gate.pass().await,
+            Pass::Probe,
+            "after the ban, one call again"
+        );
+        assert!(started.elapsed() >= Duration::from_secs(25));
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), gate.pass())
+                .await
+                .is_err()
+        );
+        gate.record(Pass::Probe, &Disposition::Delivered);
+        assert_eq!(gate.pass().await, Pass::Normal);
+        assert_eq!(gate.pass().await, Pass::Normal, "then the whole window");
     }
 
     #[test]

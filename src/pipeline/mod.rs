@@ -15,7 +15,8 @@
 //! * [`window`]: when to pause fetching (backpressure).
 //! * [`ordering`]: one order's events one after another.
 //! * [`gate`]: ban, circuit breaker and halt, in front of every call.
-//! * [`rate`]: the replica's share of the group's rate quota.
+//! * [`rate`]: the replica's share of the group's rate quota, and the
+//!   adaptive controller that finds the quota.
 //! * [`offsets`]: the lowest unfinished offset per partition.
 //! * [`completion`]: the finished offsets above it, as commit metadata.
 //! * [`commits`]: what a commit carries and what its answer means.
@@ -140,6 +141,11 @@ impl Pipeline {
         // drains (so an idle group is up to date at once).
         let mut commit_tick = tokio::time::interval(self.settings.kafka.commit_interval_ms);
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Partition counts for the rate budget (a replay's ranges need none).
+        let mut metadata_tick =
+            tokio::time::interval(self.settings.kafka.metadata_refresh_interval_ms);
+        metadata_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut counts_read: Option<tokio::task::JoinHandle<()>> = None;
         self.refresh_gauges();
         loop {
             let may_poll = self.apply_window(&mut window);
@@ -157,6 +163,16 @@ impl Pipeline {
                     }
                 }
                 _ = commit_tick.tick() => self.commit_changed(),
+                _ = metadata_tick.tick(), if self.ranges.is_empty() => {
+                    // One read at a time: a slow broker does not pile them up.
+                    if counts_read.as_ref().is_none_or(|read| read.is_finished()) {
+                        let consumer = self.consumer.clone();
+                        let partitions = self.partitions.clone();
+                        counts_read = Some(tokio::task::spawn_blocking(move || {
+                            partitions.refresh_counts(&*consumer);
+                        }));
+                    }
+                }
                 _ = tick.tick() => {
                     orders.prune();
                     self.skip_control_records();
@@ -243,6 +259,7 @@ impl Pipeline {
     fn refresh_gauges(&self) -> usize {
         let metrics = &self.partitions.metrics;
         self.partitions.health.progressed();
+        self.partitions.budget.tick();
         self.deliverer.gate.status().publish(metrics);
         let mut oldest: Option<Instant> = None;
         let mut in_flight = 0;

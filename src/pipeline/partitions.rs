@@ -179,6 +179,8 @@ impl Partitions {
                 .collect()
         };
         let (committed, ends) = blocking_in_callback(|| {
+            // Counts first: a new partition is counted only once metadata shows it.
+            self.refresh_counts(consumer);
             let committed = kafka::committed_with_metadata(consumer, &ids);
             // The partitions' ends: how far earlier owners can have read,
             // where the commit says when they may have written dead letters,
@@ -234,13 +236,31 @@ impl Partitions {
                     paused: false,
                 });
         }
-        self.publish_assigned(partitions.len());
+        self.publish_assigned(&partitions);
     }
 
-    fn publish_assigned(&self, count: usize) {
-        self.health.set_assigned(count);
-        self.metrics.assigned_partitions.set(count as i64);
-        self.budget.set_owned(count);
+    fn publish_assigned(&self, partitions: &HashMap<PartitionId, PartitionState>) {
+        self.health.set_assigned(partitions.len());
+        self.metrics
+            .assigned_partitions
+            .set(partitions.len() as i64);
+        self.budget.set_owned(partitions.keys().cloned());
+    }
+
+    /// Reads the subscribed topics' partition counts for the rate budget.
+    /// Blocks on the brokers.
+    pub(super) fn refresh_counts(
+        &self,
+        consumer: &impl rdkafka::consumer::Consumer<PipelineContext>,
+    ) {
+        match kafka::partition_counts(consumer, &self.topics) {
+            Ok(counts) => self
+                .budget
+                .observe_counts(counts.iter().map(|(topic, count)| (topic.as_str(), *count))),
+            Err(error) => {
+                tracing::debug!(error = %error, "Reading partition counts failed; the last ones stand.");
+            }
+        }
     }
 
     /// A message of `id` at `offset` was taken from Kafka: track it, and
@@ -442,7 +462,7 @@ impl Partitions {
                 points.push((id.clone(), map, state.tracker.dead_letters_since(now)));
             }
         }
-        self.publish_assigned(partitions.len());
+        self.publish_assigned(&partitions);
         drop(partitions);
         let mut remembered = self.remembered.lock().unwrap_or_else(|p| p.into_inner());
         for (id, map, _) in &points {
@@ -475,6 +495,7 @@ impl Partitions {
             "revoked partitions",
             REVOKE_COMMIT_PATIENCE,
         );
+        blocking_in_callback(|| self.refresh_counts(consumer));
         self.wake.notify_one();
     }
 }
@@ -484,12 +505,25 @@ impl Partitions {
 #[allow(clippy::single_range_in_vec_init)]
 pub(super) mod tests {
     use super::*;
-    use crate::config::RateLimitScope;
+    use crate::config::{DeliverySettings, RateLimitScope};
     use crate::pipeline::commits::resume_map;
+    use crate::pipeline::rate::RateSettings;
 
     pub(in crate::pipeline) fn partitions() -> Partitions {
         let metrics = Arc::new(Metrics::new());
-        let budget = RateBudget::new(100, 100, RateLimitScope::Group, 4, metrics.clone());
+        let budget = RateBudget::new(
+            RateSettings::of(
+                &DeliverySettings {
+                    rate_limit_per_sec: 100,
+                    rate_limit_burst: Some(100),
+                    ..DeliverySettings::default()
+                },
+                RateLimitScope::Group,
+                Duration::from_secs(2),
+            ),
+            metrics.clone(),
+        );
+        budget.observe_counts([("t", 4)]);
         Partitions::new(
             Duration::from_millis(200),
             metrics,
