@@ -24,7 +24,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rdkafka::TopicPartitionList;
-use rdkafka::consumer::BaseConsumer;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -247,20 +247,9 @@ impl Partitions {
         self.budget.set_owned(partitions.keys().cloned());
     }
 
-    /// Reads the subscribed topics' partition counts for the rate budget.
-    /// Blocks on the brokers.
-    pub(super) fn refresh_counts(
-        &self,
-        consumer: &impl rdkafka::consumer::Consumer<PipelineContext>,
-    ) {
-        match kafka::partition_counts(consumer, &self.topics) {
-            Ok(counts) => self
-                .budget
-                .observe_counts(counts.iter().map(|(topic, count)| (topic.as_str(), *count))),
-            Err(error) => {
-                tracing::debug!(error = %error, "Reading partition counts failed; the last ones stand.");
-            }
-        }
+    /// Reads the subscribed topics' partition counts for the rate budget. Blocks.
+    pub(super) fn refresh_counts(&self, consumer: &impl Consumer<PipelineContext>) {
+        self.budget.refresh_counts(consumer, &self.topics);
     }
 
     /// A message of `id` at `offset` was taken from Kafka: track it, and

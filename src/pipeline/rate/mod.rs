@@ -39,10 +39,11 @@ use tokio::sync::Notify;
 use super::deliver::Limiter;
 use crate::config::DeliverySettings;
 pub use crate::config::{RateLimitMode, RateLimitScope};
-use crate::kafka::PartitionId;
+use crate::kafka::{self, PartitionId};
 use crate::metrics::Metrics;
 use crate::top::classify::{Disposition, RetryCause};
 use controller::{ControllerSettings, RateController};
+use rdkafka::consumer::{Consumer, ConsumerContext};
 use topics::PartitionCounts;
 
 /// A flow-control answer without a readable ban is taken as a ban this long
@@ -275,6 +276,22 @@ impl RateBudget {
             }
         }
         self.reshare(&mut state, now);
+    }
+
+    /// Reads the partition counts of `topics` from metadata. Blocks on the brokers.
+    pub fn refresh_counts<C: ConsumerContext>(
+        &self,
+        consumer: &impl Consumer<C>,
+        topics: &[String],
+    ) {
+        match kafka::partition_counts(consumer, topics) {
+            Ok(counts) => {
+                self.observe_counts(counts.iter().map(|(topic, count)| (topic.as_str(), *count)))
+            }
+            Err(error) => {
+                tracing::debug!(error = %error, "Reading partition counts failed; the last ones stand.");
+            }
+        }
     }
 
     /// A call was answered: the adaptive controller learns from it, and a
