@@ -10,6 +10,9 @@
 #[path = "it/support.rs"]
 mod support;
 
+#[path = "e2e/quota.rs"]
+mod quota;
+
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -451,10 +454,7 @@ async fn a_topic_created_again_has_every_new_event_delivered() {
     // Metadata every second: the deletion and the new topic are seen at once.
     let process = Process::start_with_env(
         &scenario.config(&url, ""),
-        &[(
-            "PAYSYNC_KAFKA__CONSUMER__topic.metadata.refresh.interval.ms",
-            "1000",
-        )],
+        &[("PAYSYNC_KAFKA__METADATA_REFRESH_INTERVAL_MS", "1000")],
     );
     wait_accepted(&scenario.emulator, old.len()).await;
     scenario.wait_committed_to_end().await;

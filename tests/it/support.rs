@@ -366,9 +366,23 @@ impl Process {
     }
 }
 
-/// The pipeline's own figures, read from the admin server whose address a
-/// process logs at start (for a failing test's report).
-fn pipeline_figures(log: &str) -> Vec<String> {
+#[allow(dead_code)] // Read by the end-to-end suite.
+impl Process {
+    /// The process's `/metrics` text, from the admin server whose address it
+    /// logs at start (empty before that, or once it is gone).
+    pub fn metrics_text(&self) -> String {
+        metrics_text(&self.log())
+    }
+
+    /// One unlabelled metric's value.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let text = self.metrics_text();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+}
+
+fn metrics_text(log: &str) -> String {
     use std::io::{Read, Write};
     let Some(address) = log
         .split("admin=")
@@ -376,16 +390,22 @@ fn pipeline_figures(log: &str) -> Vec<String> {
         .and_then(|rest| rest.split_whitespace().next())
         .map(|a| a.trim_matches(|c: char| !c.is_ascii_digit() && c != '.' && c != ':'))
     else {
-        return Vec::new();
+        return String::new();
     };
     let Ok(mut stream) = std::net::TcpStream::connect(address) else {
-        return Vec::new();
+        return String::new();
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
     let _ = write!(stream, "GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n");
     let mut text = String::new();
     let _ = stream.read_to_string(&mut text);
-    text.lines()
+    text
+}
+
+/// The pipeline's own figures (for a failing test's report).
+fn pipeline_figures(log: &str) -> Vec<String> {
+    metrics_text(log)
+        .lines()
         .filter(|l| !l.starts_with('#') && !l.contains("_bucket"))
         .filter(|l| {
             [

@@ -62,9 +62,9 @@ pub struct Share {
 }
 
 /// The share of the group's `rate` and `burst` for a `fraction` of its
-/// partitions. Owning nothing (or nothing countable yet) gets a token a
-/// second and a burst of 1: there are no events to send, and a bucket
-/// cannot be empty.
+/// partitions. Owning nothing (or nothing countable yet) gets
+/// [`IDLE_RATE`] and a burst of 1: there are no events to send (or they
+/// wait a few seconds for the count to settle), and a bucket cannot be empty.
 pub fn share(rate: f64, burst: f64, fraction: Option<f64>) -> Share {
     match fraction {
         Some(fraction) if fraction > 0.0 => Share {
@@ -73,11 +73,14 @@ pub fn share(rate: f64, burst: f64, fraction: Option<f64>) -> Share {
             burst: ((burst * fraction.min(1.0)).floor() as u32).max(1),
         },
         _ => Share {
-            per_sec: 1.0,
+            per_sec: IDLE_RATE,
             burst: 1,
         },
     }
 }
+
+/// The rate of a replica that owns nothing it may count: a call every 10 s.
+pub const IDLE_RATE: f64 = 0.1;
 
 /// The longest pause between tokens: a share so small rounds up to a token a day.
 const LONGEST_PERIOD: Duration = Duration::from_secs(86_400);
@@ -381,7 +384,7 @@ impl RateBudget {
         if !moved {
             return;
         }
-        if state.controller.is_none() || share.per_sec == 1.0 {
+        if state.controller.is_none() || share.per_sec == IDLE_RATE {
             tracing::info!(
                 owned = state.owned.len(),
                 total = state.counts.total(),
@@ -447,7 +450,7 @@ mod tests {
     fn nothing_owned_or_known_gets_a_minimal_bucket() {
         for fraction in [None, Some(0.0)] {
             let s = share(100.0, 100.0, fraction);
-            assert_eq!((s.per_sec, s.burst), (1.0, 1), "{fraction:?}");
+            assert_eq!((s.per_sec, s.burst), (IDLE_RATE, 1), "{fraction:?}");
         }
         let tiny = share(10.0, 5.0, Some(0.001));
         assert!((tiny.per_sec - 0.01).abs() < 1e-12);
@@ -458,7 +461,7 @@ mod tests {
     fn the_budget_follows_assignments_and_metadata_and_the_replica_scope_ignores_them() {
         let metrics = Arc::new(Metrics::new());
         let budget = RateBudget::new(settings(120, 60, RateLimitScope::Group), metrics.clone());
-        assert_eq!(budget.share().per_sec, 1.0, "nothing owned");
+        assert_eq!(budget.share().per_sec, IDLE_RATE, "nothing owned");
         budget.observe_counts([("t", 6)]);
         budget.set_owned(owned("t", 0..2));
         assert!((budget.share().per_sec - 40.0).abs() < 1e-9);
@@ -518,7 +521,7 @@ mod tests {
             settings(100, 1, RateLimitScope::Group),
             Arc::new(Metrics::new()),
         ));
-        // Owning nothing: a token a second; the first is in the bucket.
+        // Owning nothing: a token every 10 s; the first is in the bucket.
         budget.until_ready().await;
         let waiter = tokio::spawn({
             let budget = budget.clone();

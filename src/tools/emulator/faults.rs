@@ -136,6 +136,8 @@ struct AppBucket {
 #[derive(Debug, Default)]
 pub struct FlowControl {
     apps: HashMap<String, AppBucket>,
+    /// Bans started, over all apps (each answered by as many code 7s as calls met it).
+    pub bans: u64,
 }
 
 impl FlowControl {
@@ -170,6 +172,7 @@ impl FlowControl {
         if app.tokens < 1.0 {
             let ban = Duration::from_secs(limit.ban_seconds);
             app.banned_until = Some(now + ban);
+            self.bans += 1;
             return Err(ban);
         }
         app.tokens -= 1.0;
@@ -213,6 +216,8 @@ mod tests {
         assert!(flow.admit("a", &limit, t0).is_ok());
         assert!(flow.admit("a", &limit, t0).is_ok());
         assert_eq!(flow.admit("a", &limit, t0), Err(Duration::from_secs(3)));
+        assert_eq!(flow.admit("a", &limit, t0), Err(Duration::from_secs(3)));
+        assert_eq!(flow.bans, 1, "two refusals, one ban");
         // Another app has its own window.
         assert!(flow.admit("b", &limit, t0).is_ok());
         assert_eq!(

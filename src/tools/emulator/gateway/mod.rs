@@ -157,6 +157,12 @@ impl Gateway {
         self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Flow-control bans started so far (not the code-7 answers, which are
+    /// one per call that met a ban).
+    pub fn bans(&self) -> u64 {
+        self.flow.lock().unwrap_or_else(|p| p.into_inner()).bans
+    }
+
     pub fn orders(&self) -> Vec<AcceptedOrder> {
         self.journal
             .lock()
