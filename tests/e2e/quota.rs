@@ -191,9 +191,12 @@ async fn the_adaptive_rate_follows_a_quota_that_changes_at_run_time() {
     // The ceiling is above every phase's quota; nobody tells paysync the quota.
     let config = scenario.config(
         &url,
-        "max_in_flight = 32\nrate_limit_mode = \"adaptive\"\nrate_limit_per_sec = 600",
+        "max_in_flight = 32\nrate_limit_mode = \"adaptive\"",
     );
-    let replicas: Vec<Process> = (0..3).map(|_| Process::start(&config)).collect();
+    let env = [("PAYSYNC_DELIVERY__RATE_LIMIT_PER_SEC", "600")];
+    let replicas: Vec<Process> = (0..3)
+        .map(|_| Process::start_with_env(&config, &env))
+        .collect();
     wait_owned(&replicas, 2).await;
     let mut phases = Vec::new();
     for quota in QUOTAS {

@@ -156,6 +156,8 @@ struct BudgetState {
     /// The end of the latest ban, to tell a new ban from answers to the same one.
     ban_until: Option<Instant>,
     fraction: Option<f64>,
+    /// The ownership last logged.
+    logged: (usize, Option<f64>),
     group_rate: f64,
     share: Share,
     limiter: Arc<Limiter>,
@@ -195,6 +197,7 @@ impl RateBudget {
                 controller,
                 ban_until: None,
                 fraction,
+                logged: (0, fraction),
                 group_rate,
                 share,
                 limiter: Arc::new(limiter(share)),
@@ -381,10 +384,10 @@ impl RateBudget {
         let moved = (share.per_sec - state.share.per_sec).abs() > RESIZE_STEP * state.share.per_sec
             || share.burst != state.share.burst;
         state.group_rate = group_rate;
-        if !moved {
-            return;
-        }
-        if state.controller.is_none() || share.per_sec == IDLE_RATE {
+        let ownership = (state.owned.len(), state.fraction);
+        if ownership != state.logged {
+            // Ownership and counts, not each adaptive step.
+            state.logged = ownership;
             tracing::info!(
                 owned = state.owned.len(),
                 total = state.counts.total(),
@@ -392,6 +395,9 @@ impl RateBudget {
                 burst = share.burst,
                 "Rate budget: this replica's share of the group's quota changed."
             );
+        }
+        if !moved {
+            return;
         }
         state.share = share;
         state.limiter = Arc::new(limiter(share));
