@@ -372,3 +372,67 @@ fn the_dashboard_is_dashboards_paysync_json_and_uses_exported_metrics() {
     }
     assert!(used.len() > 10, "the dashboard queries paysync's metrics");
 }
+
+#[test]
+fn keda_scales_the_statefulset_on_lag_within_what_the_quota_can_use() {
+    let objects = monitoring_set();
+    let scaled = one(&objects, "ScaledObject");
+    let statefulset = one(&objects, "StatefulSet");
+    assert_eq!(
+        scaled["spec"]["scaleTargetRef"]["kind"].as_str(),
+        Some("StatefulSet")
+    );
+    assert_eq!(
+        scaled["spec"]["scaleTargetRef"]["name"].as_str(),
+        statefulset["metadata"]["name"].as_str()
+    );
+    assert!(
+        statefulset["spec"]["replicas"].is_badvalue(),
+        "KEDA sets the replicas, not the chart"
+    );
+    let modifiers = &scaled["spec"]["advanced"]["scalingModifiers"];
+    assert_eq!(modifiers["target"].as_str(), Some("2000"));
+    assert_eq!(
+        modifiers["formula"].as_str(),
+        Some("min(lag, quota_replicas * 2000)"),
+        "never more replicas than the quota can use"
+    );
+    let triggers = scaled["spec"]["triggers"].as_vec().unwrap();
+    let names: Vec<&str> = triggers.iter().filter_map(|t| t["name"].as_str()).collect();
+    assert_eq!(names, ["lag", "quota_replicas"], "the formula's names");
+    let exported = metrics_used::exported(root());
+    for trigger in triggers {
+        let query = trigger["metadata"]["query"].as_str().unwrap();
+        let used = metrics_used::metric_names(query);
+        assert!(!used.is_empty(), "{query}");
+        for name in used {
+            assert!(
+                exported.contains(&name),
+                "{query} uses {name}, which paysync does not export"
+            );
+        }
+        assert!(
+            query.contains("service=\"paysync\""),
+            "selects the release: {query}"
+        );
+    }
+    // Off by default, and the chart keeps its replica count then.
+    let default = render(&None);
+    assert!(of_kind(&default, "ScaledObject").is_empty());
+    assert_eq!(int(&one(&default, "StatefulSet")["spec"]["replicas"]), 3);
+}
+
+#[test]
+fn keda_bounds_that_cannot_work_are_refused() {
+    for extra in [
+        [
+            "--set",
+            "keda.enabled=true,keda.minReplicas=4,keda.maxReplicas=2",
+        ],
+        ["--set", "keda.enabled=true,keda.minReplicas=0"],
+        ["--set", "keda.enabled=true,keda.lagPerReplica=0"],
+    ] {
+        let error = try_render(&None, &extra).expect_err("refused");
+        assert!(error.contains("keda"), "{error}");
+    }
+}

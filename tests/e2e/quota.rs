@@ -189,10 +189,7 @@ async fn the_adaptive_rate_follows_a_quota_that_changes_at_run_time() {
     scenario.kafka.produce(&scenario.topic, &records).await;
     let url = scenario.emulator.url();
     // The ceiling is above every phase's quota; nobody tells paysync the quota.
-    let config = scenario.config(
-        &url,
-        "max_in_flight = 32\nrate_limit_mode = \"adaptive\"",
-    );
+    let config = scenario.config(&url, "max_in_flight = 32\nrate_limit_mode = \"adaptive\"");
     let env = [("PAYSYNC_DELIVERY__RATE_LIMIT_PER_SEC", "600")];
     let replicas: Vec<Process> = (0..3)
         .map(|_| Process::start_with_env(&config, &env))

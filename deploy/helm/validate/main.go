@@ -13,6 +13,7 @@ import (
 	"io"
 	"os"
 
+	kedav1alpha1 "github.com/kedacore/keda/v2/apis/keda/v1alpha1"
 	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -40,6 +41,8 @@ func object(apiVersion, kind string) (any, bool) {
 		return &monitoringv1.ServiceMonitor{}, true
 	case "monitoring.coreos.com/v1/PrometheusRule":
 		return &monitoringv1.PrometheusRule{}, true
+	case "keda.sh/v1alpha1/ScaledObject":
+		return &kedav1alpha1.ScaledObject{}, true
 	}
 	return nil, false
 }
