@@ -416,6 +416,7 @@ impl RateBudget {
 
 #[cfg(test)]
 mod tests {
+    use super::topics::tests::ids as owned;
     use super::*;
 
     fn settings(rate: u32, burst: u32, scope: RateLimitScope) -> RateSettings {
@@ -429,13 +430,6 @@ mod tests {
             probe_interval_max: Duration::from_secs(240),
             settle: Duration::from_secs(4),
         }
-    }
-
-    fn owned(topic: &str, partitions: impl IntoIterator<Item = i32>) -> Vec<PartitionId> {
-        partitions
-            .into_iter()
-            .map(|p| PartitionId::new(topic, p))
-            .collect()
     }
 
     #[test]

@@ -108,12 +108,16 @@ impl PartitionCounts {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     const SETTLE: Duration = Duration::from_secs(4);
 
-    fn ids(topic: &str, partitions: impl IntoIterator<Item = i32>) -> Vec<PartitionId> {
+    /// Partition ids of one topic.
+    pub(in crate::pipeline::rate) fn ids(
+        topic: &str,
+        partitions: impl IntoIterator<Item = i32>,
+    ) -> Vec<PartitionId> {
         partitions
             .into_iter()
             .map(|p| PartitionId::new(topic, p))
