@@ -143,8 +143,9 @@ pub fn readiness(state: &AdminState) -> (StatusCode, Readiness) {
     let mut reasons = Vec::new();
     let status = if let Some(cause) = gate.halted {
         reasons.push(format!(
-            "delivery is halted: the configuration is broken ({})",
-            cause.as_str()
+            "delivery is halted: the configuration is broken ({}: {})",
+            cause.as_str(),
+            cause.explain()
         ));
         "halted"
     } else if !joined {

@@ -21,6 +21,10 @@ pub(super) fn check_config(path: &Path) -> ExitCode {
             println!("  app_key     {}", settings.top.app_key);
             println!("  sign_method {}", settings.top.sign_method);
             println!("  app_secret  [redacted]");
+            if let Ok(egress) = settings.egress() {
+                println!("  proxy       {}", egress.proxy);
+                println!("  tls         {}", egress.trust.describe());
+            }
             ExitCode::SUCCESS
         }
         Err(error) => {

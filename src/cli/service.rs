@@ -87,6 +87,15 @@ async fn start_pipeline(
         }
     };
     tracing::info!(admin = %address, "Starting; /health/ready answers 503 until the pipeline runs.");
+    // Validated already; said once, before the first attempt.
+    if let Ok(egress) = settings.egress() {
+        tracing::info!(
+            gateway = %settings.top.gateway_url,
+            proxy = %egress.proxy,
+            tls = %egress.trust.describe(),
+            "Calls to the gateway leave this way."
+        );
+    }
     let patience = settings.kafka.startup_timeout_ms;
     let deadline = Instant::now() + patience;
     let mut attempt = 0;

@@ -11,27 +11,23 @@
 //! [`SecretString`] whose `Debug` is redacted, so it reaches no log or error.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use secrecy::SecretString;
 use serde::Deserialize;
-use url::Url;
 
 mod delivery;
 mod load;
+mod top;
 mod validate;
 
 pub use delivery::{DeliverySettings, RateLimitMode, RateLimitScope};
 pub use load::{ENV_PREFIX, ENV_SEPARATOR};
-use validate::read_secret_file;
+pub use top::{DEFAULT_GATEWAY_URL, TopSettings};
 pub use validate::{ConfigError, ConfigProblem};
 
 use crate::event::{DEFAULT_MAX_EVENT_BYTES, FieldLengths, Limits};
 use crate::top::classify::{Classifier, UnknownErrorPolicy};
-use crate::top::client::{ClientBuildError, Timeouts, TopClient};
-use crate::top::request::{RequestProfile, ResponseFormat};
-use crate::top::sign::SignMethod;
+use crate::top::client::ClientBuildError;
 
 /// Why a TOP client could not be built from the settings.
 #[derive(Debug, thiserror::Error)]
@@ -201,64 +197,6 @@ pub(crate) fn hostname() -> Option<String> {
         .filter(|name| !name.is_empty())
 }
 
-/// `[top]`: the gateway and the app's credentials.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TopSettings {
-    /// Gateway URL. Production HTTPS by default; the sandbox is
-    /// `https://gw.api.tbsandbox.com/router/rest` (with the sandbox app key).
-    pub gateway_url: String,
-    pub app_key: String,
-    /// The app secret itself; prefer `PAYSYNC_TOP__APP_SECRET` or `app_secret_file`.
-    pub app_secret: Option<SecretString>,
-    /// A file holding the app secret (trailing newline ignored).
-    pub app_secret_file: Option<PathBuf>,
-    pub sign_method: SignMethod,
-    /// The user's SessionKey, only if the app's API package needs authorization.
-    pub session: Option<SecretString>,
-    /// Sent as `partner_id` (signed); identifies the caller in gateway logs.
-    pub partner_id: String,
-    pub target_app_key: Option<String>,
-    /// Ask for `simplify=true` JSON bodies (both shapes are read either way).
-    pub simplify: bool,
-    pub format: ResponseFormat,
-    #[serde(deserialize_with = "millis")]
-    pub connect_timeout_ms: Duration,
-    #[serde(deserialize_with = "millis")]
-    pub request_timeout_ms: Duration,
-    /// Requests larger than this (query string and body, in bytes) are not
-    /// sent: the event is dead-lettered as `request_too_large`. 0: no limit
-    /// (the gateway's limit is not documented; its HTTP 413 answer
-    /// dead-letters the event the same way).
-    pub max_request_bytes: usize,
-}
-
-/// The production gateway over HTTPS (`docs/top-protocol.md` §6).
-pub const DEFAULT_GATEWAY_URL: &str = "https://eco.taobao.com/router/rest";
-
-impl Default for TopSettings {
-    fn default() -> Self {
-        TopSettings {
-            gateway_url: DEFAULT_GATEWAY_URL.to_owned(),
-            app_key: String::new(),
-            app_secret: None,
-            app_secret_file: None,
-            // The official Java and Go SDKs' default.
-            sign_method: SignMethod::HmacSha256,
-            session: None,
-            partner_id: concat!("paysync-", env!("CARGO_PKG_VERSION")).to_owned(),
-            target_app_key: None,
-            simplify: false,
-            format: ResponseFormat::Json,
-            // Tighter than the Java SDK's 15 s / 30 s: a slow call holds a
-            // Kafka offset back, and a retry is cheap.
-            connect_timeout_ms: Duration::from_millis(5_000),
-            request_timeout_ms: Duration::from_millis(10_000),
-            max_request_bytes: 0,
-        }
-    }
-}
-
 /// `[admin]`: the metrics and health server.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -345,59 +283,17 @@ pub enum LogFormat {
 }
 
 impl Settings {
-    /// The app secret, from the setting or the file.
-    pub fn app_secret(&self) -> Result<SecretString, ConfigError> {
-        match (&self.top.app_secret, &self.top.app_secret_file) {
-            (Some(secret), _) => Ok(secret.clone()),
-            (None, Some(path)) => read_secret_file(path)
-                .map_err(|reason| ConfigError::one("top.app_secret_file", reason)),
-            (None, None) => Err(ConfigError::one("top.app_secret", "is required")),
-        }
-    }
-
-    /// The signing profile for requests.
-    pub fn request_profile(&self) -> Result<RequestProfile, ConfigError> {
-        let top = &self.top;
-        Ok(RequestProfile {
-            app_key: top.app_key.trim().to_owned(),
-            app_secret: self.app_secret()?,
-            sign_method: top.sign_method,
-            session: top.session.clone(),
-            partner_id: Some(top.partner_id.clone()),
-            target_app_key: top.target_app_key.clone(),
-            simplify: top.simplify,
-            format: top.format,
-        })
-    }
-
-    pub fn timeouts(&self) -> Timeouts {
-        Timeouts {
-            connect: self.top.connect_timeout_ms,
-            request: self.top.request_timeout_ms,
-        }
-    }
-
     pub fn classifier(&self) -> Classifier {
         Classifier {
             unknown_error: self.classification.unknown_error,
         }
-    }
-
-    /// A client for the configured gateway.
-    pub fn top_client(&self) -> Result<TopClient, TopClientError> {
-        let url = Url::parse(&self.top.gateway_url)
-            .map_err(|e| ConfigError::one("top.gateway_url", format!("is not a URL: {e}")))?;
-        let limit = (self.top.max_request_bytes > 0).then_some(self.top.max_request_bytes);
-        Ok(
-            TopClient::new(url, self.request_profile()?, self.timeouts())?
-                .with_max_request_bytes(limit),
-        )
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::top::sign::SignMethod;
     use secrecy::ExposeSecret;
     use std::io::Write;
     use std::path::Path;

@@ -110,6 +110,37 @@ impl Settings {
                 ),
             );
         }
+        if top.proxy_password.is_some() && top.proxy_password_file.is_some() {
+            problem(
+                "top.proxy_password",
+                "set either proxy_password or proxy_password_file, not both".into(),
+            );
+        }
+        if (top.proxy_password.is_some() || top.proxy_password_file.is_some())
+            && top.proxy_username.is_none()
+        {
+            problem(
+                "top.proxy_username",
+                "is required with a proxy password".into(),
+            );
+        }
+        // How calls leave the host: the proxy decision (which reads the
+        // environment) and the trusted roots (which read top.ca_file).
+        match self.egress() {
+            Ok(egress) => {
+                if let Err(error) = egress.trust.client_config() {
+                    problem(&error.key, error.reason);
+                }
+            }
+            Err(error) => {
+                for found in error.problems {
+                    // A bad gateway URL is reported above.
+                    if found.key != "top.gateway_url" {
+                        problem(&found.key, found.reason);
+                    }
+                }
+            }
+        }
         let kafka = &self.kafka;
         for (key, value) in [
             ("kafka.bootstrap_servers", &kafka.bootstrap_servers),

@@ -197,9 +197,10 @@ impl Failure {
                     "not sent: the request is {bytes} bytes, top.max_request_bytes is {limit}"
                 )
             }
-            Outcome::Connect { reason } | Outcome::Transport { reason } => {
-                self.message = reason.clone()
-            }
+            Outcome::Connect { reason }
+            | Outcome::Transport { reason }
+            | Outcome::Untrusted { reason }
+            | Outcome::ProxyAuth { reason } => self.message = reason.clone(),
         }
         self
     }

@@ -209,6 +209,7 @@ impl Deliverer {
             let disposition = self.classifier.classify(&report.outcome);
             self.metrics
                 .record_call(&report.outcome, &disposition, report.elapsed);
+            let halted_before = self.gate.status().halted.is_some();
             let charge = self.gate.record(pass, &disposition);
             self.budget.answered(&disposition);
             // The event's span carries the gateway's id of its latest call.
@@ -246,8 +247,17 @@ impl Deliverer {
                     let failure = failure(DeadLetterClass::Rejected, cause.as_str());
                     return self.dead_letter(job, failure, cancel).await;
                 }
-                Disposition::Halt { .. } => {
+                Disposition::Halt { cause } => {
                     // The gate is now halted; the loop waits there for a probe.
+                    if !halted_before {
+                        tracing::error!(
+                            gateway = %self.client.endpoint(),
+                            cause = cause.as_str(),
+                            why = cause.explain(),
+                            outcome = ?report.outcome,
+                            "The gateway's answer halts delivery."
+                        );
+                    }
                 }
                 Disposition::Retry { cause, wait } => {
                     if charge == RetryCharge::Free {

@@ -370,18 +370,18 @@ fn quantile(buckets: &[(f64, f64)], q: f64) -> f64 {
 
 /// A plain-HTTP GET on loopback, read as text.
 async fn get_text(uri: &str) -> anyhow::Result<String> {
-    use http_body_util::BodyExt;
-    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http();
-    let response = client.get(uri.parse()?).await?;
+    let response = reqwest::Client::builder()
+        .no_proxy()
+        .build()?
+        .get(uri)
+        .send()
+        .await?;
     ensure!(
         response.status().is_success(),
         "GET {uri}: {}",
         response.status()
     );
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok(String::from_utf8_lossy(&body).into_owned())
+    Ok(response.text().await?)
 }
 
 /// `paysync run` as a child process.

@@ -90,8 +90,12 @@ pub enum HaltCause {
     Clock,
     /// 9, 20–23, 32–34, 45, 47, or a 40 naming a system parameter: a client bug.
     Protocol,
-    /// A 4xx status other than 400/408/413/414/429: wrong gateway URL or a proxy in the way.
+    /// A 4xx status other than 400/407/408/413/414/429: wrong gateway URL or a proxy in the way.
     Endpoint,
+    /// The gateway's TLS certificate is not trusted (`top.ca_file`, `top.tls_roots`).
+    Tls,
+    /// HTTP 407: the forward proxy refused paysync's credentials (or wants some).
+    Proxy,
 }
 
 label_names!(RetryCause {
@@ -122,7 +126,40 @@ label_names!(HaltCause {
     Clock => "clock",
     Protocol => "protocol",
     Endpoint => "endpoint",
+    Tls => "tls",
+    Proxy => "proxy",
 });
+
+impl HaltCause {
+    /// What to check, for readiness and the halt's log line.
+    pub fn explain(self) -> &'static str {
+        match self {
+            HaltCause::Signature => {
+                "the gateway refuses the signature: check top.app_secret and top.sign_method"
+            }
+            HaltCause::AppKey => {
+                "the gateway does not know top.app_key (or it is a sandbox key on production)"
+            }
+            HaltCause::Permission => {
+                "the app lacks permission for the API, or this host's IP is not whitelisted"
+            }
+            HaltCause::Session => "top.session is missing, expired or revoked",
+            HaltCause::Clock => "the gateway refuses the timestamp: check this host's clock",
+            HaltCause::Protocol => {
+                "the gateway refuses the request's form (a client bug: please report it)"
+            }
+            HaltCause::Endpoint => {
+                "the gateway URL answers with a 4xx status: check top.gateway_url and any proxy"
+            }
+            HaltCause::Tls => {
+                "the gateway's TLS certificate is not trusted: check top.ca_file and top.tls_roots"
+            }
+            HaltCause::Proxy => {
+                "the forward proxy refuses paysync's credentials: check top.proxy_username and the password"
+            }
+        }
+    }
+}
 
 /// What to do with a remote error that has no row in the table: code 15/50
 /// with a sub-code that is neither `isp.*` nor `isv.*`, or an unknown code.
@@ -187,6 +224,9 @@ impl Classifier {
                 413 | 414 => DeadLetter {
                     cause: RejectCause::RequestTooLarge,
                 },
+                407 => Halt {
+                    cause: HaltCause::Proxy,
+                },
                 408 | 429 | 500..=599 => Retry {
                     cause: RetryCause::HttpStatus,
                     wait: *retry_after,
@@ -217,6 +257,13 @@ impl Classifier {
             Outcome::Transport { .. } => Retry {
                 cause: RetryCause::Transport,
                 wait: None,
+            },
+            // Nothing reached the API; every call would meet the same refusal.
+            Outcome::Untrusted { .. } => Halt {
+                cause: HaltCause::Tls,
+            },
+            Outcome::ProxyAuth { .. } => Halt {
+                cause: HaltCause::Proxy,
             },
             Outcome::TooLarge { .. } => DeadLetter {
                 cause: RejectCause::RequestTooLarge,
@@ -808,6 +855,28 @@ mod tests {
                 cause: RejectCause::InvalidArguments
             }
         );
+    }
+
+    #[test]
+    fn an_untrusted_gateway_or_a_refusing_proxy_halts() {
+        let halt = |cause| Halt { cause };
+        assert_eq!(
+            classify(&Outcome::Untrusted {
+                reason: "UnknownIssuer".into()
+            }),
+            halt(HaltCause::Tls)
+        );
+        assert_eq!(
+            classify(&Outcome::ProxyAuth {
+                reason: "407".into()
+            }),
+            halt(HaltCause::Proxy)
+        );
+        let plain_407 = Outcome::HttpStatus {
+            status: 407,
+            retry_after: None,
+        };
+        assert_eq!(classify(&plain_407), halt(HaltCause::Proxy));
     }
 
     #[test]

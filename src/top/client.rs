@@ -6,23 +6,19 @@
 //! Transport errors are reported without the request URL, because the query
 //! string carries the signature and, when configured, the session token.
 //!
-//! This is the hot path of every delivery, so it speaks to hyper's pooled
-//! client directly (rustls, HTTP/1.1 and HTTP/2 by ALPN): no redirect layer
-//! (a gateway that redirects a signed POST is answered as an HTTP status, not
-//! followed) and no URL re-parsing per call.
+//! This is the hot path of every delivery: one pooled reqwest client (rustls,
+//! HTTP/1.1 and HTTP/2 by ALPN, the proxy and trust decided in [`egress`]),
+//! no redirects followed (a gateway that redirects a signed POST is answered
+//! as an HTTP status), the endpoint parsed once and its fixed headers built
+//! once.
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use chrono::Utc;
-use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER, USER_AGENT};
-use http_body_util::{BodyExt, Full};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 use url::Url;
 
+use crate::top::egress::{self, ProxyDecision, TlsTrust};
 use crate::top::outcome::Outcome;
 use crate::top::request::{RequestProfile, SignedRequest};
 use crate::top::response;
@@ -58,11 +54,11 @@ const USER_AGENT_VALUE: &str = concat!("paysync/", env!("CARGO_PKG_VERSION"));
 /// Sends signed calls to one gateway URL with one set of credentials.
 #[derive(Debug, Clone)]
 pub struct TopClient {
-    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    http: reqwest::Client,
     endpoint: Url,
-    /// The endpoint without query or fragment: each call appends its own query.
-    endpoint_base: String,
-    request_timeout: Duration,
+    /// The endpoint without query or fragment: each call sets its own query.
+    endpoint_base: Url,
+    egress: Egress,
     profile: RequestProfile,
     max_request_bytes: Option<usize>,
 }
@@ -70,10 +66,31 @@ pub struct TopClient {
 /// The client could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientBuildError {
-    #[error("cannot set up TLS for the HTTP client: {0}")]
-    Tls(#[source] rustls::Error),
+    #[error(transparent)]
+    Egress(#[from] egress::EgressError),
+    #[error("cannot set up the HTTP client: {0}")]
+    Http(String),
     #[error("the gateway URL {0} is not an http or https URL")]
     Scheme(String),
+}
+
+/// How calls leave the host: the proxy decision and the trusted roots.
+#[derive(Debug, Clone)]
+pub struct Egress {
+    pub proxy: ProxyDecision,
+    pub trust: TlsTrust,
+}
+
+impl Default for Egress {
+    /// Direct, with the built-in roots (tests and tools on loopback).
+    fn default() -> Self {
+        Egress {
+            proxy: ProxyDecision::Direct {
+                why: "no proxy configured".to_owned(),
+            },
+            trust: TlsTrust::default(),
+        }
+    }
 }
 
 impl TopClient {
@@ -81,33 +98,47 @@ impl TopClient {
         endpoint: Url,
         profile: RequestProfile,
         timeouts: Timeouts,
+        egress: Egress,
     ) -> Result<Self, ClientBuildError> {
         if !matches!(endpoint.scheme(), "http" | "https") {
             return Err(ClientBuildError::Scheme(endpoint.to_string()));
         }
-        let mut tcp = HttpConnector::new();
-        tcp.set_connect_timeout(Some(timeouts.connect));
-        tcp.set_nodelay(true);
-        // HttpsConnector checks the scheme itself.
-        tcp.enforce_http(false);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-            .map_err(ClientBuildError::Tls)?
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(tcp);
-        let http = Client::builder(TokioExecutor::new())
+        let tls = egress.trust.client_config()?;
+        let mut headers = HeaderMap::with_capacity(1);
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded;charset=UTF-8"),
+        );
+        // The proxy is decided in `egress` (never reqwest's own reading of the
+        // environment), so what is logged is what is used.
+        let mut builder = reqwest::Client::builder()
+            .no_proxy()
+            .use_preconfigured_tls((*tls).clone())
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(timeouts.connect)
+            .timeout(timeouts.request)
+            .tcp_nodelay(true)
             .pool_max_idle_per_host(1024)
-            .build(connector);
+            .user_agent(USER_AGENT_VALUE)
+            .default_headers(headers);
+        if let Some(route) = egress.proxy.route() {
+            builder = builder.proxy(
+                route
+                    .to_reqwest()
+                    .map_err(|error| ClientBuildError::Http(error.without_url().to_string()))?,
+            );
+        }
+        let http = builder
+            .build()
+            .map_err(|error| ClientBuildError::Http(error_chain(&error)))?;
         let mut base = endpoint.clone();
         base.set_query(None);
         base.set_fragment(None);
         Ok(TopClient {
             http,
-            endpoint_base: base.to_string(),
+            endpoint_base: base,
             endpoint,
-            request_timeout: timeouts.request,
+            egress,
             profile,
             max_request_bytes: None,
         })
@@ -122,6 +153,11 @@ impl TopClient {
 
     pub fn endpoint(&self) -> &Url {
         &self.endpoint
+    }
+
+    /// Which proxy carries the calls (if any) and which roots are trusted.
+    pub fn egress(&self) -> &Egress {
+        &self.egress
     }
 
     pub fn profile(&self) -> &RequestProfile {
@@ -156,29 +192,16 @@ impl TopClient {
             let bytes = query.len() + body.len();
             return (Outcome::TooLarge { bytes, limit }, None, None);
         }
-        let uri = format!("{}?{query}", self.endpoint_base);
-        let built = http::Request::post(uri)
-            .header(
-                CONTENT_TYPE,
-                HeaderValue::from_static("application/x-www-form-urlencoded;charset=UTF-8"),
-            )
-            .header(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE))
-            .body(Full::new(Bytes::from(body)));
-        let built = match built {
-            Ok(built) => built,
-            // Never shows the URI: it holds the signature.
-            Err(error) => {
-                return (
-                    Outcome::Transport {
-                        reason: format!("cannot build the request: {}", error_chain(&error)),
-                    },
-                    None,
-                    None,
-                );
-            }
-        };
-        let answer = tokio::time::timeout(self.request_timeout, async {
-            let response = self.http.request(built).await.map_err(transport_outcome)?;
+        let mut url = self.endpoint_base.clone();
+        url.set_query(Some(&query));
+        let answer = async {
+            let mut response = self
+                .http
+                .post(url)
+                .body(body)
+                .send()
+                .await
+                .map_err(transport_outcome)?;
             let status = response.status().as_u16();
             let retry_after = response
                 .headers()
@@ -186,19 +209,20 @@ impl TopClient {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(Duration::from_secs);
-            let body =
-                read_capped(response.into_body())
-                    .await
-                    .map_err(|error| Outcome::Transport {
-                        reason: error_chain(&error),
-                    })?;
+            let mut body = Vec::new();
+            while let Some(chunk) = response.chunk().await.map_err(transport_outcome)? {
+                let room = MAX_RESPONSE_BYTES.saturating_sub(body.len());
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                if body.len() >= MAX_RESPONSE_BYTES {
+                    break;
+                }
+            }
             Ok::<_, Outcome>((status, retry_after, body))
-        })
+        }
         .await;
         let (status, retry_after, body) = match answer {
-            Err(_elapsed) => return (Outcome::Timeout, None, None),
-            Ok(Err(outcome)) => return (outcome, None, None),
-            Ok(Ok(answer)) => answer,
+            Err(outcome) => return (outcome, None, None),
+            Ok(answer) => answer,
         };
         let excerpt = Some(excerpt(&body));
         match response::parse(&body) {
@@ -230,20 +254,6 @@ impl TopClient {
     }
 }
 
-async fn read_capped(mut body: hyper::body::Incoming) -> Result<Vec<u8>, hyper::Error> {
-    let mut out = Vec::new();
-    while let Some(frame) = body.frame().await {
-        if let Some(chunk) = frame?.data_ref() {
-            let room = MAX_RESPONSE_BYTES.saturating_sub(out.len());
-            out.extend_from_slice(&chunk[..chunk.len().min(room)]);
-            if out.len() >= MAX_RESPONSE_BYTES {
-                break;
-            }
-        }
-    }
-    Ok(out)
-}
-
 fn excerpt(body: &[u8]) -> String {
     String::from_utf8_lossy(body)
         .chars()
@@ -251,21 +261,28 @@ fn excerpt(body: &[u8]) -> String {
         .collect()
 }
 
-/// Maps a client error to an outcome (hyper's errors never carry the URI,
-/// which holds the signature).
-fn transport_outcome(error: hyper_util::client::legacy::Error) -> Outcome {
+/// Maps a client error to an outcome. The URL is dropped first: its query
+/// holds the signature.
+fn transport_outcome(error: reqwest::Error) -> Outcome {
+    let error = error.without_url();
+    if error.is_timeout() || timed_out(&error) {
+        return Outcome::Timeout;
+    }
     let reason = error_chain(&error);
+    if let Some(refused) = egress::untrusted_certificate(&error) {
+        return Outcome::Untrusted { reason: refused };
+    }
+    if egress::proxy_refused_credentials(&error) {
+        return Outcome::ProxyAuth { reason };
+    }
     if error.is_connect() {
-        if timed_out(&error) {
-            return Outcome::Timeout;
-        }
         Outcome::Connect { reason }
     } else {
         Outcome::Transport { reason }
     }
 }
 
-/// Whether the connect step gave up at `top.connect_timeout_ms`.
+/// Whether a step gave up at a timeout (the connect timeout reports as an I/O error).
 fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut source = Some(error);
     while let Some(cause) = source {

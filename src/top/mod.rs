@@ -8,10 +8,12 @@
 //! * [`response`]: reading JSON and XML answers, wrapped or simplified.
 //! * [`outcome`]: what happened to one call.
 //! * [`classify`]: the single table from outcome to disposition.
-//! * [`client`]: the HTTP client (hyper, rustls) that sends one call and reports its outcome.
+//! * [`egress`]: the forward proxy and the trusted roots, decided once for the gateway.
+//! * [`client`]: the HTTP client (reqwest, rustls) that sends one call and reports its outcome.
 
 pub mod classify;
 pub mod client;
+pub mod egress;
 pub mod outcome;
 pub mod request;
 pub mod response;

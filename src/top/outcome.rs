@@ -22,6 +22,10 @@ pub enum Outcome {
     Timeout,
     /// The connection could not be made (refused, DNS, TLS).
     Connect { reason: String },
+    /// The gateway's TLS certificate does not chain to a trusted root.
+    Untrusted { reason: String },
+    /// The forward proxy refused the credentials (407 to a CONNECT).
+    ProxyAuth { reason: String },
     /// The connection broke while sending or reading.
     Transport { reason: String },
     /// Not sent: the request is larger than `top.max_request_bytes`.

@@ -14,7 +14,7 @@ use paysync::tools::emulator::{Emulator, Faults, Gateway, GatewaySettings, RateL
 use paysync::top::classify::{
     Classifier, Disposition, HaltCause, Outcome, RejectCause, RetryCause,
 };
-use paysync::top::client::{Timeouts, TopClient};
+use paysync::top::client::{Egress, Timeouts, TopClient};
 use paysync::top::request::{RequestProfile, ResponseFormat, dto_json};
 use paysync::top::response::TopResponse;
 use paysync::top::sign::{self, SignMethod};
@@ -44,7 +44,7 @@ fn client(url: &str, profile: RequestProfile) -> TopClient {
         connect: Duration::from_secs(2),
         request: Duration::from_secs(2),
     };
-    TopClient::new(url.parse().unwrap(), profile, timeouts).unwrap()
+    TopClient::new(url.parse().unwrap(), profile, timeouts, Egress::default()).unwrap()
 }
 
 fn event(order_id: &str) -> PaymentEvent {

@@ -51,6 +51,7 @@ struct DropConnection;
 /// A running emulator. Dropping it stops the server and closes its connections.
 pub struct Emulator {
     addr: SocketAddr,
+    scheme: &'static str,
     gateway: Arc<Gateway>,
     stop: watch::Sender<bool>,
     server: Option<tokio::task::JoinHandle<()>>,
@@ -59,13 +60,33 @@ pub struct Emulator {
 impl Emulator {
     /// Binds `listen` (port 0 picks a free port) and serves in the background.
     pub async fn start(listen: SocketAddr, gateway: Gateway) -> std::io::Result<Emulator> {
+        Self::start_with(listen, gateway, None).await
+    }
+
+    /// Like [`Emulator::start`], over HTTPS with this certificate (a gateway
+    /// behind a private CA, for the trust settings' tests).
+    pub async fn start_tls(
+        listen: SocketAddr,
+        gateway: Gateway,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> std::io::Result<Emulator> {
+        Self::start_with(listen, gateway, Some(tokio_rustls::TlsAcceptor::from(tls))).await
+    }
+
+    async fn start_with(
+        listen: SocketAddr,
+        gateway: Gateway,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> std::io::Result<Emulator> {
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let gateway = Arc::new(gateway);
         let (stop, stopped) = watch::channel(false);
-        let server = tokio::spawn(serve(listener, router(gateway.clone()), stopped));
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let server = tokio::spawn(serve(listener, tls, router(gateway.clone()), stopped));
         Ok(Emulator {
             addr,
+            scheme,
             gateway,
             stop,
             server: Some(server),
@@ -78,7 +99,7 @@ impl Emulator {
 
     /// The gateway URL to configure as `top.gateway_url`.
     pub fn url(&self) -> String {
-        format!("http://{}/router/rest", self.addr)
+        format!("{}://{}/router/rest", self.scheme, self.addr)
     }
 
     pub fn gateway(&self) -> &Arc<Gateway> {
@@ -204,7 +225,12 @@ async fn put_faults(State(gateway): State<Arc<Gateway>>, body: axum::body::Bytes
 #[error("connection dropped by fault injection")]
 struct DroppedOnPurpose;
 
-async fn serve(listener: TcpListener, router: Router, mut stopped: watch::Receiver<bool>) {
+async fn serve(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    router: Router,
+    mut stopped: watch::Receiver<bool>,
+) {
     // Connection tasks live in the set, so leaving this function aborts them all.
     let mut connections = JoinSet::new();
     loop {
@@ -214,6 +240,7 @@ async fn serve(listener: TcpListener, router: Router, mut stopped: watch::Receiv
                 let Ok((stream, _)) = accepted else { continue };
                 let _ = stream.set_nodelay(true);
                 let router = router.clone();
+                let tls = tls.clone();
                 connections.spawn(async move {
                     let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
                         let router = router.clone();
@@ -229,9 +256,18 @@ async fn serve(listener: TcpListener, router: Router, mut stopped: watch::Receiv
                             }
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        None => {
+                            let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                        // A client that refuses the certificate ends here.
+                        Some(tls) => {
+                            if let Ok(stream) = tls.accept(stream).await {
+                                let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                            }
+                        }
+                    }
                 });
             }
         }
