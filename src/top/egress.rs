@@ -452,16 +452,14 @@ fn causes<'a>(
     let mut out = Vec::new();
     while let Some(cause) = next {
         out.push(cause);
-        if let Some(wrapped) = cause
+        // An I/O error may wrap another I/O error before the TLS error.
+        next = match cause
             .downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref())
         {
-            let wrapped: &(dyn std::error::Error + 'static) = wrapped;
-            out.push(wrapped);
-            next = wrapped.source();
-        } else {
-            next = cause.source();
-        }
+            Some(wrapped) => Some(wrapped as &(dyn std::error::Error + 'static)),
+            None => cause.source(),
+        };
     }
     out.into_iter()
 }
@@ -654,5 +652,22 @@ mod tests {
         );
         let builtin = TlsTrust::default().client_config().unwrap();
         assert_eq!(builtin.alpn_protocols[0], b"h2");
+    }
+
+    #[test]
+    fn a_certificate_error_is_found_inside_nested_io_errors() {
+        let tls = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let inner = std::io::Error::new(std::io::ErrorKind::InvalidData, tls);
+        let outer = std::io::Error::other(inner);
+        let reason = untrusted_certificate(&outer).expect("found");
+        assert!(reason.contains("UnknownIssuer"), "{reason}");
+        assert!(reason.contains("top.ca_file"), "{reason}");
+
+        let unrelated = std::io::Error::other("connection reset");
+        assert_eq!(untrusted_certificate(&unrelated), None);
+        assert!(!proxy_refused_credentials(&unrelated));
+        assert!(proxy_refused_credentials(&std::io::Error::other(
+            TUNNEL_407
+        )));
     }
 }

@@ -5,6 +5,7 @@
 //! * [`delivery`], [`admin`], [`replay`], [`dead_letter`], [`logs`]: the
 //!   pipeline and its tools on librdkafka's mock cluster ([`harness`]).
 //! * [`emulator_client`]: the TOP client against the emulator.
+//! * [`egress`]: the client over HTTPS with a run-time CA, and through a refusing proxy.
 //! * [`event_contract`]: the event schema against the decoder.
 //! * [`cli`]: the `paysync` binary as a user runs it.
 //! * [`architecture`]: the rules of `ARCHITECTURE.md`, on the source text.
@@ -16,6 +17,7 @@ mod cli;
 mod dead_letter;
 mod delivery;
 mod deploy;
+mod egress;
 mod emulator_client;
 mod event_contract;
 mod harness;

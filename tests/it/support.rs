@@ -48,7 +48,14 @@ pub async fn emulator(faults: Faults) -> Emulator {
 
 /// Like [`emulator`], with the seed of its fault draws and request ids.
 pub async fn emulator_seeded(faults: Faults, seed: u64) -> Emulator {
-    let gateway = Gateway::new(
+    Emulator::start("127.0.0.1:0".parse().unwrap(), gateway(faults, seed))
+        .await
+        .unwrap()
+}
+
+/// The emulator's gateway for the test app, without a server.
+pub fn gateway(faults: Faults, seed: u64) -> Gateway {
+    Gateway::new(
         GatewaySettings {
             apps: HashMap::from([(APP_KEY.to_owned(), SecretString::from(SECRET))]),
             seed: Some(seed),
@@ -56,10 +63,7 @@ pub async fn emulator_seeded(faults: Faults, seed: u64) -> Emulator {
         },
         faults,
         Journal::new(None).unwrap(),
-    );
-    Emulator::start("127.0.0.1:0".parse().unwrap(), gateway)
-        .await
-        .unwrap()
+    )
 }
 
 /// Waits until `done` holds, checking every 50 ms; fails the test after [`PATIENCE`].
