@@ -13,7 +13,7 @@ use super::validate::read_secret_file;
 use super::{ConfigError, Settings, TopClientError, millis};
 use crate::top::client::{Egress, Timeouts, TopClient};
 use crate::top::egress::{self, ProxySettings, TlsRoots, TlsTrust};
-use crate::top::request::{RequestProfile, ResponseFormat};
+use crate::top::request::{RequestProfile, ResponseFormat, SystemParams};
 use crate::top::sign::SignMethod;
 
 /// `[top]`: the gateway and the app's credentials.
@@ -37,6 +37,8 @@ pub struct TopSettings {
     /// Ask for `simplify=true` JSON bodies (both shapes are read either way).
     pub simplify: bool,
     pub format: ResponseFormat,
+    /// Where the system parameters go: `body` (the default) or `query`.
+    pub system_params: SystemParams,
     #[serde(deserialize_with = "millis")]
     pub connect_timeout_ms: Duration,
     #[serde(deserialize_with = "millis")]
@@ -81,6 +83,7 @@ impl Default for TopSettings {
             target_app_key: None,
             simplify: false,
             format: ResponseFormat::Json,
+            system_params: SystemParams::Body,
             // Tighter than the Java SDK's 15 s / 30 s: a slow call holds a
             // Kafka offset back, and a retry is cheap.
             connect_timeout_ms: Duration::from_millis(5_000),
@@ -121,6 +124,7 @@ impl Settings {
             target_app_key: top.target_app_key.clone(),
             simplify: top.simplify,
             format: top.format,
+            system_params: top.system_params,
         })
     }
 

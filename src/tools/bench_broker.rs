@@ -370,9 +370,7 @@ fn quantile(buckets: &[(f64, f64)], q: f64) -> f64 {
 
 /// A plain-HTTP GET on loopback, read as text.
 async fn get_text(uri: &str) -> anyhow::Result<String> {
-    let response = reqwest::Client::builder()
-        .no_proxy()
-        .build()?
+    let response = crate::top::client::loopback_client()?
         .get(uri)
         .send()
         .await?;

@@ -74,6 +74,19 @@ pub enum ClientBuildError {
     Scheme(String),
 }
 
+/// A client for paysync's own calls on loopback (the benchmark reading the
+/// emulator's and a child's admin endpoints; the tests): no proxy, the
+/// built-in roots. reqwest's own default needs a process-wide TLS provider,
+/// which paysync never installs.
+pub fn loopback_client() -> Result<reqwest::Client, ClientBuildError> {
+    let tls = egress::TlsTrust::default().client_config()?;
+    reqwest::Client::builder()
+        .no_proxy()
+        .use_preconfigured_tls((*tls).clone())
+        .build()
+        .map_err(|error| ClientBuildError::Http(error_chain(&error)))
+}
+
 /// How calls leave the host: the proxy decision and the trusted roots.
 #[derive(Debug, Clone)]
 pub struct Egress {
@@ -193,7 +206,9 @@ impl TopClient {
             return (Outcome::TooLarge { bytes, limit }, None, None);
         }
         let mut url = self.endpoint_base.clone();
-        url.set_query(Some(&query));
+        if !query.is_empty() {
+            url.set_query(Some(&query));
+        }
         let answer = async {
             let mut response = self
                 .http

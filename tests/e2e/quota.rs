@@ -199,7 +199,8 @@ async fn the_adaptive_rate_follows_a_quota_that_changes_at_run_time() {
     for quota in QUOTAS {
         // As an operator would: through the emulator's control API.
         let faults_url = format!("http://{}/emulator/faults", scenario.emulator.addr());
-        let answer = reqwest::Client::new()
+        let answer = paysync::top::client::loopback_client()
+            .unwrap()
             .put(&faults_url)
             .header("content-type", "application/json")
             .body(serde_json::to_string(&self::quota(quota)).unwrap())

@@ -35,7 +35,7 @@ async fn metrics_after_a_run_show_every_documented_series_with_sane_values() {
     let ends = harness.end_offsets();
     let deadline = tokio::time::Instant::now() + PATIENCE;
     let text = loop {
-        let text = reqwest::get(format!("{base}/metrics"))
+        let text = crate::support::http_get(format!("{base}/metrics"))
             .await
             .unwrap()
             .text()
@@ -137,7 +137,9 @@ async fn readiness_is_degraded_while_the_breaker_is_open_and_liveness_holds() {
     let (admin, base) = admin_for(&running).await;
     let deadline = tokio::time::Instant::now() + PATIENCE;
     let body: paysync::admin::Readiness = loop {
-        let response = reqwest::get(format!("{base}/health/ready")).await.unwrap();
+        let response = crate::support::http_get(format!("{base}/health/ready"))
+            .await
+            .unwrap();
         let code = response.status();
         let body: paysync::admin::Readiness =
             serde_json::from_str(&response.text().await.unwrap()).unwrap();
@@ -161,7 +163,7 @@ async fn readiness_is_degraded_while_the_breaker_is_open_and_liveness_holds() {
         "{body:?}"
     );
     assert_eq!(
-        reqwest::get(format!("{base}/health/live"))
+        crate::support::http_get(format!("{base}/health/live"))
             .await
             .unwrap()
             .status(),
@@ -181,7 +183,7 @@ async fn readiness_is_degraded_while_the_breaker_is_open_and_liveness_holds() {
     harness.emulator.gateway().set_faults(Faults::default());
     running.wait_for("recovery", |s| s.delivered == 20).await;
     let ready: paysync::admin::Readiness = serde_json::from_str(
-        &reqwest::get(format!("{base}/health/ready"))
+        &crate::support::http_get(format!("{base}/health/ready"))
             .await
             .unwrap()
             .text()
@@ -204,7 +206,9 @@ async fn readiness_reports_a_halt_as_not_ready_with_its_cause() {
     let (admin, base) = admin_for(&running).await;
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        let response = reqwest::get(format!("{base}/health/ready")).await.unwrap();
+        let response = crate::support::http_get(format!("{base}/health/ready"))
+            .await
+            .unwrap();
         let code = response.status();
         let body: paysync::admin::Readiness =
             serde_json::from_str(&response.text().await.unwrap()).unwrap();
@@ -220,7 +224,7 @@ async fn readiness_reports_a_halt_as_not_ready_with_its_cause() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(
-        reqwest::get(format!("{base}/health/live"))
+        crate::support::http_get(format!("{base}/health/live"))
             .await
             .unwrap()
             .status(),
@@ -276,11 +280,15 @@ async fn paysync_waits_for_an_unreachable_kafka_then_exits_with_a_clear_error() 
     })
     .await;
     let base = format!("http://{}", address.unwrap());
-    let ready = reqwest::get(format!("{base}/health/ready")).await.unwrap();
+    let ready = crate::support::http_get(format!("{base}/health/ready"))
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 503);
     let body: serde_json::Value = serde_json::from_str(&ready.text().await.unwrap()).unwrap();
     assert_eq!(body["status"], "starting");
-    let live = reqwest::get(format!("{base}/health/live")).await.unwrap();
+    let live = crate::support::http_get(format!("{base}/health/live"))
+        .await
+        .unwrap();
     assert_eq!(live.status(), 200);
     let mut process = process;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -337,14 +345,14 @@ async fn liveness_fails_while_the_main_loop_is_stuck_and_recovers_after() {
         .await
         .unwrap();
     let live = format!("http://{}/health/live", admin.addr());
-    assert_eq!(reqwest::get(&live).await.unwrap().status(), 200);
+    assert_eq!(crate::support::http_get(&live).await.unwrap().status(), 200);
     // A second member joins: the first revokes and drains its calls.
     let second = Running::start(settings).await;
     let mut saw_stuck = false;
     let mut recovered = false;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while std::time::Instant::now() < deadline && !recovered {
-        let status = reqwest::get(&live).await.unwrap().status();
+        let status = crate::support::http_get(&live).await.unwrap().status();
         saw_stuck |= status == 503;
         recovered = saw_stuck && status == 200;
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -259,7 +259,12 @@ mod http {
             .build()
             .unwrap();
         runtime.block_on(async {
-            let body = ::reqwest::get(url).await.unwrap().text().await.unwrap();
+            let body = crate::support::http_get(url)
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
             serde_json::from_str(&body).unwrap()
         })
     }

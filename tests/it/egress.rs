@@ -5,51 +5,18 @@
 //! too. The real forward proxy (tinyproxy) is in the end-to-end suite.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use paysync::tools::emulator::{Emulator, Faults};
+use paysync::tools::emulator::Faults;
 use paysync::top::classify::{Classifier, Disposition, HaltCause, Outcome};
 use paysync::top::client::{Egress, Timeouts, TopClient};
 use paysync::top::egress::{ProxySettings, TlsRoots, TlsTrust, decide_proxy};
-use paysync::top::request::{RequestProfile, ResponseFormat};
+use paysync::top::request::{RequestProfile, ResponseFormat, SystemParams};
 use paysync::top::sign::SignMethod;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use secrecy::SecretString;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{APP_KEY, SECRET};
-
-/// A CA (its PEM) and a server configuration for 127.0.0.1 signed by it.
-pub struct TestCa {
-    pub ca_pem: String,
-    pub server: Arc<rustls::ServerConfig>,
-}
-
-pub fn test_ca() -> TestCa {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let server_key = KeyPair::generate().unwrap();
-    let server_params =
-        CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
-    let server_cert = server_params.signed_by(&server_key, &issuer).unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into());
-    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(vec![server_cert.der().clone(), ca_cert.der().clone()], key)
-    .unwrap();
-    TestCa {
-        ca_pem: ca_cert.pem(),
-        server: Arc::new(server),
-    }
-}
+use crate::support::{APP_KEY, SECRET, test_ca};
 
 fn profile() -> RequestProfile {
     RequestProfile {
@@ -61,6 +28,7 @@ fn profile() -> RequestProfile {
         target_app_key: None,
         simplify: false,
         format: ResponseFormat::Json,
+        system_params: SystemParams::Query,
     }
 }
 
@@ -84,20 +52,13 @@ fn trusting(ca_file: Option<&Path>, roots: TlsRoots) -> Egress {
 
 const DTO: &str = r#"{"car_no":"浙A12345","order_id":"tls-1","park_id":"p1","pay_time":"2020-10-10 12:00:00","order_type":1,"pay_fee":100}"#;
 
-async fn https_emulator(ca: &TestCa) -> Emulator {
-    let gateway = crate::support::gateway(Faults::default(), 1);
-    Emulator::start_tls("127.0.0.1:0".parse().unwrap(), gateway, ca.server.clone())
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_gateway_behind_a_private_ca_is_trusted_with_its_bundle_and_halts_without_it() {
     let ca = test_ca();
     let dir = tempfile::tempdir().unwrap();
     let bundle = dir.path().join("ca.pem");
     std::fs::write(&bundle, &ca.ca_pem).unwrap();
-    let emulator = https_emulator(&ca).await;
+    let emulator = crate::support::https_emulator(Faults::default(), &ca).await;
     assert!(emulator.url().starts_with("https://127.0.0.1:"));
     let classifier = Classifier::default();
 

@@ -15,7 +15,7 @@ use paysync::top::classify::{
     Classifier, Disposition, HaltCause, Outcome, RejectCause, RetryCause,
 };
 use paysync::top::client::{Egress, Timeouts, TopClient};
-use paysync::top::request::{RequestProfile, ResponseFormat, dto_json};
+use paysync::top::request::{RequestProfile, ResponseFormat, SystemParams, dto_json};
 use paysync::top::response::TopResponse;
 use paysync::top::sign::{self, SignMethod};
 use secrecy::SecretString;
@@ -36,6 +36,7 @@ fn profile(method: SignMethod, secret: &str) -> RequestProfile {
         target_app_key: None,
         simplify: false,
         format: ResponseFormat::Json,
+        system_params: SystemParams::Body,
     }
 }
 
@@ -75,18 +76,20 @@ fn error_code(outcome: &Outcome) -> Option<i64> {
 }
 
 #[tokio::test]
-async fn every_sign_method_and_format_is_accepted_and_journaled() {
+async fn every_sign_method_format_and_parameter_place_is_accepted_and_journaled() {
     let emulator = emulator(Faults::default()).await;
     let mut n = 0;
     for method in SignMethod::ALL {
-        for (format, simplify) in [
-            (ResponseFormat::Json, false),
-            (ResponseFormat::Json, true),
-            (ResponseFormat::Xml, false),
+        for (format, simplify, place) in [
+            (ResponseFormat::Json, false, SystemParams::Body),
+            (ResponseFormat::Json, false, SystemParams::Query),
+            (ResponseFormat::Json, true, SystemParams::Body),
+            (ResponseFormat::Xml, false, SystemParams::Query),
         ] {
             let mut profile = profile(method, SECRET);
             profile.format = format;
             profile.simplify = simplify;
+            profile.system_params = place;
             n += 1;
             let report = client(&emulator.url(), profile)
                 .send(&dto_json(&event(&format!("BK{n}"))))
@@ -94,7 +97,7 @@ async fn every_sign_method_and_format_is_accepted_and_journaled() {
             assert_eq!(
                 classify(&report.outcome),
                 Disposition::Delivered,
-                "{method} {format:?} simplify={simplify}: {:?}",
+                "{method} {format:?} simplify={simplify} {place:?}: {:?}",
                 report.outcome
             );
             assert_eq!(report.request_id.as_deref().map(str::len), Some(13));
@@ -131,7 +134,12 @@ async fn a_value_changed_after_signing_is_rejected() {
     let emulator = emulator(Faults::default()).await;
     let client = client(&emulator.url(), profile(SignMethod::Md5, SECRET));
     let mut request = client.profile().sign(&dto_json(&event("BK1")), Utc::now());
-    request.body[0].1 = request.body[0].1.replace("1000", "1");
+    let business = request
+        .body
+        .iter_mut()
+        .find(|(_, value)| value.contains("1000"))
+        .expect("the order's amount is in the body");
+    business.1 = business.1.replace("1000", "1");
     let report = client.send_request(request).await;
     assert_eq!(error_code(&report.outcome), Some(25));
     assert!(emulator.gateway().orders().is_empty());
@@ -185,7 +193,8 @@ async fn all_parameters_in_the_body_with_epoch_millis_are_accepted() {
         params.iter().copied(),
     );
     params.push(("sign", signature.as_str()));
-    let response = reqwest::Client::new()
+    let response = paysync::top::client::loopback_client()
+        .unwrap()
         .post(emulator.url())
         .form(&params)
         .send()
@@ -416,7 +425,8 @@ async fn a_timestamp_in_the_wrong_zone_is_refused() {
         params.iter().copied(),
     );
     params.push(("sign", signature.as_str()));
-    let body = reqwest::Client::new()
+    let body = paysync::top::client::loopback_client()
+        .unwrap()
         .post(emulator.url())
         .form(&params)
         .send()

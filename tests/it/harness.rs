@@ -169,7 +169,12 @@ pub async fn admin_for(running: &Running) -> (paysync::admin::AdminServer, Strin
 
 /// The body of a GET (the admin endpoints).
 pub async fn get_text(url: &str) -> String {
-    reqwest::get(url).await.unwrap().text().await.unwrap()
+    crate::support::http_get(url)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 /// The value of one series in a Prometheus text exposition.

@@ -4,6 +4,7 @@
 //! a child process.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use paysync::pipeline::completion::{CompletionMap, decode_metadata};
@@ -378,6 +379,15 @@ impl Process {
         metrics_text(&self.log())
     }
 
+    /// The body of `/health/ready` (empty before the admin server is up).
+    pub fn readiness(&self) -> String {
+        let answer = admin_get(&self.log(), "/health/ready");
+        answer
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or_default()
+    }
+
     /// One unlabelled metric's value.
     pub fn metric(&self, name: &str) -> Option<f64> {
         let text = self.metrics_text();
@@ -387,6 +397,11 @@ impl Process {
 }
 
 fn metrics_text(log: &str) -> String {
+    admin_get(log, "/metrics")
+}
+
+/// One GET to the admin server whose address the log names: the whole answer.
+fn admin_get(log: &str, path: &str) -> String {
     use std::io::{Read, Write};
     let Some(address) = log
         .split("admin=")
@@ -400,7 +415,7 @@ fn metrics_text(log: &str) -> String {
         return String::new();
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    let _ = write!(stream, "GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n");
+    let _ = write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n");
     let mut text = String::new();
     let _ = stream.read_to_string(&mut text);
     text
@@ -474,4 +489,56 @@ pub async fn wait_accepted(emulator: &Emulator, at_least: usize) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A CA (its PEM) and a server configuration for 127.0.0.1 signed by it.
+pub struct TestCa {
+    pub ca_pem: String,
+    pub server: Arc<rustls::ServerConfig>,
+}
+
+pub fn test_ca() -> TestCa {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server_params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .unwrap();
+    let server_cert = server_params.signed_by(&server_key, &issuer).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into());
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![server_cert.der().clone(), ca_cert.der().clone()], key)
+    .unwrap();
+    TestCa {
+        ca_pem: ca_cert.pem(),
+        server: Arc::new(server),
+    }
+}
+
+/// The emulator serving HTTPS with a certificate `ca` signed.
+pub async fn https_emulator(faults: Faults, ca: &TestCa) -> Emulator {
+    Emulator::start_tls(
+        "127.0.0.1:0".parse().unwrap(),
+        gateway(faults, 1),
+        ca.server.clone(),
+    )
+    .await
+    .unwrap()
+}
+
+/// A GET on loopback (reqwest's own `get` needs a process-wide TLS provider).
+pub async fn http_get(url: impl reqwest::IntoUrl) -> reqwest::Result<reqwest::Response> {
+    paysync::top::client::loopback_client()
+        .expect("a loopback client")
+        .get(url)
+        .send()
+        .await
 }
