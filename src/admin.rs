@@ -157,8 +157,10 @@ pub fn readiness(state: &AdminState) -> (StatusCode, Readiness) {
     {
         if let Some(stall) = &dead_letter_stall {
             reasons.push(format!(
-                "dead-letter writes have failed for {} s: {}/{} is held until one succeeds",
+                "writes to the dead-letter topic {} have failed for {} s ({}): {}/{} is held until one succeeds",
+                stall.dead_letter_topic,
                 stall.held.as_secs(),
+                stall.last_error,
                 stall.topic,
                 stall.partition
             ));

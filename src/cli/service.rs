@@ -103,7 +103,7 @@ async fn start_pipeline(
         attempt += 1;
         let error = match Pipeline::build(settings.clone(), Source::Group).await {
             Ok(pipeline) => break Ok(pipeline),
-            Err(StartError::Metadata(error)) => error,
+            Err(error @ StartError::Metadata { .. }) => error,
             Err(error) => break Err(anyhow::Error::from(error)),
         };
         let left = deadline.saturating_duration_since(Instant::now());

@@ -22,7 +22,7 @@ use crate::event::InvalidEvent;
 pub use crate::labels::DeadLetterClass;
 use crate::top::classify::Outcome;
 use crate::top::response::TopResponse;
-pub use producer::{DeadLetterProducer, StalledWrites, Written};
+pub use producer::{DeadLetterProducer, OldestStall, StalledWrites, Written};
 
 /// A record's own content: what a dead letter copies unchanged.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::util::Timeout;
 
@@ -45,11 +45,36 @@ pub enum Written {
 pub struct StalledWrites {
     /// (source topic, partition) → (first failure of the oldest write, writes failing).
     failing: Mutex<HashMap<(String, i32), (Instant, usize)>>,
+    /// The dead-letter topic written to (readiness names it).
+    dead_letter_topic: String,
+    /// What the broker said to the latest failing write.
+    last_error: Mutex<String>,
+}
+
+/// The source partition held longest by failing dead-letter writes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OldestStall {
+    pub topic: String,
+    pub partition: i32,
+    pub held: Duration,
+    pub dead_letter_topic: String,
+    pub last_error: String,
 }
 
 impl StalledWrites {
+    pub fn new(dead_letter_topic: &str) -> StalledWrites {
+        StalledWrites {
+            dead_letter_topic: dead_letter_topic.to_owned(),
+            ..StalledWrites::default()
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i32), (Instant, usize)>> {
         self.failing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn failed(&self, error: &KafkaError) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = error.to_string();
     }
 
     fn failing(&self, topic: &str, partition: i32) {
@@ -71,11 +96,23 @@ impl StalledWrites {
     }
 
     /// The source partition held longest by a failing write, and for how long.
-    pub fn oldest(&self) -> Option<(String, i32, Duration)> {
-        self.lock()
+    pub fn oldest(&self) -> Option<OldestStall> {
+        let (topic, partition, held) = self
+            .lock()
             .iter()
             .min_by_key(|(_, (since, _))| *since)
-            .map(|((topic, partition), (since, _))| (topic.clone(), *partition, since.elapsed()))
+            .map(|((topic, partition), (since, _))| (topic.clone(), *partition, since.elapsed()))?;
+        Some(OldestStall {
+            topic,
+            partition,
+            held,
+            dead_letter_topic: self.dead_letter_topic.clone(),
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        })
     }
 }
 
@@ -115,7 +152,7 @@ impl DeadLetterProducer {
             topic: settings.kafka.dlq_topic.clone(),
             group: settings.kafka.group_id.clone(),
             metrics,
-            stalled: Arc::default(),
+            stalled: Arc::new(StalledWrites::new(&settings.kafka.dlq_topic)),
             settings: Arc::new(settings.clone()),
         })
     }
@@ -159,6 +196,7 @@ impl DeadLetterProducer {
                 return Written::Acknowledged;
             };
             self.metrics.dlq_produce_failures.inc();
+            self.stalled.failed(&error);
             if error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge)
                 && level < MAX_SHRINK
             {

@@ -36,8 +36,13 @@ pub enum StartError {
     TopClient(#[from] TopClientError),
     #[error("cannot create the Kafka consumer: {0}")]
     CreateConsumer(#[source] KafkaError),
-    #[error("cannot read Kafka metadata (is kafka.bootstrap_servers right?): {0}")]
-    Metadata(#[source] KafkaError),
+    #[error("cannot read Kafka metadata (is kafka.bootstrap_servers right?): {error}{}", client_said.as_ref().map(|said| format!("; librdkafka said: {said}")).unwrap_or_default())]
+    Metadata {
+        #[source]
+        error: KafkaError,
+        /// librdkafka's latest error report (an authentication failure, say).
+        client_said: Option<String>,
+    },
     #[error("the dead-letter topic {topic:?} does not exist: create it before starting paysync")]
     MissingDeadLetterTopic { topic: String },
     #[error("cannot subscribe to the source topics: {0}")]
@@ -86,12 +91,14 @@ impl Pipeline {
             kafka.completion_map_max_bytes,
         ));
         let consumer: StreamConsumer<PipelineContext> = kafka::group_consumer(&settings)
-            .create_with_context(PipelineContext {
-                partitions: partitions.clone(),
-            })
+            .create_with_context(PipelineContext::new(partitions.clone()))
             .map_err(StartError::CreateConsumer)?;
+        let metadata = |error| StartError::Metadata {
+            error,
+            client_said: consumer.context().last_error(),
+        };
         if kafka::wait_for_topic(&consumer, &kafka.dlq_topic, DLQ_TOPIC_WAIT)
-            .map_err(StartError::Metadata)?
+            .map_err(metadata)?
             .is_none()
         {
             return Err(StartError::MissingDeadLetterTopic {
@@ -101,8 +108,7 @@ impl Pipeline {
         let mut ranges_by_partition = HashMap::new();
         match &source {
             Source::Group => {
-                let counts = kafka::partition_counts(&consumer, &kafka.topics)
-                    .map_err(StartError::Metadata)?;
+                let counts = kafka::partition_counts(&consumer, &kafka.topics).map_err(metadata)?;
                 budget.observe_counts(counts.iter().map(|(topic, count)| (topic.as_str(), *count)));
                 let topics: Vec<&str> = kafka.topics.iter().map(String::as_str).collect();
                 consumer.subscribe(&topics).map_err(StartError::Subscribe)?;

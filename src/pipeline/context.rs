@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaResult;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, TopicPartitionList};
 
@@ -18,9 +18,37 @@ use crate::labels::RebalanceKind;
 /// The consumer's context: rebalance, commit and statistics callbacks.
 pub(super) struct PipelineContext {
     pub(super) partitions: Arc<Partitions>,
+    /// librdkafka's latest error report: a failed start-up names it, since a
+    /// metadata timeout alone does not say that the password was wrong.
+    pub(super) last_error: std::sync::Mutex<Option<String>>,
+}
+
+impl PipelineContext {
+    pub(super) fn new(partitions: Arc<Partitions>) -> PipelineContext {
+        PipelineContext {
+            partitions,
+            last_error: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// What librdkafka last reported, if anything.
+    pub(super) fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 impl ClientContext for PipelineContext {
+    /// librdkafka's error reports (a broker down, failed authentication, an
+    /// untrusted certificate). librdkafka keeps retrying by itself; these are
+    /// logged and the latest kept for start-up's error.
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(error = %error, reason, "Kafka client error.");
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_owned());
+    }
+
     /// librdkafka's statistics (every `kafka.statistics_interval_ms`): the
     /// committed offset and lag of each owned partition, paused ones included.
     fn stats(&self, statistics: Statistics) {
@@ -107,9 +135,7 @@ mod tests {
 
     #[test]
     fn a_map_the_broker_finds_too_large_turns_maps_off_and_the_commit_is_sent_again() {
-        let context = PipelineContext {
-            partitions: Arc::new(partitions()),
-        };
+        let context = PipelineContext::new(Arc::new(partitions()));
         let partitions = &context.partitions;
         let p0 = PartitionId::new("t", 0);
         partitions.own([(p0.clone(), Default::default())]);

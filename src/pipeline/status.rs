@@ -25,12 +25,7 @@ pub struct Health {
 }
 
 /// A source partition held by a failing dead-letter write.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DeadLetterStall {
-    pub topic: String,
-    pub partition: i32,
-    pub held: Duration,
-}
+pub use crate::dead_letter::OldestStall as DeadLetterStall;
 
 fn now_ms() -> u64 {
     u64::try_from(Utc::now().timestamp_millis()).unwrap_or(0)
@@ -74,12 +69,7 @@ impl Health {
     /// The partition held longest by a failing dead-letter write, if any.
     pub fn dead_letter_held(&self) -> Option<DeadLetterStall> {
         let (writes, _) = self.dead_letters.get()?;
-        let (topic, partition, held) = writes.oldest()?;
-        Some(DeadLetterStall {
-            topic,
-            partition,
-            held,
-        })
+        writes.oldest()
     }
 
     /// Sets `paysync_dead_letter_stalled_seconds` (each tick, and at scrape time).

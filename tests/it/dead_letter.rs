@@ -237,7 +237,9 @@ async fn a_partition_held_by_failing_dead_letter_writes_shows_in_readiness_until
     let running = Running::start(settings).await;
     let (admin, base) = admin_for(&running).await;
     let ready = || async {
-        let response = reqwest::get(format!("{base}/health/ready")).await.unwrap();
+        let response = crate::support::http_get(format!("{base}/health/ready"))
+            .await
+            .unwrap();
         let status = response.status().as_u16();
         let body: serde_json::Value =
             serde_json::from_str(&response.text().await.unwrap()).unwrap();
@@ -258,7 +260,7 @@ async fn a_partition_held_by_failing_dead_letter_writes_shows_in_readiness_until
     assert_eq!(status, 200);
     let reason = body["reasons"][0].as_str().unwrap();
     assert!(
-        reason.contains("dead-letter writes have failed")
+        reason.contains("writes to the dead-letter topic")
             && reason.contains(&format!("{SOURCE}/0")),
         "{reason}"
     );

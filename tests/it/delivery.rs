@@ -864,7 +864,7 @@ async fn unreachable_brokers_are_a_metadata_start_up_error() {
         .await
         .err()
         .expect("start-up must fail");
-    assert!(matches!(error, StartError::Metadata(_)), "{error:?}");
+    assert!(matches!(error, StartError::Metadata { .. }), "{error:?}");
     assert!(
         error.to_string().contains("kafka.bootstrap_servers"),
         "the message names the setting to check: {error}"
