@@ -13,6 +13,12 @@ mod support;
 #[path = "e2e/quota.rs"]
 mod quota;
 
+#[path = "e2e/egress.rs"]
+mod egress;
+
+#[path = "e2e/secured.rs"]
+mod secured;
+
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -52,6 +58,15 @@ impl Scenario {
 
     /// With topic configuration for the dead-letter topic (a size limit, say).
     async fn with_dlq_config(name: &str, faults: Faults, dlq_config: &[(&str, &str)]) -> Scenario {
+        Self::build(name, dlq_config, support::emulator(faults).await).await
+    }
+
+    /// With an emulator made elsewhere (one serving HTTPS, say).
+    async fn serving(name: &str, emulator: Emulator) -> Scenario {
+        Self::build(name, &[], emulator).await
+    }
+
+    async fn build(name: &str, dlq_config: &[(&str, &str)], emulator: Emulator) -> Scenario {
         let kafka = Kafka {
             bootstrap: bootstrap(),
         };
@@ -81,7 +96,7 @@ impl Scenario {
             topic,
             dlq,
             group: format!("e2e-{name}-{suffix}"),
-            emulator: support::emulator(faults).await,
+            emulator,
             started: Instant::now(),
         }
     }

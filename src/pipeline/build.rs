@@ -27,6 +27,30 @@ use crate::metrics::Metrics;
 /// How long start-up waits for the dead-letter topic to appear in metadata.
 const DLQ_TOPIC_WAIT: Duration = Duration::from_secs(10);
 
+/// How long a failed start-up serves the consumer's queued events to learn
+/// what librdkafka reported.
+const CLIENT_EVENTS_WAIT: Duration = Duration::from_millis(200);
+
+/// A metadata failure with what librdkafka reported meanwhile (a failed
+/// authentication, an untrusted certificate). Those reports wait in the
+/// consumer's queue until it is polled, and nothing polls it before the
+/// subscription, so they are served here first; no message can be in the
+/// queue yet.
+/// Runs on start-up's blocking thread, inside the runtime.
+fn metadata_failure(consumer: &StreamConsumer<PipelineContext>, error: KafkaError) -> StartError {
+    let serve_events = async {
+        loop {
+            let _event_or_error = consumer.recv().await;
+        }
+    };
+    let _elapsed = tokio::runtime::Handle::current()
+        .block_on(async { tokio::time::timeout(CLIENT_EVENTS_WAIT, serve_events).await });
+    StartError::Metadata {
+        error,
+        client_said: consumer.context().last_error(),
+    }
+}
+
 /// Why a pipeline could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -93,14 +117,11 @@ impl Pipeline {
         let consumer: StreamConsumer<PipelineContext> = kafka::group_consumer(&settings)
             .create_with_context(PipelineContext::new(partitions.clone()))
             .map_err(StartError::CreateConsumer)?;
-        let metadata = |error| StartError::Metadata {
-            error,
-            client_said: consumer.context().last_error(),
+        let dlq_found = match kafka::wait_for_topic(&consumer, &kafka.dlq_topic, DLQ_TOPIC_WAIT) {
+            Ok(found) => found,
+            Err(error) => return Err(metadata_failure(&consumer, error)),
         };
-        if kafka::wait_for_topic(&consumer, &kafka.dlq_topic, DLQ_TOPIC_WAIT)
-            .map_err(metadata)?
-            .is_none()
-        {
+        if dlq_found.is_none() {
             return Err(StartError::MissingDeadLetterTopic {
                 topic: kafka.dlq_topic.clone(),
             });
@@ -108,7 +129,10 @@ impl Pipeline {
         let mut ranges_by_partition = HashMap::new();
         match &source {
             Source::Group => {
-                let counts = kafka::partition_counts(&consumer, &kafka.topics).map_err(metadata)?;
+                let counts = match kafka::partition_counts(&consumer, &kafka.topics) {
+                    Ok(counts) => counts,
+                    Err(error) => return Err(metadata_failure(&consumer, error)),
+                };
                 budget.observe_counts(counts.iter().map(|(topic, count)| (topic.as_str(), *count)));
                 let topics: Vec<&str> = kafka.topics.iter().map(String::as_str).collect();
                 consumer.subscribe(&topics).map_err(StartError::Subscribe)?;

@@ -6,8 +6,9 @@
 
 use std::sync::Arc;
 
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, TopicPartitionList};
 
@@ -46,7 +47,36 @@ impl ClientContext for PipelineContext {
     /// logged and the latest kept for start-up's error.
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(error = %error, reason, "Kafka client error.");
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_owned());
+        // "All brokers are down" follows every other cause; it would hide it.
+        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::AllBrokersDown) {
+            *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_owned());
+        }
+    }
+
+    /// librdkafka's log lines, forwarded as the default context does. Error
+    /// lines are also kept: librdkafka reports a failed authentication here
+    /// from its own threads, while the error callback above only runs once
+    /// the consumer is polled, which start-up has not done yet.
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", "librdkafka: {facility} {message}");
+                *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(message.to_owned());
+            }
+            RDKafkaLogLevel::Warning => {
+                tracing::warn!(target: "librdkafka", "librdkafka: {facility} {message}")
+            }
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", "librdkafka: {facility} {message}")
+            }
+            RDKafkaLogLevel::Debug => {
+                tracing::debug!(target: "librdkafka", "librdkafka: {facility} {message}")
+            }
+        }
     }
 
     /// librdkafka's statistics (every `kafka.statistics_interval_ms`): the
@@ -131,7 +161,6 @@ mod tests {
     use super::*;
     use crate::pipeline::partitions::tests::{partitions, ticket};
     use crate::pipeline::partitions::{Start, TaskEnd};
-    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
     #[test]
     fn a_map_the_broker_finds_too_large_turns_maps_off_and_the_commit_is_sent_again() {
