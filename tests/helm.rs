@@ -3,7 +3,8 @@
 //! admin server's routes on its port, the ConfigMap is a configuration
 //! `paysync check-config` accepts and holds no secret, the grace period
 //! outlasts the drains, the PrometheusRule is `dashboards/alerts.yml` and the
-//! dashboard is `dashboards/paysync.json` with only exported metrics.
+//! dashboard is `dashboards/paysync.json` with only exported metrics, and the
+//! egress proxy and CA bundle are mounted where the configuration names them.
 //!
 //! Needs `helm`: `scripts/helm-check` builds a pinned one and runs this with
 //! `PAYSYNC_HELM` set (`cargo test --features helm --test helm`).
@@ -105,11 +106,31 @@ fn load_settings(toml: &str) -> Settings {
     std::fs::write(&config, toml).unwrap();
     let secret = dir.path().join("app-secret");
     std::fs::write(&secret, "not-a-real-secret\n").unwrap();
-    let env = [(
+    let mut env = vec![(
         "PAYSYNC_TOP__APP_SECRET_FILE".to_owned(),
         secret.display().to_string(),
     )];
+    if let Some(bundle) = local_ca_bundle(dir.path(), toml) {
+        env.push((
+            "PAYSYNC_TOP__CA_FILE".to_owned(),
+            bundle.display().to_string(),
+        ));
+    }
     Settings::load_from(Some(&config), env).unwrap_or_else(|e| panic!("{e}\n{toml}"))
+}
+
+/// A CA bundle written into `dir` when the configuration names one (a
+/// mounted ConfigMap or Secret in the cluster), to be passed as
+/// `PAYSYNC_TOP__CA_FILE`.
+fn local_ca_bundle(dir: &Path, toml: &str) -> Option<PathBuf> {
+    let parsed: toml::Table = toml.parse().unwrap();
+    parsed["top"].get("ca_file")?;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let bundle = dir.join("ca.pem");
+    std::fs::write(&bundle, params.self_signed(&key).unwrap().pem()).unwrap();
+    Some(bundle)
 }
 
 /// The element of a list of objects with this `name` (ports, mounts, volumes).
@@ -184,12 +205,22 @@ fn the_configmap_passes_check_config_and_the_secret_comes_from_the_secret() {
         std::fs::write(&config, &toml).unwrap();
         let secret = dir.path().join("app-secret");
         std::fs::write(&secret, "not-a-real-secret\n").unwrap();
-        let output = Command::new(env!("CARGO_BIN_EXE_paysync"))
+        let mut check = Command::new(env!("CARGO_BIN_EXE_paysync"));
+        check
             .args(["check-config", "--config"])
             .arg(&config)
-            .env("PAYSYNC_TOP__APP_SECRET_FILE", &secret)
-            .output()
-            .unwrap();
+            .env("PAYSYNC_TOP__APP_SECRET_FILE", &secret);
+        // Files the cluster mounts, here written locally under the same roles.
+        let parsed: toml::Table = toml.parse().unwrap();
+        if let Some(bundle) = local_ca_bundle(dir.path(), &toml) {
+            check.env("PAYSYNC_TOP__CA_FILE", &bundle);
+        }
+        if env_value(container(&objects), "PAYSYNC_TOP__PROXY_PASSWORD_FILE").is_some() {
+            let password = dir.path().join("proxy-password");
+            std::fs::write(&password, "not-a-real-password\n").unwrap();
+            check.env("PAYSYNC_TOP__PROXY_PASSWORD_FILE", &password);
+        }
+        let output = check.output().unwrap();
         assert!(
             output.status.success(),
             "{set:?}: {}\n{}\n{toml}",
@@ -198,7 +229,6 @@ fn the_configmap_passes_check_config_and_the_secret_comes_from_the_secret() {
         );
 
         // The app secret file is where the Secret is mounted, under its key.
-        let parsed: toml::Table = toml.parse().unwrap();
         let secret_file = parsed["top"]["app_secret_file"].as_str().unwrap();
         let container = container(&objects);
         let mount = named(&container["volumeMounts"], "top-secret");
@@ -261,6 +291,10 @@ fn secrets_given_as_values_are_refused() {
         ),
         (["--set", "config.top.session=s3cret"], "config.top.session"),
         (
+            ["--set", "config.top.proxy_password=s3cret"],
+            "config.top.proxy_password",
+        ),
+        (
             ["--set", "config.kafka.librdkafka.sasl\\.password=s3cret"],
             "sasl.password",
         ),
@@ -268,6 +302,103 @@ fn secrets_given_as_values_are_refused() {
         let error = try_render(&None, &extra).expect_err("refused");
         assert!(error.contains(names), "{error}");
         assert!(!error.contains("s3cret"), "the refusal repeats no secret");
+    }
+}
+
+/// The literal value of a container's environment variable, if it has one.
+fn env_value<'a>(container: &'a Yaml, name: &str) -> Option<&'a str> {
+    container["env"]
+        .as_vec()
+        .into_iter()
+        .flatten()
+        .find(|variable| variable["name"].as_str() == Some(name))
+        .and_then(|variable| variable["value"].as_str())
+}
+
+/// The path a volume's single item is mounted at in the container.
+fn mounted_item(objects: &[Yaml], volume_name: &str) -> (String, &'static str) {
+    let pod = &one(objects, "StatefulSet")["spec"]["template"]["spec"];
+    let volume = named(&pod["volumes"], volume_name);
+    let (source, kind) = if !volume["secret"].is_badvalue() {
+        (&volume["secret"], "Secret")
+    } else {
+        (&volume["configMap"], "ConfigMap")
+    };
+    let item = source["items"][0]["path"].as_str().unwrap();
+    let mount = named(&container(objects)["volumeMounts"], volume_name);
+    (
+        format!("{}/{item}", mount["mountPath"].as_str().unwrap()),
+        kind,
+    )
+}
+
+#[test]
+fn the_egress_proxy_and_the_ca_bundle_come_from_their_secret_and_configmap() {
+    let set = Some(root().join("deploy/helm/ci/egress.yaml"));
+    let objects = render(&set);
+    let parsed: toml::Table = config_toml(&objects).parse().unwrap();
+    let top = parsed["top"].as_table().unwrap();
+    assert_eq!(
+        top["proxy_url"].as_str(),
+        Some("http://egress-proxy.network.svc:3128")
+    );
+    assert_eq!(top["proxy_username"].as_str(), Some("paysync"));
+    assert_eq!(top["no_proxy"].as_str(), Some(".svc,.cluster.local"));
+    assert_eq!(top["tls_roots"].as_str(), Some("system"));
+    // The bundle is the ConfigMap's key, where it is mounted.
+    let (bundle, kind) = mounted_item(&objects, "top-ca");
+    assert_eq!(kind, "ConfigMap");
+    assert_eq!(top["ca_file"].as_str(), Some(bundle.as_str()));
+    assert!(bundle.ends_with("/bundle.pem"), "{bundle}");
+    // The password is a Secret's key mounted as a file; the environment
+    // holds only its path, and the ConfigMap neither.
+    let (password, kind) = mounted_item(&objects, "proxy-secret");
+    assert_eq!(kind, "Secret");
+    assert_eq!(
+        env_value(container(&objects), "PAYSYNC_TOP__PROXY_PASSWORD_FILE"),
+        Some(password.as_str())
+    );
+    assert!(!top.contains_key("proxy_password") && !top.contains_key("proxy_password_file"));
+    let settings = load_settings(&config_toml(&objects));
+    assert_eq!(
+        settings.top.proxy_url.as_deref(),
+        Some("http://egress-proxy.network.svc:3128")
+    );
+
+    // Nothing of it without the values: the environment decides.
+    let defaults = render(&None);
+    let parsed: toml::Table = config_toml(&defaults).parse().unwrap();
+    for key in ["proxy_url", "ca_file", "tls_roots", "no_proxy"] {
+        assert!(
+            !parsed["top"].as_table().unwrap().contains_key(key),
+            "{key}"
+        );
+    }
+}
+
+#[test]
+fn egress_values_that_cannot_work_are_refused() {
+    for (extra, says) in [
+        (
+            vec![
+                "--set",
+                "topCaBundle.secretName=a",
+                "--set",
+                "topCaBundle.configMapName=b",
+            ],
+            "not both",
+        ),
+        (
+            vec!["--set", "topCaBundle.roots=file"],
+            "roots = file needs",
+        ),
+        (
+            vec!["--set", "topProxy.passwordSecret.name=egress"],
+            "set topProxy.url too",
+        ),
+    ] {
+        let error = try_render(&None, &extra).expect_err("refused");
+        assert!(error.contains(says), "{extra:?}: {error}");
     }
 }
 

@@ -239,8 +239,9 @@ impl TopClient {
             Err(outcome) => return (outcome, None, None),
             Ok(answer) => answer,
         };
-        let excerpt = Some(excerpt(&body));
-        match response::parse(&body) {
+        let parsed = response::parse(&body);
+        let excerpt = Some(excerpt(body));
+        match parsed {
             Ok(parsed) => (
                 Outcome::Answered {
                     status,
@@ -269,11 +270,17 @@ impl TopClient {
     }
 }
 
-fn excerpt(body: &[u8]) -> String {
-    String::from_utf8_lossy(body)
-        .chars()
-        .take(BODY_EXCERPT_CHARS)
-        .collect()
+/// The first [`BODY_EXCERPT_CHARS`] characters of a body. A UTF-8 body (the
+/// usual case) is reused rather than copied character by character.
+fn excerpt(body: Vec<u8>) -> String {
+    let mut text = match String::from_utf8(body) {
+        Ok(text) => text,
+        Err(error) => String::from_utf8_lossy(error.as_bytes()).into_owned(),
+    };
+    if let Some((end, _)) = text.char_indices().nth(BODY_EXCERPT_CHARS) {
+        text.truncate(end);
+    }
+    text
 }
 
 /// Maps a client error to an outcome. The URL is dropped first: its query

@@ -37,6 +37,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{/* Where the app secret is mounted. */}}
 {{- define "paysync.secretDir" -}}/var/run/secrets/paysync{{- end -}}
 
+{{/* Where the proxy password Secret and the CA bundle are mounted. */}}
+{{- define "paysync.proxySecretDir" -}}/var/run/secrets/paysync-proxy{{- end -}}
+{{- define "paysync.caDir" -}}/etc/paysync-ca{{- end -}}
+
 {{/*
 The configuration as paysync reads it: the user's `config`, with what the
 chart owns laid over it. Secrets given in values are refused.
@@ -47,6 +51,32 @@ chart owns laid over it. Secrets given in values are refused.
 {{- range $key := list "app_secret" "app_secret_file" "session" -}}
 {{- if hasKey $top $key -}}
 {{- fail (printf "config.top.%s: secrets never go into values or the ConfigMap; use topSecret" $key) -}}
+{{- end -}}
+{{- end -}}
+{{- range $key := list "proxy_password" "proxy_password_file" -}}
+{{- if hasKey $top $key -}}
+{{- fail (printf "config.top.%s: secrets never go into values or the ConfigMap; use topProxy.passwordSecret" $key) -}}
+{{- end -}}
+{{- end -}}
+{{- with .Values.topProxy -}}
+{{- if .url -}}{{- $_ := set $top "proxy_url" .url -}}{{- end -}}
+{{- if .username -}}{{- $_ := set $top "proxy_username" .username -}}{{- end -}}
+{{- if .noProxy -}}{{- $_ := set $top "no_proxy" .noProxy -}}{{- end -}}
+{{- if and .passwordSecret.name (not .url) -}}
+{{- fail "topProxy.passwordSecret: set topProxy.url too; a password alone names no proxy" -}}
+{{- end -}}
+{{- end -}}
+{{- with .Values.topCaBundle -}}
+{{- if and .secretName .configMapName -}}
+{{- fail "topCaBundle: set secretName or configMapName, not both" -}}
+{{- end -}}
+{{- if or .secretName .configMapName -}}
+{{- $_ := set $top "ca_file" (printf "%s/%s" (include "paysync.caDir" $) .key) -}}
+{{- $_ := set $top "tls_roots" .roots -}}
+{{- else if eq .roots "file" -}}
+{{- fail "topCaBundle.roots = file needs topCaBundle.secretName or configMapName" -}}
+{{- else if ne .roots "builtin" -}}
+{{- $_ := set $top "tls_roots" .roots -}}
 {{- end -}}
 {{- end -}}
 {{- $librdkafka := default dict (dig "kafka" "librdkafka" dict $config) -}}
