@@ -128,6 +128,9 @@ impl TopClient {
             .no_proxy()
             .use_preconfigured_tls((*tls).clone())
             .redirect(reqwest::redirect::Policy::none())
+            // paysync retries failed calls itself (backoff, budget, counted
+            // attempts); reqwest's own retry would also copy every request.
+            .retry(reqwest::retry::never().max_retries_per_request(0))
             .connect_timeout(timeouts.connect)
             .timeout(timeouts.request)
             .tcp_nodelay(true)

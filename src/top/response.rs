@@ -63,10 +63,14 @@ impl ParseFailure {
     }
 }
 
-/// The wrapper name for this API: the method minus `taobao.`, dots as `_`, plus `_response`.
-pub fn response_root() -> String {
-    let name = API_METHOD.strip_prefix("taobao.").unwrap_or(API_METHOD);
-    format!("{}_response", name.replace('.', "_"))
+/// The wrapper name for this API: the method minus `taobao.`, dots as `_`,
+/// plus `_response`. Built once: every answer is looked up by it.
+pub fn response_root() -> &'static str {
+    static ROOT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let name = API_METHOD.strip_prefix("taobao.").unwrap_or(API_METHOD);
+        format!("{}_response", name.replace('.', "_"))
+    });
+    &ROOT
 }
 
 /// Parses a response body, JSON or XML, whatever the `format` asked for.
@@ -106,7 +110,7 @@ fn interpret(tree: &Value) -> Result<ParsedResponse, ParseFailure> {
         });
     }
     // The wrapped form, or `simplify=true` where the root is the response itself.
-    let inner = match root.get(&response_root()) {
+    let inner = match root.get(response_root()) {
         Some(Value::Object(inner)) => inner,
         Some(_) => return Err(ParseFailure::new("the response wrapper is not an object")),
         None if root.contains_key("result") => root,
