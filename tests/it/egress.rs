@@ -5,39 +5,24 @@
 //! too. The real forward proxy (tinyproxy) is in the end-to-end suite.
 
 use std::path::Path;
-use std::time::Duration;
 
 use paysync::tools::emulator::Faults;
 use paysync::top::classify::{Classifier, Disposition, HaltCause, Outcome};
-use paysync::top::client::{Egress, Timeouts, TopClient};
+use paysync::top::client::{Egress, TopClient};
 use paysync::top::egress::{ProxySettings, TlsRoots, TlsTrust, decide_proxy};
-use paysync::top::request::{RequestProfile, ResponseFormat, SystemParams};
+use paysync::top::request::SystemParams;
 use paysync::top::sign::SignMethod;
 use secrecy::SecretString;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{APP_KEY, SECRET, test_ca};
-
-fn profile() -> RequestProfile {
-    RequestProfile {
-        app_key: APP_KEY.into(),
-        app_secret: SecretString::from(SECRET.to_owned()),
-        sign_method: SignMethod::HmacSha256,
-        session: None,
-        partner_id: None,
-        target_app_key: None,
-        simplify: false,
-        format: ResponseFormat::Json,
-        system_params: SystemParams::Query,
-    }
-}
+use crate::support::{SECRET, test_ca, top_client, top_profile};
 
 fn client(url: &str, egress: Egress) -> TopClient {
-    let timeouts = Timeouts {
-        connect: Duration::from_secs(2),
-        request: Duration::from_secs(3),
-    };
-    TopClient::new(url.parse().unwrap(), profile(), timeouts, egress).unwrap()
+    top_client(
+        url,
+        top_profile(SignMethod::HmacSha256, SECRET, SystemParams::Query),
+        egress,
+    )
 }
 
 fn trusting(ca_file: Option<&Path>, roots: TlsRoots) -> Egress {

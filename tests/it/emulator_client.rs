@@ -14,7 +14,7 @@ use paysync::tools::emulator::{Emulator, Faults, Gateway, GatewaySettings, RateL
 use paysync::top::classify::{
     Classifier, Disposition, HaltCause, Outcome, RejectCause, RetryCause,
 };
-use paysync::top::client::{Egress, Timeouts, TopClient};
+use paysync::top::client::{Egress, TopClient};
 use paysync::top::request::{RequestProfile, ResponseFormat, SystemParams, dto_json};
 use paysync::top::response::TopResponse;
 use paysync::top::sign::{self, SignMethod};
@@ -24,28 +24,14 @@ async fn emulator(faults: Faults) -> Emulator {
     crate::support::emulator_seeded(faults, 1).await
 }
 
-use crate::support::{APP_KEY, SECRET};
+use crate::support::{APP_KEY, SECRET, top_client, top_profile};
 
 fn profile(method: SignMethod, secret: &str) -> RequestProfile {
-    RequestProfile {
-        app_key: APP_KEY.into(),
-        app_secret: SecretString::from(secret.to_owned()),
-        sign_method: method,
-        session: None,
-        partner_id: Some("paysync-test".into()),
-        target_app_key: None,
-        simplify: false,
-        format: ResponseFormat::Json,
-        system_params: SystemParams::Body,
-    }
+    top_profile(method, secret, SystemParams::Body)
 }
 
 fn client(url: &str, profile: RequestProfile) -> TopClient {
-    let timeouts = Timeouts {
-        connect: Duration::from_secs(2),
-        request: Duration::from_secs(2),
-    };
-    TopClient::new(url.parse().unwrap(), profile, timeouts, Egress::default()).unwrap()
+    top_client(url, profile, Egress::default())
 }
 
 fn event(order_id: &str) -> PaymentEvent {

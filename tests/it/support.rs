@@ -542,3 +542,35 @@ pub async fn http_get(url: impl reqwest::IntoUrl) -> reqwest::Result<reqwest::Re
         .send()
         .await
 }
+
+/// A request profile for the emulator's app key, signed with `secret`.
+pub fn top_profile(
+    method: paysync::top::sign::SignMethod,
+    secret: &str,
+    system_params: paysync::top::request::SystemParams,
+) -> paysync::top::request::RequestProfile {
+    paysync::top::request::RequestProfile {
+        app_key: APP_KEY.into(),
+        app_secret: secrecy::SecretString::from(secret.to_owned()),
+        sign_method: method,
+        session: None,
+        partner_id: Some("paysync-test".into()),
+        target_app_key: None,
+        simplify: false,
+        format: paysync::top::request::ResponseFormat::Json,
+        system_params,
+    }
+}
+
+/// A TOP client for `url` that gives up on a call after 2 s.
+pub fn top_client(
+    url: &str,
+    profile: paysync::top::request::RequestProfile,
+    egress: paysync::top::client::Egress,
+) -> paysync::top::client::TopClient {
+    let timeouts = paysync::top::client::Timeouts {
+        connect: Duration::from_secs(2),
+        request: Duration::from_secs(2),
+    };
+    paysync::top::client::TopClient::new(url.parse().unwrap(), profile, timeouts, egress).unwrap()
+}
