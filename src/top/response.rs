@@ -78,8 +78,13 @@ pub fn parse(body: &[u8]) -> Result<ParsedResponse, ParseFailure> {
     let text = std::str::from_utf8(body).map_err(|_| ParseFailure::new("not UTF-8"))?;
     let trimmed = text.trim_start_matches('\u{feff}').trim_start();
     let tree = match trimmed.chars().next() {
-        Some('{') => serde_json::from_str::<Value>(trimmed)
-            .map_err(|error| ParseFailure::new(format!("invalid JSON: {error}")))?,
+        Some('{') => {
+            if let Some(parsed) = direct::read(trimmed) {
+                return Ok(parsed);
+            }
+            serde_json::from_str::<Value>(trimmed)
+                .map_err(|error| ParseFailure::new(format!("invalid JSON: {error}")))?
+        }
         Some('<') => xml_to_tree(trimmed)?,
         Some(_) => return Err(ParseFailure::new("neither JSON nor XML")),
         None => return Err(ParseFailure::new("empty body")),
@@ -162,6 +167,205 @@ fn as_flag(value: &Value) -> Option<bool> {
             _ => None,
         },
         _ => None,
+    }
+}
+
+/// The usual JSON answers read straight into their fields, without building
+/// a tree (the tree cost 4 % of paysync's CPU at full speed). Anything this
+/// does not read exactly as [`interpret`] would (a missing or odd field, a
+/// duplicate key, a fractional number) gives `None`, and the tree decides.
+mod direct {
+    use std::borrow::Cow;
+    use std::fmt;
+    use std::marker::PhantomData;
+
+    use serde::Deserialize;
+    use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+    use super::{BusinessResult, ErrorResponse, ParsedResponse, TopResponse};
+
+    pub(super) fn read(text: &str) -> Option<ParsedResponse> {
+        let answer: Answer<'_> = serde_json::from_str(text).ok()?;
+        if let Field::Present(error) = answer.error_response {
+            return Some(ParsedResponse {
+                response: TopResponse::Error(ErrorResponse {
+                    code: error.code.code()?,
+                    msg: error.msg.text(),
+                    sub_code: error.sub_code.text(),
+                    sub_msg: error.sub_msg.text(),
+                }),
+                request_id: error.request_id.text(),
+            });
+        }
+        let (result, request_id) = match (answer.wrapped, answer.result) {
+            (Field::Present(inner), _) => (inner.result, inner.request_id),
+            (Field::Absent, result) => (result, answer.request_id),
+        };
+        let Field::Present(result) = result else {
+            return None;
+        };
+        Some(ParsedResponse {
+            response: TopResponse::Result(BusinessResult {
+                code: result.code.text(),
+                success: result.success.flag(),
+                model: result.model.flag(),
+                message: result.message.text(),
+            }),
+            request_id: request_id.text(),
+        })
+    }
+
+    #[derive(Deserialize)]
+    struct Answer<'a> {
+        #[serde(default, borrow)]
+        error_response: Field<ErrorFields<'a>>,
+        #[serde(default, borrow, rename = "taojie_parking_order_payinfo_sync_response")]
+        wrapped: Field<Inner<'a>>,
+        #[serde(default, borrow)]
+        result: Field<ResultFields<'a>>,
+        #[serde(default, borrow)]
+        request_id: Field<Scalar<'a>>,
+    }
+
+    #[derive(Deserialize)]
+    struct Inner<'a> {
+        #[serde(default, borrow)]
+        result: Field<ResultFields<'a>>,
+        #[serde(default, borrow)]
+        request_id: Field<Scalar<'a>>,
+    }
+
+    #[derive(Deserialize)]
+    struct ErrorFields<'a> {
+        #[serde(default, borrow)]
+        code: Field<Scalar<'a>>,
+        #[serde(default, borrow)]
+        msg: Field<Scalar<'a>>,
+        #[serde(default, borrow)]
+        sub_code: Field<Scalar<'a>>,
+        #[serde(default, borrow)]
+        sub_msg: Field<Scalar<'a>>,
+        #[serde(default, borrow)]
+        request_id: Field<Scalar<'a>>,
+    }
+
+    #[derive(Deserialize)]
+    struct ResultFields<'a> {
+        #[serde(default, borrow)]
+        code: Field<Scalar<'a>>,
+        #[serde(default, borrow)]
+        success: Field<Scalar<'a>>,
+        #[serde(default, borrow)]
+        model: Field<Scalar<'a>>,
+        #[serde(default, borrow)]
+        message: Field<Scalar<'a>>,
+    }
+
+    /// A key that is absent, or present with a value of this shape. Unlike
+    /// `Option`, a `null` is not absent: it fails the read, as the tree
+    /// treats a `null` object as a wrong one.
+    #[derive(Default)]
+    enum Field<T> {
+        #[default]
+        Absent,
+        Present(T),
+    }
+
+    impl<'de, T: Deserialize<'de>> Deserialize<'de> for Field<T> {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            T::deserialize(deserializer).map(Field::Present)
+        }
+    }
+
+    impl Field<Scalar<'_>> {
+        /// As the tree's `text_field`: text, a whole number or a flag, as text.
+        fn text(&self) -> Option<String> {
+            match self {
+                Field::Present(Scalar::Text(text)) => Some(text.to_string()),
+                Field::Present(Scalar::Integer(n)) => Some(n.to_string()),
+                Field::Present(Scalar::Flag(b)) => Some(b.to_string()),
+                _ => None,
+            }
+        }
+
+        /// As the tree's `as_code`: a whole number, or text holding one.
+        fn code(&self) -> Option<i64> {
+            match self {
+                Field::Present(Scalar::Integer(n)) => Some(*n),
+                Field::Present(Scalar::Text(text)) => text.trim().parse().ok(),
+                _ => None,
+            }
+        }
+
+        /// As the tree's `as_flag`: a boolean, or "true"/"false".
+        fn flag(&self) -> Option<bool> {
+            match self {
+                Field::Present(Scalar::Flag(b)) => Some(*b),
+                Field::Present(Scalar::Text(text)) => match text.trim() {
+                    "true" => Some(true),
+                    "false" => Some(false),
+                    _ => None,
+                },
+                _ => None,
+            }
+        }
+    }
+
+    /// One value as the gateway sent it. Numbers that are not `i64` fail the
+    /// read (the tree prints those its own way); null, arrays and objects
+    /// are `Other`, which no field reads.
+    enum Scalar<'a> {
+        Text(Cow<'a, str>),
+        Integer(i64),
+        Flag(bool),
+        Other,
+    }
+
+    impl<'de: 'a, 'a> Deserialize<'de> for Scalar<'a> {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            deserializer.deserialize_any(ScalarVisitor(PhantomData))
+        }
+    }
+
+    struct ScalarVisitor<'a>(PhantomData<&'a ()>);
+
+    impl<'de: 'a, 'a> Visitor<'de> for ScalarVisitor<'a> {
+        type Value = Scalar<'a>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_borrowed_str<E>(self, text: &'de str) -> Result<Scalar<'a>, E> {
+            Ok(Scalar::Text(Cow::Borrowed(text)))
+        }
+        fn visit_str<E>(self, text: &str) -> Result<Scalar<'a>, E> {
+            Ok(Scalar::Text(Cow::Owned(text.to_owned())))
+        }
+        fn visit_i64<E>(self, n: i64) -> Result<Scalar<'a>, E> {
+            Ok(Scalar::Integer(n))
+        }
+        fn visit_u64<E: de::Error>(self, n: u64) -> Result<Scalar<'a>, E> {
+            i64::try_from(n)
+                .map(Scalar::Integer)
+                .map_err(|_| E::custom("beyond i64"))
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Scalar<'a>, E> {
+            Err(E::custom("a fractional number"))
+        }
+        fn visit_bool<E>(self, b: bool) -> Result<Scalar<'a>, E> {
+            Ok(Scalar::Flag(b))
+        }
+        fn visit_unit<E>(self) -> Result<Scalar<'a>, E> {
+            Ok(Scalar::Other)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Scalar<'a>, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(Scalar::Other)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Scalar<'a>, A::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(Scalar::Other)
+        }
     }
 }
 
@@ -275,6 +479,38 @@ mod tests {
         assert!(
             matches!(parsed.response, TopResponse::Error(ErrorResponse { ref msg, .. }) if msg.as_deref() == Some("Invalid arguments:a&b"))
         );
+    }
+
+    #[test]
+    fn the_direct_read_agrees_with_the_tree_or_leaves_it_to_the_tree() {
+        let mut direct_reads = 0;
+        for body in [
+            r#"{"taojie_parking_order_payinfo_sync_response":{"result":{"code":"404","success":true,"model":true,"message":"未找到"},"request_id":"12lrwo62x58py"}}"#,
+            r#"{"result":{"code":200,"success":"true","model":" false ","message":"a\"b\u00e9"},"request_id":7}"#,
+            r#"{"error_response":{"code":15,"msg":"Remote service error","sub_code":"isv.invalid-parameter","sub_msg":"非法参数","request_id":"ej6ptuzf712n"}}"#,
+            r#"{"error_response":{"code":" 25 ","msg":true,"sub_code":null,"sub_msg":[1,{"a":2}]}}"#,
+            r#"{"error_response":{"code":1.5}}"#,
+            r#"{"error_response":{"code":18446744073709551615}}"#,
+            r#"{"error_response":null,"result":{"success":true}}"#,
+            r#"{"error_response":{"msg":"no code"}}"#,
+            r#"{"result":{"success":true},"result":{"success":false}}"#,
+            r#"{"result":null}"#,
+            r#"{"result":"not an object"}"#,
+            r#"{"taojie_parking_order_payinfo_sync_response":{"request_id":"x"},"result":{"success":true}}"#,
+            r#"{"taojie_parking_order_payinfo_sync_response":[],"result":{"success":true}}"#,
+            r#"{"unexpected":1,"result":{"model":{"nested":true},"extra":[null]},"request_id":{"a":1}}"#,
+            r#"{"result":{"success":true}} trailing"#,
+        ] {
+            let tree = serde_json::from_str::<Value>(body)
+                .map_err(|error| ParseFailure::new(format!("invalid JSON: {error}")))
+                .and_then(|tree| interpret(&tree));
+            if let Some(direct) = direct::read(body) {
+                direct_reads += 1;
+                assert_eq!(Ok(direct), tree, "{body}");
+            }
+            assert_eq!(parse_str(body), tree, "{body}");
+        }
+        assert_eq!(direct_reads, 5, "the usual shapes are read directly");
     }
 
     #[test]
