@@ -118,7 +118,7 @@ pub(super) async fn call(args: CallArgs) -> ExitCode {
     println!("request  POST {}", client.endpoint());
     print!("{}", report.request.describe());
     println!("response ({} ms)", report.elapsed.as_millis());
-    if let Some(body) = &report.body_excerpt {
+    if let Some(body) = report.body_excerpt() {
         println!("  {body}");
     }
     println!(

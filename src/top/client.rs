@@ -38,8 +38,17 @@ pub struct CallReport {
     pub elapsed: Duration,
     /// The request as sent (it holds the signature: never log or dead-letter it whole).
     pub request: SignedRequest,
+    /// The response body as read (at most [`MAX_RESPONSE_BYTES`]); see
+    /// [`CallReport::body_excerpt`].
+    pub body: Option<Vec<u8>>,
+}
+
+impl CallReport {
     /// The start of the response body, for people debugging an integration.
-    pub body_excerpt: Option<String>,
+    /// Built when asked for, not on the delivery path.
+    pub fn body_excerpt(&self) -> Option<String> {
+        self.body.as_deref().map(excerpt)
+    }
 }
 
 /// Timeouts for one call.
@@ -189,17 +198,20 @@ impl TopClient {
     /// Sends a request signed elsewhere (tests, tools); [`TopClient::send`] is the usual path.
     pub async fn send_request(&self, request: SignedRequest) -> CallReport {
         let started = Instant::now();
-        let (outcome, request_id, body_excerpt) = self.exchange(&request).await;
+        let (outcome, request_id, body) = self.exchange(&request).await;
         CallReport {
             outcome,
             request_id,
             elapsed: started.elapsed(),
             request,
-            body_excerpt,
+            body,
         }
     }
 
-    async fn exchange(&self, request: &SignedRequest) -> (Outcome, Option<String>, Option<String>) {
+    async fn exchange(
+        &self,
+        request: &SignedRequest,
+    ) -> (Outcome, Option<String>, Option<Vec<u8>>) {
         let query = request.query_string();
         let body = request.body_string();
         if let Some(limit) = self.max_request_bytes
@@ -243,7 +255,7 @@ impl TopClient {
             Ok(answer) => answer,
         };
         let parsed = response::parse(&body);
-        let excerpt = Some(excerpt(body));
+        let body = Some(body);
         match parsed {
             Ok(parsed) => (
                 Outcome::Answered {
@@ -251,7 +263,7 @@ impl TopClient {
                     response: parsed.response,
                 },
                 parsed.request_id,
-                excerpt,
+                body,
             ),
             Err(failure) if status == 200 => (
                 Outcome::UnreadableBody {
@@ -259,7 +271,7 @@ impl TopClient {
                     reason: failure.reason,
                 },
                 None,
-                excerpt,
+                body,
             ),
             Err(_) => (
                 Outcome::HttpStatus {
@@ -267,23 +279,19 @@ impl TopClient {
                     retry_after,
                 },
                 None,
-                excerpt,
+                body,
             ),
         }
     }
 }
 
-/// The first [`BODY_EXCERPT_CHARS`] characters of a body. A UTF-8 body (the
-/// usual case) is reused rather than copied character by character.
-fn excerpt(body: Vec<u8>) -> String {
-    let mut text = match String::from_utf8(body) {
-        Ok(text) => text,
-        Err(error) => String::from_utf8_lossy(error.as_bytes()).into_owned(),
-    };
-    if let Some((end, _)) = text.char_indices().nth(BODY_EXCERPT_CHARS) {
-        text.truncate(end);
+/// The first [`BODY_EXCERPT_CHARS`] characters of a body, invalid UTF-8 replaced.
+fn excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    match text.char_indices().nth(BODY_EXCERPT_CHARS) {
+        Some((end, _)) => text[..end].to_owned(),
+        None => text.into_owned(),
     }
-    text
 }
 
 /// Maps a client error to an outcome. The URL is dropped first: its query
