@@ -157,12 +157,11 @@ pub fn readiness(state: &AdminState) -> (StatusCode, Readiness) {
     {
         if let Some(stall) = &dead_letter_stall {
             reasons.push(format!(
-                "writes to the dead-letter topic {} have failed for {} s ({}): {}/{} is held until one succeeds",
+                "writes to the dead-letter topic {} have failed for {} s ({}): {} is held until one succeeds",
                 stall.dead_letter_topic,
                 stall.held.as_secs(),
                 stall.last_error,
-                stall.topic,
-                stall.partition
+                stall.source
             ));
         }
         if gate.breaker != BreakerState::Closed {

@@ -9,12 +9,16 @@
 //!
 //! * Leaves: [`labels`] (closed label sets), [`gmt8`] (TOP's wall clock),
 //!   [`backoff`], [`shutdown`].
+//! * [`kafka::properties`], [`kafka::partition`], [`commit_metadata`]: the
+//!   librdkafka properties paysync owns, the name of a partition, and the
+//!   wire format of what a commit carries beside its offset (low floors, so
+//!   configuration checks against them).
 //! * [`event`]: the Kafka message value, decoded and validated (never panics).
 //! * [`top`]: the TOP protocol — signing, the request, the response, the one
 //!   classification table, and the HTTP client. It knows no Kafka.
 //! * [`config`]: settings from TOML and `PAYSYNC_…` variables, defaults, validation.
 //! * [`metrics`]: every exported metric, in one place; it knows no engine type.
-//! * [`kafka`]: every librdkafka client paysync builds, and the plumbing around them.
+//! * [`kafka`]: every librdkafka client paysync builds, and the brokers' queries.
 //! * [`dead_letter`]: the dead-letter contract, its writer and its reader.
 //! * [`pipeline`]: the consumer group → calls → commits/dead letters engine.
 //! * [`admin`]: `/metrics`, `/health/live`, `/health/ready`.
@@ -29,6 +33,7 @@
 pub mod admin;
 pub mod backoff;
 pub mod cli;
+pub mod commit_metadata;
 pub mod config;
 pub mod dead_letter;
 pub mod event;

@@ -17,6 +17,7 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
+use crate::kafka::partition::PartitionId;
 use crate::labels::{BreakerState, CallKind, DeadLetterClass, RebalanceKind};
 use crate::top::classify::{Disposition, HaltCause, Outcome};
 use crate::top::response::TopResponse;
@@ -32,6 +33,28 @@ const KNOWN_TOP_CODES: [i64; 33] = [
 const LATENCY_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
+
+/// The gauges with one series per owned partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartitionGauge {
+    /// The group's committed offset, from librdkafka's statistics.
+    CommittedOffset,
+    /// The position this replica finished up to.
+    CompletedOffset,
+    /// Messages between the committed offset and the partition's end.
+    Lag,
+    /// 1 while the window holds the partition paused.
+    Paused,
+}
+
+impl PartitionGauge {
+    const ALL: [PartitionGauge; 4] = [
+        PartitionGauge::CommittedOffset,
+        PartitionGauge::CompletedOffset,
+        PartitionGauge::Lag,
+        PartitionGauge::Paused,
+    ];
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -450,15 +473,29 @@ impl Metrics {
     }
 
     /// Drops a revoked partition's series, so dashboards do not show stale offsets.
-    pub fn forget_partition(&self, topic: &str, partition: i32) {
-        let labels = [topic, &partition.to_string()];
-        for vec in [
-            &self.partition_committed_offset,
-            &self.partition_completed_offset,
-            &self.partition_lag,
-            &self.partition_paused,
-        ] {
-            let _ = vec.remove_label_values(&labels);
+    pub fn forget_partition(&self, id: &PartitionId) {
+        let partition = id.partition.to_string();
+        let labels = [id.topic.as_str(), partition.as_str()];
+        for gauge in PartitionGauge::ALL {
+            let _ = self.partition_gauges(gauge).remove_label_values(&labels);
+        }
+    }
+
+    /// Sets one partition's series of a per-partition gauge: the one place
+    /// those series are labelled (`topic`, `partition`).
+    pub fn set_partition(&self, gauge: PartitionGauge, id: &PartitionId, value: i64) {
+        let partition = id.partition.to_string();
+        self.partition_gauges(gauge)
+            .with_label_values(&[id.topic.as_str(), partition.as_str()])
+            .set(value);
+    }
+
+    fn partition_gauges(&self, gauge: PartitionGauge) -> &IntGaugeVec {
+        match gauge {
+            PartitionGauge::CommittedOffset => &self.partition_committed_offset,
+            PartitionGauge::CompletedOffset => &self.partition_completed_offset,
+            PartitionGauge::Lag => &self.partition_lag,
+            PartitionGauge::Paused => &self.partition_paused,
         }
     }
 

@@ -142,14 +142,14 @@ fn resolve(
     request: &ReplayRequest,
     consumer: &BaseConsumer,
 ) -> anyhow::Result<(Vec<OffsetRange>, i64)> {
-    let timeout = kafka::REQUEST_TIMEOUT;
+    let timeout = kafka::queries::REQUEST_TIMEOUT;
     let topic = match (&request.topic, settings.kafka.topics.as_slice()) {
         (Some(topic), _) => topic.clone(),
         (None, [only]) => only.clone(),
         (None, _) => bail!("kafka.topics names several topics: choose one with --topic"),
     };
     let Some(all) =
-        kafka::topic_partitions(consumer, &topic).context("cannot read Kafka metadata")?
+        kafka::queries::topic_partitions(consumer, &topic).context("cannot read Kafka metadata")?
     else {
         bail!("topic {topic:?} does not exist");
     };
@@ -182,7 +182,7 @@ fn resolve(
     };
     let from_times = request.from_time.map(by_time).transpose()?;
     let to_times = request.to_time.map(by_time).transpose()?;
-    let committed = kafka::committed_offsets(consumer, &topic, &partitions)?;
+    let committed = kafka::queries::committed_offsets(consumer, &topic, &partitions)?;
     let mut ranges = Vec::new();
     let mut already_done = 0;
     for (i, partition) in partitions.iter().enumerate() {
@@ -312,7 +312,7 @@ fn plan(
     group: &str,
     stop: &AtomicBool,
 ) -> anyhow::Result<(Vec<OffsetRange>, i64, Option<Checked>)> {
-    let consumer: BaseConsumer = kafka::tool_consumer(settings, group)
+    let consumer: BaseConsumer = kafka::clients::tool_consumer(settings, group)
         .create()
         .context("cannot create a Kafka client")?;
     let (ranges, already_done) = resolve(settings, request, &consumer)?;

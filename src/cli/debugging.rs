@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use secrecy::SecretString;
 
-use super::{CallArgs, EXIT_DATA, EXIT_USAGE, SignArgs, load_settings};
+use super::args::{CallArgs, SignArgs};
+use super::exit::{EXIT_DATA, EXIT_USAGE, load_settings};
 use crate::config::Settings;
 use crate::event;
 use crate::top::classify::Disposition;

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
-use super::{BenchArgs, DemoArgs, EXIT_USAGE, EmulatorArgs, failed};
+use super::args::{BenchArgs, DemoArgs, EmulatorArgs};
+use super::exit::{EXIT_USAGE, failed};
 use crate::config::LogSettings;
 use crate::tools::emulator::{
     Emulator, Faults, Gateway, GatewaySettings, RateLimit, journal::Journal,
@@ -56,7 +57,7 @@ pub(super) async fn bench(args: BenchArgs) -> ExitCode {
     });
     let measured = match &args.bootstrap {
         Some(bootstrap) => {
-            crate::tools::bench_broker::run(crate::tools::bench_broker::BrokerBenchOptions {
+            crate::tools::bench::broker::run(crate::tools::bench::broker::BrokerBenchOptions {
                 bootstrap: bootstrap.clone(),
                 events: args.events,
                 partitions: args.partitions,
@@ -73,7 +74,7 @@ pub(super) async fn bench(args: BenchArgs) -> ExitCode {
             "--set configures the `paysync run` child of broker mode: give --bootstrap too"
         )),
         None => {
-            crate::tools::bench::run(crate::tools::bench::BenchOptions {
+            crate::tools::bench::in_process::run(crate::tools::bench::in_process::BenchOptions {
                 events: args.events,
                 latency_ms: args.latency_ms,
                 max_in_flight: args.max_in_flight,

@@ -8,25 +8,21 @@
 //! * [`operator`]: `replay`, `dlq inspect`, `dlq redrive`.
 //! * [`debugging`]: `check-config`, `sign`, `call`.
 //! * [`dev`]: `demo`, `bench`, `emulator`.
+//! * [`exit`]: the exit codes, and loading a command's configuration.
 
 mod args;
 mod debugging;
 mod dev;
+mod exit;
 mod operator;
 mod service;
 
-use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::config::{LogSettings, Settings};
 pub use args::*;
-
-/// Exit code for bad usage or configuration (sysexits `EX_USAGE`).
-pub const EXIT_USAGE: u8 = 64;
-/// Exit code for bad input data (sysexits `EX_DATAERR`).
-pub const EXIT_DATA: u8 = 65;
+pub use exit::{EXIT_DATA, EXIT_USAGE};
 
 /// Parses the command line and runs the command.
 pub fn main() -> ExitCode {
@@ -56,30 +52,4 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Call(args) => debugging::call(args).await,
         Command::CheckConfig(args) => debugging::check_config(&args.config),
     }
-}
-
-/// Loads and validates a configuration file; on failure prints every
-/// problem and gives the exit code for a bad configuration.
-fn load_settings(path: &Path) -> Result<Settings, ExitCode> {
-    Settings::load(Some(path)).map_err(|error| {
-        eprint!("{}: {error}", path.display());
-        ExitCode::from(EXIT_USAGE)
-    })
-}
-
-/// Loads a tool's configuration and sets up quiet logging (errors only, so
-/// its report stays readable).
-fn load_for_tool(path: &Path) -> Result<Settings, ExitCode> {
-    let settings = load_settings(path)?;
-    crate::telemetry::init(&LogSettings {
-        level: "error".into(),
-        ..settings.log.clone()
-    });
-    Ok(settings)
-}
-
-/// Reports a command's failure the one way: `paysync <command>: <error chain>`.
-fn failed(command: &str, error: &anyhow::Error) -> ExitCode {
-    eprintln!("paysync {command}: {error:#}");
-    ExitCode::FAILURE
 }

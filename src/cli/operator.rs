@@ -2,7 +2,8 @@
 
 use std::process::ExitCode;
 
-use super::{DlqCommand, ReplayArgs, failed, load_for_tool};
+use super::args::{DlqCommand, ReplayArgs};
+use super::exit::{failed, load_for_tool};
 
 pub(super) async fn dlq(command: DlqCommand) -> ExitCode {
     let config = match &command {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 
-use super::load_settings;
+use super::exit::load_settings;
 use crate::admin::{AdminServer, AdminState};
 use crate::config::Settings;
 use crate::pipeline::{Pipeline, Source, StartError};

@@ -117,7 +117,7 @@ pub struct KafkaSettings {
     pub group_instance_id_from_hostname: bool,
     /// Extra librdkafka properties for every client (e.g. `security.protocol`,
     /// `sasl.mechanism`, `ssl.ca.location`); they override paysync's defaults.
-    /// The properties paysync owns are refused (see [`crate::kafka::RESERVED`]).
+    /// The properties paysync owns are refused (see [`crate::kafka::properties::RESERVED`]).
     pub librdkafka: BTreeMap<String, String>,
     /// Extra librdkafka properties for the consumer only.
     pub consumer: BTreeMap<String, String>,

@@ -8,7 +8,7 @@ use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 use super::Settings;
-use crate::pipeline::completion::MAX_TEXT as MAX_COMPLETION_MAP_BYTES;
+use crate::commit_metadata::MAX_TEXT as MAX_COMPLETION_MAP_BYTES;
 
 /// One thing wrong with the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -224,7 +224,7 @@ impl Settings {
             ("kafka.producer", &kafka.producer),
         ] {
             for name in map.keys() {
-                if let Some(reason) = crate::kafka::reserved_reason(name) {
+                if let Some(reason) = crate::kafka::properties::reserved_reason(name) {
                     problem(&format!("{table}.\"{name}\""), reason.to_owned());
                 }
             }

@@ -2,7 +2,7 @@
 //! the group learning of it: it stopped (a crash, a lost session) after the
 //! copy was acknowledged and before a commit named the offset finished.
 //!
-//! Each commit carries a look-back time (see `pipeline::completion`): no
+//! Each commit carries a look-back time (see `commit_metadata`): no
 //! copy of an offset at or above the committed one was written before it.
 //! A new owner about to dead-letter such an offset reads the dead-letter
 //! topic from that time on, once per partition it took over, and does not
@@ -21,27 +21,13 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::OnceCell;
 
 use super::reader;
+use crate::commit_metadata::LookBack;
 use crate::config::Settings;
-use crate::kafka::{self, PartitionId};
+use crate::kafka;
+use crate::kafka::partition::PartitionId;
 
 /// How far before the look-back time the dead-letter topic is read.
 const CLOCK_MARGIN: Duration = Duration::from_secs(60);
-
-/// What earlier owners of a partition may have dead-lettered: offsets from
-/// the committed one up to `until` (the partition's end when this owner
-/// took over), in copies written no earlier than `since_ms` (epoch ms).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LookBack {
-    pub since_ms: i64,
-    pub until: i64,
-}
-
-impl LookBack {
-    /// Whether an earlier owner may have written a copy of `offset`.
-    pub fn covers(&self, offset: i64) -> bool {
-        offset < self.until
-    }
-}
 
 /// One ownership's view of the copies earlier owners wrote, read when first needed.
 #[derive(Debug)]
@@ -98,14 +84,14 @@ fn copies_since(
     let topic = &settings.kafka.dlq_topic;
     let group = &settings.kafka.group_id;
     let consumer = reader::consumer(settings, &format!("{group}.dlq-look-back"))?;
-    let partitions = kafka::topic_partitions(&consumer, topic)?.unwrap_or_default();
+    let partitions = kafka::queries::topic_partitions(&consumer, topic)?.unwrap_or_default();
     let from = since_ms.saturating_sub(CLOCK_MARGIN.as_millis() as i64);
     let mut times = TopicPartitionList::new();
     for partition in &partitions {
         times.add_partition_offset(topic, *partition, Offset::Offset(from))?;
     }
     let starts: HashMap<i32, i64> = consumer
-        .offsets_for_times(times, kafka::REQUEST_TIMEOUT)
+        .offsets_for_times(times, kafka::queries::REQUEST_TIMEOUT)
         .context("cannot look up dead-letter offsets by time")?
         .elements()
         .iter()

@@ -1,7 +1,7 @@
 //! The pipeline's dead-letter writer.
 //!
 //! A dead letter counts only once the broker acknowledged it (`acks=all`,
-//! idempotent producer, see [`crate::kafka::durable_producer`]); until then
+//! idempotent producer, see [`crate::kafka::clients::durable_producer`]); until then
 //! the source offset is not committed. A failed write is retried with backoff
 //! for as long as it takes: the partition waits rather than losing the message.
 //! A copy too large for the topic is written without its value (then without
@@ -22,6 +22,7 @@ use super::prior::PriorCopies;
 use super::{Failure, SourceRecord, encode_headers};
 use crate::backoff::backoff;
 use crate::config::Settings;
+use crate::kafka::partition::PartitionId;
 use crate::metrics::Metrics;
 
 /// First and longest pause between attempts to write one dead letter.
@@ -43,19 +44,23 @@ pub enum Written {
 /// partition's offset), and since when: for readiness and the alert.
 #[derive(Debug, Default)]
 pub struct StalledWrites {
-    /// (source topic, partition) → (first failure of the oldest write, writes failing).
-    failing: Mutex<HashMap<(String, i32), (Instant, usize)>>,
     /// The dead-letter topic written to (readiness names it).
     dead_letter_topic: String,
+    stalls: Mutex<Stalls>,
+}
+
+#[derive(Debug, Default)]
+struct Stalls {
+    /// Source partition → (first failure of the oldest write, writes failing).
+    failing: HashMap<PartitionId, (Instant, usize)>,
     /// What the broker said to the latest failing write.
-    last_error: Mutex<String>,
+    last_error: String,
 }
 
 /// The source partition held longest by failing dead-letter writes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OldestStall {
-    pub topic: String,
-    pub partition: i32,
+    pub source: PartitionId,
     pub held: Duration,
     pub dead_letter_topic: String,
     pub last_error: String,
@@ -69,49 +74,41 @@ impl StalledWrites {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i32), (Instant, usize)>> {
-        self.failing.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Stalls> {
+        self.stalls.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn failed(&self, error: &KafkaError) {
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = error.to_string();
+        self.lock().last_error = error.to_string();
     }
 
-    fn failing(&self, topic: &str, partition: i32) {
+    fn failing(&self, source: &PartitionId) {
         self.lock()
-            .entry((topic.to_owned(), partition))
+            .failing
+            .entry(source.clone())
             .or_insert((Instant::now(), 0))
             .1 += 1;
     }
 
-    fn ended(&self, topic: &str, partition: i32) {
-        let mut failing = self.lock();
-        let key = (topic.to_owned(), partition);
-        if let Some(entry) = failing.get_mut(&key) {
+    fn ended(&self, source: &PartitionId) {
+        let mut stalls = self.lock();
+        if let Some(entry) = stalls.failing.get_mut(source) {
             entry.1 -= 1;
             if entry.1 == 0 {
-                failing.remove(&key);
+                stalls.failing.remove(source);
             }
         }
     }
 
     /// The source partition held longest by a failing write, and for how long.
     pub fn oldest(&self) -> Option<OldestStall> {
-        let (topic, partition, held) = self
-            .lock()
-            .iter()
-            .min_by_key(|(_, (since, _))| *since)
-            .map(|((topic, partition), (since, _))| (topic.clone(), *partition, since.elapsed()))?;
+        let stalls = self.lock();
+        let (source, (since, _)) = stalls.failing.iter().min_by_key(|(_, (since, _))| *since)?;
         Some(OldestStall {
-            topic,
-            partition,
-            held,
+            source: source.clone(),
+            held: since.elapsed(),
             dead_letter_topic: self.dead_letter_topic.clone(),
-            last_error: self
-                .last_error
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
+            last_error: stalls.last_error.clone(),
         })
     }
 }
@@ -119,13 +116,12 @@ impl StalledWrites {
 /// Marks a write as failing until it ends, however it ends.
 struct Failing<'a> {
     stalled: &'a StalledWrites,
-    topic: &'a str,
-    partition: i32,
+    source: PartitionId,
 }
 
 impl Drop for Failing<'_> {
     fn drop(&mut self) {
-        self.stalled.ended(self.topic, self.partition);
+        self.stalled.ended(&self.source);
     }
 }
 
@@ -148,7 +144,7 @@ impl DeadLetterProducer {
         metrics: Arc<Metrics>,
     ) -> Result<Self, rdkafka::error::KafkaError> {
         Ok(DeadLetterProducer {
-            producer: crate::kafka::durable_producer(settings).create()?,
+            producer: crate::kafka::clients::durable_producer(settings).create()?,
             topic: settings.kafka.dlq_topic.clone(),
             group: settings.kafka.group_id.clone(),
             metrics,
@@ -211,11 +207,11 @@ impl DeadLetterProducer {
                 continue;
             }
             if failing.is_none() {
-                self.stalled.failing(&source.topic, source.partition);
+                let source = PartitionId::new(&source.topic, source.partition);
+                self.stalled.failing(&source);
                 failing = Some(Failing {
                     stalled: &self.stalled,
-                    topic: &source.topic,
-                    partition: source.partition,
+                    source,
                 });
             }
             tracing::error!(

@@ -75,7 +75,7 @@ impl Filter {
 }
 
 pub(super) fn consumer(settings: &Settings, group: &str) -> anyhow::Result<BaseConsumer> {
-    kafka::tool_consumer(settings, group)
+    kafka::clients::tool_consumer(settings, group)
         .create()
         .context("cannot create a Kafka client")
 }
@@ -87,13 +87,14 @@ pub(super) fn read_from(
     topic: &str,
     starts: &HashMap<i32, i64>,
 ) -> anyhow::Result<Vec<DeadLetterRecord>> {
-    let Some(partitions) = kafka::topic_partitions(consumer, topic)? else {
+    let Some(partitions) = kafka::queries::topic_partitions(consumer, topic)? else {
         bail!("the dead-letter topic {topic:?} does not exist");
     };
     let mut tpl = TopicPartitionList::new();
     let mut ends = HashMap::new();
     for partition in partitions {
-        let (low, high) = consumer.fetch_watermarks(topic, partition, kafka::REQUEST_TIMEOUT)?;
+        let (low, high) =
+            consumer.fetch_watermarks(topic, partition, kafka::queries::REQUEST_TIMEOUT)?;
         let start = starts.get(&partition).copied().unwrap_or(low).max(low);
         if start < high {
             tpl.add_partition_offset(topic, partition, Offset::Offset(start))?;
@@ -212,11 +213,12 @@ fn read_after_cursor(
 ) -> anyhow::Result<(BaseConsumer, Vec<DeadLetterRecord>)> {
     let topic = &settings.kafka.dlq_topic;
     let consumer = consumer(settings, group)?;
-    let partitions = kafka::topic_partitions(&consumer, topic)?.unwrap_or_default();
-    let starts: HashMap<i32, i64> = kafka::committed_offsets(&consumer, topic, &partitions)?
-        .into_iter()
-        .filter_map(|(partition, offset)| Some((partition, offset?)))
-        .collect();
+    let partitions = kafka::queries::topic_partitions(&consumer, topic)?.unwrap_or_default();
+    let starts: HashMap<i32, i64> =
+        kafka::queries::committed_offsets(&consumer, topic, &partitions)?
+            .into_iter()
+            .filter_map(|(partition, offset)| Some((partition, offset?)))
+            .collect();
     let records = read_from(&consumer, topic, &starts)?;
     Ok((consumer, records))
 }
@@ -230,14 +232,15 @@ fn read_source(settings: &Settings, record: &DeadLetterRecord) -> anyhow::Result
     };
     let topic = &record.source_topic;
     let consumer = consumer(settings, &format!("{}.redrive", settings.kafka.group_id))?;
-    let (low, high) = consumer.fetch_watermarks(topic, partition, kafka::REQUEST_TIMEOUT)?;
+    let (low, high) =
+        consumer.fetch_watermarks(topic, partition, kafka::queries::REQUEST_TIMEOUT)?;
     if offset < low || offset >= high {
         return Ok(None);
     }
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
     consumer.assign(&tpl)?;
-    let deadline = std::time::Instant::now() + kafka::REQUEST_TIMEOUT;
+    let deadline = std::time::Instant::now() + kafka::queries::REQUEST_TIMEOUT;
     while std::time::Instant::now() < deadline {
         if let Some(message) = consumer.poll(Duration::from_millis(200)) {
             let message = message?;
@@ -272,7 +275,7 @@ pub async fn redrive(
         dry_run,
         ..RedriveReport::default()
     };
-    let producer: FutureProducer = kafka::durable_producer(settings).create()?;
+    let producer: FutureProducer = kafka::clients::durable_producer(settings).create()?;
     let client = match target {
         Target::Api => Some(settings.top_client()?),
         Target::Source => None,

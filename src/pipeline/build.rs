@@ -10,18 +10,21 @@ use std::time::Duration;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
+use super::commit::committer::Committer;
 use super::context::PipelineContext;
 use super::deliver::Deliverer;
 use super::gate::{Gate, GateSettings};
-use super::offsets::OffsetTracker;
-use super::partitions::Partitions;
+use super::ownership::{Ownership, Publish};
 use super::rate::{RateBudget, RateLimitScope, RateSettings};
+use super::status::Health;
+use super::tracker::OffsetTracker;
 use super::{Pipeline, Source};
 use crate::config::{ConfigError, Settings, TopClientError};
 use crate::dead_letter::DeadLetterProducer;
-use crate::kafka::{self, PartitionId};
+use crate::kafka;
+use crate::kafka::partition::PartitionId;
 use crate::metrics::Metrics;
 
 /// How long start-up waits for the dead-letter topic to appear in metadata.
@@ -107,20 +110,38 @@ impl Pipeline {
             RateSettings::of(delivery, scope, kafka.metadata_refresh_interval_ms),
             metrics.clone(),
         ));
-        let partitions = Arc::new(Partitions::new(
+        let health = Arc::new(Health::default());
+        let wake = Arc::new(Notify::new());
+        let ownership = Arc::new(Ownership::new(
             kafka.revoke_drain_timeout_ms,
+            kafka.topics.clone(),
+            Publish {
+                metrics: metrics.clone(),
+                health: health.clone(),
+                budget: budget.clone(),
+                wake: wake.clone(),
+            },
+        ));
+        let committer = Arc::new(Committer::new(
+            kafka.completion_map_max_bytes,
+            metrics.clone(),
+            wake.clone(),
+        ));
+        let context = PipelineContext::new(
+            ownership.clone(),
+            committer.clone(),
             metrics.clone(),
             budget.clone(),
-            kafka.topics.clone(),
-            kafka.completion_map_max_bytes,
-        ));
-        let consumer: StreamConsumer<PipelineContext> = kafka::group_consumer(&settings)
-            .create_with_context(PipelineContext::new(partitions.clone()))
+            wake.clone(),
+        );
+        let consumer: StreamConsumer<PipelineContext> = kafka::clients::group_consumer(&settings)
+            .create_with_context(context)
             .map_err(StartError::CreateConsumer)?;
-        let dlq_found = match kafka::wait_for_topic(&consumer, &kafka.dlq_topic, DLQ_TOPIC_WAIT) {
-            Ok(found) => found,
-            Err(error) => return Err(metadata_failure(&consumer, error)),
-        };
+        let dlq_found =
+            match kafka::queries::wait_for_topic(&consumer, &kafka.dlq_topic, DLQ_TOPIC_WAIT) {
+                Ok(found) => found,
+                Err(error) => return Err(metadata_failure(&consumer, error)),
+            };
         if dlq_found.is_none() {
             return Err(StartError::MissingDeadLetterTopic {
                 topic: kafka.dlq_topic.clone(),
@@ -129,7 +150,7 @@ impl Pipeline {
         let mut ranges_by_partition = HashMap::new();
         match &source {
             Source::Group => {
-                let counts = match kafka::partition_counts(&consumer, &kafka.topics) {
+                let counts = match kafka::queries::partition_counts(&consumer, &kafka.topics) {
                     Ok(counts) => counts,
                     Err(error) => return Err(metadata_failure(&consumer, error)),
                 };
@@ -147,7 +168,7 @@ impl Pipeline {
                         .map_err(StartError::Assign)?;
                     ranges_by_partition.insert(id, (range.start, range.end));
                 }
-                partitions.own(ranges.iter().map(|range| {
+                ownership.own(ranges.iter().map(|range| {
                     (
                         PartitionId::new(&range.topic, range.partition),
                         OffsetTracker::starting_at(range.start),
@@ -158,7 +179,7 @@ impl Pipeline {
         }
         let dead_letters = DeadLetterProducer::new(&settings, metrics.clone())
             .map_err(StartError::CreateProducer)?;
-        partitions.health.watch_dead_letters(
+        health.watch_dead_letters(
             dead_letters.stalled().clone(),
             delivery.dead_letter_stall_ms,
         );
@@ -168,24 +189,29 @@ impl Pipeline {
                 probe_interval: delivery.breaker_probe_interval_ms,
                 halt_probe_interval: delivery.halt_probe_interval_ms,
             },
-            partitions.wake.clone(),
+            wake.clone(),
         ));
         let deliverer = Arc::new(Deliverer {
             client,
             classifier: settings.classifier(),
             gate,
-            budget,
+            budget: budget.clone(),
             calls: Semaphore::new(delivery.max_in_flight),
             dead_letters,
             delivery: delivery.clone(),
-            metrics,
+            metrics: metrics.clone(),
             observer: None,
         });
         Ok(Pipeline {
             consumer: Arc::new(consumer),
             ranges: ranges_by_partition,
-            partitions,
+            ownership,
+            committer,
             deliverer,
+            metrics,
+            health,
+            budget,
+            wake,
             settings,
         })
     }

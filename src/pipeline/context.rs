@@ -1,10 +1,15 @@
 //! The consumer's librdkafka context: the rebalance callbacks hand ownership
-//! changes to [`Partitions`], commit results decide what is committed again
-//! (and whether completion maps still fit the broker), and statistics become
-//! per-partition committed-offset and lag metrics and the time the backlog
-//! takes to drain at this replica's share of the rate.
+//! changes to [`Ownership`] and the revoked partitions' points to the
+//! [`Committer`], commit results go to the committer's one rule, and
+//! statistics become per-partition committed-offset and lag metrics and the
+//! time the backlog takes to drain at this replica's share of the rate.
+//!
+//! The callbacks run inside the consumer's poll, on the main loop's task;
+//! their blocking work (the revoke drain, reading committed maps) runs under
+//! `block_in_place` so the worker's other tasks move on.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
@@ -12,24 +17,77 @@ use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, TopicPartitionList};
 
-use super::partitions::Partitions;
-use crate::kafka::PartitionId;
+use tokio::sync::Notify;
+
+use super::commit::committer::Committer;
+use super::ownership::Ownership;
+use super::rate::RateBudget;
+use crate::kafka::partition::{self, PartitionId};
 use crate::labels::RebalanceKind;
+use crate::metrics::{Metrics, PartitionGauge};
+
+/// How long a revoke's commit is tried again while the coordinator is away.
+/// The drain before it is bounded by the session timeout already.
+const REVOKE_COMMIT_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Runs blocking work inside one of librdkafka's callbacks (which are
+/// synchronous): on a multi-thread runtime the worker's other tasks move on.
+fn blocking_in_callback<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
+}
 
 /// The consumer's context: rebalance, commit and statistics callbacks.
 pub(super) struct PipelineContext {
-    pub(super) partitions: Arc<Partitions>,
+    ownership: Arc<Ownership>,
+    committer: Arc<Committer>,
+    metrics: Arc<Metrics>,
+    /// This replica's share of the rate, for the backlog's drain time.
+    budget: Arc<RateBudget>,
+    wake: Arc<Notify>,
     /// librdkafka's latest error report: a failed start-up names it, since a
     /// metadata timeout alone does not say that the password was wrong.
-    pub(super) last_error: std::sync::Mutex<Option<String>>,
+    last_error: std::sync::Mutex<Option<String>>,
 }
 
 impl PipelineContext {
-    pub(super) fn new(partitions: Arc<Partitions>) -> PipelineContext {
+    pub(super) fn new(
+        ownership: Arc<Ownership>,
+        committer: Arc<Committer>,
+        metrics: Arc<Metrics>,
+        budget: Arc<RateBudget>,
+        wake: Arc<Notify>,
+    ) -> PipelineContext {
         PipelineContext {
-            partitions,
+            ownership,
+            committer,
+            metrics,
+            budget,
+            wake,
             last_error: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Drains the revoked partitions, commits their positions, drops them.
+    fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let revoked = partition::partitions_of(tpl);
+        let points = blocking_in_callback(|| {
+            let points = self.ownership.drain(&revoked);
+            self.committer.wait_idle(REVOKE_COMMIT_PATIENCE);
+            points
+        });
+        self.committer.commit_sync(
+            consumer,
+            &points,
+            "revoked partitions",
+            REVOKE_COMMIT_PATIENCE,
+        );
+        blocking_in_callback(|| self.ownership.refresh_counts(consumer));
+        self.wake.notify_one();
     }
 
     /// What librdkafka last reported, if anything.
@@ -82,22 +140,21 @@ impl ClientContext for PipelineContext {
     /// librdkafka's statistics (every `kafka.statistics_interval_ms`): the
     /// committed offset and lag of each owned partition, paused ones included.
     fn stats(&self, statistics: Statistics) {
-        let partitions = self.partitions.lock();
+        let owned = self.ownership.owned();
         let mut lag = 0;
-        let metrics = &self.partitions.metrics;
+        let metrics = &self.metrics;
         for (topic_name, topic) in &statistics.topics {
             for (partition, stats) in &topic.partitions {
-                if *partition < 0
-                    || !partitions.contains_key(&PartitionId::new(topic_name, *partition))
-                {
+                let id = PartitionId::new(topic_name, *partition);
+                if *partition < 0 || !owned.contains(&id) {
                     continue;
                 }
-                let labels = [topic_name.as_str(), &partition.to_string()];
                 if stats.committed_offset >= 0 {
-                    metrics
-                        .partition_committed_offset
-                        .with_label_values(&labels)
-                        .set(stats.committed_offset);
+                    metrics.set_partition(
+                        PartitionGauge::CommittedOffset,
+                        &id,
+                        stats.committed_offset,
+                    );
                 }
                 if stats.hi_offset >= 0 {
                     // Before the first commit the whole partition counts as lag.
@@ -108,15 +165,11 @@ impl ClientContext for PipelineContext {
                     };
                     let partition_lag = (stats.hi_offset - base).max(0);
                     lag += partition_lag;
-                    metrics
-                        .partition_lag
-                        .with_label_values(&labels)
-                        .set(partition_lag);
+                    metrics.set_partition(PartitionGauge::Lag, &id, partition_lag);
                 }
             }
         }
-        drop(partitions);
-        let share = self.partitions.budget.share();
+        let share = self.budget.share();
         metrics.backlog_drain.set(lag as f64 / share.per_sec);
     }
 }
@@ -128,9 +181,9 @@ impl ConsumerContext for PipelineContext {
             Rebalance::Revoke(_) => RebalanceKind::Revoke,
             Rebalance::Error(_) => RebalanceKind::Error,
         };
-        self.partitions.metrics.record_rebalance(kind);
+        self.metrics.record_rebalance(kind);
         match rebalance {
-            Rebalance::Revoke(tpl) => self.partitions.revoke(consumer, tpl),
+            Rebalance::Revoke(tpl) => self.revoke(consumer, tpl),
             Rebalance::Error(error) => tracing::warn!(error = %error, "Rebalance error."),
             Rebalance::Assign(_) => {}
         }
@@ -141,52 +194,17 @@ impl ConsumerContext for PipelineContext {
             // librdkafka keeps a partition's pause across ownerships: one
             // paused by the window when it was revoked (or lost) would stay
             // paused forever when it comes back. A new ownership starts
-            // unpaused, in librdkafka as in `Partitions`.
+            // unpaused, in librdkafka as in `Ownership`.
             if let Err(error) = consumer.resume(tpl) {
                 tracing::warn!(error = %error, "Resuming newly assigned partitions failed.");
             }
-            self.partitions.assign(consumer, tpl);
+            blocking_in_callback(|| self.ownership.assign(consumer, tpl));
         }
     }
 
     /// Only librdkafka's own (auto) commits report here; paysync's commits
-    /// are synchronous and report to [`Partitions::commit_result`] directly.
+    /// are synchronous and are judged by the committer directly.
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        self.partitions.commit_result(offsets, &result);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::pipeline::partitions::tests::{partitions, ticket};
-    use crate::pipeline::partitions::{Start, TaskEnd};
-
-    #[test]
-    fn a_map_the_broker_finds_too_large_turns_maps_off_and_the_commit_is_sent_again() {
-        let context = PipelineContext::new(Arc::new(partitions()));
-        let partitions = &context.partitions;
-        let p0 = PartitionId::new("t", 0);
-        partitions.own([(p0.clone(), Default::default())]);
-        let first = ticket(partitions.start(p0.clone(), 0));
-        let second = ticket(partitions.start(p0.clone(), 1));
-        partitions.task_ended(&second, TaskEnd::Finished);
-        let list = partitions.commit_list(true);
-        assert!(
-            !list.elements()[0].metadata().is_empty(),
-            "1 is finished above 0"
-        );
-        partitions.commit_result(
-            &list,
-            &Err(KafkaError::ConsumerCommit(
-                RDKafkaErrorCode::OffsetMetadataTooLarge,
-            )),
-        );
-        assert_eq!(partitions.metrics.commit_failures.get(), 1);
-        let again = partitions.commit_list(true);
-        assert_eq!(again.count(), 1, "the partition is committed again");
-        assert!(again.elements()[0].metadata().is_empty(), "without a map");
-        partitions.task_ended(&first, TaskEnd::Finished);
-        assert!(matches!(partitions.start(p0, 2), Start::Deliver(_)));
+        self.committer.settle(offsets, &result, &self.ownership);
     }
 }

@@ -12,16 +12,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use governor::RateLimiter;
-use governor::clock::DefaultClock;
-use governor::middleware::StateInformationMiddleware;
-use governor::state::{InMemoryState, NotKeyed};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::gate::{Gate, Pass, RetryCharge};
 use super::ordering::Predecessor;
-use super::partitions::TaskEnd;
 use super::rate::RateBudget;
 use crate::backoff::backoff;
 use crate::config::DeliverySettings;
@@ -33,8 +28,20 @@ use crate::top::classify::{Classifier, Disposition};
 use crate::top::client::TopClient;
 use crate::top::request::dto_json;
 
-/// The token bucket in front of every call.
-pub type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
+/// How a task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskEnd {
+    /// The event was delivered.
+    Finished,
+    /// The event's dead-letter copy was acknowledged. Its offset is committed
+    /// at once, not at the next interval: a copy written again after a crash
+    /// is a duplicate an operator sees, so the window for one stays as short
+    /// as a commit's round trip.
+    DeadLettered,
+    /// It gave up on revoke or shutdown; its offset stays unfinished, so the
+    /// next owner (or the next run) sends it.
+    Abandoned,
+}
 
 /// Told the Kafka→acceptance latency of every delivered event (for the
 /// in-process tools' exact quantiles; the service itself has a histogram).

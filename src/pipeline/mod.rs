@@ -9,17 +9,21 @@
 //! positions, applies the window, and on shutdown drains and commits. Each
 //! concept it uses has its own module:
 //!
-//! * [`partitions`]: ownership, the rebalance drain, commit points.
+//! * memory: [`tracker`], one partition's unfinished offsets, its position
+//!   and the finished offsets above it (the wire format of those is
+//!   [`crate::commit_metadata`]).
+//! * read side: [`resume`], what a newly assigned partition skips.
+//! * ownership: [`ownership`], the owned partitions, their live tasks, the
+//!   revoke drain, what this process remembers of partitions it gave up.
+//! * protocol: [`commit`], when a commit goes out, how, and what its answer
+//!   means.
 //! * [`context`]: librdkafka's callbacks (rebalance, commit, statistics).
-//! * [`deliver`]: one event's task, its retry budget.
+//! * [`deliver`]: one event's task, its retry budget, how it ended.
 //! * [`window`]: when to pause fetching (backpressure).
 //! * [`ordering`]: one order's events one after another.
 //! * [`gate`]: ban, circuit breaker and halt, in front of every call.
 //! * [`rate`]: the replica's share of the group's rate quota, and the
 //!   adaptive controller that finds the quota.
-//! * [`offsets`]: the lowest unfinished offset per partition.
-//! * [`completion`]: the finished offsets above it, as commit metadata.
-//! * [`commits`]: what a commit carries and what its answer means.
 //! * [`status`]: health and the run summary.
 //!
 //! Offsets: librdkafka stores and commits nothing by itself. Every
@@ -32,40 +36,43 @@
 //! it and the map never claims it.
 
 mod build;
-mod commits;
-pub mod completion;
+pub(crate) mod commit;
 mod context;
-pub mod deliver;
+pub(crate) mod deliver;
 pub mod gate;
-pub mod offsets;
-pub mod ordering;
-pub mod partitions;
-pub mod rate;
+pub(crate) mod ordering;
+pub(crate) mod ownership;
+pub(crate) mod rate;
+pub(crate) mod resume;
 mod running;
 pub mod status;
-pub mod window;
+pub(crate) mod tracker;
+pub(crate) mod window;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::Offset;
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 use tracing::Instrument;
 
 use crate::config::Settings;
 use crate::dead_letter::SourceRecord;
 use crate::event;
-use crate::kafka::{self, PartitionId};
+use crate::kafka::partition::PartitionId;
+use crate::metrics::Metrics;
 pub use build::StartError;
+use commit::committer::Committer;
 use context::PipelineContext;
-use deliver::{Deliverer, DeliveryObserver, Job};
+pub use deliver::DeliveryObserver;
+use deliver::{Deliverer, Job, TaskEnd};
 use ordering::OrderChains;
-use partitions::{Partitions, Start};
+use ownership::{Ownership, Start};
+use rate::RateBudget;
 pub use running::RunningPipeline;
 pub use status::{Health, Summary};
 use window::Window;
@@ -97,9 +104,15 @@ pub struct Pipeline {
     consumer: Arc<StreamConsumer<PipelineContext>>,
     /// For a bounded range: each partition's `[start, end)`.
     ranges: HashMap<PartitionId, (i64, i64)>,
-    partitions: Arc<Partitions>,
+    ownership: Arc<Ownership>,
+    committer: Arc<Committer>,
     /// Shared with the event tasks (which never hold the consumer).
     deliverer: Arc<Deliverer>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    budget: Arc<RateBudget>,
+    /// Wakes the main loop: a task ended, a commit was asked for, the gate opened.
+    wake: Arc<Notify>,
     settings: Settings,
 }
 
@@ -115,8 +128,8 @@ impl Pipeline {
     /// Runs the pipeline on the runtime until `shutdown` resolves, the handle
     /// is stopped, or (for a range) every message is finished.
     pub fn spawn(self, shutdown: impl Future<Output = ()> + Send + 'static) -> RunningPipeline {
-        let metrics = self.partitions.metrics.clone();
-        let health = self.partitions.health.clone();
+        let metrics = self.metrics.clone();
+        let health = self.health.clone();
         let gate = self.deliverer.gate.clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(self.run(async move {
@@ -134,7 +147,7 @@ impl Pipeline {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut orders = OrderChains::default();
-        let wake = self.partitions.wake.clone();
+        let wake = self.wake.clone();
         let delivery = &self.settings.delivery;
         let mut window = Window::new(delivery.partition_window, delivery.global_window);
         // Commits every interval, and at the next tick after the window
@@ -158,7 +171,7 @@ impl Pipeline {
                 biased;
                 _ = &mut shutdown => break,
                 _ = wake.notified() => {
-                    if self.partitions.take_commit_now() {
+                    if self.committer.take_asked() {
                         self.commit_changed();
                     }
                 }
@@ -167,9 +180,9 @@ impl Pipeline {
                     // One read at a time: a slow broker does not pile them up.
                     if counts_read.as_ref().is_none_or(|read| read.is_finished()) {
                         let consumer = self.consumer.clone();
-                        let partitions = self.partitions.clone();
+                        let ownership = self.ownership.clone();
                         counts_read = Some(tokio::task::spawn_blocking(move || {
-                            partitions.refresh_counts(&*consumer);
+                            ownership.refresh_counts(&*consumer);
                         }));
                     }
                 }
@@ -199,14 +212,14 @@ impl Pipeline {
             // Past a replay range's end: not ours to send.
             return;
         }
-        let ticket = match self.partitions.start(id, offset) {
+        let ticket = match self.ownership.start(id, offset) {
             Start::Deliver(ticket) => ticket,
             // Finished before a crash or a rebalance: its completion is committed.
             Start::AlreadyFinished => return,
             // A message of a partition this consumer no longer owns is the next owner's.
             Start::NotOwned => return,
         };
-        self.partitions.metrics.events_consumed.inc();
+        self.metrics.events_consumed.inc();
         let received = Instant::now();
         let source = SourceRecord::of(message);
         let event = event::decode(
@@ -223,8 +236,11 @@ impl Pipeline {
             request_id = tracing::field::Empty,
         );
         let (predecessor, turn) = orders.link(&ticket.id, order_id);
-        let deliverer = self.deliverer.clone();
-        let partitions = self.partitions.clone();
+        let (deliverer, ownership, committer) = (
+            self.deliverer.clone(),
+            self.ownership.clone(),
+            self.committer.clone(),
+        );
         tokio::spawn(
             async move {
                 let job = Job {
@@ -234,7 +250,10 @@ impl Pipeline {
                     prior: ticket.prior.clone(),
                 };
                 let end = deliverer.run(job, predecessor, ticket.cancel.clone()).await;
-                partitions.task_ended(&ticket, end);
+                ownership.task_ended(&ticket, end);
+                if end == TaskEnd::DeadLettered {
+                    committer.ask();
+                }
                 drop(turn);
             }
             .instrument(span),
@@ -244,133 +263,67 @@ impl Pipeline {
     /// Whether every partition of a bounded range is finished up to its end
     /// (offsets, so gaps from compaction count as finished).
     fn range_done(&self) -> bool {
-        let partitions = self.partitions.lock();
-        self.ranges.iter().all(|(id, (start, end))| {
-            let position = partitions
-                .get(id)
-                .and_then(|s| s.tracker.position())
-                .unwrap_or(*start);
-            position >= *end
-        })
+        self.ranges
+            .iter()
+            .all(|(id, (start, end))| self.ownership.position(id).unwrap_or(*start) >= *end)
     }
 
     /// Periodic gauges and the liveness mark (every tick of the main loop);
     /// returns how many messages are in flight.
     fn refresh_gauges(&self) -> usize {
-        let metrics = &self.partitions.metrics;
-        self.partitions.health.progressed();
-        self.partitions.budget.tick();
-        self.deliverer.gate.status().publish(metrics);
-        let mut oldest: Option<Instant> = None;
-        let mut in_flight = 0;
-        for (id, state) in self.partitions.lock().iter_mut() {
-            in_flight += state.tracker.in_flight();
-            oldest = oldest.into_iter().chain(state.tracker.oldest_start()).min();
-            if let Some(position) = state.tracker.take_advance() {
-                metrics
-                    .partition_completed_offset
-                    .with_label_values(&[id.topic.as_str(), &id.partition.to_string()])
-                    .set(position);
-            }
-        }
-        metrics
-            .oldest_in_flight_age
-            .set(oldest.map_or(0.0, |t| t.elapsed().as_secs_f64()));
-        self.partitions.health.publish_dead_letter_stall(metrics);
+        self.health.progressed();
+        self.budget.tick();
+        self.deliverer.gate.status().publish(&self.metrics);
+        let in_flight = self.ownership.publish_progress();
+        self.health.publish_dead_letter_stall(&self.metrics);
         in_flight
     }
 
     /// Moves each partition's position past offsets librdkafka consumed that
     /// are not messages (transaction markers): see
-    /// [`offsets::OffsetTracker::skip_to`].
+    /// [`tracker::OffsetTracker::skip_to`].
     fn skip_control_records(&self) {
         let Ok(positions) = self.consumer.position() else {
             return;
         };
-        let mut partitions = self.partitions.lock();
-        for element in positions.elements() {
-            let Offset::Offset(position) = element.offset() else {
-                continue;
-            };
-            let id = PartitionId::from(&element);
-            // A replay range ends at its end, whatever librdkafka read past it.
-            let position = match self.ranges.get(&id) {
-                Some((_, end)) => position.min(*end),
-                None => position,
-            };
-            if let Some(state) = partitions.get_mut(&id) {
-                state.tracker.skip_to(position);
-            }
-        }
+        self.ownership
+            .skip_to(positions.elements().iter().filter_map(|element| {
+                let Offset::Offset(position) = element.offset() else {
+                    return None;
+                };
+                let id = PartitionId::from(element);
+                // A replay range ends at its end, whatever librdkafka read past it.
+                let position = match self.ranges.get(&id) {
+                    Some((_, end)) => position.min(*end),
+                    None => position,
+                };
+                Some((id, position))
+            }));
     }
 
-    /// Commits the partitions whose commit point changed, on a blocking
-    /// thread (a synchronous commit is the only kind whose result librdkafka
-    /// reports back for manual commits), one commit at a time; a failure
-    /// commits them again next time.
+    /// Commits the partitions whose commit point changed ([`Committer`]).
     fn commit_changed(&self) {
-        let partitions = &self.partitions;
-        if partitions.committing.swap(true, Ordering::AcqRel) {
-            // Committed when the one on its way ends.
-            partitions.ask_commit();
-            return;
-        }
-        let list = partitions.commit_list(true);
-        if list.count() == 0 {
-            // Nothing changed since the last commit: the group is up to date,
-            // which is what "time since the last commit" watches.
-            partitions.commit_ended(&list, &Ok(()));
-            return;
-        }
-        let (consumer, partitions) = (self.consumer.clone(), partitions.clone());
-        tokio::task::spawn_blocking(move || {
-            let result = consumer.commit(&list, CommitMode::Sync);
-            // Released first: the consumer is closed on the pipeline's task
-            // at shutdown, which waits for this commit to end.
-            drop(consumer);
-            partitions.commit_ended(&list, &result);
-        });
+        self.committer
+            .commit_changed(&self.consumer, &self.ownership);
     }
 
     /// Pauses or resumes partitions as the [`Window`] decides, and says
     /// whether the main loop may take another message.
     fn apply_window(&self, window: &mut Window) -> bool {
         let gate_closed = self.deliverer.gate.status().closed();
-        let metrics = &self.partitions.metrics;
-        let mut pause = TopicPartitionList::new();
-        let mut resume = TopicPartitionList::new();
-        let (total, may_poll) = {
-            let mut partitions = self.partitions.lock();
-            let total: usize = partitions.values().map(|s| s.tracker.in_flight()).sum();
-            let may_poll = window.update(total, gate_closed, Instant::now());
-            for (id, state) in partitions.iter_mut() {
-                let want_paused =
-                    window.wants_paused(state.tracker.in_flight(), state.paused, gate_closed);
-                if want_paused != state.paused {
-                    state.paused = want_paused;
-                    let list = if want_paused { &mut pause } else { &mut resume };
-                    list.add_partition(&id.topic, id.partition);
-                    // Label values only when a series changes: this runs every turn.
-                    metrics
-                        .partition_paused
-                        .with_label_values(&[id.topic.as_str(), &id.partition.to_string()])
-                        .set(i64::from(want_paused));
-                }
-            }
-            (total, may_poll)
-        };
-        metrics.window_messages.set(total as i64);
-        if pause.count() > 0
-            && let Err(error) = self.consumer.pause(&pause)
+        let turn = self.ownership.turn_window(window, gate_closed);
+        self.metrics.window_messages.set(turn.in_flight as i64);
+        if turn.pause.count() > 0
+            && let Err(error) = self.consumer.pause(&turn.pause)
         {
             tracing::warn!(error = %error, "Pausing partitions failed.");
         }
-        if resume.count() > 0
-            && let Err(error) = self.consumer.resume(&resume)
+        if turn.resume.count() > 0
+            && let Err(error) = self.consumer.resume(&turn.resume)
         {
             tracing::warn!(error = %error, "Resuming partitions failed.");
         }
-        may_poll
+        turn.may_poll
     }
 
     /// Stops taking work; waiting tasks give up and work under way finishes,
@@ -382,41 +335,42 @@ impl Pipeline {
             drain_s = drain.as_secs_f64(),
             "Shutting down: finishing calls under way."
         );
-        self.partitions.cancel_all();
+        self.ownership.cancel_all();
         let deadline = tokio::time::Instant::now() + drain;
+        // Every task's end wakes this loop (a wake-up sent before the wait is
+        // kept), so it needs no poll.
         loop {
-            let live = self.partitions.live_tasks();
+            let live = self.ownership.live_tasks();
             if live == 0 {
                 break;
             }
-            if tokio::time::Instant::now() >= deadline {
-                tracing::warn!(
-                    live_tasks = live,
-                    "Shutdown drain deadline reached; unfinished events will be sent again after restart."
-                );
-                break;
-            }
             tokio::select! {
-                _ = self.partitions.wake.notified() => {}
-                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!(
+                        live_tasks = live,
+                        "Shutdown drain deadline reached; unfinished events will be sent again after restart."
+                    );
+                    break;
+                }
             }
         }
         let Pipeline {
             consumer,
-            partitions,
+            ownership,
+            committer,
             deliverer,
+            metrics,
             ..
         } = self;
-        let metrics = partitions.metrics.clone();
         let committed = {
-            let (consumer, metrics) = (consumer.clone(), metrics.clone());
+            let consumer = consumer.clone();
             tokio::task::spawn_blocking(move || {
-                partitions.wait_for_commit(SHUTDOWN_COMMIT_PATIENCE);
-                let points = partitions.commit_list(false);
-                kafka::commit_sync(
+                committer.wait_idle(SHUTDOWN_COMMIT_PATIENCE);
+                let points = ownership.points(false);
+                committer.commit_sync(
                     &*consumer,
                     &points,
-                    &metrics,
                     "final positions",
                     SHUTDOWN_COMMIT_PATIENCE,
                 );

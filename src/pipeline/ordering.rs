@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use tokio::sync::oneshot;
 
-use crate::kafka::PartitionId;
+use crate::kafka::partition::PartitionId;
 
 /// Dropped when an event's task ends, however it ends: the next event of
 /// the same order may go.
@@ -47,13 +47,10 @@ impl OrderChains {
             .retain(|_, done| matches!(done.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
     }
 
+    #[cfg(test)]
     /// Orders with an event in flight.
     pub fn len(&self) -> usize {
         self.latest.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.latest.is_empty()
     }
 }
 

@@ -115,9 +115,10 @@ impl CommitProbe {
             .set("group.id", &self.group)
             .create()?;
         let partitions: Vec<i32> = (0..self.partitions).collect();
-        let committed = kafka::committed_offsets(&consumer, TOPIC, &partitions)?;
+        let committed = kafka::queries::committed_offsets(&consumer, TOPIC, &partitions)?;
         for (partition, at) in committed {
-            let (_, high) = consumer.fetch_watermarks(TOPIC, partition, kafka::REQUEST_TIMEOUT)?;
+            let (_, high) =
+                consumer.fetch_watermarks(TOPIC, partition, kafka::queries::REQUEST_TIMEOUT)?;
             if at.unwrap_or(0) < high {
                 return Ok(false);
             }

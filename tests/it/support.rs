@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use paysync::pipeline::completion::{CompletionMap, decode_metadata};
+use paysync::commit_metadata::{CompletionMap, decode_metadata};
 use paysync::tools::emulator::journal::Journal;
 use paysync::tools::emulator::{Emulator, Faults, Gateway, GatewaySettings};
 use rdkafka::consumer::{BaseConsumer, Consumer};

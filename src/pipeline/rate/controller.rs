@@ -123,11 +123,6 @@ impl RateController {
         self.estimate
     }
 
-    /// Bans this controller reacted to (one per ban, however many calls met it).
-    pub fn bans(&self) -> u64 {
-        self.bans
-    }
-
     /// The gateway accepted `calls` (in group units) at `now`.
     pub fn accepted(&mut self, now: Instant, calls: f64) {
         match self.accepted.back_mut() {

@@ -32,19 +32,24 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use governor::clock::DefaultClock;
 use governor::middleware::{StateInformationMiddleware, StateSnapshot};
+use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use tokio::sync::Notify;
 
-use super::deliver::Limiter;
 use crate::config::DeliverySettings;
 pub use crate::config::{RateLimitMode, RateLimitScope};
-use crate::kafka::{self, PartitionId};
+use crate::kafka;
+use crate::kafka::partition::PartitionId;
 use crate::metrics::Metrics;
 use crate::top::classify::{Disposition, RetryCause};
 use controller::{ControllerSettings, RateController};
 use rdkafka::consumer::{Consumer, ConsumerContext};
 use topics::PartitionCounts;
+
+/// The token bucket in front of every call.
+pub type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
 
 /// A flow-control answer without a readable ban is taken as a ban this long
 /// by the adaptive controller.
@@ -245,17 +250,20 @@ impl RateBudget {
         self.lock().share
     }
 
+    #[cfg(test)]
     /// The group's rate this replica takes its share of: the configured
     /// rate, or what the adaptive controller found.
     pub fn group_rate(&self) -> f64 {
         self.lock().group_rate
     }
 
+    #[cfg(test)]
     /// Partitions of the subscribed topics, as last known.
     pub fn total(&self) -> usize {
         self.lock().counts.total()
     }
 
+    #[cfg(test)]
     /// Whether a partition count changed too recently for every replica to know.
     pub fn settling(&self) -> bool {
         self.lock().counts.settling(Instant::now())
@@ -290,7 +298,7 @@ impl RateBudget {
         consumer: &impl Consumer<C>,
         topics: &[String],
     ) {
-        match kafka::partition_counts(consumer, topics) {
+        match kafka::queries::partition_counts(consumer, topics) {
             Ok(counts) => {
                 self.observe_counts(counts.iter().map(|(topic, count)| (topic.as_str(), *count)))
             }

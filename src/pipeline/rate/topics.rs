@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::kafka::PartitionId;
+use crate::kafka::partition::PartitionId;
 
 /// The partition counts of the subscribed topics, with their recent changes.
 #[derive(Debug)]
@@ -63,6 +63,7 @@ impl PartitionCounts {
         })
     }
 
+    #[cfg(test)]
     /// Whether a count changed less than `settle` ago.
     pub fn settling(&self, now: Instant) -> bool {
         self.recent(now).any(|(_, seen)| seen.len() > 1)

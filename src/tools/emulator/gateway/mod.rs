@@ -2,9 +2,10 @@
 //! `docs/top-protocol.md` §7 in order, the injected faults, and the answer in
 //! JSON or XML. Transport-free, so it is tested without sockets.
 //!
-//! One job per file: [`params`] decodes the parameters, [`checks`] runs the
-//! check chain, [`dto`] validates the business DTO, [`render`] writes the
-//! answer. This file holds the gateway's state and the order of the steps.
+//! One job per file: [`wire`] holds the request as it came and the reply,
+//! [`params`] decodes the parameters, [`checks`] runs the check chain,
+//! [`dto`] validates the business DTO, [`render`] writes the answer. This
+//! file holds the gateway's state and the order of the steps.
 //!
 //! Check order (the real order is UNCONFIRMED; this one reports the most
 //! fundamental problem first): encoding (47) → method (21) → app_key (28/29)
@@ -35,27 +36,6 @@ pub enum BadDataStyle {
     Codes40And41,
     /// 15 `Remote service error` with `isv.missing-parameter` / `isv.invalid-parameter`.
     Code15,
-}
-
-/// A request as it arrived, before any decoding.
-#[derive(Debug, Clone, Default)]
-pub struct RawRequest {
-    pub query: Option<String>,
-    pub content_type: Option<String>,
-    pub body: Vec<u8>,
-}
-
-/// What the transport should do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reply {
-    /// Close the connection without answering.
-    Drop,
-    Http {
-        status: u16,
-        content_type: &'static str,
-        retry_after: Option<u64>,
-        body: String,
-    },
 }
 
 /// Counters exposed at `GET /emulator/stats`.
@@ -117,9 +97,11 @@ mod checks;
 mod dto;
 mod params;
 mod render;
+mod wire;
 
 use params::merge_params;
 use render::{Answer, Rendering, XML_RENDERING, render};
+pub use wire::{RawRequest, Reply};
 
 impl Gateway {
     pub fn new(settings: GatewaySettings, faults: Faults, journal: Journal) -> Gateway {

@@ -2,8 +2,8 @@
 
 use std::collections::HashMap;
 
-use super::RawRequest;
 use super::render::{Rendering, XML_RENDERING};
+use super::wire::RawRequest;
 
 /// Merges query and form body; the query wins when a name is in both
 /// (precedence at the real gateway is UNCONFIRMED). Bytes that are not UTF-8

@@ -4,7 +4,7 @@
 
 use serde_json::json;
 
-use super::Reply;
+use super::wire::Reply;
 use crate::top::response::response_root;
 
 /// A gateway answer before it is rendered.

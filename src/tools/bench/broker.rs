@@ -22,11 +22,12 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use secrecy::SecretString;
 
-use super::bench::{BenchReport, Throughput, baseline, record};
-use super::emulator::journal::Journal;
-use super::emulator::{Emulator, Faults, Gateway, GatewaySettings};
-use super::local::{APP_KEY, APP_SECRET};
+use super::in_process::{baseline, record};
+use super::report::{BenchReport, Throughput, ceiling_per_sec, histogram, mean, quantile};
 use crate::config::Settings;
+use crate::tools::emulator::journal::Journal;
+use crate::tools::emulator::{Emulator, Faults, Gateway, GatewaySettings};
+use crate::tools::local::{APP_KEY, APP_SECRET};
 
 /// What to run against a real broker.
 #[derive(Debug, Clone)]
@@ -190,11 +191,6 @@ async fn measure(
     })
 }
 
-/// `max_in_flight / latency`: what the calls in flight allow at the emulator's latency.
-pub fn ceiling_per_sec(max_in_flight: usize, latency_ms: u64) -> Option<f64> {
-    (latency_ms > 0).then(|| max_in_flight as f64 * 1000.0 / latency_ms as f64)
-}
-
 fn client_config(bootstrap: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", bootstrap);
@@ -318,56 +314,6 @@ async fn wait_committed_to_end(
     .await?
 }
 
-/// `name`'s cumulative buckets in Prometheus text: (upper bound, count).
-fn histogram(text: &str, name: &str) -> Vec<(f64, f64)> {
-    let prefix = format!("{name}_bucket{{le=\"");
-    let mut buckets: Vec<(f64, f64)> = text
-        .lines()
-        .filter_map(|line| {
-            let rest = line.strip_prefix(&prefix)?;
-            let (bound, count) = rest.split_once("\"} ")?;
-            let bound = if bound == "+Inf" {
-                f64::INFINITY
-            } else {
-                bound.parse().ok()?
-            };
-            Some((bound, count.trim().parse().ok()?))
-        })
-        .collect();
-    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    buckets
-}
-
-/// A histogram's mean (`_sum / _count`), when it has observations.
-fn mean(text: &str, name: &str) -> Option<f64> {
-    let value = |suffix: &str| {
-        let prefix = format!("{name}_{suffix} ");
-        text.lines()
-            .find_map(|line| line.strip_prefix(&prefix)?.trim().parse::<f64>().ok())
-    };
-    let count = value("count").filter(|count| *count > 0.0)?;
-    Some(value("sum")? / count)
-}
-
-/// The `q` quantile of cumulative buckets, linear within its bucket (0 when empty).
-fn quantile(buckets: &[(f64, f64)], q: f64) -> f64 {
-    let Some(&(_, total)) = buckets.last() else {
-        return 0.0;
-    };
-    let rank = q * total;
-    let (mut lower, mut below) = (0.0, 0.0);
-    for &(bound, count) in buckets {
-        if count >= rank && count > below {
-            if bound.is_infinite() {
-                return lower;
-            }
-            return lower + (bound - lower) * (rank - below) / (count - below);
-        }
-        (lower, below) = (bound, count);
-    }
-    lower
-}
-
 /// A plain-HTTP GET on loopback, read as text.
 async fn get_text(uri: &str) -> anyhow::Result<String> {
     let response = crate::top::client::loopback_client()?
@@ -475,27 +421,4 @@ fn clock_ticks_per_second() -> f64 {
         .and_then(|out| String::from_utf8(out.stdout).ok())
         .and_then(|text| text.trim().parse().ok())
         .unwrap_or(100.0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quantiles_interpolate_within_prometheus_buckets() {
-        let text = "x_bucket{le=\"0.01\"} 50\nx_bucket{le=\"0.02\"} 90\nx_bucket{le=\"+Inf\"} 100\nx_count 100\n";
-        let buckets = histogram(text, "x");
-        assert_eq!(buckets.len(), 3);
-        assert!((quantile(&buckets, 0.5) - 0.01).abs() < 1e-9);
-        assert!((quantile(&buckets, 0.7) - 0.015).abs() < 1e-9);
-        // In the open last bucket the answer is its lower bound.
-        assert!((quantile(&buckets, 0.99) - 0.02).abs() < 1e-9);
-        assert_eq!(quantile(&[], 0.5), 0.0);
-    }
-
-    #[test]
-    fn the_ceiling_is_what_the_calls_in_flight_allow() {
-        assert_eq!(ceiling_per_sec(256, 50), Some(5_120.0));
-        assert_eq!(ceiling_per_sec(64, 0), None);
-    }
 }

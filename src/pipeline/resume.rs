@@ -1,46 +1,13 @@
-//! What a commit carries and what its answer means: each partition's commit
-//! point (position, completion map, dead-letter look-back time) as the
-//! metadata text the broker stores; that text read back on assignment and
-//! merged with what this process remembers finishing there, into the tracker
-//! the partition resumes with; and the one broker refusal that changes what
-//! is committed next (a map too large for `offset.metadata.max.bytes`).
+//! The resume decision, the read side of commits: what a newly assigned
+//! partition skips. The group's committed offset and metadata (read on
+//! assignment) are merged with what this process remembers finishing there,
+//! while the partition's log still reaches that memory, into the tracker the
+//! partition resumes with, and the dead-letter look-back it inherits.
 
-use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::{Offset, TopicPartitionList};
-
-use super::completion::{self, CompletionMap};
-use super::offsets::OffsetTracker;
-use crate::dead_letter::prior::LookBack;
-use crate::kafka::PartitionId;
-use crate::metrics::Metrics;
-
-/// A partition's commit point: position and completion map, and the
-/// dead-letter look-back time.
-pub(super) type CommitPoint = (PartitionId, CompletionMap, i64);
-
-/// The commit list: each position with its metadata within `budget` bytes
-/// (no metadata when the budget is 0: maps are off).
-pub(super) fn encode_points(
-    points: Vec<CommitPoint>,
-    budget: usize,
-    metrics: &Metrics,
-) -> TopicPartitionList {
-    let mut list = TopicPartitionList::new();
-    for (id, map, since) in points {
-        let mut element = list.add_partition(&id.topic, id.partition);
-        // Setting the offset of a fresh element cannot fail.
-        let _ = element.set_offset(Offset::Offset(map.base));
-        if budget == 0 {
-            continue;
-        }
-        let (text, kept) = completion::encode_metadata(&map, Some(since), budget);
-        if kept < map.finished.len() {
-            metrics.completion_maps_truncated.inc();
-        }
-        element.set_metadata(text);
-    }
-    list
-}
+use crate::commit_metadata::{self, CompletionMap, LookBack};
+use crate::kafka::partition::PartitionId;
+use crate::kafka::queries::Committed;
+use crate::pipeline::tracker::OffsetTracker;
 
 /// The completion map to resume a partition with, and the look-back time:
 /// the group's committed metadata (ignored with a warning when it is not
@@ -54,7 +21,7 @@ pub(super) fn resume_map(
 ) -> (CompletionMap, Option<i64>) {
     let (group, since) = match metadata {
         "" => (None, None),
-        text => match completion::decode_metadata(text, committed) {
+        text => match commit_metadata::decode_metadata(text, committed) {
             (Ok(map), since) => (Some(map), since),
             (Err(error), _) => {
                 tracing::warn!(partition = %id, %error, "Ignoring the committed completion map; resuming from the committed offset alone.");
@@ -71,14 +38,14 @@ pub(super) fn resume_map(
 /// remembers finishing there, and the partition's end (if read).
 pub(super) fn resume_tracker(
     id: &PartitionId,
-    committed: Option<&(i64, String)>,
+    committed: Option<&Committed>,
     remembered: Option<CompletionMap>,
     end: Option<i64>,
 ) -> OffsetTracker {
     let known = remembered.and_then(|map| memory_of_this_log(id, map, end));
     match (committed, known) {
-        (Some((offset, metadata)), known) => {
-            let (map, since) = resume_map(id, *offset, metadata, known);
+        (Some(committed), known) => {
+            let (map, since) = resume_map(id, committed.offset, &committed.metadata, known);
             let look_back = since
                 .zip(end)
                 .map(|(since_ms, until)| LookBack { since_ms, until });
@@ -119,23 +86,12 @@ fn memory_of_this_log(
     }
 }
 
-/// Whether the broker refused a completion map as too large.
-pub(super) fn too_large(list: &TopicPartitionList, result: &KafkaResult<()>) -> bool {
-    const TOO_LARGE: RDKafkaErrorCode = RDKafkaErrorCode::OffsetMetadataTooLarge;
-    list.elements().iter().any(|e| {
-        matches!(
-            e.error(),
-            Err(KafkaError::OffsetFetch(TOO_LARGE)) | Err(KafkaError::ConsumerCommit(TOO_LARGE))
-        )
-    }) || matches!(result, Err(KafkaError::ConsumerCommit(TOO_LARGE)))
-}
-
 #[cfg(test)]
 // Single ranges of offsets are meant, not vectors of their offsets.
 #[allow(clippy::single_range_in_vec_init)]
 mod tests {
     use super::*;
-    use crate::pipeline::offsets::Started;
+    use crate::pipeline::tracker::Started;
 
     #[test]
     fn memory_is_kept_only_while_the_log_reaches_it() {

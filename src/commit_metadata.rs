@@ -1,7 +1,9 @@
-//! The completion map: which offsets above a committed position are already
-//! finished (delivered or dead-lettered), encoded into the commit's metadata
-//! so that a restarted or newly assigned consumer skips them instead of
-//! sending them again.
+//! The wire format of what paysync commits beside an offset: the completion
+//! map (which offsets above the committed position are already finished,
+//! delivered or dead-lettered) and the dead-letter look-back time, so that a
+//! restarted or newly assigned consumer skips finished events instead of
+//! sending them again. Pure and a leaf: configuration imports its limits,
+//! the pipeline's tracker, resume decision and committer use its types.
 //!
 //! A committed offset alone says only "everything below is finished". One
 //! slow or retrying event holds its partition's position while thousands of
@@ -51,6 +53,29 @@ pub const MAX_TEXT: usize = 64 * 1024;
 const MAX_INFLATED: u64 = 1024 * 1024;
 /// The longest span the encoder tries as a bitmap (8 KiB of bits).
 const MAX_BITMAP_SPAN: u64 = 64 * 1024;
+
+/// Whether committed metadata carries a dead-letter look-back time (then the
+/// partition's end is worth reading on assignment).
+pub fn has_look_back(metadata: &str) -> bool {
+    // The base64url alphabet has no `~`.
+    metadata.contains(SINCE_MARK)
+}
+
+/// The part of a partition earlier owners may have dead-lettered: offsets at
+/// or above the committed one up to `until` (the partition's end when this
+/// owner took over), in copies written no earlier than `since_ms` (epoch ms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LookBack {
+    pub since_ms: i64,
+    pub until: i64,
+}
+
+impl LookBack {
+    /// Whether an earlier owner may have written a copy of `offset`.
+    pub fn covers(&self, offset: i64) -> bool {
+        offset < self.until
+    }
+}
 
 /// Finished offsets above a committed position.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

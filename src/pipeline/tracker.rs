@@ -1,4 +1,4 @@
-//! Which offset may be committed: per partition, the lowest offset still in
+//! The tracker, the engine's memory of one owned partition: which offset may be committed: per partition, the lowest offset still in
 //! flight, or one past the highest offset seen when nothing is in flight;
 //! and which offsets above it are already finished (the completion map).
 //!
@@ -20,8 +20,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use super::completion::CompletionMap;
-use crate::dead_letter::prior::LookBack;
+use crate::commit_metadata::{CompletionMap, LookBack};
 
 /// One partition's unfinished offsets and commit position.
 #[derive(Debug, Clone, Default)]

@@ -15,13 +15,13 @@ use std::time::{Duration, Instant};
 use anyhow::ensure;
 use chrono::Utc;
 use rdkafka::producer::FutureRecord;
-use serde::Serialize;
 
+use super::report::{BenchReport, Throughput, ceiling_per_sec, peak_rss_mb};
 use crate::config::Settings;
 use crate::event::{OrderType, PaymentEvent};
 use crate::pipeline::{Pipeline, Source};
+use crate::tools::emulator::Faults;
 use crate::tools::emulator::journal::Journal;
-use crate::tools::emulator::{Emulator, Faults};
 use crate::tools::latency::LatencyRecorder;
 use crate::tools::local::{LocalStack, TOPIC};
 use crate::top::classify::{Classifier, Disposition};
@@ -39,95 +39,6 @@ pub struct BenchOptions {
     pub rate: Option<u32>,
     /// Token-bucket burst; defaults to a fiftieth of the rate (at least 1).
     pub burst: Option<u32>,
-}
-
-/// What was measured.
-#[derive(Debug, Clone, Serialize)]
-pub struct BenchReport {
-    /// `in-process` (mock cluster, one process) or `broker` (`paysync run`
-    /// as a child process against a real broker).
-    pub mode: &'static str,
-    pub events: usize,
-    pub latency_ms: u64,
-    pub max_in_flight: usize,
-    pub rate_limit: Option<u32>,
-    pub burst: Option<u32>,
-    /// Pipeline throughput from the first to the last acceptance.
-    pub events_per_sec: f64,
-    /// Mean acceptances per whole wall-clock second (first and last seconds left out).
-    pub sustained_per_sec: f64,
-    /// Raw signed POSTs to the emulator, same concurrency, no Kafka.
-    pub baseline_per_sec: f64,
-    pub ratio: f64,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-    /// Most acceptances in one wall-clock second.
-    pub max_in_one_second: u64,
-    /// In process: the whole process (pipeline, emulator and mock broker);
-    /// against a broker: `paysync run` alone.
-    pub peak_rss_mb: f64,
-    /// CPU seconds of `paysync run` (broker mode only).
-    pub cpu_seconds: Option<f64>,
-    pub events_per_cpu_second: Option<f64>,
-    /// `max_in_flight / latency` (when the emulator adds latency).
-    pub ceiling_per_sec: Option<f64>,
-    /// Throughput over the ceiling.
-    pub ceiling_ratio: Option<f64>,
-    /// Mean gateway call as `paysync run` timed it (broker mode): the
-    /// emulator's latency plus what the machine adds to it.
-    pub call_mean_ms: Option<f64>,
-    /// Share of the `max_in_flight` call slots in use on average (Little's
-    /// law: events/s × mean call ÷ slots; broker mode). Near 1, paysync kept
-    /// every slot busy and the gateway's answer time is the limit.
-    pub slots_busy_ratio: Option<f64>,
-    pub partitions: i32,
-    /// Distinct order ids per partition (`None`: one event per order).
-    pub orders_per_partition: Option<usize>,
-}
-
-/// Throughput figures of a run, from its first and last acceptance and the
-/// emulator's acceptances per wall-clock second; both modes use them.
-pub(super) struct Throughput {
-    pub(super) events_per_sec: f64,
-    /// Mean acceptances per whole second (the first and last are partial).
-    pub(super) sustained_per_sec: f64,
-    pub(super) max_in_one_second: u64,
-}
-
-impl Throughput {
-    pub(super) fn measure(
-        events: usize,
-        first: Option<Instant>,
-        last: Instant,
-        emulator: &Emulator,
-    ) -> Throughput {
-        let elapsed = last
-            .duration_since(first.unwrap_or(last))
-            .as_secs_f64()
-            .max(1e-3);
-        // n acceptances span n - 1 intervals.
-        let events_per_sec = (events.saturating_sub(1)).max(1) as f64 / elapsed;
-        let per_second: Vec<u64> = emulator
-            .gateway()
-            .stats()
-            .accepted_per_second
-            .values()
-            .copied()
-            .collect();
-        let interior = per_second
-            .get(1..per_second.len().saturating_sub(1))
-            .unwrap_or_default();
-        let sustained_per_sec = if interior.is_empty() {
-            events_per_sec
-        } else {
-            interior.iter().sum::<u64>() as f64 / interior.len() as f64
-        };
-        Throughput {
-            events_per_sec,
-            sustained_per_sec,
-            max_in_one_second: per_second.iter().copied().max().unwrap_or(0),
-        }
-    }
 }
 
 fn event(index: usize, prefix: &str) -> PaymentEvent {
@@ -217,7 +128,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         sustained_per_sec,
         max_in_one_second,
     } = Throughput::measure(options.events, first, last, emulator);
-    let ceiling = super::bench_broker::ceiling_per_sec(options.max_in_flight, options.latency_ms);
+    let ceiling = ceiling_per_sec(options.max_in_flight, options.latency_ms);
     Ok(BenchReport {
         mode: "in-process",
         events: options.events,
@@ -323,60 +234,4 @@ async fn produce(stack: &LocalStack, events: usize) -> anyhow::Result<()> {
         sent.await??;
     }
     Ok(())
-}
-
-/// The process's peak resident set (VmHWM), in MiB; 0 where /proc is missing.
-pub fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
-}
-
-impl BenchReport {
-    /// A few lines for people.
-    pub fn render(&self) -> String {
-        let limit = match (self.rate_limit, self.burst) {
-            (Some(rate), Some(burst)) => format!("{rate}/s (burst {burst})"),
-            _ => "none".to_owned(),
-        };
-        let cpu = match (self.cpu_seconds, self.events_per_cpu_second) {
-            (Some(seconds), Some(per)) => {
-                format!("{seconds:.2} s ({per:.0} events per CPU-second)")
-            }
-            _ => "not measured (in-process mode)".to_owned(),
-        };
-        let ceiling = match (self.ceiling_per_sec, self.ceiling_ratio) {
-            (Some(c), Some(r)) => format!("{c:.0}/s (reached {:.0} %)", r * 100.0),
-            _ => "none (no emulator latency)".to_owned(),
-        };
-        let slots = match (self.call_mean_ms, self.slots_busy_ratio) {
-            (Some(call), Some(busy)) => {
-                format!("{:.0} % busy (mean call {call:.1} ms)", busy * 100.0)
-            }
-            _ => "not measured (in-process mode)".to_owned(),
-        };
-        format!(
-            "mode              {}\nevents            {}\nemulator latency  {} ms\nmax in flight     {}\nrate limit        {limit}\nthroughput        {:.0} events/s (sustained {:.0}/s)\nbaseline (HTTP)   {:.0} calls/s\nratio             {:.2}\nlatency p50/p99   {:.1} / {:.1} ms (Kafka → API acceptance)\nmost in 1 s       {}\npeak RSS          {:.1} MiB\npaysync CPU       {cpu}\nceiling           {ceiling}\ncall slots        {slots}\n",
-            self.mode,
-            self.events,
-            self.latency_ms,
-            self.max_in_flight,
-            self.events_per_sec,
-            self.sustained_per_sec,
-            self.baseline_per_sec,
-            self.ratio,
-            self.p50_ms,
-            self.p99_ms,
-            self.max_in_one_second,
-            self.peak_rss_mb
-        )
-    }
 }

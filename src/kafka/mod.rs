@@ -1,0 +1,17 @@
+//! librdkafka plumbing, one file per concept, from the bottom up:
+//!
+//! * [`properties`]: the librdkafka properties paysync owns ([`properties::RESERVED`],
+//!   refused in the pass-through tables with the setting to use instead) and
+//!   the defaults it sets; a leaf, so configuration can check against it.
+//! * [`partition`]: [`partition::PartitionId`], the one name of a partition
+//!   everywhere paysync speaks of one; a leaf.
+//! * [`clients`]: every `ClientConfig` paysync builds, in the same three layers.
+//! * [`queries`]: blocking reads of the brokers: metadata, committed offsets
+//!   and maps, partition ends.
+//!
+//! Commits are not here: the pipeline's committer owns them (`pipeline::commit`).
+
+pub mod clients;
+pub mod partition;
+pub mod properties;
+pub mod queries;

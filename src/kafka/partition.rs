@@ -1,0 +1,57 @@
+//! The name of a partition: [`PartitionId`], used everywhere paysync speaks
+//! of one (ownership, commits, dead letters, metrics labels, replay), and its
+//! conversions from and to librdkafka's lists. A leaf.
+
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::TopicPartitionListElem;
+use rdkafka::{Offset, TopicPartitionList};
+
+/// A topic and partition.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PartitionId {
+    pub topic: String,
+    pub partition: i32,
+}
+
+impl PartitionId {
+    pub fn new(topic: impl Into<String>, partition: i32) -> PartitionId {
+        PartitionId {
+            topic: topic.into(),
+            partition,
+        }
+    }
+
+    /// The partition a message came from.
+    pub fn of(message: &impl Message) -> PartitionId {
+        PartitionId::new(message.topic(), message.partition())
+    }
+}
+
+impl From<&TopicPartitionListElem<'_>> for PartitionId {
+    fn from(element: &TopicPartitionListElem<'_>) -> PartitionId {
+        PartitionId::new(element.topic(), element.partition())
+    }
+}
+
+impl std::fmt::Display for PartitionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.topic, self.partition)
+    }
+}
+
+/// The partitions of a list.
+pub fn partitions_of(list: &TopicPartitionList) -> Vec<PartitionId> {
+    list.elements().iter().map(PartitionId::from).collect()
+}
+
+/// A list of positions (the next offset to read) to store or commit.
+pub fn position_list<'a>(
+    positions: impl IntoIterator<Item = (&'a PartitionId, i64)>,
+) -> TopicPartitionList {
+    let mut list = TopicPartitionList::new();
+    for (id, position) in positions {
+        // Adding an offset to a fresh element cannot fail.
+        let _ = list.add_partition_offset(&id.topic, id.partition, Offset::Offset(position));
+    }
+    list
+}
