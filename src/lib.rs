@@ -31,19 +31,19 @@
 #![deny(rust_2018_idioms)]
 
 pub mod admin;
-pub mod backoff;
+pub(crate) mod backoff;
 pub mod cli;
 pub mod commit_metadata;
 pub mod config;
 pub mod dead_letter;
 pub mod event;
 pub mod gmt8;
-pub mod kafka;
+pub(crate) mod kafka;
 pub mod labels;
 pub mod metrics;
 pub mod pipeline;
 pub mod replay;
-pub mod shutdown;
-pub mod telemetry;
+pub(crate) mod shutdown;
+pub(crate) mod telemetry;
 pub mod tools;
 pub mod top;

@@ -1,13 +1,24 @@
 //! Loading: the TOML file, then `PAYSYNC_<SECTION>__<KEY>` variables over it,
-//! then [`Settings::validate`].
+//! then [`Settings::validate`], with every problem in one report.
+//!
+//! Each section is read on its own, so a wrong type or an unknown key in one
+//! section does not hide the problems of the others; in a section that does
+//! not read, each key is tried alone, so every bad key is named. The
+//! sections that did read are then validated. A section that did not read
+//! is left out of validation (its values would be defaults, and judging
+//! them would report problems the file does not have).
 
 use std::path::Path;
 
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use figment::value::{Dict, Value};
+use serde::de::DeserializeOwned;
 
-use super::{ConfigError, ConfigProblem, Settings};
+use super::{
+    AdminSettings, ClassificationSettings, ConfigError, ConfigProblem, DeliverySettings,
+    EventSettings, KafkaSettings, LogSettings, Settings, TopSettings,
+};
 
 /// Prefix of the environment variables that override the file.
 pub const ENV_PREFIX: &str = "PAYSYNC_";
@@ -36,22 +47,167 @@ impl Settings {
             figment = figment.merge(Toml::file_exact(path));
         }
         figment = figment.merge(Serialized::globals(env_overrides(env)));
-        // Lossy: environment values are strings, and "5000" must fill a number.
-        let settings: Settings = figment.extract_lossy().map_err(|error| ConfigError {
-            problems: error
-                .into_iter()
-                .map(|e| ConfigProblem {
-                    key: if e.path.is_empty() {
-                        "(file)".to_owned()
-                    } else {
-                        e.path.join(".")
-                    },
-                    reason: e.kind.to_string(),
-                })
-                .collect(),
+        // A file that is not TOML at all has no sections to read.
+        let root: Dict = figment.extract().map_err(|error| ConfigError {
+            problems: problems_of(error, "(file)"),
         })?;
-        settings.validate()?;
-        Ok(settings)
+        let mut read = Sections::new(root);
+        let settings = Settings {
+            kafka: read.section::<KafkaSettings>("kafka"),
+            delivery: read.section::<DeliverySettings>("delivery"),
+            top: read.section::<TopSettings>("top"),
+            event: read.section::<EventSettings>("event"),
+            admin: read.section::<AdminSettings>("admin"),
+            classification: read.section::<ClassificationSettings>("classification"),
+            log: read.section::<LogSettings>("log"),
+        };
+        let mut problems = read.unknown_sections();
+        problems.append(&mut read.problems);
+        if let Err(invalid) = settings.validate() {
+            problems.extend(
+                invalid
+                    .problems
+                    .into_iter()
+                    .filter(|problem| !read.about_unread(problem)),
+            );
+        }
+        if problems.is_empty() {
+            Ok(settings)
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+}
+
+/// The sections of `Settings`, in the order problems are reported.
+const SECTIONS: [&str; 7] = [
+    "kafka",
+    "delivery",
+    "top",
+    "event",
+    "admin",
+    "classification",
+    "log",
+];
+
+/// Reads sections one by one, collecting what does not read.
+struct Sections {
+    root: Dict,
+    problems: Vec<ConfigProblem>,
+    /// Keys (`section.key`) and whole sections that did not read: validation
+    /// saw defaults there, so its problems about them are left out.
+    unread: Vec<String>,
+}
+
+impl Sections {
+    fn new(root: Dict) -> Sections {
+        Sections {
+            root,
+            problems: Vec::new(),
+            unread: Vec::new(),
+        }
+    }
+
+    /// The section `name`. When it does not read, each key is tried alone:
+    /// the bad ones become problems and the section is read from the good
+    /// ones (or is its defaults, when even those do not read together).
+    fn section<T: DeserializeOwned + Default>(&mut self, name: &'static str) -> T {
+        let Some(value) = self.root.get(name).cloned() else {
+            return T::default();
+        };
+        let error = match read::<T>(value.clone()) {
+            Ok(section) => return section,
+            Err(error) => error,
+        };
+        let Value::Dict(_, keys) = value else {
+            // Not a table: nothing to try key by key.
+            self.problems.extend(problems_of(*error, name));
+            self.unread.push(name.to_owned());
+            return T::default();
+        };
+        let mut good = Dict::new();
+        for (key, value) in keys {
+            let mut alone = Dict::new();
+            alone.insert(key.clone(), value.clone());
+            match read::<T>(Value::from(alone)) {
+                Ok(_) => {
+                    good.insert(key, value);
+                }
+                Err(error) => {
+                    let dotted = format!("{name}.{key}");
+                    self.problems
+                        .extend(problems_of(*error, &dotted).into_iter().map(|problem| {
+                            ConfigProblem {
+                                key: qualified(name, &key, &problem.key),
+                                reason: problem.reason,
+                            }
+                        }));
+                    self.unread.push(dotted);
+                }
+            }
+        }
+        match read::<T>(Value::from(good)) {
+            Ok(section) => section,
+            Err(together) => {
+                // Keys that read alone but not together.
+                self.problems.extend(problems_of(*together, name));
+                self.unread.push(name.to_owned());
+                T::default()
+            }
+        }
+    }
+
+    /// Whether validation's `problem` is about a value that did not read
+    /// (validation saw its default instead).
+    fn about_unread(&self, problem: &ConfigProblem) -> bool {
+        self.unread
+            .iter()
+            .any(|unread| problem.key == *unread || problem.key.starts_with(&format!("{unread}.")))
+    }
+
+    /// Top-level keys that are not sections.
+    fn unknown_sections(&self) -> Vec<ConfigProblem> {
+        self.root
+            .keys()
+            .filter(|key| !SECTIONS.contains(&key.as_str()))
+            .map(|key| ConfigProblem {
+                key: key.clone(),
+                reason: format!("unknown section, expected one of {}", SECTIONS.join(", ")),
+            })
+            .collect()
+    }
+}
+
+/// Reads one section's value. Lossy: environment values are strings, and
+/// "5000" must fill a number.
+fn read<T: DeserializeOwned>(value: Value) -> Result<T, Box<figment::Error>> {
+    Figment::from(Serialized::globals(value))
+        .extract_lossy()
+        .map_err(Box::new)
+}
+
+/// A figment error as problems; `key` names them when the error has no path.
+fn problems_of(error: figment::Error, key: &str) -> Vec<ConfigProblem> {
+    error
+        .into_iter()
+        .map(|e| ConfigProblem {
+            key: if e.path.is_empty() {
+                key.to_owned()
+            } else {
+                e.path.join(".")
+            },
+            reason: e.kind.to_string(),
+        })
+        .collect()
+}
+
+/// The dotted key of a problem found reading `section.key` alone: the
+/// error's own path (inside the key) when it has one.
+fn qualified(section: &str, key: &str, found: &str) -> String {
+    if found.starts_with(&format!("{key}.")) || found == key {
+        format!("{section}.{found}")
+    } else {
+        format!("{section}.{key}")
     }
 }
 

@@ -376,6 +376,60 @@ mod tests {
     }
 
     #[test]
+    fn every_problem_of_every_section_is_reported_together() {
+        let file = write_config(
+            "[kafka]\ncommit_interval_ms = \"soon\"\ntopcis = [\"x\"]\nsession_timeout_ms = 3000\n[top]\napp_kye = \"x\"\n[event]\nmax_bytes = 0\n[extra]\na = 1\n",
+        );
+        let error = Settings::load_from(Some(file.path()), env(&[])).unwrap_err();
+        let keys: Vec<&str> = error.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "extra",
+                "kafka.commit_interval_ms",
+                "kafka.topcis",
+                "top.app_kye",
+                // The sections with a bad key are still validated from the
+                // keys that did read.
+                "top.app_key",
+                "top.app_secret",
+                "kafka.revoke_drain_timeout_ms",
+                "event.max_bytes",
+            ],
+            "{error}"
+        );
+        let reasons = error.to_string();
+        assert!(reasons.contains("`topcis`"), "{reasons}");
+        assert!(
+            reasons.contains("3000"),
+            "the drain is checked against the session timeout read: {reasons}"
+        );
+        assert!(reasons.contains("unknown section"), "{reasons}");
+    }
+
+    #[test]
+    fn a_value_that_did_not_read_is_not_judged_as_its_default() {
+        // delivery.max_in_flight's default is valid, but it did not read:
+        // only the type error is reported for it.
+        let file = write_config("[delivery]\nmax_in_flight = \"many\"\n");
+        let error = Settings::load_from(
+            Some(file.path()),
+            env(&[
+                ("PAYSYNC_TOP__APP_KEY", "12345678"),
+                ("PAYSYNC_TOP__APP_SECRET", "s3cret"),
+                ("PAYSYNC_DELIVERY__RATE_LIMIT_PER_SEC", "x"),
+            ]),
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = error.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["delivery.max_in_flight", "delivery.rate_limit_per_sec"],
+            "{error}"
+        );
+    }
+
+    #[test]
     fn secret_comes_from_a_file_and_never_shows_in_debug() {
         let secret_file = write_config("from-file-secret\n");
         let file = write_config(&format!(

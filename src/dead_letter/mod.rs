@@ -8,8 +8,8 @@
 //! Nothing secret goes in: no app secret, no signature, no session — only the
 //! API's own answer.
 
-pub mod prior;
-pub mod producer;
+pub(crate) mod prior;
+pub(crate) mod producer;
 pub mod reader;
 
 use std::collections::HashMap;

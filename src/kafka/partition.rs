@@ -2,9 +2,9 @@
 //! of one (ownership, commits, dead letters, metrics labels, replay), and its
 //! conversions from and to librdkafka's lists. A leaf.
 
+use rdkafka::TopicPartitionList;
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::TopicPartitionListElem;
-use rdkafka::{Offset, TopicPartitionList};
 
 /// A topic and partition.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -42,16 +42,4 @@ impl std::fmt::Display for PartitionId {
 /// The partitions of a list.
 pub fn partitions_of(list: &TopicPartitionList) -> Vec<PartitionId> {
     list.elements().iter().map(PartitionId::from).collect()
-}
-
-/// A list of positions (the next offset to read) to store or commit.
-pub fn position_list<'a>(
-    positions: impl IntoIterator<Item = (&'a PartitionId, i64)>,
-) -> TopicPartitionList {
-    let mut list = TopicPartitionList::new();
-    for (id, position) in positions {
-        // Adding an offset to a fresh element cannot fail.
-        let _ = list.add_partition_offset(&id.topic, id.partition, Offset::Offset(position));
-    }
-    list
 }

@@ -45,7 +45,7 @@ pub(crate) mod ownership;
 pub(crate) mod rate;
 pub(crate) mod resume;
 mod running;
-pub mod status;
+pub(crate) mod status;
 pub(crate) mod tracker;
 pub(crate) mod window;
 

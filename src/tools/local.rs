@@ -1,4 +1,5 @@
-//! An in-process stack for `paysync demo` and `paysync bench`: librdkafka's
+//! An in-process stack for `paysync demo`, `paysync bench` and the
+//! integration tests: librdkafka's
 //! mock cluster holding the source and dead-letter topics, the emulator on a
 //! free loopback port, and settings that point the real pipeline at both.
 //!
@@ -24,6 +25,9 @@ pub const APP_SECRET: &str = "local-secret";
 pub const TOPIC: &str = "parking-payments";
 pub const DLQ: &str = "parking-payments.dlq";
 
+/// A mock cluster with the source and dead-letter topics, an emulator, and
+/// the settings of a pipeline on them. The demo, the in-process benchmark and
+/// the integration tests' harness all stand on it.
 pub struct LocalStack {
     pub cluster: MockCluster<'static, DefaultProducerContext>,
     pub emulator: Emulator,
@@ -32,16 +36,21 @@ pub struct LocalStack {
     pub partitions: i32,
 }
 
+/// The TOP app a pipeline on the stack calls as; the gateway must know it.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalApp<'a> {
+    pub key: &'a str,
+    pub secret: &'a str,
+}
+
 impl LocalStack {
+    /// The demo's and benchmark's stack: the local app, fault draws seeded.
     pub async fn start(
         partitions: i32,
         faults: Faults,
         journal: Journal,
         group: &str,
     ) -> anyhow::Result<LocalStack> {
-        let cluster = MockCluster::new(1).context("cannot start the in-process Kafka cluster")?;
-        cluster.create_topic(TOPIC, partitions, 1)?;
-        cluster.create_topic(DLQ, 1, 1)?;
         let gateway = Gateway::new(
             GatewaySettings {
                 apps: HashMap::from([(APP_KEY.to_owned(), SecretString::from(APP_SECRET))]),
@@ -51,6 +60,23 @@ impl LocalStack {
             faults,
             journal,
         );
+        let app = LocalApp {
+            key: APP_KEY,
+            secret: APP_SECRET,
+        };
+        Self::with_gateway(partitions, gateway, app, group).await
+    }
+
+    /// A stack whose emulator serves `gateway`, with a pipeline calling as `app`.
+    pub async fn with_gateway(
+        partitions: i32,
+        gateway: Gateway,
+        app: LocalApp<'_>,
+        group: &str,
+    ) -> anyhow::Result<LocalStack> {
+        let cluster = MockCluster::new(1).context("cannot start the in-process Kafka cluster")?;
+        cluster.create_topic(TOPIC, partitions, 1)?;
+        cluster.create_topic(DLQ, 1, 1)?;
         let emulator = Emulator::start("127.0.0.1:0".parse()?, gateway).await?;
         let mut settings = Settings::default();
         settings.kafka.bootstrap_servers = cluster.bootstrap_servers();
@@ -61,8 +87,8 @@ impl LocalStack {
         settings.kafka.revoke_drain_timeout_ms = Duration::from_millis(5_000);
         settings.kafka.commit_interval_ms = Duration::from_millis(200);
         settings.top.gateway_url = emulator.url();
-        settings.top.app_key = APP_KEY.to_owned();
-        settings.top.app_secret = Some(SecretString::from(APP_SECRET));
+        settings.top.app_key = app.key.to_owned();
+        settings.top.app_secret = Some(SecretString::from(app.secret));
         settings.delivery.backoff_initial_ms = Duration::from_millis(50);
         settings.delivery.backoff_max_ms = Duration::from_millis(1_000);
         settings.delivery.breaker_probe_interval_ms = Duration::from_millis(500);

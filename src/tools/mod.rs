@@ -8,8 +8,8 @@
 //!   (measuring `paysync run` alone), with one report.
 //! * [`latency`]: exact delivery-latency quantiles for the demo and bench summaries.
 
-pub mod bench;
-pub mod demo;
+pub(crate) mod bench;
+pub(crate) mod demo;
 pub mod emulator;
-pub mod latency;
+pub(crate) mod latency;
 pub mod local;

@@ -14,7 +14,7 @@
 pub mod classify;
 pub mod client;
 pub mod egress;
-pub mod outcome;
+pub(crate) mod outcome;
 pub mod request;
 pub mod response;
 pub mod sign;

@@ -45,7 +45,7 @@ async fn metrics_after_a_run_show_every_documented_series_with_sane_values() {
             sample(
                 &text,
                 &format!(
-                    r#"paysync_partition_committed_offset{{partition="{p}",topic="payments"}}"#
+                    r#"paysync_partition_committed_offset{{partition="{p}",topic="parking-payments"}}"#
                 ),
             ) == Some(*end as f64)
         });
@@ -92,7 +92,7 @@ async fn metrics_after_a_run_show_every_documented_series_with_sane_values() {
     assert_eq!(value("paysync_ban_remaining_seconds"), 0.0);
     assert_eq!(value("paysync_assigned_partitions"), 3.0);
     for (partition, end) in &ends {
-        let labels = format!(r#"{{partition="{partition}",topic="payments"}}"#);
+        let labels = format!(r#"{{partition="{partition}",topic="parking-payments"}}"#);
         assert_eq!(
             value(&format!("paysync_partition_completed_offset{labels}")),
             *end as f64
@@ -180,7 +180,11 @@ async fn readiness_is_degraded_while_the_breaker_is_open_and_liveness_holds() {
             .collect::<Vec<_>>()
             .join("\n")
     );
-    harness.emulator.gateway().set_faults(Faults::default());
+    harness
+        .stack
+        .emulator
+        .gateway()
+        .set_faults(Faults::default());
     running.wait_for("recovery", |s| s.delivered == 20).await;
     let ready: paysync::admin::Readiness = serde_json::from_str(
         &crate::support::http_get(format!("{base}/health/ready"))
@@ -249,8 +253,8 @@ fn unreachable_kafka(gateway_url: &str) -> RunConfig<'_> {
     RunConfig {
         bootstrap: "127.0.0.1:1",
         group: "startup",
-        topic: "payments",
-        dlq: "payments.dlq",
+        topic: "parking-payments",
+        dlq: "parking-payments.dlq",
         gateway_url,
         delivery: "",
         top: "",

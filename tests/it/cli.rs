@@ -96,13 +96,16 @@ fn check_config_names_every_bad_field() {
     let path = dir.path().join("bad.toml");
     std::fs::write(
         &path,
-        "[top]\ngateway_url = \"not a url\"\nrequest_timeout_ms = 0\n",
+        "[top]\ngateway_url = \"not a url\"\nrequest_timeout_ms = 0\n[delivery]\nmax_in_flight = \"many\"\nretry_max_attemps = 3\n",
     )
     .unwrap();
     let output = paysync(&["check-config", "--config", path.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(64));
     let text = stderr(&output);
+    // Type errors and unknown keys are listed with the semantic problems.
     for key in [
+        "delivery.max_in_flight",
+        "delivery.retry_max_attemps",
         "top.gateway_url",
         "top.app_key",
         "top.app_secret",

@@ -63,7 +63,11 @@ async fn dlq_inspect_lists_dead_letters_and_redrive_moves_only_the_selected_ones
     );
 
     // The API takes the order now; redrive it to the source topic, once.
-    harness.emulator.gateway().set_faults(Faults::default());
+    harness
+        .stack
+        .emulator
+        .gateway()
+        .set_faults(Faults::default());
     let done = redrive(&settings, &rejected_only, Target::Source, None, 3, false)
         .await
         .unwrap();
@@ -224,7 +228,7 @@ async fn a_partition_held_by_failing_dead_letter_writes_shows_in_readiness_until
     records[2].1 = b"{broken".to_vec();
     harness.produce(&records).await;
     // From now on, every write is refused (only dead letters are written).
-    harness.cluster.request_errors(
+    harness.stack.cluster.request_errors(
         RDKafkaApiKey::Produce,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 500],
     );
@@ -271,7 +275,10 @@ async fn a_partition_held_by_failing_dead_letter_writes_shows_in_readiness_until
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(harness.committed()[&0] <= 2, "{:?}", harness.committed());
     // The topic takes writes again: the letter is written, the partition moves.
-    harness.cluster.clear_request_errors(RDKafkaApiKey::Produce);
+    harness
+        .stack
+        .cluster
+        .clear_request_errors(RDKafkaApiKey::Produce);
     running
         .wait_for("the dead letter and the rest", |s| {
             s.dead_lettered() == 1 && s.delivered == 4

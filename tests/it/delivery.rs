@@ -197,7 +197,11 @@ async fn a_total_gateway_outage_dead_letters_nothing_and_delivery_resumes() {
         0,
         "nothing committed past unsent messages"
     );
-    harness.emulator.gateway().set_faults(Faults::default());
+    harness
+        .stack
+        .emulator
+        .gateway()
+        .set_faults(Faults::default());
     running.wait_for("recovery", |s| s.delivered == 100).await;
     wait_committed(&harness, &harness.end_offsets()).await;
     assert_eq!(running.gate.status().breaker, BreakerState::Closed);
@@ -259,7 +263,7 @@ async fn a_code_7_ban_pauses_every_call_for_the_announced_time() {
         0,
         "waiting for a ban spends no attempts"
     );
-    let stats = harness.emulator.gateway().stats();
+    let stats = harness.stack.emulator.gateway().stats();
     let bans = stats.answers.get("error_7").copied().unwrap_or(0);
     assert!(bans >= 1, "the limit was reached: {stats:?}");
     // Everyone waits for the ban: only the calls already in flight meet it.
@@ -270,6 +274,7 @@ async fn a_code_7_ban_pauses_every_call_for_the_announced_time() {
     );
     // Accepted orders never arrive during a ban: each 2 s ban follows at most 30 accepted.
     let times: Vec<chrono::DateTime<chrono::Utc>> = harness
+        .stack
         .emulator
         .gateway()
         .orders()
@@ -309,7 +314,7 @@ async fn a_refund_never_overtakes_its_payment() {
         .await;
     running.stop().await;
     let mut seen: HashMap<String, Vec<u64>> = HashMap::new();
-    for order in harness.emulator.gateway().orders() {
+    for order in harness.stack.emulator.gateway().orders() {
         seen.entry(order.order["order_id"].as_str().unwrap().to_owned())
             .or_default()
             .push(order.order["order_type"].as_u64().unwrap());
@@ -337,6 +342,7 @@ async fn the_rate_limit_holds() {
         .await;
     running.stop().await;
     let times: Vec<chrono::DateTime<chrono::Utc>> = harness
+        .stack
         .emulator
         .gateway()
         .orders()
@@ -533,7 +539,10 @@ async fn shutdown_drains_and_commits_so_a_restart_sends_nothing_again() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let summary = again.stop().await;
     assert_eq!(summary.consumed, 0, "nothing was redelivered: {summary:?}");
-    assert_eq!(harness.emulator.gateway().order_counts(), (150, 150, 0));
+    assert_eq!(
+        harness.stack.emulator.gateway().order_counts(),
+        (150, 150, 0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -547,12 +556,12 @@ async fn a_crash_redelivers_everything_uncommitted_and_loses_nothing() {
     )
     .await;
     harness.produce(&valid_events("crash", 500)).await;
-    let url = harness.emulator.url();
+    let url = harness.stack.emulator.url();
     let config = harness.run_config(&url, "max_in_flight = 8", "");
     let process = Process::start(&config);
-    wait_accepted(&harness.emulator, 150).await;
+    wait_accepted(&harness.stack.emulator, 150).await;
     process.kill(); // SIGKILL: no drain, no final commit.
-    let accepted_before = harness.emulator.gateway().order_counts().0;
+    let accepted_before = harness.stack.emulator.gateway().order_counts().0;
     let committed_at_crash: i64 = harness.committed().values().sum();
     assert!(committed_at_crash < 500, "the crash came before the end");
     assert!(
@@ -571,12 +580,12 @@ async fn a_crash_redelivers_everything_uncommitted_and_loses_nothing() {
     );
 
     let restarted = Process::start(&config);
-    wait_accepted(&harness.emulator, 500).await;
+    wait_accepted(&harness.stack.emulator, 500).await;
     wait_committed(&harness, &harness.end_offsets()).await;
     restarted.signal("TERM");
     assert_eq!(restarted.wait_exit(Duration::from_secs(20)).await, Some(0));
 
-    let (accepted, unique, duplicates) = harness.emulator.gateway().order_counts();
+    let (accepted, unique, duplicates) = harness.stack.emulator.gateway().order_counts();
     assert_eq!(unique, 500, "nothing lost");
     // What the group did not know finished is sent again: no more, except
     // the calls (at most max_in_flight = 8) the gateway answered after the
@@ -638,7 +647,11 @@ async fn a_stuck_event_does_not_make_a_restart_resend_what_finished_behind_it() 
         vec![1..200]
     );
 
-    harness.emulator.gateway().set_faults(Faults::default());
+    harness
+        .stack
+        .emulator
+        .gateway()
+        .set_faults(Faults::default());
     let again = Running::start(settings).await;
     again
         .wait_for("the stuck event", |s| s.delivered == 1)
@@ -647,7 +660,10 @@ async fn a_stuck_event_does_not_make_a_restart_resend_what_finished_behind_it() 
     let second = again.stop().await;
     assert_eq!(second.already_finished, 199, "{second:?}");
     assert_eq!(second.consumed, 1);
-    assert_eq!(harness.emulator.gateway().order_counts(), (200, 200, 0));
+    assert_eq!(
+        harness.stack.emulator.gateway().order_counts(),
+        (200, 200, 0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -706,14 +722,18 @@ async fn a_partition_paused_when_its_assignment_was_lost_flows_again_when_it_com
     tokio::time::sleep(Duration::from_millis(500)).await;
     // The coordinator forgets the member: the assignment is lost, and the
     // same partition comes back to the same consumer.
-    harness.cluster.request_errors(
+    harness.stack.cluster.request_errors(
         rdkafka::types::RDKafkaApiKey::Heartbeat,
         &[rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID],
     );
     running
         .wait_for("the assignment lost and given back", |s| s.rebalances >= 3)
         .await;
-    harness.emulator.gateway().set_faults(Faults::default());
+    harness
+        .stack
+        .emulator
+        .gateway()
+        .set_faults(Faults::default());
     running.wait_for("every event", |s| s.delivered >= 40).await;
     wait_committed(&harness, &harness.end_offsets()).await;
     running.stop().await;
@@ -770,7 +790,7 @@ async fn one_event_too_large(gateway_limit: Option<usize>, sender_limit: usize) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_event_the_gateway_finds_too_large_is_dead_lettered_and_nothing_halts() {
     let harness = one_event_too_large(Some(700), 0).await;
-    let answers = harness.emulator.gateway().stats().answers;
+    let answers = harness.stack.emulator.gateway().stats().answers;
     assert_eq!(answers.get("http_413"), Some(&1), "one 413, never retried");
 }
 
@@ -778,7 +798,7 @@ async fn an_event_the_gateway_finds_too_large_is_dead_lettered_and_nothing_halts
 async fn an_event_over_the_configured_request_size_is_dead_lettered_without_a_call() {
     let harness = one_event_too_large(None, 700).await;
     assert_eq!(
-        harness.emulator.gateway().stats().received,
+        harness.stack.emulator.gateway().stats().received,
         300,
         "the large event was never sent"
     );
@@ -798,21 +818,21 @@ async fn a_second_signal_exits_at_once_without_committing_unfinished_work() {
     )
     .await;
     harness.produce(&valid_events("signal", 5)).await;
-    let url = harness.emulator.url();
+    let url = harness.stack.emulator.url();
     let mut process = Process::start(&harness.run_config(
         &url,
         "shutdown_drain_timeout_ms = 60000",
         "request_timeout_ms = 60000",
     ));
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    while harness.emulator.gateway().stats().received == 0 {
+    while harness.stack.emulator.gateway().stats().received == 0 {
         assert!(tokio::time::Instant::now() < deadline, "no call was made");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     process.signal("TERM");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
-        harness.emulator.gateway().stats().requests,
+        harness.stack.emulator.gateway().stats().requests,
         0,
         "the calls are still under way"
     );

@@ -1,6 +1,7 @@
-//! The in-process fixture of the pipeline suites: librdkafka's mock cluster
-//! with a source and a dead-letter topic, an emulator, settings with short
-//! timings, and a running pipeline with what the tests read while it runs.
+//! The in-process fixture of the pipeline suites: the demo's [`LocalStack`]
+//! (librdkafka's mock cluster with a source and a dead-letter topic, an
+//! emulator) for the test app, settings with short timings, and a running
+//! pipeline with what the tests read while it runs.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,48 +10,49 @@ use std::time::Duration;
 use paysync::config::Settings;
 use paysync::pipeline::gate::Gate;
 use paysync::pipeline::{Pipeline, RunningPipeline, Source, Summary};
-use paysync::tools::emulator::{Emulator, Faults};
-use rdkafka::mocking::MockCluster;
-use secrecy::SecretString;
+use paysync::tools::emulator::Faults;
+use paysync::tools::local::{LocalApp, LocalStack};
 
 use crate::support::{self, APP_KEY, DeadLetter, Kafka, RunConfig, SECRET, wait_until};
 
-pub const SOURCE: &str = "payments";
-pub const DLQ: &str = "payments.dlq";
+pub use paysync::tools::local::{DLQ, TOPIC as SOURCE};
 
-/// A mock cluster with the source and dead-letter topics, and an emulator.
+/// The demo's [`LocalStack`] (mock cluster, topics, emulator) for the test
+/// app, with a group of its own and the suites' short timings.
 pub struct Harness {
-    pub cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    /// The cluster and the emulator.
+    pub stack: LocalStack,
     pub kafka: Kafka,
-    pub emulator: Emulator,
     pub group: String,
     pub partitions: i32,
 }
 
 impl Harness {
     pub async fn new(partitions: i32, faults: Faults) -> Harness {
-        let cluster = MockCluster::new(1).unwrap();
-        cluster.create_topic(SOURCE, partitions, 1).unwrap();
-        cluster.create_topic(DLQ, 1, 1).unwrap();
-        let kafka = Kafka {
-            bootstrap: cluster.bootstrap_servers(),
-        };
         let group = format!("paysync-test-{}", rand::random::<u32>());
+        let app = LocalApp {
+            key: APP_KEY,
+            secret: SECRET,
+        };
+        let stack = LocalStack::with_gateway(partitions, support::gateway(faults, 3), app, &group)
+            .await
+            .unwrap();
+        let kafka = Kafka {
+            bootstrap: stack.cluster.bootstrap_servers(),
+        };
         Harness {
-            cluster,
+            stack,
             kafka,
-            emulator: support::emulator(faults).await,
             group,
             partitions,
         }
     }
 
+    /// The stack's settings with the suites' timings: short enough that a
+    /// rebalance, a breaker or a shutdown is seen in seconds.
     pub fn settings(&self) -> Settings {
-        let mut settings = Settings::default();
-        settings.kafka.bootstrap_servers = self.cluster.bootstrap_servers();
-        settings.kafka.group_id = self.group.clone();
-        settings.kafka.topics = vec![SOURCE.to_owned()];
-        settings.kafka.dlq_topic = DLQ.to_owned();
+        let mut settings = self.stack.settings.clone();
+        settings.log = Settings::default().log;
         settings.kafka.session_timeout_ms = Duration::from_millis(6_000);
         settings.kafka.revoke_drain_timeout_ms = Duration::from_millis(3_000);
         settings.kafka.commit_interval_ms = Duration::from_millis(200);
@@ -60,9 +62,6 @@ impl Harness {
         settings.delivery.breaker_probe_interval_ms = Duration::from_millis(200);
         settings.delivery.halt_probe_interval_ms = Duration::from_millis(500);
         settings.delivery.shutdown_drain_timeout_ms = Duration::from_millis(5_000);
-        settings.top.gateway_url = self.emulator.url();
-        settings.top.app_key = APP_KEY.to_owned();
-        settings.top.app_secret = Some(SecretString::from(SECRET));
         settings.top.request_timeout_ms = Duration::from_millis(2_000);
         settings.top.connect_timeout_ms = Duration::from_millis(1_000);
         settings
@@ -104,7 +103,7 @@ impl Harness {
     }
 
     pub fn accepted_order_ids(&self) -> Vec<String> {
-        support::accepted_order_ids(&self.emulator)
+        support::accepted_order_ids(&self.stack.emulator)
     }
 }
 

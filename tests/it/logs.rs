@@ -15,7 +15,7 @@ async fn json_logs_carry_each_events_position_and_never_a_secret() {
     let mut records = valid_events("logs", 3);
     records.push(("logs-bad".into(), b"{\"pay_fee\": -1}".to_vec()));
     harness.produce(&records).await;
-    let url = harness.emulator.url();
+    let url = harness.stack.emulator.url();
     let top = format!("session = \"{SESSION}\"");
     let config = harness.run_config(&url, "", &top);
     let json_debug = [
@@ -23,7 +23,7 @@ async fn json_logs_carry_each_events_position_and_never_a_secret() {
         ("PAYSYNC_LOG__FORMAT", "json"),
     ];
     let process = Process::start_with_env(&config, &json_debug);
-    wait_accepted(&harness.emulator, 3).await;
+    wait_accepted(&harness.stack.emulator, 3).await;
     wait_committed(&harness, &harness.end_offsets()).await;
     process.signal("TERM");
     let log = process.log();

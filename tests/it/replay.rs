@@ -20,7 +20,7 @@ async fn replay_sends_exactly_the_range_once_and_leaves_the_live_group_alone() {
     wait_committed(&harness, &harness.end_offsets()).await;
     running.stop().await;
     let live_committed = harness.committed();
-    let accepted_live = harness.emulator.gateway().orders().len();
+    let accepted_live = harness.stack.emulator.gateway().orders().len();
 
     let request = ReplayRequest {
         partitions: vec![0],
@@ -44,7 +44,10 @@ async fn replay_sends_exactly_the_range_once_and_leaves_the_live_group_alone() {
     let (valid, invalid, problems) = dry.checked.clone().unwrap();
     assert_eq!((valid, invalid), (19, 1));
     assert!(problems[0].contains("@15"), "{problems:?}");
-    assert_eq!(harness.emulator.gateway().orders().len(), accepted_live);
+    assert_eq!(
+        harness.stack.emulator.gateway().orders().len(),
+        accepted_live
+    );
 
     let report = replay(harness.settings(), request.clone(), std::future::pending())
         .await
@@ -61,7 +64,7 @@ async fn replay_sends_exactly_the_range_once_and_leaves_the_live_group_alone() {
         (summary.delivered, summary.dead_lettered_invalid_event),
         (19, 1)
     );
-    let replayed: Vec<String> = harness.emulator.gateway().orders()[accepted_live..]
+    let replayed: Vec<String> = harness.stack.emulator.gateway().orders()[accepted_live..]
         .iter()
         .map(|o| o.order["order_id"].as_str().unwrap().to_owned())
         .collect();
@@ -93,7 +96,7 @@ async fn replay_sends_exactly_the_range_once_and_leaves_the_live_group_alone() {
         again.render()
     );
     assert_eq!(
-        harness.emulator.gateway().orders().len(),
+        harness.stack.emulator.gateway().orders().len(),
         accepted_live + 19
     );
 
@@ -118,7 +121,7 @@ async fn replay_sends_exactly_the_range_once_and_leaves_the_live_group_alone() {
     assert_eq!((wider.ranges[0].start, wider.ranges[0].end), (0, 40));
     assert_eq!(wider.summary.unwrap().delivered, 39);
     assert_eq!(
-        harness.emulator.gateway().orders().len(),
+        harness.stack.emulator.gateway().orders().len(),
         accepted_live + 19 + 39
     );
 }
@@ -158,7 +161,7 @@ async fn an_adaptive_replay_finds_the_quota_below_its_rate_and_holds_it() {
     .await
     .unwrap();
     let summary = report.summary.unwrap();
-    let bans = harness.emulator.gateway().bans();
+    let bans = harness.stack.emulator.gateway().bans();
     assert_eq!(summary.delivered, 1_500, "{}", report.render());
     assert_eq!(summary.dead_lettered(), 0);
     // At a fixed 400/s against a 100/s bucket a ban would come every second
