@@ -8,8 +8,8 @@
 //! In short, from the bottom up:
 //!
 //! * Leaves: [`labels`] (closed label sets), [`gmt8`] (TOP's wall clock),
-//!   [`backoff`], [`shutdown`].
-//! * [`kafka::properties`], [`kafka::partition`], [`commit_metadata`]: the
+//!   `backoff`, `shutdown`.
+//! * `kafka::properties`, `kafka::partition`, [`commit_metadata`]: the
 //!   librdkafka properties paysync owns, the name of a partition, and the
 //!   wire format of what a commit carries beside its offset (low floors, so
 //!   configuration checks against them).
@@ -18,14 +18,16 @@
 //!   classification table, and the HTTP client. It knows no Kafka.
 //! * [`config`]: settings from TOML and `PAYSYNC_…` variables, defaults, validation.
 //! * [`metrics`]: every exported metric, in one place; it knows no engine type.
-//! * [`kafka`]: every librdkafka client paysync builds, and the brokers' queries.
+//! * `kafka`: every librdkafka client paysync builds, and the brokers' queries.
 //! * [`dead_letter`]: the dead-letter contract, its writer and its reader.
 //! * [`pipeline`]: the consumer group → calls → commits/dead letters engine.
 //! * [`admin`]: `/metrics`, `/health/live`, `/health/ready`.
 //! * [`replay`]: the operator's backfill of a bounded range (with
 //!   [`dead_letter::reader`], the operator tools).
+//! * [`trace`]: the producer's trace context read from headers, spans
+//!   exported over OTLP when `tracing.enabled`.
 //! * [`tools`]: development tools — the emulator, the demo, the benchmark.
-//! * [`telemetry`]: logging set-up; [`cli`]: the `paysync` command line.
+//! * `telemetry`: logging set-up; [`cli`]: the `paysync` command line.
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
@@ -47,3 +49,4 @@ pub(crate) mod shutdown;
 pub(crate) mod telemetry;
 pub mod tools;
 pub mod top;
+pub mod trace;

@@ -91,6 +91,10 @@ pub struct Metrics {
     pub seconds_since_last_commit: Gauge,
     pub tasks_abandoned: IntCounter,
     pub events_already_finished: IntCounter,
+    /// Trace headers (`traceparent`, `b3`, …) whose value could not be read.
+    pub trace_context_malformed: IntCounter,
+    /// Spans not exported, by reason (`queue_full`, `export_failed`).
+    pub trace_spans_dropped: IntCounterVec,
     pub dead_letters_written_before: IntCounter,
     pub completion_maps_truncated: IntCounter,
     last_commit: Mutex<Instant>,
@@ -345,6 +349,17 @@ impl Metrics {
                 "paysync_events_already_finished_total",
                 "Events skipped on consumption because a committed completion map (or this process's own record) says they were already delivered or dead-lettered.",
             ),
+            trace_context_malformed: counter(
+                &r,
+                "paysync_trace_context_malformed_total",
+                "Events whose trace header (traceparent, b3, X-B3-*) could not be read; the event is delivered without a link to its producer's span.",
+            ),
+            trace_spans_dropped: counter_vec(
+                &r,
+                "paysync_trace_spans_dropped_total",
+                "Spans not exported: the export queue was full (queue_full) or their export failed (export_failed). Delivery never waits for the collector.",
+                &["reason"],
+            ),
             dead_letters_written_before: counter(
                 &r,
                 "paysync_dead_letters_written_before_total",
@@ -478,6 +493,18 @@ impl Metrics {
         let labels = [id.topic.as_str(), partition.as_str()];
         for gauge in PartitionGauge::ALL {
             let _ = self.partition_gauges(gauge).remove_label_values(&labels);
+        }
+    }
+
+    /// Brings the dropped-span counts up to the process-wide totals
+    /// (`queue_full`, `export_failed`).
+    pub fn publish_dropped_spans(&self, (queue_full, export_failed): (u64, u64)) {
+        for (reason, total) in [("queue_full", queue_full), ("export_failed", export_failed)] {
+            let counter = self.trace_spans_dropped.with_label_values(&[reason]);
+            let seen = counter.get();
+            if total > seen {
+                counter.inc_by(total - seen);
+            }
         }
     }
 

@@ -14,10 +14,27 @@ use crate::tools::emulator::{
 };
 
 pub(super) async fn demo(args: DemoArgs) -> ExitCode {
-    crate::telemetry::init(&LogSettings {
-        level: "error".into(),
-        ..LogSettings::default()
-    });
+    // Like every setting, PAYSYNC_TRACING__ENABLED=true turns tracing on.
+    let tracing = match crate::config::TracingSettings::from_env(std::env::vars()) {
+        Ok(tracing) => tracing,
+        Err(error) => {
+            eprint!("paysync demo: {error}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let telemetry = match crate::telemetry::init_with_tracing(
+        &LogSettings {
+            level: "error".into(),
+            ..LogSettings::default()
+        },
+        &tracing,
+    ) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("paysync demo: tracing: {error}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     let faults = Faults {
         isp_error_rate: args.isp_error_rate,
         http_502_rate: args.http_502_rate,
@@ -35,8 +52,13 @@ pub(super) async fn demo(args: DemoArgs) -> ExitCode {
         malformed_rate: args.malformed_rate,
         faults,
         admin_listen: args.admin_listen,
+        tracing,
     };
-    match crate::tools::demo::run(options).await {
+    let ran = crate::tools::demo::run(options).await;
+    tokio::task::spawn_blocking(move || telemetry.shutdown())
+        .await
+        .ok();
+    match ran {
         Ok(report) => {
             print!("{}", report.render());
             if report.succeeded() {

@@ -19,7 +19,13 @@ pub(super) async fn run(path: &Path) -> ExitCode {
         Ok(settings) => settings,
         Err(code) => return code,
     };
-    crate::telemetry::init(&settings.log);
+    let telemetry = match crate::telemetry::init_with_tracing(&settings.log, &settings.tracing) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("paysync: tracing: {error}");
+            return ExitCode::from(super::exit::EXIT_USAGE);
+        }
+    };
     // The first signal drains and commits; a second one exits at once. Stored
     // offsets only ever cover finished events, so nothing unfinished is committed.
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -65,6 +71,10 @@ pub(super) async fn run(path: &Path) -> ExitCode {
     tracing::info!(admin = %admin.addr(), "Pipeline started; /metrics, /health/live and /health/ready are served.");
     running.finished().await;
     admin.stop().await;
+    // The spans still queued go out (bounded by tracing.export_timeout_ms).
+    tokio::task::spawn_blocking(move || telemetry.shutdown())
+        .await
+        .ok();
     ExitCode::SUCCESS
 }
 

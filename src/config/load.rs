@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 
 use super::{
     AdminSettings, ClassificationSettings, ConfigError, ConfigProblem, DeliverySettings,
-    EventSettings, KafkaSettings, LogSettings, Settings, TopSettings,
+    EventSettings, KafkaSettings, LogSettings, Settings, TopSettings, TracingSettings,
 };
 
 /// Prefix of the environment variables that override the file.
@@ -60,6 +60,7 @@ impl Settings {
             admin: read.section::<AdminSettings>("admin"),
             classification: read.section::<ClassificationSettings>("classification"),
             log: read.section::<LogSettings>("log"),
+            tracing: read.section::<TracingSettings>("tracing"),
         };
         let mut problems = read.unknown_sections();
         problems.append(&mut read.problems);
@@ -79,8 +80,37 @@ impl Settings {
     }
 }
 
+impl TracingSettings {
+    /// `[tracing]` from `PAYSYNC_TRACING__*` variables alone, for the tools
+    /// that run without a configuration file (`paysync demo`).
+    pub fn from_env(
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<TracingSettings, ConfigError> {
+        let mut read = Sections::new(env_overrides(env));
+        let tracing = read.section::<TracingSettings>("tracing");
+        let mut problems = read.problems;
+        let settings = Settings {
+            tracing,
+            ..Settings::default()
+        };
+        if let Err(invalid) = settings.validate() {
+            problems.extend(
+                invalid
+                    .problems
+                    .into_iter()
+                    .filter(|problem| problem.key.starts_with("tracing.")),
+            );
+        }
+        if problems.is_empty() {
+            Ok(settings.tracing)
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+}
+
 /// The sections of `Settings`, in the order problems are reported.
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 8] = [
     "kafka",
     "delivery",
     "top",
@@ -88,6 +118,7 @@ const SECTIONS: [&str; 7] = [
     "admin",
     "classification",
     "log",
+    "tracing",
 ];
 
 /// Reads sections one by one, collecting what does not read.

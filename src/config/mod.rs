@@ -18,11 +18,13 @@ use serde::Deserialize;
 mod delivery;
 mod load;
 mod top;
+mod tracing;
 mod validate;
 
 pub use delivery::{DeliverySettings, RateLimitMode, RateLimitScope};
 pub use load::{ENV_PREFIX, ENV_SEPARATOR};
 pub use top::{DEFAULT_GATEWAY_URL, TopSettings};
+pub use tracing::{OtlpProtocol, TracingSettings};
 pub use validate::{ConfigError, ConfigProblem};
 
 use crate::event::{DEFAULT_MAX_EVENT_BYTES, FieldLengths, Limits};
@@ -61,6 +63,8 @@ pub struct Settings {
     pub classification: ClassificationSettings,
     #[serde(default)]
     pub log: LogSettings,
+    #[serde(default)]
+    pub tracing: TracingSettings,
 }
 
 /// `[kafka]`: where events come from and where dead letters go.

@@ -61,6 +61,31 @@ impl Settings {
                 reason,
             })
         };
+        let tracing = &self.tracing;
+        if !(0.0..=1.0).contains(&tracing.sampling_ratio) {
+            problem(
+                "tracing.sampling_ratio",
+                "must be between 0.0 and 1.0".into(),
+            );
+        }
+        if tracing.queue_size == 0 {
+            problem("tracing.queue_size", "must be above 0".into());
+        }
+        if tracing.batch_size == 0 || tracing.batch_size > tracing.queue_size {
+            problem(
+                "tracing.batch_size",
+                "must be above 0 and at most tracing.queue_size".into(),
+            );
+        }
+        if let Some(endpoint) = &tracing.endpoint {
+            match Url::parse(endpoint) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+                _ => problem(
+                    "tracing.endpoint",
+                    "must be an http(s) URL, e.g. http://127.0.0.1:4317".into(),
+                ),
+            }
+        }
         let top = &self.top;
         match Url::parse(&top.gateway_url) {
             Ok(url) if matches!(url.scheme(), "http" | "https") && url.query().is_none() => {}

@@ -142,6 +142,8 @@ pub struct Failure {
     pub attempts: u32,
     pub first_attempt: Option<DateTime<Utc>>,
     pub last_attempt: Option<DateTime<Utc>>,
+    /// The trace of the delivery that gave up (tracing on).
+    pub trace_id: Option<String>,
 }
 
 impl Failure {
@@ -156,6 +158,7 @@ impl Failure {
             attempts: 0,
             first_attempt: None,
             last_attempt: None,
+            trace_id: None,
         }
     }
 
@@ -217,7 +220,7 @@ fn flag(value: Option<bool>) -> &'static str {
 /// Header names, in one place.
 pub mod header {
     /// Every `paysync.*` header a dead letter may carry, in the order written.
-    pub const ALL: [&str; 19] = [
+    pub const ALL: [&str; 20] = [
         CLASS,
         REASON,
         MESSAGE,
@@ -233,6 +236,7 @@ pub mod header {
         SOURCE_OFFSET,
         SOURCE_TIMESTAMP,
         CONSUMER_GROUP,
+        TRACE_ID,
         VERSION,
         VALUE_OMITTED_BYTES,
         KEY_OMITTED_BYTES,
@@ -252,6 +256,8 @@ pub mod header {
     pub const TOP_CODE: &str = "paysync.top.code";
     pub const TOP_SUB_CODE: &str = "paysync.top.sub_code";
     pub const TOP_REQUEST_ID: &str = "paysync.top.request_id";
+    /// The trace id of the delivery that gave up (when tracing is on).
+    pub const TRACE_ID: &str = "paysync.trace_id";
     pub const ATTEMPTS: &str = "paysync.attempts";
     pub const FIRST_ATTEMPT_AT: &str = "paysync.first_attempt_at";
     pub const LAST_ATTEMPT_AT: &str = "paysync.last_attempt_at";
@@ -315,6 +321,9 @@ pub fn encode_headers(
         headers.push((header::SOURCE_TIMESTAMP, timestamp.to_string()));
     }
     headers.push((header::CONSUMER_GROUP, group.to_owned()));
+    if let Some(trace_id) = &failure.trace_id {
+        headers.push((header::TRACE_ID, trace_id.clone()));
+    }
     headers.push((header::VERSION, env!("CARGO_PKG_VERSION").to_owned()));
     headers
 }
@@ -341,6 +350,8 @@ pub struct DeadLetterRecord {
     pub left_out: bool,
     /// How many times this record was redriven to its source before.
     pub redrives: u32,
+    /// The trace of the delivery that gave up, when tracing was on.
+    pub trace_id: Option<String>,
     /// The original key, value and headers, as the source had them.
     #[serde(skip)]
     pub original: Payload,
@@ -385,6 +396,7 @@ impl DeadLetterRecord {
             redrives: get(header::REDRIVES)
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(0),
+            trace_id: get(header::TRACE_ID),
             original: payload,
         }
     }
@@ -449,6 +461,7 @@ mod tests {
             attempts: 1,
             first_attempt: None,
             last_attempt: None,
+            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
         }
         .with_outcome(
             &Outcome::Answered {

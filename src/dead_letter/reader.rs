@@ -148,8 +148,8 @@ pub fn inspect(settings: &Settings, filter: &Filter) -> anyhow::Result<Vec<DeadL
 /// A table for people.
 pub fn render_table(records: &[DeadLetterRecord]) -> String {
     let mut out = format!(
-        "{:<10} {:<24} {:<17} {:<18} {:<5} {:<28} {}\n",
-        "DLQ", "DEAD-LETTERED AT", "CLASS", "REASON", "CODE", "SOURCE", "MESSAGE"
+        "{:<10} {:<24} {:<17} {:<18} {:<5} {:<28} {:<32} {}\n",
+        "DLQ", "DEAD-LETTERED AT", "CLASS", "REASON", "CODE", "SOURCE", "TRACE", "MESSAGE"
     );
     for r in records {
         let source = format!(
@@ -167,13 +167,14 @@ pub fn render_table(records: &[DeadLetterRecord]) -> String {
             message.insert_str(0, "[value left out] ");
         }
         out.push_str(&format!(
-            "{:<10} {:<24} {:<17} {:<18} {:<5} {:<28} {}\n",
+            "{:<10} {:<24} {:<17} {:<18} {:<5} {:<28} {:<32} {}\n",
             format!("{}@{}", r.partition, r.offset),
             at,
             r.class,
             r.reason,
             r.code.as_deref().unwrap_or("-"),
             source,
+            r.trace_id.as_deref().unwrap_or("-"),
             message
         ));
     }

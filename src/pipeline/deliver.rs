@@ -27,6 +27,8 @@ use crate::metrics::Metrics;
 use crate::top::classify::{Classifier, Disposition};
 use crate::top::client::TopClient;
 use crate::top::request::dto_json;
+use crate::trace;
+use tracing::Instrument;
 
 /// How a task ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +107,9 @@ pub(super) struct Deliverer {
     pub(super) delivery: DeliverySettings,
     pub(super) metrics: Arc<Metrics>,
     pub(super) observer: Option<DeliveryObserver>,
+    /// Tracing is on: each call gets a `paysync.call` span, waits become
+    /// span events, the event's span records its outcome.
+    pub(super) traced: bool,
 }
 
 /// One message, detached from the consumer.
@@ -144,10 +149,13 @@ impl Deliverer {
     async fn dead_letter(
         &self,
         job: &Job,
-        failure: Failure,
+        mut failure: Failure,
         cancel: &CancellationToken,
     ) -> TaskEnd {
         let class = failure.class;
+        if self.traced {
+            failure.trace_id = trace::span::trace_id(&tracing::Span::current());
+        }
         if let Some(prior) = &job.prior {
             tokio::select! {
                 held = Box::pin(self.dead_letters.written_before(prior, job.source.offset)) => if held {
@@ -165,6 +173,7 @@ impl Deliverer {
         match sent.await {
             Written::Acknowledged => {
                 self.metrics.record_dead_lettered(class, &failure.reason);
+                self.record_outcome(&format!("dead_lettered:{}", class.as_str()));
                 tracing::warn!(class = class.as_str(), reason = %failure.reason, "Event dead-lettered.");
                 TaskEnd::DeadLettered
             }
@@ -189,10 +198,12 @@ impl Deliverer {
                 permit = self.calls.acquire() => permit.expect("the semaphore is never closed"),
                 _ = cancel.cancelled() => return TaskEnd::Abandoned,
             };
+            let at_gate = Instant::now();
             let pass = tokio::select! {
                 pass = self.gate.pass() => pass,
                 _ = cancel.cancelled() => return TaskEnd::Abandoned,
             };
+            self.waited("the gate (a ban, the breaker or a halt)", at_gate.elapsed());
             let waiting = Instant::now();
             let snapshot = tokio::select! {
                 snapshot = self.budget.until_ready() => snapshot,
@@ -200,20 +211,26 @@ impl Deliverer {
             };
             self.metrics
                 .record_limiter_wait(waiting.elapsed(), snapshot.remaining_burst_capacity());
+            self.waited("the rate budget", waiting.elapsed());
             if pass == Pass::Normal && self.gate.status().closed() {
                 // A ban, a halt or an open breaker began while this call waited for a token.
                 continue;
             }
             // Signed here, after every wait: the timestamp is fresh on each attempt.
             self.metrics.calls_in_flight.inc();
+            let call = self.call_span(calls + 1);
             // Boxed: a task waiting for its turn stays small (see docs/performance.md).
-            let report = Box::pin(self.client.send(&dto)).await;
+            let report = Box::pin(self.client.send(&dto).instrument(call.clone())).await;
             self.metrics.calls_in_flight.dec();
             drop(permit);
             calls += 1;
             let now = Utc::now();
             first_attempt.get_or_insert(now);
             let disposition = self.classifier.classify(&report.outcome);
+            if self.traced {
+                trace::span::record_call(&call, &report.outcome, &disposition, report.elapsed);
+                tracing::Span::current().record("attempts", calls);
+            }
             self.metrics
                 .record_call(&report.outcome, &disposition, report.elapsed);
             let halted_before = self.gate.status().halted.is_some();
@@ -238,11 +255,13 @@ impl Deliverer {
                     attempts: calls,
                     first_attempt,
                     last_attempt: Some(now),
+                    trace_id: None,
                 }
                 .with_outcome(&report.outcome, report.request_id.as_deref())
             };
             match disposition {
                 Disposition::Delivered => {
+                    self.record_outcome("delivered");
                     let latency = job.received.elapsed();
                     self.metrics.record_delivered(latency);
                     if let Some(observer) = &self.observer {
@@ -256,6 +275,7 @@ impl Deliverer {
                 }
                 Disposition::Halt { cause } => {
                     // The gate is now halted; the loop waits there for a probe.
+                    self.record_outcome("halted");
                     if !halted_before {
                         tracing::error!(
                             gateway = %self.client.endpoint(),
@@ -276,13 +296,56 @@ impl Deliverer {
                                 failure(DeadLetterClass::RetriesExhausted, cause.as_str());
                             return self.dead_letter(job, failure, cancel).await;
                         }
-                        NextAttempt::After(delay) => tokio::select! {
-                            _ = tokio::time::sleep(delay) => {}
-                            _ = cancel.cancelled() => return TaskEnd::Abandoned,
-                        },
+                        NextAttempt::After(delay) => {
+                            self.waited("the backoff before the next attempt", delay);
+                            tokio::select! {
+                                _ = tokio::time::sleep(delay) => {}
+                                _ = cancel.cancelled() => return TaskEnd::Abandoned,
+                            }
+                        }
                     }
                 }
             }
+        }
+    }
+
+    /// The span of one call, when tracing is on (otherwise none: nothing on
+    /// the hot path).
+    fn call_span(&self, attempt: u32) -> tracing::Span {
+        if !self.traced {
+            return tracing::Span::none();
+        }
+        tracing::info_span!(
+            "call",
+            otel.name = "paysync.call",
+            otel.kind = "client",
+            attempt,
+            http.request.method = "POST",
+            http.response.status_code = tracing::field::Empty,
+            top.code = tracing::field::Empty,
+            top.sub_code = tracing::field::Empty,
+            latency_ms = tracing::field::Empty,
+            disposition = tracing::field::Empty,
+            retry_after_s = tracing::field::Empty,
+            wait_ms = tracing::field::Empty,
+        )
+    }
+
+    /// A wait of the event, as a span event of its trace (not a log line).
+    fn waited(&self, at: &str, waited: Duration) {
+        if self.traced && waited >= Duration::from_millis(1) {
+            tracing::debug!(
+                target: crate::telemetry::TRACE_EVENTS,
+                waited_ms = waited.as_millis() as u64,
+                "waited for {at}"
+            );
+        }
+    }
+
+    /// The event's outcome, on its span.
+    fn record_outcome(&self, outcome: &str) {
+        if self.traced {
+            tracing::Span::current().record("outcome", outcome);
         }
     }
 }

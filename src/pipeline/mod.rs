@@ -65,6 +65,7 @@ use crate::dead_letter::SourceRecord;
 use crate::event;
 use crate::kafka::partition::PartitionId;
 use crate::metrics::Metrics;
+use crate::trace;
 pub use build::StartError;
 use commit::committer::Committer;
 use context::PipelineContext;
@@ -227,14 +228,18 @@ impl Pipeline {
             &self.settings.event.limits(),
         );
         let order_id = event.as_ref().ok().map(|e| e.order_id.as_str());
-        let span = tracing::info_span!(
-            "event",
-            topic = %ticket.id.topic,
-            partition = ticket.id.partition,
-            offset,
-            order_id = order_id.unwrap_or("-"),
-            request_id = tracing::field::Empty,
-        );
+        let span = if self.settings.tracing.enabled {
+            self.delivery_span(message, &ticket.id, offset, event.as_ref().ok())
+        } else {
+            tracing::info_span!(
+                "event",
+                topic = %ticket.id.topic,
+                partition = ticket.id.partition,
+                offset,
+                order_id = order_id.unwrap_or("-"),
+                request_id = tracing::field::Empty,
+            )
+        };
         let (predecessor, turn) = orders.link(&ticket.id, order_id);
         let (deliverer, ownership, committer) = (
             self.deliverer.clone(),
@@ -260,6 +265,48 @@ impl Pipeline {
         );
     }
 
+    /// The event's span when tracing is on: `paysync.deliver`, linked to the
+    /// producer's span its headers name, its trace id in every log line of
+    /// the event.
+    fn delivery_span(
+        &self,
+        message: &BorrowedMessage<'_>,
+        id: &PartitionId,
+        offset: i64,
+        event: Option<&event::PaymentEvent>,
+    ) -> tracing::Span {
+        use rdkafka::message::Headers;
+        let span = tracing::info_span!(
+            "event",
+            otel.name = "paysync.deliver",
+            otel.kind = "consumer",
+            topic = %id.topic,
+            partition = id.partition,
+            offset,
+            order_id = event.map_or("-", |e| e.order_id.as_str()),
+            park_id = event.map_or("-", |e| e.park_id.as_str()),
+            request_id = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+            attempts = tracing::field::Empty,
+        );
+        let headers = message.headers();
+        let producer = trace::context::producer_context(
+            headers
+                .iter()
+                .flat_map(|headers| headers.iter())
+                .map(|header| (header.key, header.value.unwrap_or_default())),
+        );
+        if producer == trace::context::Producer::Malformed {
+            self.metrics.trace_context_malformed.inc();
+        }
+        trace::span::link(&span, &producer);
+        if let Some(trace_id) = trace::span::trace_id(&span) {
+            span.record("trace_id", trace_id.as_str());
+        }
+        span
+    }
+
     /// Whether every partition of a bounded range is finished up to its end
     /// (offsets, so gaps from compaction count as finished).
     fn range_done(&self) -> bool {
@@ -274,6 +321,10 @@ impl Pipeline {
         self.health.progressed();
         self.budget.tick();
         self.deliverer.gate.status().publish(&self.metrics);
+        if self.settings.tracing.enabled {
+            self.metrics
+                .publish_dropped_spans(trace::export::dropped_spans());
+        }
         let in_flight = self.ownership.publish_progress();
         self.health.publish_dead_letter_stall(&self.metrics);
         in_flight

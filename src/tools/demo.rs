@@ -42,6 +42,8 @@ pub struct DemoOptions {
     pub malformed_rate: f64,
     pub faults: Faults,
     pub admin_listen: SocketAddr,
+    /// `[tracing]` from `PAYSYNC_TRACING__*` (off unless enabled there).
+    pub tracing: crate::config::TracingSettings,
 }
 
 /// What happened.
@@ -149,6 +151,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoReport> {
     )
     .await?;
     let mut settings = stack.settings.clone();
+    settings.tracing = options.tracing.clone();
     settings.delivery.rate_limit_per_sec = options.rate;
     settings.delivery.rate_limit_burst = Some((options.rate / 10).max(1));
     settings.validate()?;
