@@ -19,6 +19,9 @@ mod egress;
 #[path = "e2e/secured.rs"]
 mod secured;
 
+#[path = "e2e/traces.rs"]
+mod traces;
+
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -173,7 +173,10 @@ impl Deliverer {
         match sent.await {
             Written::Acknowledged => {
                 self.metrics.record_dead_lettered(class, &failure.reason);
-                self.record_outcome(&format!("dead_lettered:{}", class.as_str()));
+                self.record_outcome(
+                    &format!("dead_lettered:{}", class.as_str()),
+                    failure.attempts,
+                );
                 tracing::warn!(class = class.as_str(), reason = %failure.reason, "Event dead-lettered.");
                 TaskEnd::DeadLettered
             }
@@ -229,7 +232,6 @@ impl Deliverer {
             let disposition = self.classifier.classify(&report.outcome);
             if self.traced {
                 trace::span::record_call(&call, &report.outcome, &disposition, report.elapsed);
-                tracing::Span::current().record("attempts", calls);
             }
             self.metrics
                 .record_call(&report.outcome, &disposition, report.elapsed);
@@ -261,7 +263,7 @@ impl Deliverer {
             };
             match disposition {
                 Disposition::Delivered => {
-                    self.record_outcome("delivered");
+                    self.record_outcome("delivered", calls);
                     let latency = job.received.elapsed();
                     self.metrics.record_delivered(latency);
                     if let Some(observer) = &self.observer {
@@ -275,7 +277,13 @@ impl Deliverer {
                 }
                 Disposition::Halt { cause } => {
                     // The gate is now halted; the loop waits there for a probe.
-                    self.record_outcome("halted");
+                    if self.traced {
+                        tracing::info!(
+                            target: crate::telemetry::TRACE_EVENTS,
+                            cause = cause.as_str(),
+                            "halted: waiting at the gate for a probe"
+                        );
+                    }
                     if !halted_before {
                         tracing::error!(
                             gateway = %self.client.endpoint(),
@@ -342,10 +350,13 @@ impl Deliverer {
         }
     }
 
-    /// The event's outcome, on its span.
-    fn record_outcome(&self, outcome: &str) {
+    /// The event's outcome and calls, on its span: once, as it ends (a
+    /// value recorded twice would be two attributes of one name).
+    fn record_outcome(&self, outcome: &str, attempts: u32) {
         if self.traced {
-            tracing::Span::current().record("outcome", outcome);
+            let span = tracing::Span::current();
+            span.record("outcome", outcome);
+            span.record("attempts", attempts);
         }
     }
 }

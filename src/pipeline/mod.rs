@@ -255,6 +255,9 @@ impl Pipeline {
                     prior: ticket.prior.clone(),
                 };
                 let end = deliverer.run(job, predecessor, ticket.cancel.clone()).await;
+                if end == TaskEnd::Abandoned && deliverer.traced {
+                    tracing::Span::current().record("outcome", "abandoned");
+                }
                 ownership.task_ended(&ticket, end);
                 if end == TaskEnd::DeadLettered {
                     committer.ask();

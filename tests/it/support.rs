@@ -94,6 +94,9 @@ pub fn valid_events(prefix: &str, n: usize) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
+/// A record's key, value and headers.
+pub type HeadedRecord = (String, Vec<u8>, Vec<(String, String)>);
+
 /// A Kafka cluster reached through its bootstrap servers.
 #[derive(Clone)]
 pub struct Kafka {
@@ -109,6 +112,32 @@ impl Kafka {
 
     /// Produces values keyed by order id (one order stays in one partition),
     /// each with a `source-system` header.
+    /// Produces records with headers of their own (trace context, say).
+    #[allow(dead_code)] // Used by the end-to-end suite.
+    pub async fn produce_with_headers(&self, topic: &str, records: &[HeadedRecord]) {
+        let producer: FutureProducer = self.client_config().set("linger.ms", "5").create().unwrap();
+        let sends = records.iter().map(|(key, value, headers)| {
+            let headers = headers
+                .iter()
+                .fold(OwnedHeaders::new(), |all, (name, value)| {
+                    all.insert(Header {
+                        key: name,
+                        value: Some(value),
+                    })
+                });
+            producer.send(
+                FutureRecord::to(topic)
+                    .key(key.as_bytes())
+                    .payload(value.as_slice())
+                    .headers(headers),
+                Duration::from_secs(30),
+            )
+        });
+        for result in futures::future::join_all(sends).await {
+            result.unwrap();
+        }
+    }
+
     pub async fn produce(&self, topic: &str, records: &[(String, Vec<u8>)]) {
         let producer: FutureProducer = self.client_config().set("linger.ms", "5").create().unwrap();
         for chunk in records.chunks(5_000) {
@@ -348,6 +377,11 @@ impl Process {
             .status()
             .unwrap();
         assert!(status.success());
+    }
+
+    #[allow(dead_code)] // Used by the end-to-end suite.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGKILL: no drain, no final commit.
