@@ -619,6 +619,7 @@ mod documentation {
             .inc();
         metrics.call_outcomes.with_label_values(&["d", "r"]).inc();
         metrics.top_errors.with_label_values(&["1", "none"]).inc();
+        metrics.publish_dropped_spans((1, 0));
         for vec in [
             &metrics.partition_committed_offset,
             &metrics.partition_completed_offset,

@@ -17,6 +17,9 @@ use crate::trace::export::{self, TraceSetupError};
 
 /// The target of the span events paysync records only for traces (waits).
 pub const TRACE_EVENTS: &str = "paysync::trace";
+/// The target of an event's span when tracing is on but the event is not
+/// sampled: logged like any span, never exported.
+pub const UNTRACED: &str = "paysync::untraced";
 
 /// What [`init_with_tracing`] installed; [`Telemetry::shutdown`] sends the
 /// spans still queued.
@@ -79,10 +82,16 @@ pub fn init_with_tracing(
     .with_filter(filter);
     // paysync's own spans, and the events inside them (they become span
     // events): the waits at any level, everything else from info up.
+    // Location, thread and busy/idle attributes left out: they cost on every
+    // span and say nothing about a payment.
     let traces = tracing_opentelemetry::layer()
         .with_tracer(provider.tracer("paysync"))
+        .with_location(false)
+        .with_threads(false)
+        .with_tracked_inactivity(false)
         .with_filter(filter_fn(|metadata| {
             metadata.target().starts_with("paysync")
+                && metadata.target() != UNTRACED
                 && (metadata.is_span()
                     || metadata.target() == TRACE_EVENTS
                     || *metadata.level() <= Level::INFO)

@@ -201,7 +201,6 @@ impl Pipeline {
             delivery: delivery.clone(),
             metrics: metrics.clone(),
             observer: None,
-            traced: settings.tracing.enabled,
         });
         Ok(Pipeline {
             consumer: Arc::new(consumer),

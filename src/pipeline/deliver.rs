@@ -107,9 +107,6 @@ pub(super) struct Deliverer {
     pub(super) delivery: DeliverySettings,
     pub(super) metrics: Arc<Metrics>,
     pub(super) observer: Option<DeliveryObserver>,
-    /// Tracing is on: each call gets a `paysync.call` span, waits become
-    /// span events, the event's span records its outcome.
-    pub(super) traced: bool,
 }
 
 /// One message, detached from the consumer.
@@ -120,6 +117,9 @@ pub(super) struct Job {
     pub(super) event: Result<PaymentEvent, InvalidEvent>,
     /// Set when an earlier owner may have dead-lettered this offset already.
     pub(super) prior: Option<Arc<PriorCopies>>,
+    /// The event is traced: each call gets a `paysync.call` span, waits
+    /// become span events, the event's span records its outcome.
+    pub(super) traced: bool,
 }
 
 impl Deliverer {
@@ -153,7 +153,7 @@ impl Deliverer {
         cancel: &CancellationToken,
     ) -> TaskEnd {
         let class = failure.class;
-        if self.traced {
+        if job.traced {
             failure.trace_id = trace::span::trace_id(&tracing::Span::current());
         }
         if let Some(prior) = &job.prior {
@@ -173,7 +173,8 @@ impl Deliverer {
         match sent.await {
             Written::Acknowledged => {
                 self.metrics.record_dead_lettered(class, &failure.reason);
-                self.record_outcome(
+                Self::record_outcome(
+                    job.traced,
                     &format!("dead_lettered:{}", class.as_str()),
                     failure.attempts,
                 );
@@ -206,7 +207,11 @@ impl Deliverer {
                 pass = self.gate.pass() => pass,
                 _ = cancel.cancelled() => return TaskEnd::Abandoned,
             };
-            self.waited("the gate (a ban, the breaker or a halt)", at_gate.elapsed());
+            Self::waited(
+                job.traced,
+                "the gate (a ban, the breaker or a halt)",
+                at_gate.elapsed(),
+            );
             let waiting = Instant::now();
             let snapshot = tokio::select! {
                 snapshot = self.budget.until_ready() => snapshot,
@@ -214,14 +219,14 @@ impl Deliverer {
             };
             self.metrics
                 .record_limiter_wait(waiting.elapsed(), snapshot.remaining_burst_capacity());
-            self.waited("the rate budget", waiting.elapsed());
+            Self::waited(job.traced, "the rate budget", waiting.elapsed());
             if pass == Pass::Normal && self.gate.status().closed() {
                 // A ban, a halt or an open breaker began while this call waited for a token.
                 continue;
             }
             // Signed here, after every wait: the timestamp is fresh on each attempt.
             self.metrics.calls_in_flight.inc();
-            let call = self.call_span(calls + 1);
+            let call = Self::call_span(job.traced, calls + 1);
             // Boxed: a task waiting for its turn stays small (see docs/performance.md).
             let report = Box::pin(self.client.send(&dto).instrument(call.clone())).await;
             self.metrics.calls_in_flight.dec();
@@ -230,7 +235,7 @@ impl Deliverer {
             let now = Utc::now();
             first_attempt.get_or_insert(now);
             let disposition = self.classifier.classify(&report.outcome);
-            if self.traced {
+            if job.traced {
                 trace::span::record_call(&call, &report.outcome, &disposition, report.elapsed);
             }
             self.metrics
@@ -263,7 +268,7 @@ impl Deliverer {
             };
             match disposition {
                 Disposition::Delivered => {
-                    self.record_outcome("delivered", calls);
+                    Self::record_outcome(job.traced, "delivered", calls);
                     let latency = job.received.elapsed();
                     self.metrics.record_delivered(latency);
                     if let Some(observer) = &self.observer {
@@ -277,7 +282,7 @@ impl Deliverer {
                 }
                 Disposition::Halt { cause } => {
                     // The gate is now halted; the loop waits there for a probe.
-                    if self.traced {
+                    if job.traced {
                         tracing::info!(
                             target: crate::telemetry::TRACE_EVENTS,
                             cause = cause.as_str(),
@@ -305,7 +310,7 @@ impl Deliverer {
                             return self.dead_letter(job, failure, cancel).await;
                         }
                         NextAttempt::After(delay) => {
-                            self.waited("the backoff before the next attempt", delay);
+                            Self::waited(job.traced, "the backoff before the next attempt", delay);
                             tokio::select! {
                                 _ = tokio::time::sleep(delay) => {}
                                 _ = cancel.cancelled() => return TaskEnd::Abandoned,
@@ -319,8 +324,8 @@ impl Deliverer {
 
     /// The span of one call, when tracing is on (otherwise none: nothing on
     /// the hot path).
-    fn call_span(&self, attempt: u32) -> tracing::Span {
-        if !self.traced {
+    fn call_span(traced: bool, attempt: u32) -> tracing::Span {
+        if !traced {
             return tracing::Span::none();
         }
         tracing::info_span!(
@@ -340,8 +345,8 @@ impl Deliverer {
     }
 
     /// A wait of the event, as a span event of its trace (not a log line).
-    fn waited(&self, at: &str, waited: Duration) {
-        if self.traced && waited >= Duration::from_millis(1) {
+    fn waited(traced: bool, at: &str, waited: Duration) {
+        if traced && waited >= Duration::from_millis(1) {
             tracing::debug!(
                 target: crate::telemetry::TRACE_EVENTS,
                 waited_ms = waited.as_millis() as u64,
@@ -352,8 +357,8 @@ impl Deliverer {
 
     /// The event's outcome and calls, on its span: once, as it ends (a
     /// value recorded twice would be two attributes of one name).
-    fn record_outcome(&self, outcome: &str, attempts: u32) {
-        if self.traced {
+    fn record_outcome(traced: bool, outcome: &str, attempts: u32) {
+        if traced {
             let span = tracing::Span::current();
             span.record("outcome", outcome);
             span.record("attempts", attempts);

@@ -228,8 +228,24 @@ impl Pipeline {
             &self.settings.event.limits(),
         );
         let order_id = event.as_ref().ok().map(|e| e.order_id.as_str());
-        let span = if self.settings.tracing.enabled {
+        let tracing = &self.settings.tracing;
+        // Sampled here, before any span work: an event left out costs nothing.
+        let traced = tracing.enabled
+            && (tracing.sampling_ratio >= 1.0 || rand::random::<f64>() < tracing.sampling_ratio);
+        let span = if traced {
             self.delivery_span(message, &ticket.id, offset, event.as_ref().ok())
+        } else if tracing.enabled {
+            // Not exported (the tracing layer leaves this target out); the
+            // same fields as without tracing, for the logs.
+            tracing::info_span!(
+                target: crate::telemetry::UNTRACED,
+                "event",
+                topic = %ticket.id.topic,
+                partition = ticket.id.partition,
+                offset,
+                order_id = order_id.unwrap_or("-"),
+                request_id = tracing::field::Empty,
+            )
         } else {
             tracing::info_span!(
                 "event",
@@ -253,9 +269,10 @@ impl Pipeline {
                     source,
                     event,
                     prior: ticket.prior.clone(),
+                    traced,
                 };
                 let end = deliverer.run(job, predecessor, ticket.cancel.clone()).await;
-                if end == TaskEnd::Abandoned && deliverer.traced {
+                if end == TaskEnd::Abandoned && traced {
                     tracing::Span::current().record("outcome", "abandoned");
                 }
                 ownership.task_ended(&ticket, end);

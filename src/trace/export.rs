@@ -80,9 +80,9 @@ pub fn provider(settings: &TracingSettings) -> Result<SdkTracerProvider, TraceSe
     exporter.set_resource(&resource);
     let processor = DroppingQueue::start(exporter, settings)?;
     Ok(SdkTracerProvider::builder()
-        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-            settings.sampling_ratio,
-        ))))
+        // The pipeline samples each event itself (tracing.sampling_ratio),
+        // before any span work; what reaches the tracer is exported.
+        .with_sampler(Sampler::AlwaysOn)
         .with_resource(resource)
         .with_span_processor(processor)
         .build())
