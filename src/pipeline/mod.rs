@@ -445,6 +445,7 @@ impl Pipeline {
                     "final positions",
                     SHUTDOWN_COMMIT_PATIENCE,
                 );
+                ownership.release_all();
                 if let Err(error) = deliverer.dead_letters.flush(Duration::from_secs(10)) {
                     tracing::warn!(error = %error, "Flushing the dead-letter producer failed.");
                 }

@@ -279,6 +279,18 @@ impl Ownership {
         self.publish.wake.notify_one();
     }
 
+    /// Gives up every partition after the final commit (shutdown): a revoke
+    /// that librdkafka reports while the consumer closes then has nothing
+    /// left to commit, and cannot block on a broker that is gone.
+    pub(super) fn release_all(&self) {
+        let mut partitions = self.lock();
+        for (id, state) in partitions.drain() {
+            state.cancel.cancel();
+            self.publish.metrics.forget_partition(&id);
+        }
+        self.publish_assigned(&partitions);
+    }
+
     /// Tells every task to give up waiting (shutdown).
     pub(super) fn cancel_all(&self) {
         for state in self.lock().values() {
@@ -530,6 +542,20 @@ pub(super) mod tests {
             "the dead-letter look-back time is committed too"
         );
         assert_eq!(ownership.publish.metrics.tasks_abandoned.get(), 1);
+    }
+
+    #[test]
+    fn after_the_final_commit_nothing_is_owned_and_nothing_is_left_to_commit() {
+        let ownership = ownership();
+        let p0 = PartitionId::new("t", 0);
+        own(&ownership, std::slice::from_ref(&p0));
+        let t = ticket(ownership.start(p0.clone(), 3));
+        ownership.task_ended(&t, TaskEnd::Finished);
+        assert_eq!(ownership.points(false).len(), 1);
+        ownership.release_all();
+        assert!(ownership.points(false).is_empty());
+        assert!(ownership.drain(std::slice::from_ref(&p0)).is_empty());
+        assert_eq!(ownership.publish.health.assigned_partitions(), 0);
     }
 
     #[test]
