@@ -17,8 +17,8 @@ use crate::trace::export::{self, TraceSetupError};
 
 /// The target of the span events paysync records only for traces (waits).
 pub const TRACE_EVENTS: &str = "paysync::trace";
-/// The target of an event's span when tracing is on but the event is not
-/// sampled: logged like any span, never exported.
+/// The target of an event's span when the event is not traced (tracing off,
+/// or the event not sampled): logged like any span, never exported.
 pub const UNTRACED: &str = "paysync::untraced";
 
 /// What [`init_with_tracing`] installed; [`Telemetry::shutdown`] sends the

@@ -234,20 +234,11 @@ impl Pipeline {
             && (tracing.sampling_ratio >= 1.0 || rand::random::<f64>() < tracing.sampling_ratio);
         let span = if traced {
             self.delivery_span(message, &ticket.id, offset, event.as_ref().ok())
-        } else if tracing.enabled {
-            // Not exported (the tracing layer leaves this target out); the
-            // same fields as without tracing, for the logs.
+        } else {
+            // For the logs only: the tracing layer, when there is one,
+            // leaves this target out.
             tracing::info_span!(
                 target: crate::telemetry::UNTRACED,
-                "event",
-                topic = %ticket.id.topic,
-                partition = ticket.id.partition,
-                offset,
-                order_id = order_id.unwrap_or("-"),
-                request_id = tracing::field::Empty,
-            )
-        } else {
-            tracing::info_span!(
                 "event",
                 topic = %ticket.id.topic,
                 partition = ticket.id.partition,

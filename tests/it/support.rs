@@ -113,7 +113,6 @@ impl Kafka {
     /// Produces values keyed by order id (one order stays in one partition),
     /// each with a `source-system` header.
     /// Produces records with headers of their own (trace context, say).
-    #[allow(dead_code)] // Used by the end-to-end suite.
     pub async fn produce_with_headers(&self, topic: &str, records: &[HeadedRecord]) {
         let producer: FutureProducer = self.client_config().set("linger.ms", "5").create().unwrap();
         let sends = records.iter().map(|(key, value, headers)| {
@@ -139,24 +138,13 @@ impl Kafka {
     }
 
     pub async fn produce(&self, topic: &str, records: &[(String, Vec<u8>)]) {
-        let producer: FutureProducer = self.client_config().set("linger.ms", "5").create().unwrap();
+        let source = vec![("source-system".to_owned(), "parking-platform".to_owned())];
         for chunk in records.chunks(5_000) {
-            let sends = chunk.iter().map(|(key, value)| {
-                let headers = OwnedHeaders::new().insert(Header {
-                    key: "source-system",
-                    value: Some("parking-platform"),
-                });
-                producer.send(
-                    FutureRecord::to(topic)
-                        .key(key.as_bytes())
-                        .payload(value.as_slice())
-                        .headers(headers),
-                    Duration::from_secs(30),
-                )
-            });
-            for result in futures::future::join_all(sends).await {
-                result.unwrap();
-            }
+            let headed: Vec<HeadedRecord> = chunk
+                .iter()
+                .map(|(key, value)| (key.clone(), value.clone(), source.clone()))
+                .collect();
+            self.produce_with_headers(topic, &headed).await;
         }
     }
 
