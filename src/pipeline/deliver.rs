@@ -28,7 +28,6 @@ use crate::top::classify::{Classifier, Disposition};
 use crate::top::client::TopClient;
 use crate::top::request::dto_json;
 use crate::trace;
-use tracing::Instrument;
 
 /// How a task ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,9 +116,10 @@ pub(super) struct Job {
     pub(super) event: Result<PaymentEvent, InvalidEvent>,
     /// Set when an earlier owner may have dead-lettered this offset already.
     pub(super) prior: Option<Arc<PriorCopies>>,
-    /// The event is traced: each call gets a `paysync.call` span, waits
-    /// become span events, the event's span records its outcome.
-    pub(super) traced: bool,
+    /// The event's trace, when it is traced: each call gets a
+    /// `paysync.call` span, waits become span events, the event's span
+    /// records its outcome.
+    pub(super) trace: Option<trace::span::EventTrace>,
 }
 
 impl Deliverer {
@@ -130,20 +130,28 @@ impl Deliverer {
         predecessor: Option<Predecessor>,
         cancel: CancellationToken,
     ) -> TaskEnd {
-        if let Some(predecessor) = predecessor {
-            tokio::select! {
-                _ = predecessor => {}
-                _ = cancel.cancelled() => return TaskEnd::Abandoned,
-            }
-        }
-        match &job.event {
+        let after_predecessor = match predecessor {
+            Some(predecessor) => tokio::select! {
+                _ = predecessor => true,
+                _ = cancel.cancelled() => false,
+            },
+            None => true,
+        };
+        let end = match &job.event {
+            _ if !after_predecessor => TaskEnd::Abandoned,
             Err(invalid) => {
                 tracing::warn!(error = %invalid, "Invalid event; dead-lettering it.");
                 self.dead_letter(&job, Failure::invalid_event(invalid), &cancel)
                     .await
             }
             Ok(event) => self.deliver(&job, event, &cancel).await,
+        };
+        if let (TaskEnd::Abandoned, Some(trace)) = (&end, &job.trace) {
+            // Shut down before an outcome: the next owner of the partition
+            // delivers the event again, under a trace of its own.
+            trace.end("abandoned", None);
         }
+        end
     }
 
     async fn dead_letter(
@@ -153,8 +161,8 @@ impl Deliverer {
         cancel: &CancellationToken,
     ) -> TaskEnd {
         let class = failure.class;
-        if job.traced {
-            failure.trace_id = trace::span::trace_id(&tracing::Span::current());
+        if let Some(trace) = &job.trace {
+            failure.trace_id = Some(trace.trace_id().to_string());
         }
         if let Some(prior) = &job.prior {
             tokio::select! {
@@ -173,11 +181,10 @@ impl Deliverer {
         match sent.await {
             Written::Acknowledged => {
                 self.metrics.record_dead_lettered(class, &failure.reason);
-                Self::record_outcome(
-                    job.traced,
-                    &format!("dead_lettered:{}", class.as_str()),
-                    failure.attempts,
-                );
+                if let Some(trace) = &job.trace {
+                    let outcome = format!("dead_lettered:{}", class.as_str());
+                    trace.end(&outcome, Some(&failure.reason));
+                }
                 tracing::warn!(class = class.as_str(), reason = %failure.reason, "Event dead-lettered.");
                 TaskEnd::DeadLettered
             }
@@ -208,8 +215,8 @@ impl Deliverer {
                 _ = cancel.cancelled() => return TaskEnd::Abandoned,
             };
             Self::waited(
-                job.traced,
-                "the gate (a ban, the breaker or a halt)",
+                job,
+                "waited for the gate (a ban, the breaker or a halt)",
                 at_gate.elapsed(),
             );
             let waiting = Instant::now();
@@ -219,24 +226,30 @@ impl Deliverer {
             };
             self.metrics
                 .record_limiter_wait(waiting.elapsed(), snapshot.remaining_burst_capacity());
-            Self::waited(job.traced, "the rate budget", waiting.elapsed());
+            Self::waited(job, "waited for the rate budget", waiting.elapsed());
             if pass == Pass::Normal && self.gate.status().closed() {
                 // A ban, a halt or an open breaker began while this call waited for a token.
                 continue;
             }
             // Signed here, after every wait: the timestamp is fresh on each attempt.
             self.metrics.calls_in_flight.inc();
-            let call = Self::call_span(job.traced, calls + 1);
+            let call = job.trace.as_ref().map(trace::span::EventTrace::call_starts);
             // Boxed: a task waiting for its turn stays small (see docs/performance.md).
-            let report = Box::pin(self.client.send(&dto).instrument(call.clone())).await;
+            let report = Box::pin(self.client.send(&dto)).await;
             self.metrics.calls_in_flight.dec();
             drop(permit);
             calls += 1;
             let now = Utc::now();
             first_attempt.get_or_insert(now);
             let disposition = self.classifier.classify(&report.outcome);
-            if job.traced {
-                trace::span::record_call(&call, &report.outcome, &disposition, report.elapsed);
+            if let (Some(trace), Some(call)) = (&job.trace, call) {
+                trace.call(
+                    call,
+                    &report.outcome,
+                    &disposition,
+                    report.elapsed,
+                    report.request_id.as_deref(),
+                );
             }
             self.metrics
                 .record_call(&report.outcome, &disposition, report.elapsed);
@@ -268,7 +281,9 @@ impl Deliverer {
             };
             match disposition {
                 Disposition::Delivered => {
-                    Self::record_outcome(job.traced, "delivered", calls);
+                    if let Some(trace) = &job.trace {
+                        trace.end("delivered", None);
+                    }
                     let latency = job.received.elapsed();
                     self.metrics.record_delivered(latency);
                     if let Some(observer) = &self.observer {
@@ -282,11 +297,10 @@ impl Deliverer {
                 }
                 Disposition::Halt { cause } => {
                     // The gate is now halted; the loop waits there for a probe.
-                    if job.traced {
-                        tracing::info!(
-                            target: crate::telemetry::TRACE_EVENTS,
-                            cause = cause.as_str(),
-                            "halted: waiting at the gate for a probe"
+                    if let Some(trace) = &job.trace {
+                        trace.note(
+                            "halted: waiting at the gate for a probe",
+                            vec![opentelemetry::KeyValue::new("cause", cause.as_str())],
                         );
                     }
                     if !halted_before {
@@ -310,7 +324,11 @@ impl Deliverer {
                             return self.dead_letter(job, failure, cancel).await;
                         }
                         NextAttempt::After(delay) => {
-                            Self::waited(job.traced, "the backoff before the next attempt", delay);
+                            Self::waited(
+                                job,
+                                "waited for the backoff before the next attempt",
+                                delay,
+                            );
                             tokio::select! {
                                 _ = tokio::time::sleep(delay) => {}
                                 _ = cancel.cancelled() => return TaskEnd::Abandoned,
@@ -322,46 +340,10 @@ impl Deliverer {
         }
     }
 
-    /// The span of one call, when tracing is on (otherwise none: nothing on
-    /// the hot path).
-    fn call_span(traced: bool, attempt: u32) -> tracing::Span {
-        if !traced {
-            return tracing::Span::none();
-        }
-        tracing::info_span!(
-            "call",
-            otel.name = "paysync.call",
-            otel.kind = "client",
-            attempt,
-            http.request.method = "POST",
-            http.response.status_code = tracing::field::Empty,
-            top.code = tracing::field::Empty,
-            top.sub_code = tracing::field::Empty,
-            latency_ms = tracing::field::Empty,
-            disposition = tracing::field::Empty,
-            retry_after_s = tracing::field::Empty,
-            wait_ms = tracing::field::Empty,
-        )
-    }
-
     /// A wait of the event, as a span event of its trace (not a log line).
-    fn waited(traced: bool, at: &str, waited: Duration) {
-        if traced && waited >= Duration::from_millis(1) {
-            tracing::debug!(
-                target: crate::telemetry::TRACE_EVENTS,
-                waited_ms = waited.as_millis() as u64,
-                "waited for {at}"
-            );
-        }
-    }
-
-    /// The event's outcome and calls, on its span: once, as it ends (a
-    /// value recorded twice would be two attributes of one name).
-    fn record_outcome(traced: bool, outcome: &str, attempts: u32) {
-        if traced {
-            let span = tracing::Span::current();
-            span.record("outcome", outcome);
-            span.record("attempts", attempts);
+    fn waited(job: &Job, what: &'static str, waited: Duration) {
+        if let Some(trace) = &job.trace {
+            trace.waited(what, waited);
         }
     }
 }

@@ -228,25 +228,16 @@ impl Pipeline {
             &self.settings.event.limits(),
         );
         let order_id = event.as_ref().ok().map(|e| e.order_id.as_str());
-        let tracing = &self.settings.tracing;
-        // Sampled here, before any span work: an event left out costs nothing.
-        let traced = tracing.enabled
-            && (tracing.sampling_ratio >= 1.0 || rand::random::<f64>() < tracing.sampling_ratio);
-        let span = if traced {
-            self.delivery_span(message, &ticket.id, offset, event.as_ref().ok())
-        } else {
-            // For the logs only: the tracing layer, when there is one,
-            // leaves this target out.
-            tracing::info_span!(
-                target: crate::telemetry::UNTRACED,
-                "event",
-                topic = %ticket.id.topic,
-                partition = ticket.id.partition,
-                offset,
-                order_id = order_id.unwrap_or("-"),
-                request_id = tracing::field::Empty,
-            )
-        };
+        let trace = self.event_trace(message, &ticket.id, offset, event.as_ref().ok());
+        let span = tracing::info_span!(
+            "event",
+            topic = %ticket.id.topic,
+            partition = ticket.id.partition,
+            offset,
+            order_id = order_id.unwrap_or("-"),
+            request_id = tracing::field::Empty,
+            trace_id = trace.as_ref().map(|trace| tracing::field::display(trace.trace_id())),
+        );
         let (predecessor, turn) = orders.link(&ticket.id, order_id);
         let (deliverer, ownership, committer) = (
             self.deliverer.clone(),
@@ -260,12 +251,9 @@ impl Pipeline {
                     source,
                     event,
                     prior: ticket.prior.clone(),
-                    traced,
+                    trace,
                 };
                 let end = deliverer.run(job, predecessor, ticket.cancel.clone()).await;
-                if end == TaskEnd::Abandoned && traced {
-                    tracing::Span::current().record("outcome", "abandoned");
-                }
                 ownership.task_ended(&ticket, end);
                 if end == TaskEnd::DeadLettered {
                     committer.ask();
@@ -276,31 +264,23 @@ impl Pipeline {
         );
     }
 
-    /// The event's span when tracing is on: `paysync.deliver`, linked to the
-    /// producer's span its headers name, its trace id in every log line of
-    /// the event.
-    fn delivery_span(
+    /// The event's trace, when tracing is on and the event is sampled: its
+    /// `paysync.deliver` span, linked to the producer's span its headers
+    /// name. Sampled here, before any span work: an event left out costs
+    /// reading its headers (an unreadable trace context is counted whether
+    /// or not the event is sampled) and a random number.
+    fn event_trace(
         &self,
         message: &BorrowedMessage<'_>,
         id: &PartitionId,
         offset: i64,
         event: Option<&event::PaymentEvent>,
-    ) -> tracing::Span {
+    ) -> Option<trace::span::EventTrace> {
         use rdkafka::message::Headers;
-        let span = tracing::info_span!(
-            "event",
-            otel.name = "paysync.deliver",
-            otel.kind = "consumer",
-            topic = %id.topic,
-            partition = id.partition,
-            offset,
-            order_id = event.map_or("-", |e| e.order_id.as_str()),
-            park_id = event.map_or("-", |e| e.park_id.as_str()),
-            request_id = tracing::field::Empty,
-            trace_id = tracing::field::Empty,
-            outcome = tracing::field::Empty,
-            attempts = tracing::field::Empty,
-        );
+        let tracing = &self.settings.tracing;
+        if !tracing.enabled {
+            return None;
+        }
         let headers = message.headers();
         let producer = trace::context::producer_context(
             headers
@@ -311,11 +291,17 @@ impl Pipeline {
         if producer == trace::context::Producer::Malformed {
             self.metrics.trace_context_malformed.inc();
         }
-        trace::span::link(&span, &producer);
-        if let Some(trace_id) = trace::span::trace_id(&span) {
-            span.record("trace_id", trace_id.as_str());
+        if tracing.sampling_ratio < 1.0 && rand::random::<f64>() >= tracing.sampling_ratio {
+            return None;
         }
-        span
+        let source = trace::span::EventSource {
+            topic: &id.topic,
+            partition: id.partition,
+            offset,
+            order_id: event.map(|e| e.order_id.as_str()),
+            park_id: event.map(|e| e.park_id.as_str()),
+        };
+        trace::span::EventTrace::start(&source, &producer)
     }
 
     /// Whether every partition of a bounded range is finished up to its end

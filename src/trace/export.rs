@@ -4,14 +4,17 @@
 //! had no room for, and spans of exports that failed, are counted
 //! ([`dropped_spans`]), and the pipeline publishes the counts.
 //!
-//! The queue is drained by one thread of its own with a one-thread runtime
-//! (the OTLP clients are async): batches of up to `tracing.batch_size`
-//! spans, sent at least every 500 ms, each export bounded by
-//! `tracing.export_timeout_ms`.
+//! The queue (at most `tracing.queue_size` spans) is drained by one thread
+//! of its own with a one-thread runtime (the OTLP clients are async): it
+//! takes everything queued when a batch is full or every 500 ms, and sends
+//! it in batches of up to `tracing.batch_size` spans, each export bounded by
+//! `tracing.export_timeout_ms`. While it sends, a new queue fills: at most
+//! twice `queue_size` spans are held.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::time::{Duration, Instant};
+use std::sync::mpsc::{self, SyncSender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use opentelemetry::Context;
 use opentelemetry_otlp::{SpanExporter, WithExportConfig};
@@ -69,16 +72,13 @@ pub fn service_name(settings: &TracingSettings) -> String {
         .unwrap_or_else(|| "paysync".to_owned())
 }
 
-/// The tracer provider for `settings`: the ratio sampler, the service name,
+/// The tracer provider for `settings`: the service name and
 /// the bounded queue in front of the OTLP exporter.
 pub fn provider(settings: &TracingSettings) -> Result<SdkTracerProvider, TraceSetupError> {
     let resource = Resource::builder()
         .with_service_name(service_name(settings))
         .build();
-    let mut exporter = exporter(settings)?;
-    // The exporter runs on the queue's thread; it is told the resource here.
-    exporter.set_resource(&resource);
-    let processor = DroppingQueue::start(exporter, settings)?;
+    let processor = DroppingQueue::start(settings, &resource)?;
     Ok(SdkTracerProvider::builder()
         // The pipeline samples each event itself (tracing.sampling_ratio),
         // before any span work; what reaches the tracer is exported.
@@ -116,30 +116,114 @@ fn exporter(settings: &TracingSettings) -> Result<SpanExporter, TraceSetupError>
     }
 }
 
-enum Queued {
-    Span(Box<SpanData>),
-    /// Send what is queued, then answer.
-    Flush(SyncSender<()>),
+/// What the export thread has been given: the spans waiting, and the
+/// flushes asked for since it last looked.
+#[derive(Default)]
+struct Pending {
+    spans: Vec<SpanData>,
+    flushes: Vec<SyncSender<()>>,
+    closed: bool,
+}
+
+#[derive(Default)]
+struct Shared {
+    pending: Mutex<Pending>,
+    /// Rung when a batch is full, a flush is asked for, or the queue closes;
+    /// never for each span (waking a thread per span costs more than the
+    /// span).
+    ready: Condvar,
 }
 
 /// A span processor with a bounded queue that drops when full.
 #[derive(Debug)]
 struct DroppingQueue {
-    queue: SyncSender<Queued>,
+    shared: Arc<Shared>,
+    capacity: usize,
+    batch_size: usize,
     flush_timeout: Duration,
 }
 
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Shared")
+    }
+}
+
 impl DroppingQueue {
-    fn start(exporter: SpanExporter, settings: &TracingSettings) -> std::io::Result<DroppingQueue> {
-        let (queue, queued) = mpsc::sync_channel(settings.queue_size);
-        let (batch_size, timeout) = (settings.batch_size, settings.export_timeout_ms);
+    /// Starts the export thread, which builds the exporter on its own
+    /// runtime: the gRPC client's connection tasks, and with them the
+    /// encoding and sending of every batch, then run on that thread and
+    /// never wake the delivery runtime's workers.
+    fn start(
+        settings: &TracingSettings,
+        resource: &Resource,
+    ) -> Result<DroppingQueue, TraceSetupError> {
+        let shared = Arc::new(Shared::default());
+        let drained = shared.clone();
+        let (built, outcome) = mpsc::sync_channel(1);
+        let (settings_for_thread, resource) = (settings.clone(), resource.clone());
         std::thread::Builder::new()
             .name("paysync-span-export".into())
-            .spawn(move || drain(exporter, queued, batch_size, timeout))?;
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(error) => {
+                        let _ = built.send(Err(TraceSetupError::Thread(error)));
+                        return;
+                    }
+                };
+                let exporter = {
+                    let _inside = runtime.enter();
+                    exporter(&settings_for_thread)
+                };
+                match exporter {
+                    Ok(mut exporter) => {
+                        exporter.set_resource(&resource);
+                        let _ = built.send(Ok(()));
+                        drain(&runtime, exporter, &drained, &settings_for_thread);
+                    }
+                    Err(error) => {
+                        let _ = built.send(Err(error));
+                    }
+                }
+            })?;
+        outcome.recv().map_err(|_| {
+            TraceSetupError::Exporter("the span export thread ended while starting".into())
+        })??;
         Ok(DroppingQueue {
-            queue,
+            shared,
+            capacity: settings.queue_size,
+            batch_size: settings.batch_size,
             flush_timeout: settings.export_timeout_ms * 2,
         })
+    }
+
+    fn pending(&self) -> MutexGuard<'_, Pending> {
+        self.shared
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Asks the export thread to send what is queued (and, when `close`, to
+    /// stop), and waits for it, at most the flush timeout.
+    fn flush(&self, close: bool) -> OTelSdkResult {
+        let (done, flushed) = mpsc::sync_channel(1);
+        {
+            let mut pending = self.pending();
+            if pending.closed {
+                return Err(OTelSdkError::AlreadyShutdown);
+            }
+            pending.flushes.push(done);
+            pending.closed = close;
+        }
+        self.shared.ready.notify_one();
+        flushed
+            .recv_timeout(self.flush_timeout)
+            .map_err(|_| OTelSdkError::Timeout(self.flush_timeout))
     }
 }
 
@@ -150,66 +234,75 @@ impl SpanProcessor for DroppingQueue {
         if !span.span_context.is_sampled() {
             return;
         }
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
-            self.queue.try_send(Queued::Span(Box::new(span)))
-        {
-            DROPPED_QUEUE_FULL.fetch_add(1, Ordering::Relaxed);
+        let batch_full = {
+            let mut pending = self.pending();
+            if pending.closed || pending.spans.len() >= self.capacity {
+                DROPPED_QUEUE_FULL.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            pending.spans.push(span);
+            pending.spans.len() == self.batch_size
+        };
+        if batch_full {
+            self.shared.ready.notify_one();
         }
     }
 
     fn force_flush(&self) -> OTelSdkResult {
-        let (done, flushed) = mpsc::sync_channel(1);
-        self.queue
-            .send(Queued::Flush(done))
-            .map_err(|_| OTelSdkError::AlreadyShutdown)?;
-        flushed
-            .recv_timeout(self.flush_timeout)
-            .map_err(|_| OTelSdkError::Timeout(self.flush_timeout))
+        self.flush(false)
     }
 
     fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
-        self.force_flush()
+        self.flush(true)
     }
 }
 
-/// The export thread: batches from the queue to the exporter.
-fn drain(exporter: SpanExporter, queued: Receiver<Queued>, batch_size: usize, timeout: Duration) {
-    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
-        return;
-    };
-    let mut batch: Vec<SpanData> = Vec::with_capacity(batch_size);
-    let mut due = Instant::now() + FLUSH_EVERY;
+/// The export thread: what is queued, in batches, to the exporter, when a
+/// batch is full, a flush is asked for, or `FLUSH_EVERY` has passed.
+fn drain(
+    runtime: &tokio::runtime::Runtime,
+    exporter: SpanExporter,
+    shared: &Shared,
+    settings: &TracingSettings,
+) {
+    let (batch_size, timeout) = (settings.batch_size, settings.export_timeout_ms);
     loop {
-        let wait = due.saturating_duration_since(Instant::now());
-        let (flush, ended) = match queued.recv_timeout(wait) {
-            Ok(Queued::Span(span)) => {
-                batch.push(*span);
-                (None, false)
-            }
-            Ok(Queued::Flush(done)) => (Some(done), false),
-            Err(RecvTimeoutError::Timeout) => (None, false),
-            Err(RecvTimeoutError::Disconnected) => (None, true),
+        let (spans, flushes, closed) = {
+            let pending = shared
+                .pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let (mut pending, _) = shared
+                .ready
+                .wait_timeout_while(pending, FLUSH_EVERY, |pending| {
+                    pending.spans.len() < batch_size
+                        && pending.flushes.is_empty()
+                        && !pending.closed
+                })
+                .unwrap_or_else(PoisonError::into_inner);
+            (
+                std::mem::take(&mut pending.spans),
+                std::mem::take(&mut pending.flushes),
+                pending.closed,
+            )
         };
-        let send = batch.len() >= batch_size || flush.is_some() || ended || Instant::now() >= due;
-        if send && !batch.is_empty() {
-            let spans = std::mem::replace(&mut batch, Vec::with_capacity(batch_size));
-            let count = spans.len() as u64;
+        let mut spans = spans.into_iter();
+        loop {
+            let batch: Vec<SpanData> = spans.by_ref().take(batch_size).collect();
+            if batch.is_empty() {
+                break;
+            }
+            let count = batch.len() as u64;
             let exported = runtime
-                .block_on(async { tokio::time::timeout(timeout, exporter.export(spans)).await });
+                .block_on(async { tokio::time::timeout(timeout, exporter.export(batch)).await });
             if !matches!(exported, Ok(Ok(()))) {
                 DROPPED_EXPORT_FAILED.fetch_add(count, Ordering::Relaxed);
             }
         }
-        if send {
-            due = Instant::now() + FLUSH_EVERY;
-        }
-        if let Some(done) = flush {
+        for done in flushes {
             let _ = done.send(());
         }
-        if ended {
+        if closed {
             return;
         }
     }
