@@ -4,25 +4,23 @@
 //! ([`crate::trace::export`]). Call [`init`] (or [`init_with_tracing`]) once,
 //! at the start of a command.
 
-use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, LogSettings, TracingSettings};
-use crate::trace::export::{self, TraceSetupError};
+use crate::trace::export::{self, SpanQueue, TraceSetupError};
 
 /// What [`init_with_tracing`] installed; [`Telemetry::shutdown`] sends the
 /// spans still queued.
 #[derive(Debug, Default)]
 pub struct Telemetry {
-    provider: Option<SdkTracerProvider>,
+    spans: Option<SpanQueue>,
 }
 
 impl Telemetry {
     /// Sends what is queued (bounded by the export timeout) and stops exporting.
     pub fn shutdown(self) {
-        if let Some(provider) = self.provider {
-            let _ = provider.force_flush();
-            let _ = provider.shutdown();
+        if let Some(spans) = self.spans {
+            spans.shutdown();
         }
     }
 }
@@ -44,10 +42,10 @@ pub fn init_with_tracing(
     log: &LogSettings,
     tracing: &TracingSettings,
 ) -> Result<Telemetry, TraceSetupError> {
-    let provider = if tracing.enabled {
-        let provider = export::provider(tracing)?;
-        crate::trace::span::install(&provider);
-        Some(provider)
+    let spans = if tracing.enabled {
+        let spans = export::start(tracing)?;
+        crate::trace::span::install(spans.clone());
+        Some(spans)
     } else {
         None
     };
@@ -65,5 +63,5 @@ pub fn init_with_tracing(
             .try_init(),
         LogFormat::Pretty => builder.try_init(),
     };
-    Ok(Telemetry { provider })
+    Ok(Telemetry { spans })
 }

@@ -119,7 +119,7 @@ pub(super) struct Job {
     /// The event's trace, when it is traced: each call gets a
     /// `paysync.call` span, waits become span events, the event's span
     /// records its outcome.
-    pub(super) trace: Option<trace::span::EventTrace>,
+    pub(super) trace: Option<Box<trace::span::EventTrace>>,
 }
 
 impl Deliverer {
@@ -183,7 +183,7 @@ impl Deliverer {
                 self.metrics.record_dead_lettered(class, &failure.reason);
                 if let Some(trace) = &job.trace {
                     let outcome = format!("dead_lettered:{}", class.as_str());
-                    trace.end(&outcome, Some(&failure.reason));
+                    trace.end(outcome, Some(&failure.reason));
                 }
                 tracing::warn!(class = class.as_str(), reason = %failure.reason, "Event dead-lettered.");
                 TaskEnd::DeadLettered
@@ -233,7 +233,7 @@ impl Deliverer {
             }
             // Signed here, after every wait: the timestamp is fresh on each attempt.
             self.metrics.calls_in_flight.inc();
-            let call = job.trace.as_ref().map(trace::span::EventTrace::call_starts);
+            let call = job.trace.as_ref().map(|trace| trace.call_starts());
             // Boxed: a task waiting for its turn stays small (see docs/performance.md).
             let report = Box::pin(self.client.send(&dto)).await;
             self.metrics.calls_in_flight.dec();

@@ -275,7 +275,7 @@ impl Pipeline {
         id: &PartitionId,
         offset: i64,
         event: Option<&event::PaymentEvent>,
-    ) -> Option<trace::span::EventTrace> {
+    ) -> Option<Box<trace::span::EventTrace>> {
         use rdkafka::message::Headers;
         let tracing = &self.settings.tracing;
         if !tracing.enabled {

@@ -4,25 +4,25 @@
 //! had no room for, and spans of exports that failed, are counted
 //! ([`dropped_spans`]), and the pipeline publishes the counts.
 //!
-//! The queue (at most `tracing.queue_size` spans) is drained by one thread
-//! of its own with a one-thread runtime (the OTLP clients are async): it
-//! takes everything queued when a batch is full or every 500 ms, and sends
-//! it in batches of up to `tracing.batch_size` spans, each export bounded by
-//! `tracing.export_timeout_ms`. While it sends, a new queue fills: at most
-//! twice `queue_size` spans are held.
+//! The queue holds events' finished traces ([`FinishedTrace`]), at most
+//! `tracing.queue_size` spans' worth. It is drained by one thread of its own
+//! with a one-thread runtime (the OTLP clients are async): it takes
+//! everything queued when a batch is full or every 500 ms, turns it into the
+//! SDK's spans and sends them in batches of about `tracing.batch_size`, each
+//! export bounded by `tracing.export_timeout_ms`. While it sends, a new
+//! queue fills: at most twice `queue_size` spans are held.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use opentelemetry::Context;
+use opentelemetry::InstrumentationScope;
 use opentelemetry_otlp::{SpanExporter, WithExportConfig};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
-use opentelemetry_sdk::trace::{
-    Sampler, SdkTracerProvider, Span, SpanData, SpanExporter as _, SpanProcessor,
-};
+use opentelemetry_sdk::trace::SpanExporter as _;
+
+use super::span::FinishedTrace;
 
 use crate::config::{OtlpProtocol, TracingSettings};
 
@@ -72,20 +72,13 @@ pub fn service_name(settings: &TracingSettings) -> String {
         .unwrap_or_else(|| "paysync".to_owned())
 }
 
-/// The tracer provider for `settings`: the service name and
-/// the bounded queue in front of the OTLP exporter.
-pub fn provider(settings: &TracingSettings) -> Result<SdkTracerProvider, TraceSetupError> {
+/// Starts exporting: the queue every event's trace ends in, and its
+/// export thread.
+pub fn start(settings: &TracingSettings) -> Result<SpanQueue, TraceSetupError> {
     let resource = Resource::builder()
         .with_service_name(service_name(settings))
         .build();
-    let processor = DroppingQueue::start(settings, &resource)?;
-    Ok(SdkTracerProvider::builder()
-        // The pipeline samples each event itself (tracing.sampling_ratio),
-        // before any span work; what reaches the tracer is exported.
-        .with_sampler(Sampler::AlwaysOn)
-        .with_resource(resource)
-        .with_span_processor(processor)
-        .build())
+    SpanQueue::start(settings, &resource)
 }
 
 fn exporter(settings: &TracingSettings) -> Result<SpanExporter, TraceSetupError> {
@@ -116,11 +109,12 @@ fn exporter(settings: &TracingSettings) -> Result<SpanExporter, TraceSetupError>
     }
 }
 
-/// What the export thread has been given: the spans waiting, and the
-/// flushes asked for since it last looked.
+/// What the export thread has been given: the traces waiting (and how many
+/// spans they make), and the flushes asked for since it last looked.
 #[derive(Default)]
 struct Pending {
-    spans: Vec<SpanData>,
+    traces: Vec<FinishedTrace>,
+    spans: usize,
     flushes: Vec<SyncSender<()>>,
     closed: bool,
 }
@@ -129,18 +123,9 @@ struct Pending {
 struct Shared {
     pending: Mutex<Pending>,
     /// Rung when a batch is full, a flush is asked for, or the queue closes;
-    /// never for each span (waking a thread per span costs more than the
-    /// span).
+    /// never for each trace (waking a thread per event costs more than the
+    /// event's spans).
     ready: Condvar,
-}
-
-/// A span processor with a bounded queue that drops when full.
-#[derive(Debug)]
-struct DroppingQueue {
-    shared: Arc<Shared>,
-    capacity: usize,
-    batch_size: usize,
-    flush_timeout: Duration,
 }
 
 impl std::fmt::Debug for Shared {
@@ -149,7 +134,17 @@ impl std::fmt::Debug for Shared {
     }
 }
 
-impl DroppingQueue {
+/// The bounded queue of finished traces in front of the OTLP exporter; it
+/// drops (and counts) what it has no room for. Cloned, it is the same queue.
+#[derive(Debug, Clone)]
+pub struct SpanQueue {
+    shared: Arc<Shared>,
+    capacity: usize,
+    batch_size: usize,
+    flush_timeout: Duration,
+}
+
+impl SpanQueue {
     /// Starts the export thread, which builds the exporter on its own
     /// runtime: the gRPC client's connection tasks, and with them the
     /// encoding and sending of every batch, then run on that thread and
@@ -157,11 +152,11 @@ impl DroppingQueue {
     fn start(
         settings: &TracingSettings,
         resource: &Resource,
-    ) -> Result<DroppingQueue, TraceSetupError> {
-        let shared = Arc::new(Shared::default());
-        let drained = shared.clone();
+    ) -> Result<SpanQueue, TraceSetupError> {
+        let queue = SpanQueue::new(settings);
+        let drained = queue.shared.clone();
         let (built, outcome) = mpsc::sync_channel(1);
-        let (settings_for_thread, resource) = (settings.clone(), resource.clone());
+        let (settings, resource) = (settings.clone(), resource.clone());
         std::thread::Builder::new()
             .name("paysync-span-export".into())
             .spawn(move || {
@@ -177,13 +172,13 @@ impl DroppingQueue {
                 };
                 let exporter = {
                     let _inside = runtime.enter();
-                    exporter(&settings_for_thread)
+                    exporter(&settings)
                 };
                 match exporter {
                     Ok(mut exporter) => {
                         exporter.set_resource(&resource);
                         let _ = built.send(Ok(()));
-                        drain(&runtime, exporter, &drained, &settings_for_thread);
+                        drain(&runtime, exporter, &drained, &settings);
                     }
                     Err(error) => {
                         let _ = built.send(Err(error));
@@ -193,12 +188,31 @@ impl DroppingQueue {
         outcome.recv().map_err(|_| {
             TraceSetupError::Exporter("the span export thread ended while starting".into())
         })??;
-        Ok(DroppingQueue {
-            shared,
+        Ok(queue)
+    }
+
+    fn new(settings: &TracingSettings) -> SpanQueue {
+        SpanQueue {
+            shared: Arc::default(),
             capacity: settings.queue_size,
             batch_size: settings.batch_size,
             flush_timeout: settings.export_timeout_ms * 2,
-        })
+        }
+    }
+
+    /// A queue nothing drains, with the default limits: what an event's
+    /// trace leaves, for tests to read ([`SpanQueue::taken`]).
+    #[cfg(test)]
+    pub fn unexported() -> SpanQueue {
+        SpanQueue::new(&TracingSettings::default())
+    }
+
+    /// What is queued, taken out.
+    #[cfg(test)]
+    pub fn taken(&self) -> Vec<FinishedTrace> {
+        let mut pending = self.pending();
+        pending.spans = 0;
+        std::mem::take(&mut pending.traces)
     }
 
     fn pending(&self) -> MutexGuard<'_, Pending> {
@@ -208,66 +222,64 @@ impl DroppingQueue {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Asks the export thread to send what is queued (and, when `close`, to
-    /// stop), and waits for it, at most the flush timeout.
-    fn flush(&self, close: bool) -> OTelSdkResult {
-        let (done, flushed) = mpsc::sync_channel(1);
-        {
-            let mut pending = self.pending();
-            if pending.closed {
-                return Err(OTelSdkError::AlreadyShutdown);
-            }
-            pending.flushes.push(done);
-            pending.closed = close;
-        }
-        self.shared.ready.notify_one();
-        flushed
-            .recv_timeout(self.flush_timeout)
-            .map_err(|_| OTelSdkError::Timeout(self.flush_timeout))
-    }
-}
-
-impl SpanProcessor for DroppingQueue {
-    fn on_start(&self, _span: &mut Span, _cx: &Context) {}
-
-    fn on_end(&self, span: SpanData) {
-        if !span.span_context.is_sampled() {
-            return;
-        }
+    /// Queues an event's trace, or drops it (counting its spans) when the
+    /// queue is full or closed.
+    pub fn push(&self, trace: FinishedTrace) {
+        let spans = trace.span_count();
         let batch_full = {
             let mut pending = self.pending();
-            if pending.closed || pending.spans.len() >= self.capacity {
-                DROPPED_QUEUE_FULL.fetch_add(1, Ordering::Relaxed);
+            if pending.closed || pending.spans + spans > self.capacity {
+                DROPPED_QUEUE_FULL.fetch_add(spans as u64, Ordering::Relaxed);
                 return;
             }
-            pending.spans.push(span);
-            pending.spans.len() == self.batch_size
+            pending.traces.push(trace);
+            let before = pending.spans;
+            pending.spans += spans;
+            before < self.batch_size && pending.spans >= self.batch_size
         };
         if batch_full {
             self.shared.ready.notify_one();
         }
     }
 
-    fn force_flush(&self) -> OTelSdkResult {
-        self.flush(false)
+    /// Sends what is queued (bounded by the export timeout) and stops the
+    /// export thread; traces that end later are dropped.
+    pub fn shutdown(&self) {
+        let _ = self.flush(true);
     }
 
-    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
-        self.flush(true)
+    /// Asks the export thread to send what is queued (and, when `close`, to
+    /// stop), and waits for it, at most the flush timeout; false if it did
+    /// not answer in time.
+    fn flush(&self, close: bool) -> bool {
+        let (done, flushed) = mpsc::sync_channel(1);
+        {
+            let mut pending = self.pending();
+            if pending.closed {
+                return true;
+            }
+            pending.flushes.push(done);
+            pending.closed = close;
+        }
+        self.shared.ready.notify_one();
+        flushed.recv_timeout(self.flush_timeout).is_ok()
     }
 }
 
-/// The export thread: what is queued, in batches, to the exporter, when a
-/// batch is full, a flush is asked for, or `FLUSH_EVERY` has passed.
+/// The export thread: what is queued, as spans in batches, to the exporter,
+/// when a batch is full, a flush is asked for, or `FLUSH_EVERY` has passed.
 fn drain(
     runtime: &tokio::runtime::Runtime,
     exporter: SpanExporter,
     shared: &Shared,
     settings: &TracingSettings,
 ) {
-    let (batch_size, timeout) = (settings.batch_size, settings.export_timeout_ms);
+    let (batch_size, timeout) = (settings.batch_size.max(1), settings.export_timeout_ms);
+    let scope = InstrumentationScope::builder("paysync")
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .build();
     loop {
-        let (spans, flushes, closed) = {
+        let (traces, flushes, closed) = {
             let pending = shared
                 .pending
                 .lock()
@@ -275,22 +287,24 @@ fn drain(
             let (mut pending, _) = shared
                 .ready
                 .wait_timeout_while(pending, FLUSH_EVERY, |pending| {
-                    pending.spans.len() < batch_size
-                        && pending.flushes.is_empty()
-                        && !pending.closed
+                    pending.spans < batch_size && pending.flushes.is_empty() && !pending.closed
                 })
                 .unwrap_or_else(PoisonError::into_inner);
+            pending.spans = 0;
             (
-                std::mem::take(&mut pending.spans),
+                std::mem::take(&mut pending.traces),
                 std::mem::take(&mut pending.flushes),
                 pending.closed,
             )
         };
-        let mut spans = spans.into_iter();
-        loop {
-            let batch: Vec<SpanData> = spans.by_ref().take(batch_size).collect();
-            if batch.is_empty() {
-                break;
+        let mut traces = traces.into_iter().peekable();
+        while traces.peek().is_some() {
+            let mut batch = Vec::with_capacity(batch_size + 8);
+            while batch.len() < batch_size {
+                match traces.next() {
+                    Some(trace) => trace.into_spans(&scope, &mut batch),
+                    None => break,
+                }
             }
             let count = batch.len() as u64;
             let exported = runtime
