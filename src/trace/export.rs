@@ -17,12 +17,9 @@ use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use opentelemetry::InstrumentationScope;
-use opentelemetry_otlp::{SpanExporter, WithExportConfig};
-use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::SpanExporter as _;
-
+use super::otlp;
 use super::span::FinishedTrace;
+use super::transport::Transport;
 
 use crate::config::{OtlpProtocol, TracingSettings};
 
@@ -75,38 +72,7 @@ pub fn service_name(settings: &TracingSettings) -> String {
 /// Starts exporting: the queue every event's trace ends in, and its
 /// export thread.
 pub fn start(settings: &TracingSettings) -> Result<SpanQueue, TraceSetupError> {
-    let resource = Resource::builder()
-        .with_service_name(service_name(settings))
-        .build();
-    SpanQueue::start(settings, &resource)
-}
-
-fn exporter(settings: &TracingSettings) -> Result<SpanExporter, TraceSetupError> {
-    let build_error = |error: opentelemetry_otlp::ExporterBuildError| {
-        TraceSetupError::Exporter(error.to_string())
-    };
-    match protocol(settings) {
-        OtlpProtocol::Grpc => {
-            let mut builder = SpanExporter::builder()
-                .with_tonic()
-                .with_timeout(settings.export_timeout_ms);
-            if let Some(endpoint) = &settings.endpoint {
-                builder = builder.with_endpoint(endpoint.clone());
-            }
-            builder.build().map_err(build_error)
-        }
-        OtlpProtocol::HttpProtobuf => {
-            let mut builder = SpanExporter::builder()
-                .with_http()
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_timeout(settings.export_timeout_ms);
-            if let Some(endpoint) = &settings.endpoint {
-                builder =
-                    builder.with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')));
-            }
-            builder.build().map_err(build_error)
-        }
-    }
+    SpanQueue::start(settings)
 }
 
 /// What the export thread has been given: the traces waiting (and how many
@@ -149,14 +115,11 @@ impl SpanQueue {
     /// runtime: the gRPC client's connection tasks, and with them the
     /// encoding and sending of every batch, then run on that thread and
     /// never wake the delivery runtime's workers.
-    fn start(
-        settings: &TracingSettings,
-        resource: &Resource,
-    ) -> Result<SpanQueue, TraceSetupError> {
+    fn start(settings: &TracingSettings) -> Result<SpanQueue, TraceSetupError> {
         let queue = SpanQueue::new(settings);
         let drained = queue.shared.clone();
         let (built, outcome) = mpsc::sync_channel(1);
-        let (settings, resource) = (settings.clone(), resource.clone());
+        let settings = settings.clone();
         std::thread::Builder::new()
             .name("paysync-span-export".into())
             .spawn(move || {
@@ -170,15 +133,14 @@ impl SpanQueue {
                         return;
                     }
                 };
-                let exporter = {
+                let transport = {
                     let _inside = runtime.enter();
-                    exporter(&settings)
+                    Transport::new(&settings, protocol(&settings))
                 };
-                match exporter {
-                    Ok(mut exporter) => {
-                        exporter.set_resource(&resource);
+                match transport {
+                    Ok(transport) => {
                         let _ = built.send(Ok(()));
-                        drain(&runtime, exporter, &drained, &settings);
+                        drain(&runtime, transport, &drained, &settings);
                     }
                     Err(error) => {
                         let _ = built.send(Err(error));
@@ -266,18 +228,22 @@ impl SpanQueue {
     }
 }
 
-/// The export thread: what is queued, as spans in batches, to the exporter,
-/// when a batch is full, a flush is asked for, or `FLUSH_EVERY` has passed.
+/// The export thread: what is queued, written as OTLP requests of about
+/// `batch_size` spans, to the collector, when a batch is full, a flush is
+/// asked for, or `FLUSH_EVERY` has passed.
 fn drain(
     runtime: &tokio::runtime::Runtime,
-    exporter: SpanExporter,
+    mut transport: Transport,
     shared: &Shared,
     settings: &TracingSettings,
 ) {
     let (batch_size, timeout) = (settings.batch_size.max(1), settings.export_timeout_ms);
-    let scope = InstrumentationScope::builder("paysync")
-        .with_version(env!("CARGO_PKG_VERSION"))
-        .build();
+    let source = otlp::Source {
+        service_name: service_name(settings),
+        scope_name: "paysync",
+        scope_version: env!("CARGO_PKG_VERSION"),
+    };
+    let mut request = Vec::new();
     loop {
         let (traces, flushes, closed) = {
             let pending = shared
@@ -297,20 +263,18 @@ fn drain(
                 pending.closed,
             )
         };
-        let mut traces = traces.into_iter().peekable();
-        while traces.peek().is_some() {
-            let mut batch = Vec::with_capacity(batch_size + 8);
-            while batch.len() < batch_size {
-                match traces.next() {
-                    Some(trace) => trace.into_spans(&scope, &mut batch),
-                    None => break,
-                }
-            }
-            let count = batch.len() as u64;
-            let exported = runtime
-                .block_on(async { tokio::time::timeout(timeout, exporter.export(batch)).await });
-            if !matches!(exported, Ok(Ok(()))) {
-                DROPPED_EXPORT_FAILED.fetch_add(count, Ordering::Relaxed);
+        let mut rest = traces.as_slice();
+        while !rest.is_empty() {
+            let (batch, spans) = whole_traces(rest, batch_size);
+            rest = &rest[batch.len()..];
+            request.clear();
+            otlp::export_request(&source, batch, &mut request);
+            let body = bytes::Bytes::copy_from_slice(&request);
+            let sent = runtime.block_on(async {
+                tokio::time::timeout(timeout, transport.send(body, timeout)).await
+            });
+            if !matches!(sent, Ok(Ok(()))) {
+                DROPPED_EXPORT_FAILED.fetch_add(spans as u64, Ordering::Relaxed);
             }
         }
         for done in flushes {
@@ -320,4 +284,18 @@ fn drain(
             return;
         }
     }
+}
+
+/// The first traces of `traces` that make at most `batch_size` spans (at
+/// least one trace, however many spans it has), and their span count.
+fn whole_traces(traces: &[FinishedTrace], batch_size: usize) -> (&[FinishedTrace], usize) {
+    let (mut taken, mut spans) = (0, 0);
+    for trace in traces {
+        if taken > 0 && spans + trace.span_count() > batch_size {
+            break;
+        }
+        spans += trace.span_count();
+        taken += 1;
+    }
+    (&traces[..taken], spans)
 }

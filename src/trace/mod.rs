@@ -7,4 +7,6 @@
 
 pub mod context;
 pub mod export;
+pub mod otlp;
 pub mod span;
+pub mod transport;

@@ -3,21 +3,16 @@
 //! as span events, and the outcome. While the event is delivered its trace
 //! is a few plain values, recorded under a lock nobody else takes; as it
 //! ends it goes to the export queue whole ([`FinishedTrace`]), and the
-//! export thread turns it into the OpenTelemetry SDK's spans. The delivery
-//! workers so pay for a few attributes and one push per event, nothing for
-//! an event that is not traced, and nothing on the polls of its task. No
-//! secret, signature or app key is ever recorded: only codes, statuses and
-//! timings.
+//! export thread writes it in OTLP ([`super::otlp`]). The delivery workers
+//! so pay for a few attributes and one push per event, nothing for an event
+//! that is not traced, and nothing on the polls of its task. No secret,
+//! signature or app key is ever recorded: only codes, statuses and timings.
 
 use std::borrow::Cow;
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use opentelemetry::trace::{
-    Event, Link, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
-};
-use opentelemetry::{InstrumentationScope, KeyValue};
-use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SpanData, SpanEvents, SpanLinks};
+use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
 
 use super::context::Producer;
 use super::export::SpanQueue;
@@ -32,6 +27,44 @@ static QUEUE: OnceLock<SpanQueue> = OnceLock::new();
 /// keeps the first.
 pub fn install(queue: SpanQueue) {
     let _ = QUEUE.set(queue);
+}
+
+/// A span attribute's value: the two kinds paysync records.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttributeValue {
+    Text(Cow<'static, str>),
+    Int(i64),
+}
+
+/// A span or span event attribute.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attribute {
+    pub key: &'static str,
+    pub value: AttributeValue,
+}
+
+impl Attribute {
+    pub fn text(key: &'static str, value: impl Into<Cow<'static, str>>) -> Attribute {
+        Attribute {
+            key,
+            value: AttributeValue::Text(value.into()),
+        }
+    }
+
+    pub fn int(key: &'static str, value: i64) -> Attribute {
+        Attribute {
+            key,
+            value: AttributeValue::Int(value),
+        }
+    }
+}
+
+/// Something that happened to the event, at a moment of its span.
+#[derive(Debug, Clone)]
+pub struct SpanEvent {
+    pub name: Cow<'static, str>,
+    pub at: SystemTime,
+    pub attributes: Vec<Attribute>,
 }
 
 /// Where the event came from, as the delivery span's attributes.
@@ -64,36 +97,61 @@ pub struct EventTrace {
     recorded: Mutex<Option<Recorded>>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Recorded {
-    attributes: Vec<KeyValue>,
-    events: Vec<Event>,
+    attributes: Vec<Attribute>,
+    events: Vec<SpanEvent>,
     calls: Vec<FinishedCall>,
-    status: Status,
+    error: Option<String>,
 }
 
-#[derive(Debug)]
-struct FinishedCall {
-    span_id: SpanId,
-    start: SystemTime,
-    end: SystemTime,
-    attributes: Vec<KeyValue>,
+/// A `paysync.call` span.
+#[derive(Debug, Clone)]
+pub struct FinishedCall {
+    pub span_id: SpanId,
+    pub start: SystemTime,
+    pub end: SystemTime,
+    pub attributes: Vec<Attribute>,
 }
 
-/// An event's trace once it has ended: what the export thread turns into
-/// spans ([`FinishedTrace::into_spans`]).
-#[derive(Debug)]
+/// An event's trace once it has ended: what the export thread writes out.
+#[derive(Debug, Clone)]
 pub struct FinishedTrace {
-    context: SpanContext,
-    producer: Option<SpanContext>,
-    start: SystemTime,
-    end: SystemTime,
-    recorded: Recorded,
+    pub context: SpanContext,
+    pub producer: Option<SpanContext>,
+    pub start: SystemTime,
+    pub end: SystemTime,
+    pub attributes: Vec<Attribute>,
+    pub events: Vec<SpanEvent>,
+    pub calls: Vec<FinishedCall>,
+    /// The delivery span's error status (a dead letter's reason).
+    pub error: Option<String>,
+}
+
+impl FinishedTrace {
+    /// How many spans it is (the delivery span and one per call).
+    pub fn span_count(&self) -> usize {
+        1 + self.calls.len()
+    }
+}
+
+/// A random id that is not all zeros (the invalid id).
+fn random_nonzero<T: Default + PartialEq>(make: impl Fn() -> T) -> T {
+    loop {
+        let id = make();
+        if id != T::default() {
+            return id;
+        }
+    }
+}
+
+fn new_span_id() -> SpanId {
+    SpanId::from_bytes(random_nonzero(rand::random::<u64>).to_be_bytes())
 }
 
 impl EventTrace {
-    /// Starts the event's trace, when tracing is set up.
-    /// Boxed: a job carries it, and an untraced job carries only `None`.
+    /// Starts the event's trace, when tracing is set up. Boxed: a job
+    /// carries it, and an untraced job carries only `None`.
     pub fn start(source: &EventSource<'_>, producer: &Producer) -> Option<Box<EventTrace>> {
         QUEUE
             .get()
@@ -107,21 +165,20 @@ impl EventTrace {
         producer: &Producer,
     ) -> EventTrace {
         let mut attributes = Vec::with_capacity(7);
-        attributes.push(KeyValue::new("topic", source.topic.to_owned()));
-        attributes.push(KeyValue::new("partition", i64::from(source.partition)));
-        attributes.push(KeyValue::new("offset", source.offset));
+        attributes.push(Attribute::text("topic", source.topic.to_owned()));
+        attributes.push(Attribute::int("partition", i64::from(source.partition)));
+        attributes.push(Attribute::int("offset", source.offset));
         if let Some(order_id) = source.order_id {
-            attributes.push(KeyValue::new("order_id", order_id.to_owned()));
+            attributes.push(Attribute::text("order_id", order_id.to_owned()));
         }
         if let Some(park_id) = source.park_id {
-            attributes.push(KeyValue::new("park_id", park_id.to_owned()));
+            attributes.push(Attribute::text("park_id", park_id.to_owned()));
         }
-        let ids = RandomIdGenerator::default();
         // A trace of its own: the Kafka hop is asynchronous, so the producer's
         // span is linked, never the parent.
         let context = SpanContext::new(
-            ids.new_trace_id(),
-            ids.new_span_id(),
+            TraceId::from_bytes(random_nonzero(rand::random::<u128>).to_be_bytes()),
+            new_span_id(),
             TraceFlags::SAMPLED,
             false,
             TraceState::NONE,
@@ -136,9 +193,7 @@ impl EventTrace {
             start: SystemTime::now(),
             recorded: Mutex::new(Some(Recorded {
                 attributes,
-                events: Vec::new(),
-                calls: Vec::new(),
-                status: Status::Unset,
+                ..Recorded::default()
             })),
         }
     }
@@ -158,21 +213,25 @@ impl EventTrace {
     /// A wait of the event, as a span event: `what` names it.
     pub fn waited(&self, what: &'static str, waited: Duration) {
         if waited >= Duration::from_millis(1) {
-            let wait = KeyValue::new("waited_ms", waited.as_millis() as i64);
+            let wait = Attribute::int("waited_ms", waited.as_millis() as i64);
             self.note(what, vec![wait]);
         }
     }
 
     /// Something that happened to the event, as a span event.
-    pub fn note(&self, what: impl Into<Cow<'static, str>>, attributes: Vec<KeyValue>) {
-        let event = Event::new(what, SystemTime::now(), attributes, 0);
+    pub fn note(&self, what: impl Into<Cow<'static, str>>, attributes: Vec<Attribute>) {
+        let event = SpanEvent {
+            name: what.into(),
+            at: SystemTime::now(),
+            attributes,
+        };
         self.record(|recorded| recorded.events.push(event));
     }
 
     /// A call is about to be sent.
     pub fn call_starts(&self) -> CallStart {
         CallStart {
-            span_id: RandomIdGenerator::default().new_span_id(),
+            span_id: new_span_id(),
             at: SystemTime::now(),
         }
     }
@@ -203,7 +262,7 @@ impl EventTrace {
     /// The event's outcome and how many calls it took; ends its trace (a
     /// second end changes nothing). A dead letter's `reason` becomes the
     /// delivery span's error status.
-    pub fn end(&self, outcome: impl Into<opentelemetry::Value>, reason: Option<&str>) {
+    pub fn end(&self, outcome: impl Into<Cow<'static, str>>, reason: Option<&str>) {
         let taken = self
             .recorded
             .lock()
@@ -211,13 +270,13 @@ impl EventTrace {
             .take();
         if let Some(mut recorded) = taken {
             let attempts = recorded.calls.len() as i64;
-            recorded.attributes.push(KeyValue::new("outcome", outcome));
             recorded
                 .attributes
-                .push(KeyValue::new("attempts", attempts));
-            if let Some(reason) = reason {
-                recorded.status = Status::error(reason.to_owned());
-            }
+                .push(Attribute::text("outcome", outcome));
+            recorded
+                .attributes
+                .push(Attribute::int("attempts", attempts));
+            recorded.error = reason.map(str::to_owned);
             self.finish(recorded);
         }
     }
@@ -228,7 +287,10 @@ impl EventTrace {
             producer: self.producer.clone(),
             start: self.start,
             end: SystemTime::now(),
-            recorded,
+            attributes: recorded.attributes,
+            events: recorded.events,
+            calls: recorded.calls,
+            error: recorded.error,
         });
     }
 }
@@ -246,67 +308,6 @@ impl Drop for EventTrace {
     }
 }
 
-impl FinishedTrace {
-    /// How many spans it becomes (the delivery span and one per call).
-    pub fn span_count(&self) -> usize {
-        1 + self.recorded.calls.len()
-    }
-
-    /// Its spans, the delivery span first, appended to `spans`.
-    pub fn into_spans(self, scope: &InstrumentationScope, spans: &mut Vec<SpanData>) {
-        let FinishedTrace {
-            context,
-            producer,
-            start,
-            end,
-            recorded,
-        } = self;
-        let (trace_id, deliver_id) = (context.trace_id(), context.span_id());
-        let mut links = SpanLinks::default();
-        links.links.extend(producer.map(Link::with_context));
-        let mut events = SpanEvents::default();
-        events.events = recorded.events;
-        spans.push(SpanData {
-            span_context: context.clone(),
-            parent_span_id: SpanId::INVALID,
-            parent_span_is_remote: false,
-            span_kind: SpanKind::Consumer,
-            name: Cow::Borrowed("paysync.deliver"),
-            start_time: start,
-            end_time: end,
-            attributes: recorded.attributes,
-            dropped_attributes_count: 0,
-            events,
-            links,
-            status: recorded.status,
-            instrumentation_scope: scope.clone(),
-        });
-        for call in recorded.calls {
-            spans.push(SpanData {
-                span_context: SpanContext::new(
-                    trace_id,
-                    call.span_id,
-                    TraceFlags::SAMPLED,
-                    false,
-                    TraceState::NONE,
-                ),
-                parent_span_id: deliver_id,
-                parent_span_is_remote: false,
-                span_kind: SpanKind::Client,
-                name: Cow::Borrowed("paysync.call"),
-                start_time: call.start,
-                end_time: call.end,
-                attributes: call.attributes,
-                dropped_attributes_count: 0,
-                events: SpanEvents::default(),
-                links: SpanLinks::default(),
-                status: Status::Unset,
-                instrumentation_scope: scope.clone(),
-            });
-        }
-    }
-}
-
 /// A call span's attributes (what [`EventTrace::call`] records).
 fn call_attributes(
     attempt: u32,
@@ -314,11 +315,11 @@ fn call_attributes(
     disposition: &Disposition,
     elapsed: Duration,
     request_id: Option<&str>,
-) -> Vec<KeyValue> {
+) -> Vec<Attribute> {
     let mut attributes = Vec::with_capacity(9);
-    attributes.push(KeyValue::new("attempt", i64::from(attempt)));
-    attributes.push(KeyValue::new("http.request.method", "POST"));
-    attributes.push(KeyValue::new("latency_ms", elapsed.as_millis() as i64));
+    attributes.push(Attribute::int("attempt", i64::from(attempt)));
+    attributes.push(Attribute::text("http.request.method", "POST"));
+    attributes.push(Attribute::int("latency_ms", elapsed.as_millis() as i64));
     // Static labels, not `Disposition::describe`: a call span costs no
     // formatting.
     let (kind, cause) = match disposition {
@@ -327,11 +328,11 @@ fn call_attributes(
         Disposition::DeadLetter { cause } => ("dead_letter", Some(cause.as_str())),
         Disposition::Halt { cause } => ("halt", Some(cause.as_str())),
     };
-    attributes.push(KeyValue::new("disposition", kind));
+    attributes.push(Attribute::text("disposition", kind));
     if let Some(cause) = cause {
-        attributes.push(KeyValue::new("cause", cause));
+        attributes.push(Attribute::text("cause", cause));
     }
-    let status = |status: &u16| KeyValue::new("http.response.status_code", i64::from(*status));
+    let status = |status: &u16| Attribute::int("http.response.status_code", i64::from(*status));
     match outcome {
         Outcome::Answered {
             status: code,
@@ -340,14 +341,14 @@ fn call_attributes(
             attributes.push(status(code));
             match response {
                 TopResponse::Error(error) => {
-                    attributes.push(KeyValue::new("top.code", error.code));
+                    attributes.push(Attribute::int("top.code", error.code));
                     if let Some(sub_code) = &error.sub_code {
-                        attributes.push(KeyValue::new("top.sub_code", sub_code.clone()));
+                        attributes.push(Attribute::text("top.sub_code", sub_code.clone()));
                     }
                 }
                 TopResponse::Result(result) => {
                     if let Some(code) = &result.code {
-                        attributes.push(KeyValue::new("top.code", code.clone()));
+                        attributes.push(Attribute::text("top.code", code.clone()));
                     }
                 }
             }
@@ -358,37 +359,71 @@ fn call_attributes(
         } => {
             attributes.push(status(code));
             if let Some(wait) = retry_after {
-                attributes.push(KeyValue::new("retry_after_s", wait.as_secs() as i64));
+                attributes.push(Attribute::int("retry_after_s", wait.as_secs() as i64));
             }
         }
         Outcome::UnreadableBody { status: code, .. } => attributes.push(status(code)),
         _ => {}
     }
     if let Some(request_id) = request_id {
-        attributes.push(KeyValue::new("request_id", request_id.to_owned()));
+        attributes.push(Attribute::text("request_id", request_id.to_owned()));
     }
     if let Disposition::Retry {
         wait: Some(wait), ..
     } = disposition
     {
-        attributes.push(KeyValue::new("wait_ms", wait.as_millis() as i64));
+        attributes.push(Attribute::int("wait_ms", wait.as_millis() as i64));
     }
     attributes
 }
 
 #[cfg(test)]
 mod tests {
-    use opentelemetry::trace::SpanContext;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::KeyValue as ProtoAttribute;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as ProtoValue;
+    use opentelemetry_proto::tonic::trace::v1::Span as ProtoSpan;
+    use prost::Message as _;
 
     use super::*;
     use crate::top::classify::RetryCause;
     use crate::top::response::ErrorResponse;
+    use crate::trace::otlp;
 
-    fn attribute(span: &SpanData, key: &str) -> Option<String> {
-        span.attributes
-            .iter()
-            .find(|kv| kv.key.as_str() == key)
-            .map(|kv| kv.value.to_string())
+    /// `traces` as a collector reads them: written by paysync, decoded with
+    /// the OTLP project's generated types.
+    fn as_collector_reads(traces: &[FinishedTrace]) -> ExportTraceServiceRequest {
+        let source = otlp::Source {
+            service_name: "paysync-test".into(),
+            scope_name: "paysync",
+            scope_version: "1.2.3",
+        };
+        let mut bytes = Vec::new();
+        otlp::export_request(&source, traces, &mut bytes);
+        ExportTraceServiceRequest::decode(bytes.as_slice()).expect("a valid OTLP request")
+    }
+
+    fn value(attributes: &[ProtoAttribute], key: &str) -> Option<String> {
+        let found = attributes.iter().find(|kv| kv.key == key)?;
+        match found.value.as_ref()?.value.as_ref()? {
+            ProtoValue::StringValue(text) => Some(text.clone()),
+            ProtoValue::IntValue(int) => Some(int.to_string()),
+            other => Some(format!("{other:?}")),
+        }
+    }
+
+    fn attribute(span: &ProtoSpan, key: &str) -> Option<String> {
+        value(&span.attributes, key)
+    }
+
+    fn source() -> EventSource<'static> {
+        EventSource {
+            topic: "payments",
+            partition: 3,
+            offset: 42,
+            order_id: Some("order-1"),
+            park_id: None,
+        }
     }
 
     #[test]
@@ -401,15 +436,11 @@ mod tests {
             true,
             TraceState::default(),
         );
-        let source = EventSource {
-            topic: "payments",
-            partition: 3,
-            offset: 42,
-            order_id: Some("order-1"),
-            park_id: None,
-        };
-        let trace =
-            EventTrace::start_into(queue.clone(), &source, &Producer::Linked(producer.clone()));
+        let trace = EventTrace::start_into(
+            queue.clone(),
+            &source(),
+            &Producer::Linked(producer.clone()),
+        );
         let start = trace.call_starts();
         trace.waited("waited for the rate budget", Duration::from_millis(5));
         trace.waited("too short to note", Duration::from_micros(10));
@@ -441,41 +472,66 @@ mod tests {
         let finished = queue.taken();
         assert_eq!(finished.len(), 1, "one trace for the event");
         assert_eq!(finished[0].span_count(), 2);
-        let mut spans = Vec::new();
-        let scope = InstrumentationScope::builder("paysync").build();
-        for trace in finished {
-            trace.into_spans(&scope, &mut spans);
-        }
+        let request = as_collector_reads(&finished);
+        let resource_spans = &request.resource_spans[0];
+        let resource = resource_spans.resource.as_ref().unwrap();
+        assert_eq!(
+            value(&resource.attributes, "service.name").as_deref(),
+            Some("paysync-test")
+        );
+        let scope_spans = &resource_spans.scope_spans[0];
+        assert_eq!(scope_spans.scope.as_ref().unwrap().name, "paysync");
+        assert_eq!(scope_spans.scope.as_ref().unwrap().version, "1.2.3");
+        let spans = &scope_spans.spans;
         assert_eq!(spans.len(), 2, "one delivery and one call span");
         let deliver = spans.iter().find(|s| s.name == "paysync.deliver").unwrap();
         let call = spans.iter().find(|s| s.name == "paysync.call").unwrap();
-        assert_eq!(id, deliver.span_context.trace_id());
+
+        assert_eq!(deliver.trace_id, id.to_bytes());
         assert_ne!(id, producer.trace_id(), "linked, not parented");
-        assert_eq!(deliver.parent_span_id, SpanId::INVALID);
-        let links: Vec<_> = deliver
-            .links
-            .iter()
-            .map(|l| l.span_context.clone())
-            .collect();
-        assert_eq!(links, vec![producer]);
+        assert!(deliver.parent_span_id.is_empty(), "a root");
+        assert_eq!(deliver.kind, 5, "SPAN_KIND_CONSUMER");
+        assert_eq!(deliver.links.len(), 1);
+        let link = &deliver.links[0];
+        assert_eq!(link.trace_id, producer.trace_id().to_bytes());
+        assert_eq!(link.span_id, producer.span_id().to_bytes());
+        assert_eq!(link.flags, 0x301, "sampled, remote");
+        assert_eq!(attribute(deliver, "topic").as_deref(), Some("payments"));
+        assert_eq!(attribute(deliver, "partition").as_deref(), Some("3"));
+        assert_eq!(attribute(deliver, "offset").as_deref(), Some("42"));
         assert_eq!(attribute(deliver, "order_id").as_deref(), Some("order-1"));
-        assert_eq!(attribute(deliver, "attempts").as_deref(), Some("1"));
-        assert_eq!(attribute(call, "attempt").as_deref(), Some("1"));
         assert_eq!(attribute(deliver, "park_id"), None);
+        assert_eq!(attribute(deliver, "attempts").as_deref(), Some("1"));
         assert_eq!(
             attribute(deliver, "outcome").as_deref(),
             Some("dead_lettered:rejected"),
             "the first end counts"
         );
+        let status = deliver.status.as_ref().unwrap();
         assert_eq!(
-            deliver.status,
-            Status::error("business_rejected".to_owned())
+            (status.code, status.message.as_str()),
+            (2, "business_rejected")
         );
-        let events: Vec<_> = deliver.events.iter().map(|e| e.name.to_string()).collect();
+        let events: Vec<_> = deliver.events.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(events, vec!["waited for the rate budget"]);
-        assert_eq!(call.parent_span_id, deliver.span_context.span_id());
-        assert_eq!(call.span_context.trace_id(), id);
-        assert!(call.start_time <= call.end_time);
+        assert_eq!(
+            value(&deliver.events[0].attributes, "waited_ms").as_deref(),
+            Some("5")
+        );
+        assert!(deliver.start_time_unix_nano > 0);
+        assert!(deliver.start_time_unix_nano <= deliver.end_time_unix_nano);
+
+        assert_eq!(call.trace_id, id.to_bytes());
+        assert_eq!(call.parent_span_id, deliver.span_id);
+        assert_ne!(call.span_id, deliver.span_id);
+        assert_eq!(call.kind, 3, "SPAN_KIND_CLIENT");
+        assert!(call.start_time_unix_nano <= call.end_time_unix_nano);
+        assert!(deliver.start_time_unix_nano <= call.start_time_unix_nano);
+        assert_eq!(attribute(call, "attempt").as_deref(), Some("1"));
+        assert_eq!(
+            attribute(call, "http.request.method").as_deref(),
+            Some("POST")
+        );
         assert_eq!(
             attribute(call, "http.response.status_code").as_deref(),
             Some("200")
@@ -485,9 +541,23 @@ mod tests {
             attribute(call, "top.sub_code").as_deref(),
             Some("accesscontrol.limited-by-app-access-count")
         );
+        assert_eq!(attribute(call, "latency_ms").as_deref(), Some("12"));
         assert_eq!(attribute(call, "wait_ms").as_deref(), Some("3000"));
         assert_eq!(attribute(call, "disposition").as_deref(), Some("retry"));
         assert_eq!(attribute(call, "cause").as_deref(), Some("throttled"));
         assert_eq!(attribute(call, "request_id").as_deref(), Some("req-9"));
+    }
+
+    #[test]
+    fn a_trace_dropped_before_its_end_is_exported_without_an_outcome() {
+        let queue = SpanQueue::unexported();
+        let trace = EventTrace::start_into(queue.clone(), &source(), &Producer::Absent);
+        drop(trace);
+        let request = as_collector_reads(&queue.taken());
+        let spans = &request.resource_spans[0].scope_spans[0].spans;
+        assert_eq!(spans.len(), 1);
+        assert_eq!(attribute(&spans[0], "outcome"), None);
+        assert!(spans[0].links.is_empty(), "no producer, no link");
+        assert!(spans[0].status.is_none());
     }
 }
