@@ -300,7 +300,7 @@ impl Deliverer {
                     if let Some(trace) = &job.trace {
                         trace.note(
                             "halted: waiting at the gate for a probe",
-                            vec![trace::span::Attribute::text("cause", cause.as_str())],
+                            vec![trace::otlp::Attribute::text("cause", cause.as_str())],
                         );
                     }
                     if !halted_before {

@@ -18,7 +18,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use super::otlp;
-use super::span::FinishedTrace;
+use super::otlp::FinishedTrace;
+pub use super::transport::TraceSetupError;
 use super::transport::Transport;
 
 use crate::config::{OtlpProtocol, TracingSettings};
@@ -35,15 +36,6 @@ pub fn dropped_spans() -> (u64, u64) {
         DROPPED_QUEUE_FULL.load(Ordering::Relaxed),
         DROPPED_EXPORT_FAILED.load(Ordering::Relaxed),
     )
-}
-
-/// Why tracing could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum TraceSetupError {
-    #[error("cannot build the OTLP exporter: {0}")]
-    Exporter(String),
-    #[error("cannot start the span export thread: {0}")]
-    Thread(#[from] std::io::Error),
 }
 
 /// Where and how spans go, after the settings and the `OTEL_*` variables.

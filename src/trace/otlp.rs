@@ -1,6 +1,8 @@
-//! The OTLP wire format of finished traces: an `ExportTraceServiceRequest`
-//! (opentelemetry-proto's `collector/trace/v1`), written as protobuf bytes
-//! straight from [`FinishedTrace`]s. Pure: no I/O, no clock. Written by hand
+//! An event's finished trace ([`FinishedTrace`]: its delivery span and its
+//! call spans, as plain values) and its OTLP wire format: an
+//! `ExportTraceServiceRequest` (opentelemetry-proto's `collector/trace/v1`),
+//! written as protobuf bytes straight from the traces. Pure: no I/O, no
+//! clock. Written by hand
 //! rather than through the SDK's `SpanData` and the generated message types
 //! because those cost some twenty allocations per span, which was most of
 //! what tracing cost a delivery (docs/performance.md, "Tracing"); the field
@@ -8,9 +10,78 @@
 //! and `common/v1/common.proto`, and the tests decode the bytes with the
 //! generated types.
 
+use std::borrow::Cow;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::span::{Attribute, AttributeValue, FinishedTrace, SpanEvent};
+use opentelemetry::trace::{SpanContext, SpanId};
+
+/// A span attribute's value: the two kinds paysync records.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttributeValue {
+    Text(Cow<'static, str>),
+    Int(i64),
+}
+
+/// A span or span event attribute.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attribute {
+    pub key: &'static str,
+    pub value: AttributeValue,
+}
+
+impl Attribute {
+    pub fn text(key: &'static str, value: impl Into<Cow<'static, str>>) -> Attribute {
+        Attribute {
+            key,
+            value: AttributeValue::Text(value.into()),
+        }
+    }
+
+    pub fn int(key: &'static str, value: i64) -> Attribute {
+        Attribute {
+            key,
+            value: AttributeValue::Int(value),
+        }
+    }
+}
+
+/// Something that happened to the event, at a moment of its span.
+#[derive(Debug, Clone)]
+pub struct SpanEvent {
+    pub name: Cow<'static, str>,
+    pub at: SystemTime,
+    pub attributes: Vec<Attribute>,
+}
+
+/// A `paysync.call` span.
+#[derive(Debug, Clone)]
+pub struct FinishedCall {
+    pub span_id: SpanId,
+    pub start: SystemTime,
+    pub end: SystemTime,
+    pub attributes: Vec<Attribute>,
+}
+
+/// An event's trace once it has ended: what the export thread writes out.
+#[derive(Debug, Clone)]
+pub struct FinishedTrace {
+    pub context: SpanContext,
+    pub producer: Option<SpanContext>,
+    pub start: SystemTime,
+    pub end: SystemTime,
+    pub attributes: Vec<Attribute>,
+    pub events: Vec<SpanEvent>,
+    pub calls: Vec<FinishedCall>,
+    /// The delivery span's error status (a dead letter's reason).
+    pub error: Option<String>,
+}
+
+impl FinishedTrace {
+    /// How many spans it is (the delivery span and one per call).
+    pub fn span_count(&self) -> usize {
+        1 + self.calls.len()
+    }
+}
 
 /// What every request says about its source: the resource's
 /// `service.name` and the instrumentation scope.

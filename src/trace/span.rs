@@ -3,7 +3,7 @@
 //! as span events, and the outcome. While the event is delivered its trace
 //! is a few plain values, recorded under a lock nobody else takes; as it
 //! ends it goes to the export queue whole ([`FinishedTrace`]), and the
-//! export thread writes it in OTLP ([`super::otlp`]). The delivery workers
+//! export thread writes it in OTLP. The delivery workers
 //! so pay for a few attributes and one push per event, nothing for an event
 //! that is not traced, and nothing on the polls of its task. No secret,
 //! signature or app key is ever recorded: only codes, statuses and timings.
@@ -16,6 +16,7 @@ use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState}
 
 use super::context::Producer;
 use super::export::SpanQueue;
+use super::otlp::{Attribute, FinishedCall, FinishedTrace, SpanEvent};
 use crate::top::classify::{Disposition, Outcome};
 use crate::top::response::TopResponse;
 
@@ -27,44 +28,6 @@ static QUEUE: OnceLock<SpanQueue> = OnceLock::new();
 /// keeps the first.
 pub fn install(queue: SpanQueue) {
     let _ = QUEUE.set(queue);
-}
-
-/// A span attribute's value: the two kinds paysync records.
-#[derive(Debug, Clone, PartialEq)]
-pub enum AttributeValue {
-    Text(Cow<'static, str>),
-    Int(i64),
-}
-
-/// A span or span event attribute.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Attribute {
-    pub key: &'static str,
-    pub value: AttributeValue,
-}
-
-impl Attribute {
-    pub fn text(key: &'static str, value: impl Into<Cow<'static, str>>) -> Attribute {
-        Attribute {
-            key,
-            value: AttributeValue::Text(value.into()),
-        }
-    }
-
-    pub fn int(key: &'static str, value: i64) -> Attribute {
-        Attribute {
-            key,
-            value: AttributeValue::Int(value),
-        }
-    }
-}
-
-/// Something that happened to the event, at a moment of its span.
-#[derive(Debug, Clone)]
-pub struct SpanEvent {
-    pub name: Cow<'static, str>,
-    pub at: SystemTime,
-    pub attributes: Vec<Attribute>,
 }
 
 /// Where the event came from, as the delivery span's attributes.
@@ -103,36 +66,6 @@ struct Recorded {
     events: Vec<SpanEvent>,
     calls: Vec<FinishedCall>,
     error: Option<String>,
-}
-
-/// A `paysync.call` span.
-#[derive(Debug, Clone)]
-pub struct FinishedCall {
-    pub span_id: SpanId,
-    pub start: SystemTime,
-    pub end: SystemTime,
-    pub attributes: Vec<Attribute>,
-}
-
-/// An event's trace once it has ended: what the export thread writes out.
-#[derive(Debug, Clone)]
-pub struct FinishedTrace {
-    pub context: SpanContext,
-    pub producer: Option<SpanContext>,
-    pub start: SystemTime,
-    pub end: SystemTime,
-    pub attributes: Vec<Attribute>,
-    pub events: Vec<SpanEvent>,
-    pub calls: Vec<FinishedCall>,
-    /// The delivery span's error status (a dead letter's reason).
-    pub error: Option<String>,
-}
-
-impl FinishedTrace {
-    /// How many spans it is (the delivery span and one per call).
-    pub fn span_count(&self) -> usize {
-        1 + self.calls.len()
-    }
 }
 
 /// A random id that is not all zeros (the invalid id).

@@ -15,8 +15,16 @@ use http::uri::PathAndQuery;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::{Channel, Endpoint};
 
-use super::export::TraceSetupError;
 use crate::config::{OtlpProtocol, TracingSettings};
+
+/// Why tracing could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceSetupError {
+    #[error("cannot build the OTLP exporter: {0}")]
+    Exporter(String),
+    #[error("cannot start the span export thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
 
 const GRPC_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
