@@ -2,7 +2,8 @@
 //! by default. Where a setting is not given, the standard `OTEL_*`
 //! environment variables apply (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` /
 //! `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_PROTOCOL`,
-//! `OTEL_SERVICE_NAME`), then the OTLP defaults (gRPC to localhost:4317).
+//! `OTEL_EXPORTER_OTLP_(TRACES_)HEADERS`, `OTEL_SERVICE_NAME`), then the OTLP
+//! defaults (gRPC to localhost:4317).
 
 use std::time::Duration;
 

@@ -1,7 +1,8 @@
 //! Distributed tracing of deliveries: the producer's trace context read from
-//! a message's headers ([`context`], pure), the OTLP export behind a bounded
-//! queue ([`export`]), and the few calls the pipeline makes on a span
-//! ([`span`]). Off unless `tracing.enabled`; then each event gets a
+//! a message's headers ([`context`], pure), an event's trace while it is
+//! delivered ([`span`]), a finished trace and its OTLP bytes ([`otlp`],
+//! pure), the bounded export queue ([`export`]) and the way to the collector
+//! ([`transport`]). Off unless `tracing.enabled`; then each event gets a
 //! `paysync.deliver` span linked (not parented) to its producer's span, with
 //! a `paysync.call` child per HTTP attempt.
 

@@ -224,13 +224,13 @@ fn write_trace(scope_spans: &mut Message<'_>, trace: &FinishedTrace) {
     scope_spans.nested(2, |span| {
         span.bytes(1, &trace_id);
         span.bytes(2, &deliver_id);
-        span.text(5, "paysync.deliver");
-        span.uint(6, SPAN_KIND_CONSUMER);
-        span.fixed64(7, nanos(trace.start));
-        span.fixed64(8, nanos(trace.end));
-        for attribute in &trace.attributes {
-            span.attribute(9, attribute);
-        }
+        span.common(
+            "paysync.deliver",
+            SPAN_KIND_CONSUMER,
+            trace.start,
+            trace.end,
+            &trace.attributes,
+        );
         for event in &trace.events {
             write_event(span, event);
         }
@@ -261,15 +261,35 @@ fn write_trace(scope_spans: &mut Message<'_>, trace: &FinishedTrace) {
             span.bytes(1, &trace_id);
             span.bytes(2, &call.span_id.to_bytes());
             span.bytes(4, &deliver_id);
-            span.text(5, "paysync.call");
-            span.uint(6, SPAN_KIND_CLIENT);
-            span.fixed64(7, nanos(call.start));
-            span.fixed64(8, nanos(call.end));
-            for attribute in &call.attributes {
-                span.attribute(9, attribute);
-            }
+            span.common(
+                "paysync.call",
+                SPAN_KIND_CLIENT,
+                call.start,
+                call.end,
+                &call.attributes,
+            );
             span.fixed32(16, local_root);
         });
+    }
+}
+
+impl Message<'_> {
+    /// A `Span`'s name, kind, times and attributes (fields 5 to 9).
+    fn common(
+        &mut self,
+        name: &str,
+        kind: u64,
+        start: SystemTime,
+        end: SystemTime,
+        attributes: &[Attribute],
+    ) {
+        self.text(5, name);
+        self.uint(6, kind);
+        self.fixed64(7, nanos(start));
+        self.fixed64(8, nanos(end));
+        for attribute in attributes {
+            self.attribute(9, attribute);
+        }
     }
 }
 
