@@ -137,14 +137,17 @@ impl Deliverer {
             },
             None => true,
         };
-        let end = match &job.event {
-            _ if !after_predecessor => TaskEnd::Abandoned,
-            Err(invalid) => {
-                tracing::warn!(error = %invalid, "Invalid event; dead-lettering it.");
-                self.dead_letter(&job, Failure::invalid_event(invalid), &cancel)
-                    .await
+        let end = if !after_predecessor {
+            TaskEnd::Abandoned
+        } else {
+            match &job.event {
+                Err(invalid) => {
+                    tracing::warn!(error = %invalid, "Invalid event; dead-lettering it.");
+                    self.dead_letter(&job, Failure::invalid_event(invalid), &cancel)
+                        .await
+                }
+                Ok(event) => self.deliver(&job, event, &cancel).await,
             }
-            Ok(event) => self.deliver(&job, event, &cancel).await,
         };
         if let (TaskEnd::Abandoned, Some(trace)) = (&end, &job.trace) {
             // Shut down before an outcome: the next owner of the partition

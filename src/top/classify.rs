@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::labels::label_names;
+use crate::labels::{CallKind, label_names};
 pub use crate::top::outcome::Outcome;
 use crate::top::request::SYSTEM_PARAMS;
 use crate::top::response::{BusinessResult, ErrorResponse, TopResponse};
@@ -175,6 +175,17 @@ pub enum UnknownErrorPolicy {
 }
 
 impl Disposition {
+    /// What the disposition is counted and traced as: its kind and the
+    /// cause's label (`accepted` for a delivery).
+    pub fn counted_as(&self) -> (CallKind, &'static str) {
+        match self {
+            Disposition::Delivered => (CallKind::Delivered, "accepted"),
+            Disposition::Retry { cause, .. } => (CallKind::Retry, cause.as_str()),
+            Disposition::DeadLetter { cause } => (CallKind::DeadLetter, cause.as_str()),
+            Disposition::Halt { cause } => (CallKind::Halt, cause.as_str()),
+        }
+    }
+
     /// One line for people: what the disposition means for the event.
     pub fn describe(&self) -> String {
         match self {

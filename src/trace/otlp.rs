@@ -153,9 +153,8 @@ impl Message<'_> {
         self.key(field, Wire::Delimited);
         let start = self.0.len();
         body(&mut Message(self.0));
-        let mut length = Vec::with_capacity(5);
-        varint(&mut length, (self.0.len() - start) as u64);
-        self.0.splice(start..start, length);
+        let (length, used) = varint_bytes((self.0.len() - start) as u64);
+        self.0.splice(start..start, length[..used].iter().copied());
     }
 
     fn attribute(&mut self, field: u32, attribute: &Attribute) {
@@ -177,12 +176,21 @@ impl Message<'_> {
     }
 }
 
-fn varint(buffer: &mut Vec<u8>, mut value: u64) {
+/// `value` as a protobuf varint: the bytes, and how many are used.
+fn varint_bytes(mut value: u64) -> ([u8; 10], usize) {
+    let (mut bytes, mut used) = ([0u8; 10], 0);
     while value >= 0x80 {
-        buffer.push((value as u8) | 0x80);
+        bytes[used] = (value as u8) | 0x80;
         value >>= 7;
+        used += 1;
     }
-    buffer.push(value as u8);
+    bytes[used] = value as u8;
+    (bytes, used + 1)
+}
+
+fn varint(buffer: &mut Vec<u8>, value: u64) {
+    let (bytes, used) = varint_bytes(value);
+    buffer.extend_from_slice(&bytes[..used]);
 }
 
 fn nanos(at: SystemTime) -> u64 {

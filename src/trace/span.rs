@@ -253,18 +253,11 @@ fn call_attributes(
     attributes.push(Attribute::int("attempt", i64::from(attempt)));
     attributes.push(Attribute::text("http.request.method", "POST"));
     attributes.push(Attribute::int("latency_ms", elapsed.as_millis() as i64));
-    // Static labels, not `Disposition::describe`: a call span costs no
+    // The metrics' labels, not `Disposition::describe`: a call span costs no
     // formatting.
-    let (kind, cause) = match disposition {
-        Disposition::Delivered => ("delivered", None),
-        Disposition::Retry { cause, .. } => ("retry", Some(cause.as_str())),
-        Disposition::DeadLetter { cause } => ("dead_letter", Some(cause.as_str())),
-        Disposition::Halt { cause } => ("halt", Some(cause.as_str())),
-    };
-    attributes.push(Attribute::text("disposition", kind));
-    if let Some(cause) = cause {
-        attributes.push(Attribute::text("cause", cause));
-    }
+    let (kind, cause) = disposition.counted_as();
+    attributes.push(Attribute::text("disposition", kind.as_str()));
+    attributes.push(Attribute::text("cause", cause));
     let status = |status: &u16| Attribute::int("http.response.status_code", i64::from(*status));
     match outcome {
         Outcome::Answered {

@@ -1,6 +1,6 @@
 //! What the dashboard and the alert rules may query: the metric names an
 //! expression uses, and the metrics paysync exports (the README's table,
-//! itself checked against the registry in src/metrics.rs). Shared by the
+//! itself checked against the registry in src/metrics/). Shared by the
 //! deployment-file checks and the Helm chart checks.
 
 use std::collections::BTreeSet;

@@ -8,8 +8,8 @@
 //! its own [`Registry`], so tests and in-process tools do not share series.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
 
 use prometheus::core::Collector;
 use prometheus::{
@@ -17,10 +17,10 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
-use crate::kafka::partition::PartitionId;
-use crate::labels::{BreakerState, CallKind, DeadLetterClass, RebalanceKind};
-use crate::top::classify::{Disposition, HaltCause, Outcome};
-use crate::top::response::TopResponse;
+use crate::labels::{BreakerState, RebalanceKind};
+use crate::top::classify::HaltCause;
+
+mod record;
 
 /// TOP error codes that get their own label value (the classification
 /// table's rows); every other code is counted as `other`.
@@ -408,154 +408,15 @@ impl Metrics {
     pub fn registry(&self) -> &Registry {
         &self.registry
     }
-
-    pub fn record_call(&self, outcome: &Outcome, disposition: &Disposition, duration: Duration) {
-        self.call_duration.observe(duration.as_secs_f64());
-        let (kind, reason) = match disposition {
-            Disposition::Delivered => (CallKind::Delivered, "accepted"),
-            Disposition::Retry { cause, .. } => (CallKind::Retry, cause.as_str()),
-            Disposition::DeadLetter { cause } => (CallKind::DeadLetter, cause.as_str()),
-            Disposition::Halt { cause } => (CallKind::Halt, cause.as_str()),
-        };
-        self.call_outcomes
-            .with_label_values(&[kind.as_str(), reason])
-            .inc();
-        self.tallies.calls[kind.index()].fetch_add(1, Ordering::Relaxed);
-        if let Outcome::Answered {
-            response: TopResponse::Error(error),
-            ..
-        } = outcome
-        {
-            let code = if KNOWN_TOP_CODES.contains(&error.code) {
-                error.code.to_string()
-            } else {
-                "other".to_owned()
-            };
-            let class = match error.sub_code.as_deref() {
-                None | Some("") => "none",
-                Some(s) if s.starts_with("isp.") => "isp",
-                Some(s) if s.starts_with("isv.") => "isv",
-                Some(s) if s.starts_with("accesscontrol.") => "accesscontrol",
-                Some(_) => "other",
-            };
-            self.top_errors.with_label_values(&[&code, class]).inc();
-        }
-    }
-
-    pub fn record_delivered(&self, latency: Duration) {
-        self.events_delivered.inc();
-        self.delivery_latency.observe(latency.as_secs_f64());
-    }
-
-    pub fn record_dead_lettered(&self, class: DeadLetterClass, reason: &str) {
-        self.events_dead_lettered
-            .with_label_values(&[class.as_str(), reason])
-            .inc();
-        self.tallies.dead_lettered[class.index()].fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn record_rebalance(&self, kind: RebalanceKind) {
-        self.rebalances.with_label_values(&[kind.as_str()]).inc();
-        self.tallies.rebalances[kind.index()].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Events dead-lettered with this class so far.
-    pub fn dead_lettered(&self, class: DeadLetterClass) -> u64 {
-        self.tallies.dead_lettered[class.index()].load(Ordering::Relaxed)
-    }
-
-    /// Calls answered with this disposition so far.
-    pub fn calls(&self, kind: CallKind) -> u64 {
-        self.tallies.calls[kind.index()].load(Ordering::Relaxed)
-    }
-
-    /// Rebalance callbacks of this kind so far.
-    pub fn rebalances(&self, kind: RebalanceKind) -> u64 {
-        self.tallies.rebalances[kind.index()].load(Ordering::Relaxed)
-    }
-
-    pub fn record_limiter_wait(&self, waited: Duration, tokens_left: u32) {
-        self.limiter_wait.observe(waited.as_secs_f64());
-        self.limiter_tokens.set(i64::from(tokens_left));
-    }
-
-    pub fn record_commit(&self, succeeded: bool) {
-        if succeeded {
-            *self.last_commit.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
-        } else {
-            self.commit_failures.inc();
-        }
-    }
-
-    /// Drops a revoked partition's series, so dashboards do not show stale offsets.
-    pub fn forget_partition(&self, id: &PartitionId) {
-        let partition = id.partition.to_string();
-        let labels = [id.topic.as_str(), partition.as_str()];
-        for gauge in PartitionGauge::ALL {
-            let _ = self.partition_gauges(gauge).remove_label_values(&labels);
-        }
-    }
-
-    /// Brings the dropped-span counts up to the process-wide totals
-    /// (`queue_full`, `export_failed`).
-    pub fn publish_dropped_spans(&self, (queue_full, export_failed): (u64, u64)) {
-        for (reason, total) in [("queue_full", queue_full), ("export_failed", export_failed)] {
-            let counter = self.trace_spans_dropped.with_label_values(&[reason]);
-            let seen = counter.get();
-            if total > seen {
-                counter.inc_by(total - seen);
-            }
-        }
-    }
-
-    /// Sets one partition's series of a per-partition gauge: the one place
-    /// those series are labelled (`topic`, `partition`).
-    pub fn set_partition(&self, gauge: PartitionGauge, id: &PartitionId, value: i64) {
-        let partition = id.partition.to_string();
-        self.partition_gauges(gauge)
-            .with_label_values(&[id.topic.as_str(), partition.as_str()])
-            .set(value);
-    }
-
-    fn partition_gauges(&self, gauge: PartitionGauge) -> &IntGaugeVec {
-        match gauge {
-            PartitionGauge::CommittedOffset => &self.partition_committed_offset,
-            PartitionGauge::CompletedOffset => &self.partition_completed_offset,
-            PartitionGauge::Lag => &self.partition_lag,
-            PartitionGauge::Paused => &self.partition_paused,
-        }
-    }
-
-    /// Dead letters so far by (class, reason).
-    pub fn dead_letter_counts(&self) -> Vec<(String, String, u64)> {
-        self.events_dead_lettered
-            .collect()
-            .iter()
-            .flat_map(|family| family.get_metric())
-            .map(|metric| {
-                let label = |name: &str| {
-                    metric
-                        .get_label()
-                        .iter()
-                        .find(|l| l.name() == name)
-                        .map(|l| l.value().to_owned())
-                        .unwrap_or_default()
-                };
-                (
-                    label("class"),
-                    label("reason"),
-                    metric.get_counter().get_value() as u64,
-                )
-            })
-            .collect()
-    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
-    use crate::top::classify::{RejectCause, RetryCause};
-    use crate::top::response::ErrorResponse;
+    use crate::top::classify::{Disposition, Outcome, RejectCause, RetryCause};
+    use crate::top::response::{ErrorResponse, TopResponse};
 
     #[test]
     fn unknown_codes_and_sub_codes_stay_in_closed_label_sets() {
@@ -605,7 +466,7 @@ mod documentation {
     /// The README's metrics table lists exactly the exported families.
     #[test]
     fn the_readme_documents_every_metric() {
-        let readme = include_str!("../README.md");
+        let readme = include_str!("../../README.md");
         let documented: std::collections::BTreeSet<String> = readme
             .lines()
             .filter(|l| l.starts_with("| `paysync_"))
