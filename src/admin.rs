@@ -141,7 +141,12 @@ pub fn readiness(state: &AdminState) -> (StatusCode, Readiness) {
     let joined = state.health.joined();
     let dead_letter_stall = state.health.dead_letter_stall();
     let mut reasons = Vec::new();
-    let status = if let Some(cause) = gate.halted {
+    let status = if let Some(cause) = state.health.failed() {
+        reasons.push(format!(
+            "the Kafka consumer failed: {cause}; paysync is stopping"
+        ));
+        "failed"
+    } else if let Some(cause) = gate.halted {
         reasons.push(format!(
             "delivery is halted: the configuration is broken ({}: {})",
             cause.as_str(),
@@ -157,7 +162,7 @@ pub fn readiness(state: &AdminState) -> (StatusCode, Readiness) {
     {
         if let Some(stall) = &dead_letter_stall {
             reasons.push(format!(
-                "writes to the dead-letter topic {} have failed for {} s ({}): {} is held until one succeeds",
+                "the dead-letter topic {} has failed for {} s ({}): {} is held until it works",
                 stall.dead_letter_topic,
                 stall.held.as_secs(),
                 stall.last_error,

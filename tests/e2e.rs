@@ -22,6 +22,9 @@ mod secured;
 #[path = "e2e/traces.rs"]
 mod traces;
 
+#[path = "e2e/catch_up.rs"]
+mod catch_up;
+
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};

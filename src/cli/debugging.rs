@@ -10,6 +10,7 @@ use super::args::{CallArgs, SignArgs};
 use super::exit::{EXIT_DATA, EXIT_USAGE, load_settings};
 use crate::config::Settings;
 use crate::event;
+use crate::kafka::cluster::{self, ClusterFacts};
 use crate::top::classify::Disposition;
 use crate::top::request::dto_json;
 use crate::top::sign::{self, EmptyValues, SignMethod};
@@ -25,6 +26,21 @@ pub(super) fn check_config(path: &Path) -> ExitCode {
             if let Ok(egress) = settings.egress() {
                 println!("  proxy       {}", egress.proxy);
                 println!("  tls         {}", egress.trust.describe());
+            }
+            let kafka = &settings.kafka;
+            println!(
+                "  group       {} ({} protocol{})",
+                kafka.group_id,
+                kafka.group_protocol.as_str(),
+                match kafka.instance_id() {
+                    Some(id) => format!(", static member {id}"),
+                    None => String::new(),
+                }
+            );
+            // Without connecting: Apache Kafka's defaults stand for the cluster.
+            let facts = ClusterFacts::assumed();
+            for warning in cluster::group_warnings(kafka, kafka.group_protocol, &facts) {
+                println!("warning: {warning}");
             }
             ExitCode::SUCCESS
         }

@@ -69,13 +69,20 @@ pub(super) async fn run(path: &Path) -> ExitCode {
         }
     };
     tracing::info!(admin = %admin.addr(), "Pipeline started; /metrics, /health/live and /health/ready are served.");
+    let health = running.health().clone();
     running.finished().await;
     admin.stop().await;
     // The spans still queued go out (bounded by tracing.export_timeout_ms).
     tokio::task::spawn_blocking(move || telemetry.shutdown())
         .await
         .ok();
-    ExitCode::SUCCESS
+    match health.failed() {
+        Some(cause) => {
+            eprintln!("paysync: the Kafka consumer failed: {cause}");
+            ExitCode::FAILURE
+        }
+        None => ExitCode::SUCCESS,
+    }
 }
 
 /// Builds the pipeline, waiting for Kafka with backoff (alive, not ready,

@@ -8,9 +8,11 @@
 //! topic from that time on, once per partition it took over, and does not
 //! write a copy of an offset it finds there. A copy's timestamp comes from
 //! the writer's clock, the same clock as the look-back time; the margin
-//! covers topics stamped by the broker (`LogAppendTime`). When the topic
-//! cannot be read the answer is "not found": a second copy is safe, a
-//! missing one is not.
+//! covers topics stamped by the broker (`LogAppendTime`). A read that fails
+//! is not remembered: the writer tries again while the partition is held
+//! (`DeadLetterProducer::written_before`), and only when the topic stays
+//! unreadable past its patience is the answer "not found": a second copy
+//! is safe, a missing one is not.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -46,31 +48,40 @@ impl PriorCopies {
         }
     }
 
+    /// The source partition taken over.
+    pub fn source(&self) -> &PartitionId {
+        &self.source
+    }
+
     /// Whether this group's dead-letter topic holds a copy of `offset` of
     /// the source partition written since the look-back time. The first
-    /// call reads the topic on a blocking thread.
-    pub async fn holds(&self, settings: &Settings, offset: i64) -> bool {
+    /// call that succeeds reads the topic (on a blocking thread); a failed
+    /// read is returned and the next call reads again.
+    pub async fn holds(&self, settings: &Settings, offset: i64) -> anyhow::Result<bool> {
         if !self.look_back.covers(offset) {
-            return false;
+            return Ok(false);
         }
         let found = self
             .found
-            .get_or_init(|| async {
-                let (settings, source, since_ms) =
-                    (settings.clone(), self.source.clone(), self.look_back.since_ms);
-                let read = tokio::task::spawn_blocking(move || {
-                    copies_since(&settings, &source, since_ms)
-                })
-                .await
-                .map_err(anyhow::Error::from)
-                .and_then(|read| read);
-                read.unwrap_or_else(|error| {
-                    tracing::warn!(partition = %self.source, error = format!("{error:#}"), "Could not read the dead-letter topic for copies written before a takeover; any found again are written again.");
-                    HashSet::new()
-                })
+            .get_or_try_init(|| async {
+                let (settings, source, since_ms) = (
+                    settings.clone(),
+                    self.source.clone(),
+                    self.look_back.since_ms,
+                );
+                tokio::task::spawn_blocking(move || copies_since(&settings, &source, since_ms))
+                    .await
+                    .map_err(anyhow::Error::from)
+                    .and_then(|read| read)
             })
-            .await;
-        found.contains(&offset)
+            .await?;
+        Ok(found.contains(&offset))
+    }
+
+    /// The topic stayed unreadable: from now on nothing counts as written
+    /// before, so copies are written (perhaps a second time).
+    pub fn give_up(&self) {
+        let _ = self.found.set(HashSet::new());
     }
 }
 

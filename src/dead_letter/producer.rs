@@ -30,6 +30,11 @@ const RETRY_INITIAL: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(8);
 /// The most a copy is cut down ([`super::Payload::shrunk`]).
 const MAX_SHRINK: u8 = 2;
+/// How long a takeover keeps trying to read the dead-letter topic back
+/// before it writes copies without checking: longer than a broker's
+/// fencing and a leader's election (tens of seconds), short enough that a
+/// topic unreadable for good does not hold a partition for ever.
+pub const READ_BACK_PATIENCE: Duration = Duration::from_secs(120);
 
 /// How a dead-letter write ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,9 +159,51 @@ impl DeadLetterProducer {
     }
 
     /// Whether an earlier owner of the source partition already wrote a copy
-    /// of `offset` (see [`PriorCopies`]).
+    /// of `offset` (see [`PriorCopies`]). While the dead-letter topic cannot
+    /// be read back, the read is tried again with the source partition held
+    /// (readiness names the topic and the error), for up to
+    /// [`READ_BACK_PATIENCE`]; past it the copy is written, loudly and
+    /// counted: a second copy is safe, a missing one is not.
     pub async fn written_before(&self, prior: &PriorCopies, offset: i64) -> bool {
-        prior.holds(&self.settings, offset).await
+        let started = Instant::now();
+        let mut attempt = 0u32;
+        let mut failing = None;
+        loop {
+            let error = match prior.holds(&self.settings, offset).await {
+                Ok(held) => return held,
+                Err(error) => error,
+            };
+            self.stalled.lock().last_error = format!("reading the topic back: {error:#}");
+            if failing.is_none() {
+                self.stalled.failing(prior.source());
+                failing = Some(Failing {
+                    stalled: &self.stalled,
+                    source: prior.source().clone(),
+                });
+            }
+            if started.elapsed() >= READ_BACK_PATIENCE {
+                self.metrics.dead_letter_read_back_failures.inc();
+                tracing::error!(
+                    partition = %prior.source(),
+                    topic = %self.topic,
+                    error = format!("{error:#}"),
+                    patience_s = READ_BACK_PATIENCE.as_secs(),
+                    "The dead-letter topic stayed unreadable after a takeover; writing this partition's dead letters without checking for copies an earlier owner wrote (some may be written twice)."
+                );
+                prior.give_up();
+                return false;
+            }
+            tracing::warn!(
+                partition = %prior.source(),
+                topic = %self.topic,
+                error = format!("{error:#}"),
+                attempt = attempt + 1,
+                "Could not read the dead-letter topic back after a takeover; the source offset is held and the read is tried again."
+            );
+            let delay = backoff(attempt, RETRY_INITIAL, RETRY_MAX);
+            attempt += 1;
+            tokio::time::sleep(delay).await;
+        }
     }
 
     /// The source partitions held by failing writes.

@@ -32,15 +32,21 @@ fn layered(
     config
 }
 
-/// The pipeline's group consumer. paysync commits itself (positions with
+/// The pipeline's group consumer, speaking `protocol` (resolved: `auto` is
+/// decided by [`crate::kafka::cluster::resolve_protocol`] before this). paysync commits itself (positions with
 /// their completion maps, which librdkafka's auto-commit would not send
 /// while a position stands still), so nothing is stored or committed
 /// automatically.
-pub fn group_consumer(settings: &Settings) -> ClientConfig {
+pub fn group_consumer(settings: &Settings, protocol: GroupProtocol) -> ClientConfig {
     let kafka = &settings.kafka;
+    // An unresolved `auto` speaks what every broker speaks.
+    let protocol = match protocol {
+        GroupProtocol::Auto => GroupProtocol::Classic,
+        resolved => resolved,
+    };
     let mut owned = vec![
         ("group.id", kafka.group_id.clone()),
-        ("group.protocol", kafka.group_protocol.as_str().to_owned()),
+        ("group.protocol", protocol.as_str().to_owned()),
         ("enable.auto.commit", "false".to_owned()),
         ("enable.auto.offset.store", "false".to_owned()),
         (
@@ -55,13 +61,13 @@ pub fn group_consumer(settings: &Settings) -> ClientConfig {
         ),
     ];
     // With KIP-848 the session timeout is the broker's to set.
-    if kafka.group_protocol == GroupProtocol::Classic {
+    if protocol == GroupProtocol::Classic {
         owned.push((
             "session.timeout.ms",
             kafka.session_timeout_ms.as_millis().to_string(),
         ));
     }
-    if let Some(id) = kafka.instance_id() {
+    if let Some(id) = crate::kafka::cluster::static_identity(kafka, protocol) {
         owned.push(("group.instance.id", id));
     }
     layered(
@@ -76,6 +82,18 @@ pub fn group_consumer(settings: &Settings) -> ClientConfig {
         .collect::<Vec<_>>(),
         &owned,
     )
+}
+
+/// An admin client (reading the cluster's configuration): the connection
+/// and security properties every client shares.
+pub fn admin(kafka: &crate::config::KafkaSettings) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("client.id", concat!("paysync-", env!("CARGO_PKG_VERSION")));
+    for (key, value) in &kafka.librdkafka {
+        config.set(key, value);
+    }
+    config.set("bootstrap.servers", &kafka.bootstrap_servers);
+    config
 }
 
 /// A tool's consumer (replay's planning, dead-letter reading): it joins no
@@ -139,7 +157,7 @@ mod tests {
             .insert("message.timeout.ms".into(), "5000".into());
         settings.kafka.producer.insert("acks".into(), "1".into());
 
-        let consumer = group_consumer(&settings);
+        let consumer = group_consumer(&settings, settings.kafka.group_protocol);
         assert_eq!(get(&consumer, "security.protocol"), Some("SASL_SSL"));
         assert_eq!(get(&consumer, "auto.offset.reset"), Some("latest"));
         assert_eq!(get(&consumer, "enable.auto.offset.store"), Some("false"));
@@ -165,8 +183,7 @@ mod tests {
     fn static_membership_and_the_consumer_protocol() {
         let mut settings = Settings::default();
         settings.kafka.group_instance_id = Some("paysync-0".into());
-        settings.kafka.group_protocol = GroupProtocol::Consumer;
-        let consumer = group_consumer(&settings);
+        let consumer = group_consumer(&settings, GroupProtocol::Consumer);
         assert_eq!(get(&consumer, "group.instance.id"), Some("paysync-0"));
         assert_eq!(get(&consumer, "group.protocol"), Some("consumer"));
         assert_eq!(
@@ -176,7 +193,7 @@ mod tests {
         );
         settings.kafka.group_instance_id = None;
         settings.kafka.group_instance_id_from_hostname = true;
-        let consumer = group_consumer(&settings);
+        let consumer = group_consumer(&settings, GroupProtocol::Classic);
         assert_eq!(
             get(&consumer, "group.instance.id").map(str::to_owned),
             crate::config::hostname()
@@ -186,7 +203,7 @@ mod tests {
     #[test]
     fn the_prefetch_defaults_apply_and_yield_to_the_users_table() {
         let mut settings = Settings::default();
-        let consumer = group_consumer(&settings);
+        let consumer = group_consumer(&settings, settings.kafka.group_protocol);
         for (key, value) in PREFETCH_DEFAULTS {
             assert_eq!(get(&consumer, key), Some(value), "{key}");
         }
@@ -194,7 +211,7 @@ mod tests {
             .kafka
             .consumer
             .insert("queued.max.messages.kbytes".into(), "65536".into());
-        let consumer = group_consumer(&settings);
+        let consumer = group_consumer(&settings, settings.kafka.group_protocol);
         assert_eq!(get(&consumer, "queued.max.messages.kbytes"), Some("65536"));
     }
 
@@ -202,7 +219,7 @@ mod tests {
     fn every_owned_property_is_reserved() {
         let settings = Settings::default();
         for config in [
-            group_consumer(&settings),
+            group_consumer(&settings, settings.kafka.group_protocol),
             tool_consumer(&settings, "g"),
             durable_producer(&settings),
         ] {

@@ -8,10 +8,14 @@
 //! * [`clients`]: every `ClientConfig` paysync builds, in the same three layers.
 //! * [`queries`]: blocking reads of the brokers: metadata, committed offsets
 //!   and maps, partition ends.
+//! * [`cluster`]: what the cluster says about itself (its group protocols,
+//!   how fast it notices a dead broker), the group protocol `auto` takes,
+//!   and the group settings that would let the group stop.
 //!
 //! Commits are not here: the pipeline's committer owns them (`pipeline::commit`).
 
 pub mod clients;
+pub mod cluster;
 pub mod partition;
 pub mod properties;
 pub mod queries;

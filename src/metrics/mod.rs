@@ -87,6 +87,7 @@ pub struct Metrics {
     pub partition_paused: IntGaugeVec,
     pub rebalances: IntCounterVec,
     pub dlq_produce_failures: IntCounter,
+    pub commits_sent: IntCounter,
     pub commit_failures: IntCounter,
     pub seconds_since_last_commit: Gauge,
     pub tasks_abandoned: IntCounter,
@@ -96,6 +97,7 @@ pub struct Metrics {
     /// Spans not exported, by reason (`queue_full`, `export_failed`).
     pub trace_spans_dropped: IntCounterVec,
     pub dead_letters_written_before: IntCounter,
+    pub dead_letter_read_back_failures: IntCounter,
     pub completion_maps_truncated: IntCounter,
     last_commit: Mutex<Instant>,
     /// Typed totals beside the labelled families, for the run summary: it
@@ -329,6 +331,11 @@ impl Metrics {
                 "paysync_dlq_produce_failures_total",
                 "Failed attempts to write a dead letter (each is retried).",
             ),
+            commits_sent: counter(
+                &r,
+                "paysync_commits_total",
+                "Offset commits sent to the broker (each an OffsetCommit request; failures are counted in paysync_commit_failures_total too).",
+            ),
             commit_failures: counter(
                 &r,
                 "paysync_commit_failures_total",
@@ -364,6 +371,11 @@ impl Metrics {
                 &r,
                 "paysync_dead_letters_written_before_total",
                 "Dead letters not written because an earlier owner of the partition had written the copy before the group committed it (found by reading the dead-letter topic back after a takeover).",
+            ),
+            dead_letter_read_back_failures: counter(
+                &r,
+                "paysync_dead_letter_read_back_failures_total",
+                "Takeovers whose dead-letter topic stayed unreadable past the read-back patience (120 s): that partition's dead letters were written without checking for an earlier owner's copies.",
             ),
             completion_maps_truncated: counter(
                 &r,

@@ -21,9 +21,10 @@ use super::rate::{RateBudget, RateLimitScope, RateSettings};
 use super::status::Health;
 use super::tracker::OffsetTracker;
 use super::{Pipeline, Source};
-use crate::config::{ConfigError, Settings, TopClientError};
+use crate::config::{ConfigError, GroupProtocol, Settings, TopClientError};
 use crate::dead_letter::DeadLetterProducer;
 use crate::kafka;
+use crate::kafka::cluster::{self, ClusterFacts};
 use crate::kafka::partition::PartitionId;
 use crate::metrics::Metrics;
 
@@ -82,6 +83,28 @@ pub enum StartError {
     Interrupted(#[from] tokio::task::JoinError),
 }
 
+/// The group protocol to speak (`auto` decided from the cluster's
+/// configuration), logged with why, and a warning for each group setting
+/// that would let a broker's death or a replica's restart stop the group.
+fn group_protocol(kafka: &crate::config::KafkaSettings) -> GroupProtocol {
+    let facts = ClusterFacts::read(&kafka::clients::admin(kafka)).unwrap_or_else(|error| {
+        tracing::info!(%error, "Could not read the cluster's configuration; assuming Apache Kafka's defaults.");
+        ClusterFacts::assumed()
+    });
+    let (protocol, why) = cluster::resolve_protocol(kafka, &facts);
+    tracing::info!(
+        protocol = protocol.as_str(),
+        static_identity = cluster::static_identity(kafka, protocol)
+            .as_deref()
+            .unwrap_or("none"),
+        "Group protocol: {why}."
+    );
+    for warning in cluster::group_warnings(kafka, protocol, &facts) {
+        tracing::warn!("{warning}.");
+    }
+    protocol
+}
+
 impl Pipeline {
     /// Connects to Kafka, checks the dead-letter topic exists, subscribes (or
     /// assigns a range). The blocking librdkafka work runs on a blocking thread.
@@ -127,21 +150,35 @@ impl Pipeline {
             metrics.clone(),
             wake.clone(),
         ));
-        let context = PipelineContext::new(
-            ownership.clone(),
-            committer.clone(),
-            metrics.clone(),
-            budget.clone(),
-            wake.clone(),
-        );
-        let consumer: StreamConsumer<PipelineContext> = kafka::clients::group_consumer(&settings)
-            .create_with_context(context)
-            .map_err(StartError::CreateConsumer)?;
+        let context = || {
+            PipelineContext::new(
+                ownership.clone(),
+                committer.clone(),
+                metrics.clone(),
+                budget.clone(),
+                wake.clone(),
+            )
+        };
+        // The consumer reaches the brokers first (joining nothing yet) with
+        // the protocol as set; `auto` is decided once they answered, and
+        // the consumer made again if the cluster speaks KIP-848.
+        let create = |protocol| {
+            kafka::clients::group_consumer(&settings, protocol)
+                .create_with_context(context())
+                .map_err(StartError::CreateConsumer)
+        };
+        let mut consumer: StreamConsumer<PipelineContext> = create(kafka.group_protocol)?;
         let dlq_found =
             match kafka::queries::wait_for_topic(&consumer, &kafka.dlq_topic, DLQ_TOPIC_WAIT) {
                 Ok(found) => found,
                 Err(error) => return Err(metadata_failure(&consumer, error)),
             };
+        if matches!(source, Source::Group) {
+            let protocol = group_protocol(kafka);
+            if kafka.group_protocol == GroupProtocol::Auto && protocol == GroupProtocol::Consumer {
+                consumer = create(protocol)?;
+            }
+        }
         if dlq_found.is_none() {
             return Err(StartError::MissingDeadLetterTopic {
                 topic: kafka.dlq_topic.clone(),

@@ -26,9 +26,10 @@
 //!   adaptive controller that finds the quota.
 //! * [`status`]: health and the run summary.
 //!
-//! Offsets: librdkafka stores and commits nothing by itself. Every
-//! `kafka.commit_interval_ms`, as soon as the window drains, and right after
-//! a dead-letter copy is acknowledged, the loop commits each changed partition's lowest unfinished offset with its
+//! Offsets: librdkafka stores and commits nothing by itself. While
+//! positions move, the loop commits as soon as the previous commit ended and
+//! `kafka.commit_interval_ms` passed (at once after a dead-letter copy is
+//! acknowledged): each changed partition's lowest unfinished offset with its
 //! completion map (which offsets above it are finished) in the metadata;
 //! on revoke and at shutdown the same is committed synchronously, tried
 //! again while the coordinator is briefly away. A task that gives up never
@@ -56,6 +57,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::Offset;
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use tokio::sync::{Notify, oneshot};
 use tracing::Instrument;
@@ -151,10 +153,13 @@ impl Pipeline {
         let wake = self.wake.clone();
         let delivery = &self.settings.delivery;
         let mut window = Window::new(delivery.partition_window, delivery.global_window);
-        // Commits every interval, and at the next tick after the window
-        // drains (so an idle group is up to date at once).
-        let mut commit_tick = tokio::time::interval(self.settings.kafka.commit_interval_ms);
-        commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The next commit: armed by every wake-up (a task ended, a commit
+        // ended, a dead letter asked for one) and by the tick, due when the
+        // committer allows ([`Committer::next_due`]).
+        let spacing = self.settings.kafka.commit_interval_ms;
+        let commit_due = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(commit_due);
+        let mut commit_armed = false;
         // Partition counts for the rate budget (a replay's ranges need none).
         let mut metadata_tick =
             tokio::time::interval(self.settings.kafka.metadata_refresh_interval_ms);
@@ -172,11 +177,20 @@ impl Pipeline {
                 biased;
                 _ = &mut shutdown => break,
                 _ = wake.notified() => {
-                    if self.committer.take_asked() {
-                        self.commit_changed();
+                    let due = if self.committer.take_asked() {
+                        tokio::time::Instant::now()
+                    } else {
+                        self.committer.next_due(spacing).into()
+                    };
+                    if !commit_armed || due < commit_due.deadline() {
+                        commit_due.as_mut().reset(due);
+                        commit_armed = true;
                     }
                 }
-                _ = commit_tick.tick() => self.commit_changed(),
+                _ = &mut commit_due, if commit_armed => {
+                    commit_armed = false;
+                    self.commit_changed();
+                }
                 _ = metadata_tick.tick(), if self.ranges.is_empty() => {
                     // One read at a time: a slow broker does not pile them up.
                     if counts_read.as_ref().is_none_or(|read| read.is_finished()) {
@@ -189,13 +203,25 @@ impl Pipeline {
                 }
                 _ = tick.tick() => {
                     orders.prune();
+                    // Transaction markers move positions without a task's end.
                     self.skip_control_records();
-                    if self.refresh_gauges() == 0 {
-                        self.commit_changed();
+                    self.refresh_gauges();
+                    if !commit_armed {
+                        commit_due.as_mut().reset(self.committer.next_due(spacing).into());
+                        commit_armed = true;
                     }
                 }
                 message = self.consumer.recv(), if may_poll => match message {
                     Ok(message) => self.dispatch(&message, &mut orders),
+                    // A fatal error ends the consumer for good (a static
+                    // identity still held by a killed predecessor, fenced
+                    // by another member): stop, so a supervisor starts a
+                    // new process, rather than stay up consuming nothing.
+                    Err(error @ KafkaError::MessageConsumptionFatal(_)) => {
+                        tracing::error!(error = %error, "The Kafka consumer failed for good; stopping (exit status 1) so the process can be started again.");
+                        self.health.fail(error.to_string());
+                        break;
+                    }
                     Err(error) => {
                         tracing::warn!(error = %error, "Kafka consumer error.");
                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -312,9 +338,8 @@ impl Pipeline {
             .all(|(id, (start, end))| self.ownership.position(id).unwrap_or(*start) >= *end)
     }
 
-    /// Periodic gauges and the liveness mark (every tick of the main loop);
-    /// returns how many messages are in flight.
-    fn refresh_gauges(&self) -> usize {
+    /// Periodic gauges and the liveness mark (every tick of the main loop).
+    fn refresh_gauges(&self) {
         self.health.progressed();
         self.budget.tick();
         self.deliverer.gate.status().publish(&self.metrics);
@@ -322,9 +347,8 @@ impl Pipeline {
             self.metrics
                 .publish_dropped_spans(trace::export::dropped_spans());
         }
-        let in_flight = self.ownership.publish_progress();
+        self.ownership.publish_progress();
         self.health.publish_dead_letter_stall(&self.metrics);
-        in_flight
     }
 
     /// Moves each partition's position past offsets librdkafka consumed that

@@ -22,6 +22,8 @@ pub struct Health {
     /// Failing dead-letter writes, and how long one may hold its partition
     /// before readiness says so.
     dead_letters: OnceLock<(std::sync::Arc<StalledWrites>, Duration)>,
+    /// A fatal error of the Kafka client: the pipeline stopped on it.
+    failed: OnceLock<String>,
 }
 
 /// A source partition held by a failing dead-letter write.
@@ -48,6 +50,16 @@ impl Health {
     pub fn since_progress(&self) -> Option<Duration> {
         let last = self.last_progress_ms.load(Ordering::Relaxed);
         (last > 0).then(|| Duration::from_millis(now_ms().saturating_sub(last)))
+    }
+
+    /// The pipeline stopped on a fatal Kafka client error (the first one).
+    pub(super) fn fail(&self, cause: String) {
+        let _ = self.failed.set(cause);
+    }
+
+    /// Why the pipeline stopped by itself, if it did on a fatal error.
+    pub fn failed(&self) -> Option<&str> {
+        self.failed.get().map(String::as_str)
     }
 
     pub fn joined(&self) -> bool {

@@ -264,7 +264,8 @@ async fn a_partition_held_by_failing_dead_letter_writes_shows_in_readiness_until
     assert_eq!(status, 200);
     let reason = body["reasons"][0].as_str().unwrap();
     assert!(
-        reason.contains("writes to the dead-letter topic")
+        reason.contains("the dead-letter topic")
+            && reason.contains("has failed")
             && reason.contains(&format!("{SOURCE}/0")),
         "{reason}"
     );

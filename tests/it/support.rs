@@ -327,9 +327,14 @@ impl Process {
 
     /// With extra environment variables (they win over the defaults here).
     pub fn start_with_env(config: &RunConfig<'_>, env: &[(&str, &str)]) -> Process {
+        Self::start_toml(&config.toml(), env)
+    }
+
+    /// `paysync run` with this configuration file and extra environment variables.
+    pub fn start_toml(toml: &str, env: &[(&str, &str)]) -> Process {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("paysync.toml");
-        std::fs::write(&path, config.toml()).unwrap();
+        std::fs::write(&path, toml).unwrap();
         let log = std::fs::File::create(dir.path().join("paysync.log")).unwrap();
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_paysync"))
             .args(["run", "--config", path.to_str().unwrap()])

@@ -1,5 +1,12 @@
 //! The committer: when a commit goes out, how, and what its answer changes.
 //!
+//! * **Commits keep up with progress.** While positions move, a commit goes
+//!   out as soon as the previous one ended and `kafka.commit_interval_ms`
+//!   passed since that one was sent ([`Committer::next_due`]); a dead letter's
+//!   acknowledgement asks for one at once. What a crash makes the next owner
+//!   send again is what finished after the last commit that landed: at most
+//!   the calls under way plus the rate times (the interval + one commit's
+//!   round trip).
 //! * **One at a time.** The main loop's commits run on a blocking thread (a
 //!   synchronous commit is the only kind whose result librdkafka reports back
 //!   for manual commits), one at a time, so commits reach the broker in the
@@ -33,8 +40,9 @@ use crate::pipeline::ownership::Ownership;
 
 /// Decides, sends and judges the pipeline's commits.
 pub(crate) struct Committer {
-    /// Whether a commit of the main loop is on its way.
-    in_flight: Mutex<bool>,
+    /// Whether a commit of the main loop is on its way, and when the last
+    /// one was sent.
+    in_flight: Mutex<Flight>,
     /// Signalled when the commit on its way ends.
     idle: Condvar,
     /// A commit was asked for: a dead letter was acknowledged (its offset is
@@ -51,7 +59,7 @@ pub(crate) struct Committer {
 impl Committer {
     pub(crate) fn new(map_budget: usize, metrics: Arc<Metrics>, wake: Arc<Notify>) -> Committer {
         Committer {
-            in_flight: Mutex::new(false),
+            in_flight: Mutex::new(Flight::default()),
             idle: Condvar::new(),
             asked: AtomicBool::new(false),
             map_budget: AtomicUsize::new(map_budget),
@@ -69,6 +77,17 @@ impl Committer {
     /// Whether a commit was asked for since the last time this was called.
     pub(crate) fn take_asked(&self) -> bool {
         self.asked.swap(false, Ordering::Relaxed)
+    }
+
+    /// When the main loop's next commit may go out: `spacing` after the
+    /// last one was sent, or now. (One on its way when this comes is sent
+    /// again as asked for when it ends.)
+    pub(crate) fn next_due(&self, spacing: Duration) -> Instant {
+        let now = Instant::now();
+        match self.lock().last_sent {
+            Some(sent) => (sent + spacing).max(now),
+            None => now,
+        }
     }
 
     /// The main loop's commit: the partitions whose point changed, sent on a
@@ -95,6 +114,8 @@ impl Committer {
             return;
         }
         let list = self.list(&points);
+        self.lock().last_sent = Some(Instant::now());
+        self.metrics.commits_sent.inc();
         let (committer, consumer, ownership) = (self.clone(), consumer.clone(), ownership.clone());
         tokio::task::spawn_blocking(move || {
             let result = consumer.commit(&list, CommitMode::Sync);
@@ -133,10 +154,10 @@ impl Committer {
     /// up to `patience`: a synchronous commit made after it then carries the
     /// newest point, and no older one can land after it.
     pub(crate) fn wait_idle(&self, patience: Duration) {
-        let busy = self.lock();
+        let flight = self.lock();
         let _ = self
             .idle
-            .wait_timeout_while(busy, patience, |busy| *busy)
+            .wait_timeout_while(flight, patience, |flight| flight.busy)
             .unwrap_or_else(|p| p.into_inner());
     }
 
@@ -158,6 +179,7 @@ impl Committer {
         let deadline = Instant::now() + patience;
         let mut attempt = 0;
         loop {
+            self.metrics.commits_sent.inc();
             let result = consumer.commit(&list, CommitMode::Sync);
             let error = match answer(&list, &result) {
                 Answer::Committed => {
@@ -210,24 +232,35 @@ impl Committer {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, bool> {
+    fn lock(&self) -> MutexGuard<'_, Flight> {
         self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Marks a commit of the main loop on its way, unless one is already.
     fn begin(&self) -> bool {
-        let mut busy = self.lock();
-        !std::mem::replace(&mut *busy, true)
+        let mut flight = self.lock();
+        if flight.busy {
+            return false;
+        }
+        flight.busy = true;
+        true
     }
 
     /// The commit on its way ended; one asked for meanwhile goes out next.
     fn end(&self) {
-        *self.lock() = false;
+        self.lock().busy = false;
         self.idle.notify_all();
         if self.asked.load(Ordering::Relaxed) {
             self.wake.notify_one();
         }
     }
+}
+
+/// The main loop's commit on its way, if any, and when the last one was sent.
+#[derive(Debug, Default)]
+struct Flight {
+    busy: bool,
+    last_sent: Option<Instant>,
 }
 
 fn has_maps(list: &TopicPartitionList) -> bool {

@@ -23,7 +23,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use secrecy::SecretString;
 
 use super::in_process::{baseline, record};
-use super::report::{BenchReport, Throughput, ceiling_per_sec, histogram, mean, quantile};
+use super::report::{BenchReport, Throughput, ceiling_per_sec, histogram, mean, quantile, value};
 use crate::config::Settings;
 use crate::tools::emulator::journal::Journal;
 use crate::tools::emulator::{Emulator, Faults, Gateway, GatewaySettings};
@@ -186,6 +186,13 @@ async fn measure(
         call_mean_ms: call_mean.map(|mean| mean * 1000.0),
         slots_busy_ratio: call_mean
             .map(|mean| events_per_sec * mean / options.max_in_flight as f64),
+        commits_per_sec: value(&metrics, "paysync_commits_total").map(|commits| {
+            commits
+                / last
+                    .duration_since(first.unwrap_or(last))
+                    .as_secs_f64()
+                    .max(1e-3)
+        }),
         partitions: options.partitions,
         orders_per_partition: options.orders_per_partition,
     })

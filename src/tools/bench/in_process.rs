@@ -150,6 +150,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         ceiling_ratio: ceiling.map(|c| events_per_sec / c),
         call_mean_ms: None,
         slots_busy_ratio: None,
+        commits_per_sec: None,
         partitions: PARTITIONS,
         orders_per_partition: None,
     })

@@ -48,6 +48,9 @@ pub struct BenchReport {
     /// law: events/s × mean call ÷ slots; broker mode). Near 1, paysync kept
     /// every slot busy and the gateway's answer time is the limit.
     pub slots_busy_ratio: Option<f64>,
+    /// Offset commits `paysync run` sent per second of the run (broker
+    /// mode): what keeping commits up with progress costs the broker.
+    pub commits_per_sec: Option<f64>,
     pub partitions: i32,
     /// Distinct order ids per partition (`None`: one event per order).
     pub orders_per_partition: Option<usize>,
@@ -76,8 +79,12 @@ impl BenchReport {
             }
             _ => "not measured (in-process mode)".to_owned(),
         };
+        let commits = match self.commits_per_sec {
+            Some(per) => format!("{per:.1} per second"),
+            None => "not measured (in-process mode)".to_owned(),
+        };
         format!(
-            "mode              {}\nevents            {}\nemulator latency  {} ms\nmax in flight     {}\nrate limit        {limit}\nthroughput        {:.0} events/s (sustained {:.0}/s)\nbaseline (HTTP)   {:.0} calls/s\nratio             {:.2}\nlatency p50/p99   {:.1} / {:.1} ms (Kafka → API acceptance)\nmost in 1 s       {}\npeak RSS          {:.1} MiB\npaysync CPU       {cpu}\nceiling           {ceiling}\ncall slots        {slots}\n",
+            "mode              {}\nevents            {}\nemulator latency  {} ms\nmax in flight     {}\nrate limit        {limit}\nthroughput        {:.0} events/s (sustained {:.0}/s)\nbaseline (HTTP)   {:.0} calls/s\nratio             {:.2}\nlatency p50/p99   {:.1} / {:.1} ms (Kafka → API acceptance)\nmost in 1 s       {}\npeak RSS          {:.1} MiB\npaysync CPU       {cpu}\nceiling           {ceiling}\ncall slots        {slots}\noffset commits    {commits}\n",
             self.mode,
             self.events,
             self.latency_ms,
@@ -179,15 +186,17 @@ pub(super) fn histogram(text: &str, name: &str) -> Vec<(f64, f64)> {
     buckets
 }
 
+/// An unlabelled counter's or gauge's value.
+pub(super) fn value(text: &str, name: &str) -> Option<f64> {
+    let prefix = format!("{name} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix)?.trim().parse::<f64>().ok())
+}
+
 /// A histogram's mean (`_sum / _count`), when it has observations.
 pub(super) fn mean(text: &str, name: &str) -> Option<f64> {
-    let value = |suffix: &str| {
-        let prefix = format!("{name}_{suffix} ");
-        text.lines()
-            .find_map(|line| line.strip_prefix(&prefix)?.trim().parse::<f64>().ok())
-    };
-    let count = value("count").filter(|count| *count > 0.0)?;
-    Some(value("sum")? / count)
+    let count = value(text, &format!("{name}_count")).filter(|count| *count > 0.0)?;
+    Some(value(text, &format!("{name}_sum"))? / count)
 }
 
 /// The `q` quantile of cumulative buckets, linear within its bucket (0 when empty).
