@@ -23,8 +23,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use paysync::dead_letter::header;
 use paysync::tools::emulator::{Emulator, Faults};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::admin::{NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
@@ -86,28 +85,20 @@ impl Scenario {
         let suffix = rand::random::<u32>();
         let topic = format!("cluster-{name}-{suffix}");
         let dlq = format!("{topic}.dlq");
-        let admin: AdminClient<DefaultClientContext> = kafka.client_config().create().unwrap();
         let pinned = dlq_node.map(|node| [node]);
         let dlq_replication = match &pinned {
             Some(node) => TopicReplication::Variable(&[node]),
             None => TopicReplication::Fixed(3),
         };
-        let created = admin
-            .create_topics(
-                &[
-                    NewTopic::new(&topic, PARTITIONS, TopicReplication::Fixed(3)),
-                    NewTopic::new(&dlq, 1, dlq_replication).set(
-                        "min.insync.replicas",
-                        if pinned.is_some() { "1" } else { "2" },
-                    ),
-                ],
-                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-            )
-            .await
-            .expect("the cluster answers (run scripts/kafka-cluster start first)");
-        for result in created {
-            result.unwrap_or_else(|(topic, error)| panic!("cannot create {topic}: {error}"));
-        }
+        kafka
+            .create_topics(&[
+                NewTopic::new(&topic, PARTITIONS, TopicReplication::Fixed(3)),
+                NewTopic::new(&dlq, 1, dlq_replication).set(
+                    "min.insync.replicas",
+                    if pinned.is_some() { "1" } else { "2" },
+                ),
+            ])
+            .await;
         Scenario {
             name: name.to_owned(),
             kafka,

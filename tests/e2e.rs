@@ -79,23 +79,15 @@ impl Scenario {
         let suffix = rand::random::<u32>();
         let topic = format!("e2e-{name}-{suffix}");
         let dlq = format!("{topic}.dlq");
-        let admin: AdminClient<DefaultClientContext> = kafka.client_config().create().unwrap();
-        let created = admin
-            .create_topics(
-                &[
-                    NewTopic::new(&topic, PARTITIONS, TopicReplication::Fixed(1)),
-                    dlq_config.iter().fold(
-                        NewTopic::new(&dlq, 1, TopicReplication::Fixed(1)),
-                        |topic, (key, value)| topic.set(key, value),
-                    ),
-                ],
-                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-            )
-            .await
-            .expect("the broker answers (run scripts/kafka start first)");
-        for result in created {
-            result.unwrap_or_else(|(topic, error)| panic!("cannot create {topic}: {error}"));
-        }
+        kafka
+            .create_topics(&[
+                NewTopic::new(&topic, PARTITIONS, TopicReplication::Fixed(1)),
+                dlq_config.iter().fold(
+                    NewTopic::new(&dlq, 1, TopicReplication::Fixed(1)),
+                    |topic, (key, value)| topic.set(key, value),
+                ),
+            ])
+            .await;
         Scenario {
             name: name.to_owned(),
             kafka,
@@ -395,7 +387,7 @@ async fn takeover(protocol: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn paysync_recovers_by_itself_when_the_broker_restarts_mid_stream() {
-    broker_restart("restart", 100).await;
+    broker_restart("restart", 100, "auto").await;
 }
 
 /// A new group whose commits never landed before the outage (the interval
@@ -403,7 +395,10 @@ async fn paysync_recovers_by_itself_when_the_broker_restarts_mid_stream() {
 /// `auto.offset.reset`'s end, and what the process finished is skipped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_broker_restart_before_any_commit_landed_resends_only_calls_under_way() {
-    let resumed_without_commit = broker_restart("restart-uncommitted", 600_000).await;
+    // The classic protocol: its members lose their partitions when the
+    // outage outlasts the session (a KIP-848 coordinator gives its members
+    // a new session when it loads the group, so they keep theirs).
+    let resumed_without_commit = broker_restart("restart-uncommitted", 600_000, "classic").await;
     assert!(
         resumed_without_commit > 0,
         "the scenario reached a partition with no committed offset"
@@ -413,7 +408,7 @@ async fn a_broker_restart_before_any_commit_landed_resends_only_calls_under_way(
 /// Stops the broker for twice the session timeout while paysync (committing
 /// every `commit_interval_ms`) works through a backlog; returns how many
 /// partitions it resumed with no committed offset, from its own memory.
-async fn broker_restart(name: &str, commit_interval_ms: u64) -> usize {
+async fn broker_restart(name: &str, commit_interval_ms: u64, protocol: &str) -> usize {
     let _serial = SERIAL.lock().await;
     let scenario = Scenario::new(
         name,
@@ -426,10 +421,13 @@ async fn broker_restart(name: &str, commit_interval_ms: u64) -> usize {
     let records = valid_events(name, 10_000);
     scenario.kafka.produce(&scenario.topic, &records).await;
     let url = scenario.emulator.url();
-    let process = Process::start(&RunConfig {
-        commit_interval_ms,
-        ..scenario.config(&url, "max_in_flight = 16")
-    });
+    let process = Process::start_with_env(
+        &RunConfig {
+            commit_interval_ms,
+            ..scenario.config(&url, "max_in_flight = 16")
+        },
+        &protocol_env(protocol),
+    );
     wait_accepted(&scenario.emulator, 2_000).await;
     kafka_script("stop");
     let at_stop = scenario.emulator.gateway().order_counts();
@@ -803,6 +801,9 @@ async fn a_rolling_restart_with_static_membership_sends_nothing_twice() {
             &config,
             &[
                 ("PAYSYNC_KAFKA__GROUP_INSTANCE_ID", id),
+                // Static membership is the classic protocol's (under
+                // KIP-848 a restart stops no one without it).
+                ("PAYSYNC_KAFKA__GROUP_PROTOCOL", "classic"),
                 ("RUST_LOG", "info"),
             ],
         )

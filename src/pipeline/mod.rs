@@ -29,7 +29,7 @@
 //! Offsets: librdkafka stores and commits nothing by itself. While
 //! positions move, the loop commits as soon as the previous commit ended and
 //! `kafka.commit_interval_ms` passed (at once after a dead-letter copy is
-//! acknowledged): each changed partition's lowest unfinished offset with its
+//! acknowledged, and when the window drains): each changed partition's lowest unfinished offset with its
 //! completion map (which offsets above it are finished) in the metadata;
 //! on revoke and at shutdown the same is committed synchronously, tried
 //! again while the coordinator is briefly away. A task that gives up never
@@ -205,9 +205,15 @@ impl Pipeline {
                     orders.prune();
                     // Transaction markers move positions without a task's end.
                     self.skip_control_records();
-                    self.refresh_gauges();
-                    if !commit_armed {
-                        commit_due.as_mut().reset(self.committer.next_due(spacing).into());
+                    // A drained window commits at once: an idle group is up
+                    // to date now, not an interval later.
+                    let due = if self.refresh_gauges() == 0 {
+                        tokio::time::Instant::now()
+                    } else {
+                        self.committer.next_due(spacing).into()
+                    };
+                    if !commit_armed || due < commit_due.deadline() {
+                        commit_due.as_mut().reset(due);
                         commit_armed = true;
                     }
                 }
@@ -338,8 +344,9 @@ impl Pipeline {
             .all(|(id, (start, end))| self.ownership.position(id).unwrap_or(*start) >= *end)
     }
 
-    /// Periodic gauges and the liveness mark (every tick of the main loop).
-    fn refresh_gauges(&self) {
+    /// Periodic gauges and the liveness mark (every tick of the main loop);
+    /// returns how many messages are in flight.
+    fn refresh_gauges(&self) -> usize {
         self.health.progressed();
         self.budget.tick();
         self.deliverer.gate.status().publish(&self.metrics);
@@ -347,8 +354,9 @@ impl Pipeline {
             self.metrics
                 .publish_dropped_spans(trace::export::dropped_spans());
         }
-        self.ownership.publish_progress();
+        let in_flight = self.ownership.publish_progress();
         self.health.publish_dead_letter_stall(&self.metrics);
+        in_flight
     }
 
     /// Moves each partition's position past offsets librdkafka consumed that

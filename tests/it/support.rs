@@ -110,6 +110,24 @@ impl Kafka {
         config
     }
 
+    /// Creates `topics`; fails the test unless every one was created.
+    #[allow(dead_code)] // Used by the end-to-end suites.
+    pub async fn create_topics(&self, topics: &[rdkafka::admin::NewTopic<'_>]) {
+        let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+            self.client_config().create().unwrap();
+        let created = admin
+            .create_topics(
+                topics,
+                &rdkafka::admin::AdminOptions::new()
+                    .operation_timeout(Some(Duration::from_secs(30))),
+            )
+            .await
+            .expect("the broker answers (start it with scripts/kafka or scripts/kafka-cluster)");
+        for result in created {
+            result.unwrap_or_else(|(topic, error)| panic!("cannot create {topic}: {error}"));
+        }
+    }
+
     /// Produces values keyed by order id (one order stays in one partition),
     /// each with a `source-system` header.
     /// Produces records with headers of their own (trace context, say).

@@ -59,7 +59,11 @@ pub(crate) struct Committer {
 impl Committer {
     pub(crate) fn new(map_budget: usize, metrics: Arc<Metrics>, wake: Arc<Notify>) -> Committer {
         Committer {
-            in_flight: Mutex::new(Flight::default()),
+            in_flight: Mutex::new(Flight {
+                busy: false,
+                last_sent: None,
+                made: Instant::now(),
+            }),
             idle: Condvar::new(),
             asked: AtomicBool::new(false),
             map_budget: AtomicUsize::new(map_budget),
@@ -80,14 +84,12 @@ impl Committer {
     }
 
     /// When the main loop's next commit may go out: `spacing` after the
-    /// last one was sent, or now. (One on its way when this comes is sent
-    /// again as asked for when it ends.)
+    /// last one was sent (the first: after the committer was made), or now.
+    /// (One on its way when this comes is sent again as asked for when it
+    /// ends.)
     pub(crate) fn next_due(&self, spacing: Duration) -> Instant {
-        let now = Instant::now();
-        match self.lock().last_sent {
-            Some(sent) => (sent + spacing).max(now),
-            None => now,
-        }
+        let flight = self.lock();
+        (flight.last_sent.unwrap_or(flight.made) + spacing).max(Instant::now())
     }
 
     /// The main loop's commit: the partitions whose point changed, sent on a
@@ -257,10 +259,12 @@ impl Committer {
 }
 
 /// The main loop's commit on its way, if any, and when the last one was sent.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Flight {
     busy: bool,
     last_sent: Option<Instant>,
+    /// When the committer was made: the first commit's spacing counts from here.
+    made: Instant,
 }
 
 fn has_maps(list: &TopicPartitionList) -> bool {
@@ -320,6 +324,24 @@ mod tests {
         committer.settle(&list, &Ok(()), &ownership);
         assert!(ownership.points(true).is_empty());
         assert_eq!(committer.metrics.commit_failures.get(), 1);
+    }
+
+    #[test]
+    fn a_commit_is_due_one_spacing_after_the_last_was_sent() {
+        let committer = committer();
+        let spacing = Duration::from_millis(200);
+        let due = committer.next_due(spacing);
+        assert!(
+            due >= committer.lock().made + spacing,
+            "the first after the spacing"
+        );
+        let sent = Instant::now();
+        committer.lock().last_sent = Some(sent);
+        assert_eq!(committer.next_due(spacing), sent + spacing);
+        committer.lock().last_sent = Some(sent - Duration::from_secs(1));
+        let now = Instant::now();
+        let due = committer.next_due(spacing);
+        assert!(due >= now && due < now + spacing, "overdue: now");
     }
 
     #[test]
