@@ -196,8 +196,10 @@ impl Scenario {
     }
 
     /// Checks and prints what every scenario promises: nothing lost, the
-    /// dead-letter topic exact, committed = end.
-    fn account(&self, flow: &Produced) {
+    /// dead-letter topic exact, committed = end. `replica_killed`: a copy on
+    /// its way at the kill may be written a second time (the one case the
+    /// look-back cannot see); otherwise each is written once.
+    fn account(&self, flow: &Produced, replica_killed: bool) {
         let delivered = self.accepted_ids();
         let lost: Vec<_> = flow.valid.difference(&delivered).take(5).collect();
         let mut copies: BTreeMap<(i32, i64), usize> = BTreeMap::new();
@@ -226,9 +228,10 @@ impl Scenario {
             dead, flow.invalid,
             "exactly the invalid events are dead-lettered"
         );
+        let most = if replica_killed { 2 } else { 1 };
         assert!(
-            copies.values().all(|n| *n == 1),
-            "a dead letter was written twice: {copies:?}"
+            copies.values().all(|n| *n <= most),
+            "a dead letter was written more than {most} times: {copies:?}"
         );
         assert_eq!(committed, end, "committed to the end");
     }
@@ -382,7 +385,8 @@ fn owned(replica: &Process) -> BTreeSet<i32> {
 }
 
 async fn wait_owning(replicas: &[&Process]) {
-    let deadline = Instant::now() + Duration::from_secs(90);
+    // Beyond a dead member's session (45 s), restarted when its coordinator moves.
+    let deadline = Instant::now() + Duration::from_secs(150);
     while replicas.iter().any(|r| owned(r).is_empty())
         || replicas.iter().map(|r| owned(r).len()).sum::<usize>() != PARTITIONS as usize
     {
@@ -491,7 +495,7 @@ async fn brokers_and_a_replica_die_while_events_flow_and_nothing_is_lost() {
     let flow = producing.await.unwrap();
     scenario.wait_done(&flow).await;
     stop_cleanly(vec![first, second]).await;
-    scenario.account(&flow);
+    scenario.account(&flow, false);
     for (what, gap, bound) in report {
         assert!(
             gap <= bound,
@@ -544,7 +548,7 @@ async fn a_replica_restart_and_a_coordinator_death_stop_no_other_replicas_partit
     let flow = producing.await.unwrap();
     scenario.wait_done(&flow).await;
     stop_cleanly(vec![survivor, restarted]).await;
-    scenario.account(&flow);
+    scenario.account(&flow, true);
     assert!(
         kept_gap < SESSION_TIMEOUT,
         "the survivor's partitions stopped for {kept_gap:?}"

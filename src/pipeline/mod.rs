@@ -52,6 +52,7 @@ pub(crate) mod window;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -100,6 +101,38 @@ pub struct OffsetRange {
     pub partition: i32,
     pub start: i64,
     pub end: i64,
+}
+
+/// The main loop's next commit: a timer set for the earliest time any
+/// wake-up asked for.
+struct NextCommit {
+    timer: Pin<Box<tokio::time::Sleep>>,
+    armed: bool,
+}
+
+impl Default for NextCommit {
+    fn default() -> NextCommit {
+        NextCommit {
+            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            armed: false,
+        }
+    }
+}
+
+impl NextCommit {
+    /// A commit is wanted at `due`, or earlier if one is set already.
+    fn arm(&mut self, due: tokio::time::Instant) {
+        if !self.armed || due < self.timer.deadline() {
+            self.timer.as_mut().reset(due);
+            self.armed = true;
+        }
+    }
+
+    /// Resolves when the armed commit is due (poll only while armed).
+    async fn fired(&mut self) {
+        self.timer.as_mut().await;
+        self.armed = false;
+    }
 }
 
 /// A built pipeline, ready to [`Pipeline::spawn`].
@@ -157,9 +190,7 @@ impl Pipeline {
         // ended, a dead letter asked for one) and by the tick, due when the
         // committer allows ([`Committer::next_due`]).
         let spacing = self.settings.kafka.commit_interval_ms;
-        let commit_due = tokio::time::sleep(Duration::ZERO);
-        tokio::pin!(commit_due);
-        let mut commit_armed = false;
+        let mut next_commit = NextCommit::default();
         // Partition counts for the rate budget (a replay's ranges need none).
         let mut metadata_tick =
             tokio::time::interval(self.settings.kafka.metadata_refresh_interval_ms);
@@ -177,20 +208,13 @@ impl Pipeline {
                 biased;
                 _ = &mut shutdown => break,
                 _ = wake.notified() => {
-                    let due = if self.committer.take_asked() {
+                    next_commit.arm(if self.committer.take_asked() {
                         tokio::time::Instant::now()
                     } else {
                         self.committer.next_due(spacing).into()
-                    };
-                    if !commit_armed || due < commit_due.deadline() {
-                        commit_due.as_mut().reset(due);
-                        commit_armed = true;
-                    }
+                    });
                 }
-                _ = &mut commit_due, if commit_armed => {
-                    commit_armed = false;
-                    self.commit_changed();
-                }
+                _ = next_commit.fired(), if next_commit.armed => self.commit_changed(),
                 _ = metadata_tick.tick(), if self.ranges.is_empty() => {
                     // One read at a time: a slow broker does not pile them up.
                     if counts_read.as_ref().is_none_or(|read| read.is_finished()) {
@@ -207,15 +231,11 @@ impl Pipeline {
                     self.skip_control_records();
                     // A drained window commits at once: an idle group is up
                     // to date now, not an interval later.
-                    let due = if self.refresh_gauges() == 0 {
+                    next_commit.arm(if self.refresh_gauges() == 0 {
                         tokio::time::Instant::now()
                     } else {
                         self.committer.next_due(spacing).into()
-                    };
-                    if !commit_armed || due < commit_due.deadline() {
-                        commit_due.as_mut().reset(due);
-                        commit_armed = true;
-                    }
+                    });
                 }
                 message = self.consumer.recv(), if may_poll => match message {
                     Ok(message) => self.dispatch(&message, &mut orders),

@@ -17,9 +17,10 @@ const KILLS: usize = 5;
 const MAX_IN_FLIGHT: u64 = 32;
 /// `kafka.commit_interval_ms`'s default.
 const COMMIT_INTERVAL: Duration = Duration::from_millis(50);
-/// Beyond the commit interval: one commit's round trip and the victim's
-/// last completions before the kill landed, on a loaded 2-core machine.
-const MARGIN: Duration = Duration::from_millis(100);
+/// Beyond the commit interval: the round trip of the commit on its way at
+/// the kill and of the one before it, on a 2-core machine that also runs
+/// the broker and the emulator (up to ~230 calls at 2,000/s were seen).
+const MARGIN: Duration = Duration::from_millis(150);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_killed_while_catching_up_a_backlog_unpaced_resends_one_commit_interval() {

@@ -124,6 +124,39 @@ fn check_config_names_every_bad_field() {
     assert!(!stdout(&output).contains("very-secret-value"));
 }
 
+#[test]
+fn check_config_warns_of_group_settings_that_would_stop_the_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("group.toml");
+    let check = |kafka: &str| {
+        std::fs::write(
+            &path,
+            format!("[top]\napp_key = \"k\"\napp_secret = \"s\"\n[kafka]\n{kafka}\n"),
+        )
+        .unwrap();
+        let output = paysync(&["check-config", "--config", path.to_str().unwrap()]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        stdout(&output)
+    };
+    let text = check(
+        "group_protocol = \"classic\"\nsession_timeout_ms = 6000\nrevoke_drain_timeout_ms = 3000",
+    );
+    assert!(
+        text.contains("warning: kafka.session_timeout_ms (6000 ms) is shorter than the cluster needs to notice a dead broker"),
+        "{text}"
+    );
+    assert!(
+        text.contains("warning: the classic group protocol without static membership"),
+        "{text}"
+    );
+    let text = check("group_protocol = \"classic\"\ngroup_instance_id = \"paysync-0\"");
+    assert!(!text.contains("warning:"), "{text}");
+    assert!(
+        text.contains("classic protocol, static member paysync-0"),
+        "{text}"
+    );
+}
+
 /// A running `paysync emulator` child; killed on drop.
 struct EmulatorProcess {
     child: Child,
