@@ -87,12 +87,17 @@ impl StalledWrites {
         self.lock().last_error = error.to_string();
     }
 
-    fn failing(&self, source: &PartitionId) {
+    /// Holds `source` as failing until the returned guard is dropped.
+    fn hold(&self, source: &PartitionId) -> Failing<'_> {
         self.lock()
             .failing
             .entry(source.clone())
             .or_insert((Instant::now(), 0))
             .1 += 1;
+        Failing {
+            stalled: self,
+            source: source.clone(),
+        }
     }
 
     fn ended(&self, source: &PartitionId) {
@@ -175,11 +180,7 @@ impl DeadLetterProducer {
             };
             self.stalled.lock().last_error = format!("reading the topic back: {error:#}");
             if failing.is_none() {
-                self.stalled.failing(prior.source());
-                failing = Some(Failing {
-                    stalled: &self.stalled,
-                    source: prior.source().clone(),
-                });
+                failing = Some(self.stalled.hold(prior.source()));
             }
             if started.elapsed() >= READ_BACK_PATIENCE {
                 self.metrics.dead_letter_read_back_failures.inc();
@@ -254,12 +255,10 @@ impl DeadLetterProducer {
                 continue;
             }
             if failing.is_none() {
-                let source = PartitionId::new(&source.topic, source.partition);
-                self.stalled.failing(&source);
-                failing = Some(Failing {
-                    stalled: &self.stalled,
-                    source,
-                });
+                failing = Some(
+                    self.stalled
+                        .hold(&PartitionId::new(&source.topic, source.partition)),
+                );
             }
             tracing::error!(
                 error = %error,

@@ -85,15 +85,9 @@ pub fn group_consumer(settings: &Settings, protocol: GroupProtocol) -> ClientCon
 }
 
 /// An admin client (reading the cluster's configuration): the connection
-/// and security properties every client shares.
-pub fn admin(kafka: &crate::config::KafkaSettings) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config.set("client.id", concat!("paysync-", env!("CARGO_PKG_VERSION")));
-    for (key, value) in &kafka.librdkafka {
-        config.set(key, value);
-    }
-    config.set("bootstrap.servers", &kafka.bootstrap_servers);
-    config
+/// and security properties every client shares, nothing of its own.
+pub fn admin(settings: &Settings) -> ClientConfig {
+    layered(settings, &BTreeMap::new(), &[], &[])
 }
 
 /// A tool's consumer (replay's planning, dead-letter reading): it joins no

@@ -86,8 +86,9 @@ pub enum StartError {
 /// The group protocol to speak (`auto` decided from the cluster's
 /// configuration), logged with why, and a warning for each group setting
 /// that would let a broker's death or a replica's restart stop the group.
-fn group_protocol(kafka: &crate::config::KafkaSettings) -> GroupProtocol {
-    let facts = ClusterFacts::read(&kafka::clients::admin(kafka)).unwrap_or_else(|error| {
+fn group_protocol(settings: &Settings) -> GroupProtocol {
+    let kafka = &settings.kafka;
+    let facts = ClusterFacts::read(&kafka::clients::admin(settings)).unwrap_or_else(|error| {
         tracing::info!(%error, "Could not read the cluster's configuration; assuming Apache Kafka's defaults.");
         ClusterFacts::assumed()
     });
@@ -174,7 +175,7 @@ impl Pipeline {
                 Err(error) => return Err(metadata_failure(&consumer, error)),
             };
         if matches!(source, Source::Group) {
-            let protocol = group_protocol(kafka);
+            let protocol = group_protocol(&settings);
             if kafka.group_protocol == GroupProtocol::Auto && protocol == GroupProtocol::Consumer {
                 consumer = create(protocol)?;
             }
