@@ -27,6 +27,7 @@ pub(super) fn check_config(path: &Path) -> ExitCode {
                 println!("  proxy       {}", egress.proxy);
                 println!("  tls         {}", egress.trust.describe());
             }
+            println!("  traces      {}", settings.tracing.describe());
             let kafka = &settings.kafka;
             println!(
                 "  group       {} ({} protocol{})",

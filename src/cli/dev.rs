@@ -22,19 +22,10 @@ pub(super) async fn demo(args: DemoArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let telemetry = match crate::telemetry::init_with_tracing(
-        &LogSettings {
-            level: "error".into(),
-            ..LogSettings::default()
-        },
-        &tracing,
-    ) {
-        Ok(telemetry) => telemetry,
-        Err(error) => {
-            eprintln!("paysync demo: tracing: {error}");
-            return ExitCode::from(EXIT_USAGE);
-        }
-    };
+    crate::telemetry::init(&LogSettings {
+        level: "error".into(),
+        ..LogSettings::default()
+    });
     let faults = Faults {
         isp_error_rate: args.isp_error_rate,
         http_502_rate: args.http_502_rate,
@@ -55,9 +46,6 @@ pub(super) async fn demo(args: DemoArgs) -> ExitCode {
         tracing,
     };
     let ran = crate::tools::demo::run(options).await;
-    tokio::task::spawn_blocking(move || telemetry.shutdown())
-        .await
-        .ok();
     match ran {
         Ok(report) => {
             print!("{}", report.render());

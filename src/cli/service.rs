@@ -19,13 +19,7 @@ pub(super) async fn run(path: &Path) -> ExitCode {
         Ok(settings) => settings,
         Err(code) => return code,
     };
-    let telemetry = match crate::telemetry::init_with_tracing(&settings.log, &settings.tracing) {
-        Ok(telemetry) => telemetry,
-        Err(error) => {
-            eprintln!("paysync: tracing: {error}");
-            return ExitCode::from(super::exit::EXIT_USAGE);
-        }
-    };
+    crate::telemetry::init(&settings.log);
     // The first signal drains and commits; a second one exits at once. Stored
     // offsets only ever cover finished events, so nothing unfinished is committed.
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -72,10 +66,6 @@ pub(super) async fn run(path: &Path) -> ExitCode {
     let health = running.health().clone();
     running.finished().await;
     admin.stop().await;
-    // The spans still queued go out (bounded by tracing.export_timeout_ms).
-    tokio::task::spawn_blocking(move || telemetry.shutdown())
-        .await
-        .ok();
     match health.failed() {
         Some(cause) => {
             eprintln!("paysync: the Kafka consumer failed: {cause}");

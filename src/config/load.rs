@@ -17,7 +17,8 @@ use serde::de::DeserializeOwned;
 
 use super::{
     AdminSettings, ClassificationSettings, ConfigError, ConfigProblem, DeliverySettings,
-    EventSettings, KafkaSettings, LogSettings, Settings, TopSettings, TracingSettings,
+    EventSettings, KafkaSettings, LogSettings, OtelEnvironment, Settings, TopSettings,
+    TracingSettings,
 };
 
 /// Prefix of the environment variables that override the file.
@@ -36,6 +37,8 @@ impl Settings {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Settings, ConfigError> {
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let otel = OtelEnvironment::of(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let mut figment = Figment::new();
         if let Some(path) = file {
             if !path.is_file() {
@@ -52,7 +55,7 @@ impl Settings {
             problems: problems_of(error, "(file)"),
         })?;
         let mut read = Sections::new(root);
-        let settings = Settings {
+        let mut settings = Settings {
             kafka: read.section::<KafkaSettings>("kafka"),
             delivery: read.section::<DeliverySettings>("delivery"),
             top: read.section::<TopSettings>("top"),
@@ -62,6 +65,7 @@ impl Settings {
             log: read.section::<LogSettings>("log"),
             tracing: read.section::<TracingSettings>("tracing"),
         };
+        settings.tracing.otel = otel;
         let mut problems = read.unknown_sections();
         problems.append(&mut read.problems);
         if let Err(invalid) = settings.validate() {
@@ -86,8 +90,11 @@ impl TracingSettings {
     pub fn from_env(
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<TracingSettings, ConfigError> {
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let otel = OtelEnvironment::of(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let mut read = Sections::new(env_overrides(env));
-        let tracing = read.section::<TracingSettings>("tracing");
+        let mut tracing = read.section::<TracingSettings>("tracing");
+        tracing.otel = otel;
         let mut problems = read.problems;
         let settings = Settings {
             tracing,

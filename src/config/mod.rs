@@ -24,7 +24,7 @@ mod validate;
 pub use delivery::{DeliverySettings, RateLimitMode, RateLimitScope};
 pub use load::{ENV_PREFIX, ENV_SEPARATOR};
 pub use top::{DEFAULT_GATEWAY_URL, TopSettings};
-pub use tracing::{OtlpProtocol, TracingSettings};
+pub use tracing::{OtelEnvironment, OtlpEndpoint, OtlpProtocol, TracingSettings};
 pub use validate::{ConfigError, ConfigProblem};
 
 use crate::event::{DEFAULT_MAX_EVENT_BYTES, FieldLengths, Limits};

@@ -1,10 +1,15 @@
-//! `[tracing]`: exporting delivery traces over OTLP, with its defaults. Off
-//! by default. Where a setting is not given, the standard `OTEL_*`
-//! environment variables apply (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` /
-//! `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_PROTOCOL`,
-//! `OTEL_EXPORTER_OTLP_(TRACES_)HEADERS`, `OTEL_SERVICE_NAME`), then the OTLP
-//! defaults (gRPC to localhost:4317).
+//! `[tracing]`: exporting delivery traces over OTLP, with its defaults, and
+//! where the traces go. Off by default. Where a setting is not given, the
+//! standard `OTEL_*` environment variables apply
+//! (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` used as given, or
+//! `OTEL_EXPORTER_OTLP_ENDPOINT`, to which HTTP adds `/v1/traces`;
+//! `OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL`, `OTEL_EXPORTER_OTLP_(TRACES_)HEADERS`
+//! as `key=value,…` with percent-decoded values, `OTEL_SERVICE_NAME`), then
+//! the OTLP defaults (gRPC to localhost:4317, HTTP to localhost:4318). The
+//! variables are read with the rest of the environment when the settings
+//! load, so `check-config` shows the endpoint in use.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -44,6 +49,177 @@ pub struct TracingSettings {
     /// How long one export may take before its spans are dropped.
     #[serde(deserialize_with = "millis")]
     pub export_timeout_ms: Duration,
+    /// The `OTEL_*` variables of the environment the settings loaded from.
+    #[serde(skip)]
+    pub otel: OtelEnvironment,
+}
+
+/// The standard OpenTelemetry variables paysync reads, from the environment
+/// the settings loaded from. Its `Debug` names the variables set, never
+/// their values: the headers carry a collector's credentials.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct OtelEnvironment(BTreeMap<&'static str, String>);
+
+const OTEL_VARIABLES: [&str; 7] = [
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_SERVICE_NAME",
+];
+
+impl OtelEnvironment {
+    /// The `OTEL_*` variables among `env` (blank ones count as unset).
+    pub fn of<'a>(env: impl IntoIterator<Item = (&'a str, &'a str)>) -> OtelEnvironment {
+        OtelEnvironment(
+            env.into_iter()
+                .filter(|(_, value)| !value.trim().is_empty())
+                .filter_map(|(name, value)| {
+                    let known = OTEL_VARIABLES.iter().find(|known| **known == name)?;
+                    Some((*known, value.to_owned()))
+                })
+                .collect(),
+        )
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    /// The first of `names` that is set, with its name.
+    fn first(&self, names: [&'static str; 2]) -> Option<(&'static str, &str)> {
+        names
+            .into_iter()
+            .find_map(|name| self.get(name).map(|value| (name, value)))
+    }
+}
+
+impl std::fmt::Debug for OtelEnvironment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
+}
+
+/// Where traces go, and what decided it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtlpEndpoint {
+    /// For gRPC the collector's address; for HTTP the traces resource itself.
+    pub url: String,
+    /// The setting or the variable it came from, or "the OTLP default".
+    pub from: &'static str,
+}
+
+impl TracingSettings {
+    /// How spans travel: the setting, else the variables, else gRPC.
+    pub fn protocol(&self) -> OtlpProtocol {
+        self.protocol.unwrap_or_else(|| {
+            match self.otel.first([
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+            ]) {
+                Some((_, "http/protobuf")) => OtlpProtocol::HttpProtobuf,
+                _ => OtlpProtocol::Grpc,
+            }
+        })
+    }
+
+    /// The endpoint for [`TracingSettings::protocol`].
+    pub fn endpoint(&self) -> OtlpEndpoint {
+        let traces_path = |base: &str| format!("{}/v1/traces", base.trim_end_matches('/'));
+        let protocol = self.protocol();
+        if let Some(endpoint) = &self.endpoint {
+            let url = match protocol {
+                OtlpProtocol::Grpc => endpoint.clone(),
+                OtlpProtocol::HttpProtobuf => traces_path(endpoint),
+            };
+            return OtlpEndpoint {
+                url,
+                from: "tracing.endpoint",
+            };
+        }
+        if let Some(url) = self.otel.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+            return OtlpEndpoint {
+                url: url.to_owned(),
+                from: "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            };
+        }
+        if let Some(base) = self.otel.get("OTEL_EXPORTER_OTLP_ENDPOINT") {
+            let url = match protocol {
+                OtlpProtocol::Grpc => base.to_owned(),
+                OtlpProtocol::HttpProtobuf => traces_path(base),
+            };
+            return OtlpEndpoint {
+                url,
+                from: "OTEL_EXPORTER_OTLP_ENDPOINT",
+            };
+        }
+        let url = match protocol {
+            OtlpProtocol::Grpc => "http://localhost:4317",
+            OtlpProtocol::HttpProtobuf => "http://localhost:4318/v1/traces",
+        };
+        OtlpEndpoint {
+            url: url.to_owned(),
+            from: "the OTLP default",
+        }
+    }
+
+    /// Headers sent with every export: `key=value,…` from the variables,
+    /// keys lower-cased, values percent-decoded; a pair without `=` is left out.
+    pub fn headers(&self) -> Vec<(String, String)> {
+        let Some((_, list)) = self.otel.first([
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+            "OTEL_EXPORTER_OTLP_HEADERS",
+        ]) else {
+            return Vec::new();
+        };
+        list.split(',')
+            .filter_map(|pair| {
+                let (key, value) = pair.split_once('=')?;
+                let key = key.trim();
+                let value = percent_encoding::percent_decode_str(value.trim())
+                    .decode_utf8_lossy()
+                    .into_owned();
+                (!key.is_empty()).then(|| (key.to_ascii_lowercase(), value))
+            })
+            .collect()
+    }
+
+    /// The service name: the setting, else `OTEL_SERVICE_NAME`, else `paysync`.
+    pub fn service_name(&self) -> String {
+        self.service_name
+            .as_deref()
+            .or_else(|| self.otel.get("OTEL_SERVICE_NAME"))
+            .filter(|name| !name.trim().is_empty())
+            .unwrap_or("paysync")
+            .to_owned()
+    }
+
+    /// Where traces go, in one line (header names, never their values).
+    pub fn describe(&self) -> String {
+        if !self.enabled {
+            return "off (tracing.enabled)".to_owned();
+        }
+        let endpoint = self.endpoint();
+        let protocol = match self.protocol() {
+            OtlpProtocol::Grpc => "gRPC",
+            OtlpProtocol::HttpProtobuf => "HTTP/protobuf",
+        };
+        let headers: Vec<String> = self.headers().into_iter().map(|(key, _)| key).collect();
+        format!(
+            "{} over {protocol} ({}), service.name {}, sampling {}{}",
+            endpoint.url,
+            endpoint.from,
+            self.service_name(),
+            self.sampling_ratio,
+            if headers.is_empty() {
+                String::new()
+            } else {
+                format!(", headers {}", headers.join(", "))
+            }
+        )
+    }
 }
 
 impl Default for TracingSettings {
@@ -57,6 +233,93 @@ impl Default for TracingSettings {
             queue_size: 4096,
             batch_size: 512,
             export_timeout_ms: Duration::from_millis(5_000),
+            otel: OtelEnvironment::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_env(pairs: &[(&str, &str)]) -> TracingSettings {
+        TracingSettings {
+            enabled: true,
+            otel: OtelEnvironment::of(pairs.iter().copied()),
+            ..TracingSettings::default()
+        }
+    }
+
+    #[test]
+    fn headers_are_pairs_with_percent_decoded_values() {
+        let settings = with_env(&[(
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "Authorization=Basic%20dXNlcjpwdw==, x-tenant = a ,broken,=nokey,odd=100%",
+        )]);
+        assert_eq!(
+            settings.headers(),
+            vec![
+                ("authorization".to_owned(), "Basic dXNlcjpwdw==".to_owned()),
+                ("x-tenant".to_owned(), "a".to_owned()),
+                ("odd".to_owned(), "100%".to_owned()),
+            ]
+        );
+        let traces_first = with_env(&[
+            ("OTEL_EXPORTER_OTLP_HEADERS", "a=1"),
+            ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "b=2"),
+        ]);
+        assert_eq!(traces_first.headers(), [("b".to_owned(), "2".to_owned())]);
+    }
+
+    #[test]
+    fn the_setting_wins_and_http_names_the_traces_resource() {
+        let mut settings = with_env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://env:4317")]);
+        settings.endpoint = Some("http://collector:4318/".into());
+        settings.protocol = Some(OtlpProtocol::HttpProtobuf);
+        assert_eq!(settings.endpoint().url, "http://collector:4318/v1/traces");
+        assert_eq!(settings.endpoint().from, "tracing.endpoint");
+        settings.protocol = Some(OtlpProtocol::Grpc);
+        assert_eq!(settings.endpoint().url, "http://collector:4318/");
+    }
+
+    #[test]
+    fn the_variables_decide_where_the_settings_say_nothing() {
+        let settings = with_env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_SERVICE_NAME", "payments-bridge"),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "authorization=Bearer%20s3cr3t",
+            ),
+            ("PATH", "/usr/bin"),
+        ]);
+        assert_eq!(settings.protocol(), OtlpProtocol::HttpProtobuf);
+        assert_eq!(
+            settings.endpoint(),
+            OtlpEndpoint {
+                url: "http://collector:4318/v1/traces".into(),
+                from: "OTEL_EXPORTER_OTLP_ENDPOINT"
+            }
+        );
+        assert_eq!(settings.service_name(), "payments-bridge");
+        let said = settings.describe();
+        assert_eq!(
+            said,
+            "http://collector:4318/v1/traces over HTTP/protobuf (OTEL_EXPORTER_OTLP_ENDPOINT), \
+             service.name payments-bridge, sampling 1, headers authorization"
+        );
+        let debug = format!("{settings:?}");
+        assert!(
+            !said.contains("s3cr3t") && !debug.contains("s3cr3t"),
+            "{debug}"
+        );
+        assert_eq!(
+            with_env(&[]).endpoint(),
+            OtlpEndpoint {
+                url: "http://localhost:4317".into(),
+                from: "the OTLP default"
+            }
+        );
     }
 }

@@ -20,6 +20,7 @@ use super::ownership::{Ownership, Publish};
 use super::rate::{RateBudget, RateLimitScope, RateSettings};
 use super::status::Health;
 use super::tracker::OffsetTracker;
+use super::watch::Watchers;
 use super::{Pipeline, Source};
 use crate::config::{ConfigError, GroupProtocol, Settings, TopClientError};
 use crate::dead_letter::DeadLetterProducer;
@@ -27,6 +28,7 @@ use crate::kafka;
 use crate::kafka::cluster::{self, ClusterFacts};
 use crate::kafka::partition::PartitionId;
 use crate::metrics::Metrics;
+use crate::trace::export::TraceSetupError;
 
 /// How long start-up waits for the dead-letter topic to appear in metadata.
 const DLQ_TOPIC_WAIT: Duration = Duration::from_secs(10);
@@ -81,6 +83,8 @@ pub enum StartError {
     CreateProducer(#[source] KafkaError),
     #[error("start-up did not complete: {0}")]
     Interrupted(#[from] tokio::task::JoinError),
+    #[error("tracing: {0}")]
+    Tracing(#[from] TraceSetupError),
 }
 
 /// The group protocol to speak (`auto` decided from the cluster's
@@ -237,15 +241,16 @@ impl Pipeline {
             calls: Semaphore::new(delivery.max_in_flight),
             dead_letters,
             delivery: delivery.clone(),
-            metrics: metrics.clone(),
-            observer: None,
         });
+        // Last: a start-up that waits for Kafka starts no exporter per attempt.
+        let watchers = Arc::new(Watchers::start(metrics.clone(), &settings.tracing)?);
         Ok(Pipeline {
             consumer: Arc::new(consumer),
             ranges: ranges_by_partition,
             ownership,
             committer,
             deliverer,
+            watchers,
             metrics,
             health,
             budget,

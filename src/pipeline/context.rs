@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, TopicPartitionList};
 
@@ -202,9 +202,7 @@ impl ConsumerContext for PipelineContext {
         }
     }
 
-    /// Only librdkafka's own (auto) commits report here; paysync's commits
-    /// are synchronous and are judged by the committer directly.
-    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        self.committer.settle(offsets, &result, &self.ownership);
-    }
+    // No commit callback: librdkafka reports only asynchronous and automatic
+    // commits there, and paysync sends neither; each commit's answer is
+    // judged once, by the committer that sent it (tests/it/delivery.rs).
 }

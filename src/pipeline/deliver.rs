@@ -18,16 +18,15 @@ use tokio_util::sync::CancellationToken;
 use super::gate::{Gate, Pass, RetryCharge};
 use super::ordering::Predecessor;
 use super::rate::RateBudget;
+use super::watch::{EventEnd, EventWatch};
 use crate::backoff::backoff;
 use crate::config::DeliverySettings;
 use crate::dead_letter::prior::PriorCopies;
 use crate::dead_letter::{DeadLetterClass, DeadLetterProducer, Failure, SourceRecord, Written};
 use crate::event::{InvalidEvent, PaymentEvent};
-use crate::metrics::Metrics;
 use crate::top::classify::{Classifier, Disposition};
 use crate::top::client::TopClient;
 use crate::top::request::dto_json;
-use crate::trace;
 
 /// How a task ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,10 +42,6 @@ pub enum TaskEnd {
     /// next owner (or the next run) sends it.
     Abandoned,
 }
-
-/// Told the Kafka→acceptance latency of every delivered event (for the
-/// in-process tools' exact quantiles; the service itself has a histogram).
-pub type DeliveryObserver = Arc<dyn Fn(Duration) + Send + Sync>;
 
 /// One event's allowance of transient failures: attempts and time.
 #[derive(Debug, Clone)]
@@ -104,22 +99,16 @@ pub(super) struct Deliverer {
     pub(super) calls: Semaphore,
     pub(super) dead_letters: DeadLetterProducer,
     pub(super) delivery: DeliverySettings,
-    pub(super) metrics: Arc<Metrics>,
-    pub(super) observer: Option<DeliveryObserver>,
 }
 
 /// One message, detached from the consumer.
 pub(super) struct Job {
-    /// When the message was taken from Kafka.
-    pub(super) received: Instant,
     pub(super) source: SourceRecord,
     pub(super) event: Result<PaymentEvent, InvalidEvent>,
     /// Set when an earlier owner may have dead-lettered this offset already.
     pub(super) prior: Option<Arc<PriorCopies>>,
-    /// The event's trace, when it is traced: each call gets a
-    /// `paysync.call` span, waits become span events, the event's span
-    /// records its outcome.
-    pub(super) trace: Option<Box<trace::span::EventTrace>>,
+    /// What is told about the event: its log span, trace and metrics.
+    pub(super) watch: EventWatch,
 }
 
 impl Deliverer {
@@ -138,23 +127,25 @@ impl Deliverer {
             None => true,
         };
         let end = if !after_predecessor {
-            TaskEnd::Abandoned
+            EventEnd::Abandoned
         } else {
             match &job.event {
                 Err(invalid) => {
-                    tracing::warn!(error = %invalid, "Invalid event; dead-lettering it.");
+                    job.watch.invalid(invalid);
                     self.dead_letter(&job, Failure::invalid_event(invalid), &cancel)
                         .await
                 }
                 Ok(event) => self.deliver(&job, event, &cancel).await,
             }
         };
-        if let (TaskEnd::Abandoned, Some(trace)) = (&end, &job.trace) {
-            // Shut down before an outcome: the next owner of the partition
-            // delivers the event again, under a trace of its own.
-            trace.end("abandoned", None);
+        job.watch.ended(&end);
+        match end {
+            EventEnd::Delivered => TaskEnd::Finished,
+            EventEnd::DeadLettered { .. } | EventEnd::DeadLetteredBefore { .. } => {
+                TaskEnd::DeadLettered
+            }
+            EventEnd::Abandoned => TaskEnd::Abandoned,
         }
-        end
     }
 
     async fn dead_letter(
@@ -162,19 +153,14 @@ impl Deliverer {
         job: &Job,
         mut failure: Failure,
         cancel: &CancellationToken,
-    ) -> TaskEnd {
-        let class = failure.class;
-        if let Some(trace) = &job.trace {
-            failure.trace_id = Some(trace.trace_id().to_string());
-        }
+    ) -> EventEnd {
+        failure.trace_id = job.watch.trace_id();
         if let Some(prior) = &job.prior {
             tokio::select! {
                 held = Box::pin(self.dead_letters.written_before(prior, job.source.offset)) => if held {
-                    self.metrics.dead_letters_written_before.inc();
-                    tracing::info!(class = class.as_str(), reason = %failure.reason, "Event already dead-lettered by an earlier owner; not writing it again.");
-                    return TaskEnd::DeadLettered;
+                    return EventEnd::DeadLetteredBefore { class: failure.class, reason: failure.reason };
                 },
-                _ = cancel.cancelled() => return TaskEnd::Abandoned,
+                _ = cancel.cancelled() => return EventEnd::Abandoned,
             }
         }
         let sent = Box::pin(
@@ -182,16 +168,11 @@ impl Deliverer {
                 .send(&job.source, &failure, cancel.cancelled()),
         );
         match sent.await {
-            Written::Acknowledged => {
-                self.metrics.record_dead_lettered(class, &failure.reason);
-                if let Some(trace) = &job.trace {
-                    let outcome = format!("dead_lettered:{}", class.as_str());
-                    trace.end(outcome, Some(&failure.reason));
-                }
-                tracing::warn!(class = class.as_str(), reason = %failure.reason, "Event dead-lettered.");
-                TaskEnd::DeadLettered
-            }
-            Written::Cancelled => TaskEnd::Abandoned,
+            Written::Acknowledged => EventEnd::DeadLettered {
+                class: failure.class,
+                reason: failure.reason,
+            },
+            Written::Cancelled => EventEnd::Abandoned,
         }
     }
 
@@ -200,7 +181,7 @@ impl Deliverer {
         job: &Job,
         event: &PaymentEvent,
         cancel: &CancellationToken,
-    ) -> TaskEnd {
+    ) -> EventEnd {
         let dto = dto_json(event);
         let mut budget = RetryBudget::new(&self.delivery);
         let mut calls = 0u32;
@@ -210,63 +191,39 @@ impl Deliverer {
             // are past the gate, so a ban or an open breaker stops everyone else.
             let permit = tokio::select! {
                 permit = self.calls.acquire() => permit.expect("the semaphore is never closed"),
-                _ = cancel.cancelled() => return TaskEnd::Abandoned,
+                _ = cancel.cancelled() => return EventEnd::Abandoned,
             };
             let at_gate = Instant::now();
-            let pass = tokio::select! {
-                pass = self.gate.pass() => pass,
-                _ = cancel.cancelled() => return TaskEnd::Abandoned,
+            let admitted = tokio::select! {
+                admitted = self.gate.pass() => admitted,
+                _ = cancel.cancelled() => return EventEnd::Abandoned,
             };
-            Self::waited(
-                job,
-                "waited for the gate (a ban, the breaker or a halt)",
-                at_gate.elapsed(),
-            );
+            job.watch.passed_gate(admitted.held, at_gate.elapsed());
+            let pass = admitted.pass;
             let waiting = Instant::now();
             let snapshot = tokio::select! {
                 snapshot = self.budget.until_ready() => snapshot,
-                _ = cancel.cancelled() => { self.gate.release(pass); return TaskEnd::Abandoned; }
+                _ = cancel.cancelled() => { self.gate.release(pass); return EventEnd::Abandoned; }
             };
-            self.metrics
-                .record_limiter_wait(waiting.elapsed(), snapshot.remaining_burst_capacity());
-            Self::waited(job, "waited for the rate budget", waiting.elapsed());
+            job.watch
+                .took_token(waiting.elapsed(), snapshot.remaining_burst_capacity());
             if pass == Pass::Normal && self.gate.status().closed() {
                 // A ban, a halt or an open breaker began while this call waited for a token.
                 continue;
             }
             // Signed here, after every wait: the timestamp is fresh on each attempt.
-            self.metrics.calls_in_flight.inc();
-            let call = job.trace.as_ref().map(|trace| trace.call_starts());
+            let call = job.watch.sending();
             // Boxed: a task waiting for its turn stays small (see docs/performance.md).
             let report = Box::pin(self.client.send(&dto)).await;
-            self.metrics.calls_in_flight.dec();
             drop(permit);
             calls += 1;
             let now = Utc::now();
             first_attempt.get_or_insert(now);
             let disposition = self.classifier.classify(&report.outcome);
-            if let (Some(trace), Some(call)) = (&job.trace, call) {
-                trace.call(
-                    call,
-                    &report.outcome,
-                    &disposition,
-                    report.elapsed,
-                    report.request_id.as_deref(),
-                );
-            }
-            self.metrics
-                .record_call(&report.outcome, &disposition, report.elapsed);
+            job.watch.answered(call, &report, &disposition);
             let halted_before = self.gate.status().halted.is_some();
             let charge = self.gate.record(pass, &disposition);
             self.budget.answered(&disposition);
-            // The event's span carries the gateway's id of its latest call.
-            tracing::Span::current()
-                .record("request_id", report.request_id.as_deref().unwrap_or("-"));
-            tracing::debug!(
-                ?disposition,
-                elapsed_ms = report.elapsed.as_millis() as u64,
-                "Call answered."
-            );
             let failure = |class: DeadLetterClass, reason: &str| {
                 Failure {
                     class,
@@ -283,38 +240,19 @@ impl Deliverer {
                 .with_outcome(&report.outcome, report.request_id.as_deref())
             };
             match disposition {
-                Disposition::Delivered => {
-                    if let Some(trace) = &job.trace {
-                        trace.end("delivered", None);
-                    }
-                    let latency = job.received.elapsed();
-                    self.metrics.record_delivered(latency);
-                    if let Some(observer) = &self.observer {
-                        observer(latency);
-                    }
-                    return TaskEnd::Finished;
-                }
+                Disposition::Delivered => return EventEnd::Delivered,
                 Disposition::DeadLetter { cause } => {
                     let failure = failure(DeadLetterClass::Rejected, cause.as_str());
                     return self.dead_letter(job, failure, cancel).await;
                 }
                 Disposition::Halt { cause } => {
                     // The gate is now halted; the loop waits there for a probe.
-                    if let Some(trace) = &job.trace {
-                        trace.note(
-                            "halted: waiting at the gate for a probe",
-                            vec![trace::otlp::Attribute::text("cause", cause.as_str())],
-                        );
-                    }
-                    if !halted_before {
-                        tracing::error!(
-                            gateway = %self.client.endpoint(),
-                            cause = cause.as_str(),
-                            why = cause.explain(),
-                            outcome = ?report.outcome,
-                            "The gateway's answer halts delivery."
-                        );
-                    }
+                    job.watch.halted(
+                        cause,
+                        !halted_before,
+                        self.client.endpoint().as_str(),
+                        &report,
+                    );
                 }
                 Disposition::Retry { cause, wait } => {
                     if charge == RetryCharge::Free {
@@ -327,26 +265,15 @@ impl Deliverer {
                             return self.dead_letter(job, failure, cancel).await;
                         }
                         NextAttempt::After(delay) => {
-                            Self::waited(
-                                job,
-                                "waited for the backoff before the next attempt",
-                                delay,
-                            );
+                            job.watch.backing_off(delay);
                             tokio::select! {
                                 _ = tokio::time::sleep(delay) => {}
-                                _ = cancel.cancelled() => return TaskEnd::Abandoned,
+                                _ = cancel.cancelled() => return EventEnd::Abandoned,
                             }
                         }
                     }
                 }
             }
-        }
-    }
-
-    /// A wait of the event, as a span event of its trace (not a log line).
-    fn waited(job: &Job, what: &'static str, waited: Duration) {
-        if let Some(trace) = &job.trace {
-            trace.waited(what, waited);
         }
     }
 }

@@ -45,6 +45,39 @@ pub enum Pass {
     Probe,
 }
 
+/// What held a call at the gate before it passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// A code-7 ban was running.
+    Ban,
+    /// The configuration was broken: only the halt's probe may go.
+    Halt,
+    /// The breaker was open: only its probe may go.
+    Breaker,
+    /// At start or after a ban, the first call goes alone and the others
+    /// wait for its answer.
+    WarmUp,
+}
+
+impl Hold {
+    /// The wait, as an event's trace names it.
+    pub fn waited_for(self) -> &'static str {
+        match self {
+            Hold::Ban => "waited for the gateway's ban to end",
+            Hold::Halt => "waited at the halt for a probe to succeed",
+            Hold::Breaker => "waited at the open breaker for a probe to succeed",
+            Hold::WarmUp => "waited for the first call's answer (at start or after a ban)",
+        }
+    }
+}
+
+/// A call let through the gate, and what held it first, if anything did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admitted {
+    pub pass: Pass,
+    pub held: Option<Hold>,
+}
+
 /// Whether a call's transient failure is charged to its event's retry budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetryCharge {
@@ -152,14 +185,18 @@ impl Gate {
     }
 
     /// Waits until a call may be sent.
-    pub async fn pass(&self) -> Pass {
+    pub async fn pass(&self) -> Admitted {
+        let mut held = None;
         loop {
             let notified = self.changed.notified();
             let wait_until = {
                 let mut state = self.lock();
                 match admit(&mut state, Instant::now()) {
-                    Ok(pass) => return pass,
-                    Err(until) => until,
+                    Ok(pass) => return Admitted { pass, held },
+                    Err((until, hold)) => {
+                        held.get_or_insert(hold);
+                        until
+                    }
                 }
             };
             tokio::select! {
@@ -280,17 +317,21 @@ fn is_gateway_failure(cause: RetryCause) -> bool {
     !matches!(cause, RetryCause::Throttled)
 }
 
-fn admit(state: &mut State, now: Instant) -> Result<Pass, Instant> {
+/// Lets a call through, or says until when it waits and why.
+fn admit(state: &mut State, now: Instant) -> Result<Pass, (Instant, Hold)> {
     if let Some(until) = state.ban_until {
         if now < until {
-            return Err(until);
+            return Err((until, Hold::Ban));
         }
         state.ban_until = None;
         state.warming = true;
     }
     if state.halted.is_some() {
         if state.probe_in_flight || now < state.halt_probe_at {
-            return Err(state.halt_probe_at.max(now + Duration::from_millis(50)));
+            return Err((
+                state.halt_probe_at.max(now + Duration::from_millis(50)),
+                Hold::Halt,
+            ));
         }
         state.probe_in_flight = true;
         return Ok(Pass::Probe);
@@ -298,7 +339,7 @@ fn admit(state: &mut State, now: Instant) -> Result<Pass, Instant> {
     match state.breaker {
         BreakerState::Closed if state.warming => {
             if state.probe_in_flight {
-                return Err(now + Duration::from_millis(50));
+                return Err((now + Duration::from_millis(50), Hold::WarmUp));
             }
             state.probe_in_flight = true;
             Ok(Pass::Probe)
@@ -306,7 +347,10 @@ fn admit(state: &mut State, now: Instant) -> Result<Pass, Instant> {
         BreakerState::Closed => Ok(Pass::Normal),
         BreakerState::Open | BreakerState::HalfOpen => {
             if state.probe_in_flight || now < state.breaker_probe_at {
-                return Err(state.breaker_probe_at.max(now + Duration::from_millis(50)));
+                return Err((
+                    state.breaker_probe_at.max(now + Duration::from_millis(50)),
+                    Hold::Breaker,
+                ));
             }
             state.breaker = BreakerState::HalfOpen;
             state.probe_in_flight = true;
@@ -357,19 +401,19 @@ mod tests {
             "failures while open do not count"
         );
         let started = Instant::now();
-        assert_eq!(gate.pass().await, Pass::Probe);
+        assert_eq!(gate.pass().await.pass, Pass::Probe);
         assert!(started.elapsed() >= Duration::from_millis(100));
         assert_eq!(gate.status().breaker, BreakerState::HalfOpen);
         gate.record(Pass::Probe, &Disposition::Delivered);
         assert_eq!(gate.status().breaker, BreakerState::Closed);
-        assert_eq!(gate.pass().await, Pass::Normal);
+        assert_eq!(gate.pass().await.pass, Pass::Normal);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_failed_probe_reopens_the_breaker() {
         let gate = gate(1);
         gate.record(Pass::Normal, &TIMEOUT);
-        assert_eq!(gate.pass().await, Pass::Probe);
+        assert_eq!(gate.pass().await.pass, Pass::Probe);
         assert_eq!(gate.record(Pass::Probe, &TIMEOUT), RetryCharge::Free);
         assert_eq!(gate.status().breaker, BreakerState::Open);
     }
@@ -385,7 +429,7 @@ mod tests {
         assert!(gate.status().ban_remaining.is_some());
         let started = Instant::now();
         assert_eq!(
-            gate.pass().await,
+            gate.pass().await.pass,
             Pass::Probe,
             "one call first after the ban"
         );
@@ -403,7 +447,7 @@ mod tests {
         );
         assert_eq!(gate.status().halted, Some(HaltCause::Signature));
         let started = Instant::now();
-        assert_eq!(gate.pass().await, Pass::Probe);
+        assert_eq!(gate.pass().await.pass, Pass::Probe);
         assert!(started.elapsed() >= Duration::from_millis(200));
         gate.record(
             Pass::Probe,
@@ -411,7 +455,7 @@ mod tests {
                 cause: HaltCause::Signature,
             },
         );
-        assert_eq!(gate.pass().await, Pass::Probe);
+        assert_eq!(gate.pass().await.pass, Pass::Probe);
         gate.record(
             Pass::Probe,
             &Disposition::DeadLetter {
@@ -419,14 +463,14 @@ mod tests {
             },
         );
         assert_eq!(gate.status().halted, None);
-        assert_eq!(gate.pass().await, Pass::Normal);
+        assert_eq!(gate.pass().await.pass, Pass::Normal);
     }
 
     #[tokio::test(start_paused = true)]
     async fn one_call_goes_first_at_start_and_after_a_ban() {
-        let gate = gate(3);
+        let gate = std::sync::Arc::new(gate(3));
         assert_eq!(
-            gate.pass().await,
+            gate.pass().await.pass,
             Pass::Probe,
             "the first call tests the gateway"
         );
@@ -440,8 +484,11 @@ mod tests {
         let started = Instant::now();
         assert_eq!(
             gate.pass().await,
-            Pass::Probe,
-            "after the ban, one call again"
+            Admitted {
+                pass: Pass::Probe,
+                held: Some(Hold::Ban)
+            },
+            "after the ban, one call again, held by the ban"
         );
         assert!(started.elapsed() >= Duration::from_secs(25));
         assert!(
@@ -449,9 +496,26 @@ mod tests {
                 .await
                 .is_err()
         );
+        let waiting = tokio::spawn({
+            let gate = gate.clone();
+            async move { gate.pass().await }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
         gate.record(Pass::Probe, &Disposition::Delivered);
-        assert_eq!(gate.pass().await, Pass::Normal);
-        assert_eq!(gate.pass().await, Pass::Normal, "then the whole window");
+        assert_eq!(
+            waiting.await.unwrap(),
+            Admitted {
+                pass: Pass::Normal,
+                held: Some(Hold::WarmUp)
+            },
+            "a call behind the warm-up probe was held by it, not by a ban"
+        );
+        assert_eq!(gate.pass().await.pass, Pass::Normal);
+        assert_eq!(
+            gate.pass().await.pass,
+            Pass::Normal,
+            "then the whole window"
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The delivery pipeline: a Kafka consumer group → decoded events →
 //! rate-limited, signed calls → offsets committed only after success, hard
 //! failures to a dead-letter topic. `ARCHITECTURE.md` follows one event
-//! through it; the guarantees are listed in the README.
+//! through it; the guarantees are docs/guarantees.md.
 //!
 //! This file holds the main loop and its life cycle: [`Pipeline::build`]
 //! connects and checks, [`Pipeline::spawn`] runs it and returns a
@@ -17,8 +17,10 @@
 //!   revoke drain, what this process remembers of partitions it gave up.
 //! * protocol: [`commit`], when a commit goes out, how, and what its answer
 //!   means.
-//! * [`context`]: librdkafka's callbacks (rebalance, commit, statistics).
+//! * [`context`]: librdkafka's callbacks (rebalance, statistics).
 //! * [`deliver`]: one event's task, its retry budget, how it ended.
+//! * [`watch`]: what is told about each event (its log span, its trace, the
+//!   metrics), one method per thing that happens.
 //! * [`window`]: when to pause fetching (backpressure).
 //! * [`ordering`]: one order's events one after another.
 //! * [`gate`]: ban, circuit breaker and halt, in front of every call.
@@ -48,13 +50,14 @@ pub(crate) mod resume;
 mod running;
 pub(crate) mod status;
 pub(crate) mod tracker;
+mod watch;
 pub(crate) mod window;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::Offset;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -68,17 +71,17 @@ use crate::dead_letter::SourceRecord;
 use crate::event;
 use crate::kafka::partition::PartitionId;
 use crate::metrics::Metrics;
-use crate::trace;
 pub use build::StartError;
 use commit::committer::Committer;
 use context::PipelineContext;
-pub use deliver::DeliveryObserver;
 use deliver::{Deliverer, Job, TaskEnd};
 use ordering::OrderChains;
 use ownership::{Ownership, Start};
 use rate::RateBudget;
 pub use running::RunningPipeline;
 pub use status::{Health, Summary};
+pub use watch::DeliveryObserver;
+use watch::Watchers;
 use window::Window;
 
 /// How long the final commit is tried again while the coordinator is away.
@@ -144,6 +147,8 @@ pub struct Pipeline {
     committer: Arc<Committer>,
     /// Shared with the event tasks (which never hold the consumer).
     deliverer: Arc<Deliverer>,
+    /// Shared with the event tasks: each event's watch is made from it.
+    watchers: Arc<Watchers>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     budget: Arc<RateBudget>,
@@ -155,9 +160,9 @@ pub struct Pipeline {
 impl Pipeline {
     /// Calls `observer` with the Kafka→acceptance latency of every delivery.
     pub fn observe_deliveries(mut self, observer: DeliveryObserver) -> Pipeline {
-        Arc::get_mut(&mut self.deliverer)
-            .expect("the deliverer is shared only once the pipeline runs")
-            .observer = Some(observer);
+        Arc::get_mut(&mut self.watchers)
+            .expect("the watchers are shared only once the pipeline runs")
+            .observe_deliveries(observer);
         self
     }
 
@@ -272,88 +277,37 @@ impl Pipeline {
             // A message of a partition this consumer no longer owns is the next owner's.
             Start::NotOwned => return,
         };
-        self.metrics.events_consumed.inc();
-        let received = Instant::now();
         let source = SourceRecord::of(message);
         let event = event::decode(
             source.payload.value.as_deref(),
             &self.settings.event.limits(),
         );
+        let watch = self
+            .watchers
+            .watch(message, &ticket.id, event.as_ref().ok());
         let order_id = event.as_ref().ok().map(|e| e.order_id.as_str());
-        let trace = self.event_trace(message, &ticket.id, offset, event.as_ref().ok());
-        let span = tracing::info_span!(
-            "event",
-            topic = %ticket.id.topic,
-            partition = ticket.id.partition,
-            offset,
-            order_id = order_id.unwrap_or("-"),
-            request_id = tracing::field::Empty,
-            trace_id = trace.as_ref().map(|trace| tracing::field::display(trace.trace_id())),
-        );
         let (predecessor, turn) = orders.link(&ticket.id, order_id);
         let (deliverer, ownership, committer) = (
             self.deliverer.clone(),
             self.ownership.clone(),
             self.committer.clone(),
         );
-        tokio::spawn(
-            async move {
-                let job = Job {
-                    received,
-                    source,
-                    event,
-                    prior: ticket.prior.clone(),
-                    trace,
-                };
-                let end = deliverer.run(job, predecessor, ticket.cancel.clone()).await;
-                ownership.task_ended(&ticket, end);
-                if end == TaskEnd::DeadLettered {
-                    committer.ask();
-                }
-                drop(turn);
+        let span = watch.span();
+        let task = async move {
+            let job = Job {
+                source,
+                event,
+                prior: ticket.prior.clone(),
+                watch,
+            };
+            let end = deliverer.run(job, predecessor, ticket.cancel.clone()).await;
+            ownership.task_ended(&ticket, end);
+            if end == TaskEnd::DeadLettered {
+                committer.ask();
             }
-            .instrument(span),
-        );
-    }
-
-    /// The event's trace, when tracing is on and the event is sampled: its
-    /// `paysync.deliver` span, linked to the producer's span its headers
-    /// name. Sampled here, before any span work: an event left out costs
-    /// reading its headers (an unreadable trace context is counted whether
-    /// or not the event is sampled) and a random number.
-    fn event_trace(
-        &self,
-        message: &BorrowedMessage<'_>,
-        id: &PartitionId,
-        offset: i64,
-        event: Option<&event::PaymentEvent>,
-    ) -> Option<Box<trace::span::EventTrace>> {
-        use rdkafka::message::Headers;
-        let tracing = &self.settings.tracing;
-        if !tracing.enabled {
-            return None;
-        }
-        let headers = message.headers();
-        let producer = trace::context::producer_context(
-            headers
-                .iter()
-                .flat_map(|headers| headers.iter())
-                .map(|header| (header.key, header.value.unwrap_or_default())),
-        );
-        if producer == trace::context::Producer::Malformed {
-            self.metrics.trace_context_malformed.inc();
-        }
-        if tracing.sampling_ratio < 1.0 && rand::random::<f64>() >= tracing.sampling_ratio {
-            return None;
-        }
-        let source = trace::span::EventSource {
-            topic: &id.topic,
-            partition: id.partition,
-            offset,
-            order_id: event.map(|e| e.order_id.as_str()),
-            park_id: event.map(|e| e.park_id.as_str()),
+            drop(turn);
         };
-        trace::span::EventTrace::start(&source, &producer)
+        tokio::spawn(task.instrument(span));
     }
 
     /// Whether every partition of a bounded range is finished up to its end
@@ -370,10 +324,7 @@ impl Pipeline {
         self.health.progressed();
         self.budget.tick();
         self.deliverer.gate.status().publish(&self.metrics);
-        if self.settings.tracing.enabled {
-            self.metrics
-                .publish_dropped_spans(trace::export::dropped_spans());
-        }
+        self.watchers.publish();
         let in_flight = self.ownership.publish_progress();
         self.health.publish_dead_letter_stall(&self.metrics);
         in_flight
@@ -460,6 +411,7 @@ impl Pipeline {
             ownership,
             committer,
             deliverer,
+            watchers,
             metrics,
             ..
         } = self;
@@ -478,6 +430,8 @@ impl Pipeline {
                 if let Err(error) = deliverer.dead_letters.flush(Duration::from_secs(10)) {
                     tracing::warn!(error = %error, "Flushing the dead-letter producer failed.");
                 }
+                // The spans still queued go out (bounded by tracing.export_timeout_ms).
+                watchers.shutdown();
             })
             .await
         };

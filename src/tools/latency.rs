@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
-use crate::pipeline::deliver::DeliveryObserver;
+use crate::pipeline::DeliveryObserver;
 
 /// Delivery latencies in microseconds, from 1 µs to an hour, 3 significant digits.
 #[derive(Clone)]

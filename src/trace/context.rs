@@ -68,7 +68,10 @@ impl Found<'_> {
         let w3c = self
             .traceparent
             .map(|value| traceparent(value, self.tracestate));
-        let b3 = self.b3.map(b3_single).or_else(|| {
+        // A lone sampling decision (`b3: 0`, `1` or `d`, which Brave sends
+        // when it does not sample) is valid B3 with no context to link to.
+        let b3_context = self.b3.filter(|value| !matches!(*value, "0" | "1" | "d"));
+        let b3 = b3_context.map(b3_single).or_else(|| {
             (self.b3_trace.is_some() || self.b3_span.is_some()).then(|| {
                 b3_multi(
                     self.b3_trace.unwrap_or(""),
@@ -122,8 +125,7 @@ fn traceparent(value: &str, tracestate: Option<&str>) -> Option<SpanContext> {
     ))
 }
 
-/// `b3: {traceid}-{spanid}[-{sampled}[-{parentspanid}]]`, or a lone sampling
-/// decision (`0`, `1`, `d`), which carries no context to link to.
+/// `b3: {traceid}-{spanid}[-{sampled}[-{parentspanid}]]`.
 fn b3_single(value: &str) -> Option<SpanContext> {
     let mut parts = value.split('-');
     let trace = parts.next()?;
@@ -248,11 +250,14 @@ mod tests {
             read(&[("b3", "nothex-e457b5a2e4d86bd1")]),
             Producer::Malformed
         );
-        assert_eq!(
-            read(&[("b3", "1")]),
-            Producer::Malformed,
-            "a decision alone links nothing"
-        );
+        for decision in ["0", "1", "d"] {
+            assert_eq!(
+                read(&[("b3", decision)]),
+                Producer::Absent,
+                "a sampling decision alone is valid B3 that links nothing: {decision}"
+            );
+        }
+        assert_eq!(read(&[("b3", "2")]), Producer::Malformed);
         assert_eq!(
             read(&[("X-B3-SpanId", "e457b5a2e4d86bd1")]),
             Producer::Malformed

@@ -2,13 +2,14 @@
 //! bounded queue that drops rather than waits: a collector that is down or
 //! slow never blocks a delivery or grows paysync's memory. Spans the queue
 //! had no room for, and spans of exports that failed, are counted
-//! ([`dropped_spans`]), and the pipeline publishes the counts.
+//! ([`SpanQueue::dropped`]), and the pipeline publishes the counts; the
+//! first failed export is logged, and so is each recovery.
 //!
 //! The queue holds events' finished traces ([`FinishedTrace`]), at most
 //! `tracing.queue_size` spans' worth. It is drained by one thread of its own
 //! with a one-thread runtime (the OTLP clients are async): it takes
-//! everything queued when a batch is full or every 500 ms, turns it into the
-//! SDK's spans and sends them in batches of about `tracing.batch_size`, each
+//! everything queued when a batch is full or every 500 ms, turns it into
+//! OTLP requests of about `tracing.batch_size` spans and sends them, each
 //! export bounded by `tracing.export_timeout_ms`. While it sends, a new
 //! queue fills: at most twice `queue_size` spans are held.
 
@@ -22,49 +23,17 @@ use super::otlp::FinishedTrace;
 pub use super::transport::TraceSetupError;
 use super::transport::Transport;
 
-use crate::config::{OtlpProtocol, TracingSettings};
+use crate::config::TracingSettings;
 
 /// How often a partial batch is sent.
 const FLUSH_EVERY: Duration = Duration::from_millis(500);
 
-static DROPPED_QUEUE_FULL: AtomicU64 = AtomicU64::new(0);
-static DROPPED_EXPORT_FAILED: AtomicU64 = AtomicU64::new(0);
-
-/// Spans dropped so far: (the queue was full, their export failed).
-pub fn dropped_spans() -> (u64, u64) {
-    (
-        DROPPED_QUEUE_FULL.load(Ordering::Relaxed),
-        DROPPED_EXPORT_FAILED.load(Ordering::Relaxed),
-    )
-}
-
-/// Where and how spans go, after the settings and the `OTEL_*` variables.
-pub fn protocol(settings: &TracingSettings) -> OtlpProtocol {
-    settings.protocol.unwrap_or_else(|| {
-        let from_env = std::env::var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-            .or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL"))
-            .unwrap_or_default();
-        match from_env.trim() {
-            "http/protobuf" => OtlpProtocol::HttpProtobuf,
-            _ => OtlpProtocol::Grpc,
-        }
-    })
-}
-
-/// The service name: the setting, else `OTEL_SERVICE_NAME`, else `paysync`.
-pub fn service_name(settings: &TracingSettings) -> String {
-    settings
-        .service_name
-        .clone()
-        .or_else(|| std::env::var("OTEL_SERVICE_NAME").ok())
-        .filter(|name| !name.trim().is_empty())
-        .unwrap_or_else(|| "paysync".to_owned())
-}
-
 /// Starts exporting: the queue every event's trace ends in, and its
-/// export thread.
+/// export thread. Says where traces go.
 pub fn start(settings: &TracingSettings) -> Result<SpanQueue, TraceSetupError> {
-    SpanQueue::start(settings)
+    let queue = SpanQueue::start(settings)?;
+    tracing::info!(to = %settings.describe(), "Delivery traces are exported.");
+    Ok(queue)
 }
 
 /// What the export thread has been given: the traces waiting (and how many
@@ -80,6 +49,10 @@ struct Pending {
 #[derive(Default)]
 struct Shared {
     pending: Mutex<Pending>,
+    /// Spans dropped because the queue was full (or closed).
+    dropped_queue_full: AtomicU64,
+    /// Spans of exports that failed.
+    dropped_export_failed: AtomicU64,
     /// Rung when a batch is full, a flush is asked for, or the queue closes;
     /// never for each trace (waking a thread per event costs more than the
     /// event's spans).
@@ -127,7 +100,7 @@ impl SpanQueue {
                 };
                 let transport = {
                     let _inside = runtime.enter();
-                    Transport::new(&settings, protocol(&settings))
+                    Transport::new(&settings)
                 };
                 match transport {
                     Ok(transport) => {
@@ -154,19 +127,12 @@ impl SpanQueue {
         }
     }
 
-    /// A queue nothing drains, with the default limits: what an event's
-    /// trace leaves, for tests to read ([`SpanQueue::taken`]).
-    #[cfg(test)]
-    pub fn unexported() -> SpanQueue {
-        SpanQueue::new(&TracingSettings::default())
-    }
-
-    /// What is queued, taken out.
-    #[cfg(test)]
-    pub fn taken(&self) -> Vec<FinishedTrace> {
-        let mut pending = self.pending();
-        pending.spans = 0;
-        std::mem::take(&mut pending.traces)
+    /// Spans dropped so far: (the queue was full, their export failed).
+    pub fn dropped(&self) -> (u64, u64) {
+        (
+            self.shared.dropped_queue_full.load(Ordering::Relaxed),
+            self.shared.dropped_export_failed.load(Ordering::Relaxed),
+        )
     }
 
     fn pending(&self) -> MutexGuard<'_, Pending> {
@@ -183,7 +149,9 @@ impl SpanQueue {
         let batch_full = {
             let mut pending = self.pending();
             if pending.closed || pending.spans + spans > self.capacity {
-                DROPPED_QUEUE_FULL.fetch_add(spans as u64, Ordering::Relaxed);
+                self.shared
+                    .dropped_queue_full
+                    .fetch_add(spans as u64, Ordering::Relaxed);
                 return;
             }
             pending.traces.push(trace);
@@ -231,11 +199,11 @@ fn drain(
 ) {
     let (batch_size, timeout) = (settings.batch_size.max(1), settings.export_timeout_ms);
     let source = otlp::Source {
-        service_name: service_name(settings),
+        service_name: settings.service_name(),
         scope_name: "paysync",
         scope_version: env!("CARGO_PKG_VERSION"),
     };
-    let mut request = Vec::new();
+    let mut failing = false;
     loop {
         let (traces, flushes, closed) = {
             let pending = shared
@@ -259,14 +227,33 @@ fn drain(
         while !rest.is_empty() {
             let (batch, spans) = whole_traces(rest, batch_size);
             rest = &rest[batch.len()..];
-            request.clear();
-            otlp::export_request(&source, batch, &mut request);
-            let body = bytes::Bytes::copy_from_slice(&request);
+            let request = otlp::export_request(&source, batch);
             let sent = runtime.block_on(async {
-                tokio::time::timeout(timeout, transport.send(body, timeout)).await
+                tokio::time::timeout(timeout, transport.send(request, timeout)).await
             });
-            if !matches!(sent, Ok(Ok(()))) {
-                DROPPED_EXPORT_FAILED.fetch_add(spans as u64, Ordering::Relaxed);
+            let failure = match sent {
+                Ok(Ok(())) => None,
+                Ok(Err(error)) => Some(error.to_string()),
+                Err(_) => Some(format!(
+                    "no answer within tracing.export_timeout_ms ({} ms)",
+                    timeout.as_millis()
+                )),
+            };
+            match failure {
+                None if failing => {
+                    failing = false;
+                    tracing::info!("The trace collector answers again; spans are exported.");
+                }
+                None => {}
+                Some(error) => {
+                    shared
+                        .dropped_export_failed
+                        .fetch_add(spans as u64, Ordering::Relaxed);
+                    if !failing {
+                        failing = true;
+                        tracing::warn!(error = %error, "Spans cannot be exported; they are dropped (paysync_trace_spans_dropped_total) until the collector answers.");
+                    }
+                }
             }
         }
         for done in flushes {
@@ -290,4 +277,47 @@ fn whole_traces(traces: &[FinishedTrace], batch_size: usize) -> (&[FinishedTrace
         taken += 1;
     }
     (&traces[..taken], spans)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the tests of an event's trace read.
+    impl SpanQueue {
+        /// A queue nothing drains, with the default limits: what an event's
+        /// trace leaves, for tests to read ([`SpanQueue::taken`]).
+        pub(crate) fn unexported() -> SpanQueue {
+            SpanQueue::new(&TracingSettings::default())
+        }
+
+        /// What is queued, taken out.
+        pub(crate) fn taken(&self) -> Vec<FinishedTrace> {
+            let mut pending = self.pending();
+            pending.spans = 0;
+            std::mem::take(&mut pending.traces)
+        }
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_what_it_has_no_room_for() {
+        let queue = SpanQueue::new(&TracingSettings {
+            queue_size: 1,
+            ..TracingSettings::default()
+        });
+        let trace = |calls| FinishedTrace {
+            context: opentelemetry::trace::SpanContext::empty_context(),
+            producer: None,
+            start: std::time::SystemTime::now(),
+            end: std::time::SystemTime::now(),
+            attributes: Vec::new(),
+            events: Vec::new(),
+            calls,
+            error: None,
+        };
+        queue.push(trace(Vec::new()));
+        queue.push(trace(Vec::new()));
+        assert_eq!(queue.dropped(), (1, 0));
+        assert_eq!(queue.taken().len(), 1);
+    }
 }

@@ -9,7 +9,7 @@
 //! signature or app key is ever recorded: only codes, statuses and timings.
 
 use std::borrow::Cow;
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
@@ -19,16 +19,6 @@ use super::export::SpanQueue;
 use super::otlp::{Attribute, FinishedCall, FinishedTrace, SpanEvent};
 use crate::top::classify::{Disposition, Outcome};
 use crate::top::response::TopResponse;
-
-/// Where the process's traces go, once tracing is set up (like the
-/// process's log subscriber, there is one).
-static QUEUE: OnceLock<SpanQueue> = OnceLock::new();
-
-/// Makes `queue` the destination of every event's trace; a second call
-/// keeps the first.
-pub fn install(queue: SpanQueue) {
-    let _ = QUEUE.set(queue);
-}
 
 /// Where the event came from, as the delivery span's attributes.
 #[derive(Debug, Clone, Copy)]
@@ -83,20 +73,8 @@ fn new_span_id() -> SpanId {
 }
 
 impl EventTrace {
-    /// Starts the event's trace, when tracing is set up. Boxed: a job
-    /// carries it, and an untraced job carries only `None`.
-    pub fn start(source: &EventSource<'_>, producer: &Producer) -> Option<Box<EventTrace>> {
-        QUEUE
-            .get()
-            .map(|queue| Box::new(EventTrace::start_into(queue.clone(), source, producer)))
-    }
-
     /// Starts the event's trace, to end in `queue`.
-    pub fn start_into(
-        queue: SpanQueue,
-        source: &EventSource<'_>,
-        producer: &Producer,
-    ) -> EventTrace {
+    pub fn start(queue: SpanQueue, source: &EventSource<'_>, producer: &Producer) -> EventTrace {
         let mut attributes = Vec::with_capacity(7);
         attributes.push(Attribute::text("topic", source.topic.to_owned()));
         attributes.push(Attribute::int("partition", i64::from(source.partition)));
@@ -195,7 +173,7 @@ impl EventTrace {
     /// The event's outcome and how many calls it took; ends its trace (a
     /// second end changes nothing). A dead letter's `reason` becomes the
     /// delivery span's error status.
-    pub fn end(&self, outcome: impl Into<Cow<'static, str>>, reason: Option<&str>) {
+    pub fn end(&self, outcome: &'static str, reason: Option<&str>) {
         let taken = self
             .recorded
             .lock()
@@ -267,7 +245,8 @@ fn call_attributes(
             attributes.push(status(code));
             match response {
                 TopResponse::Error(error) => {
-                    attributes.push(Attribute::int("top.code", error.code));
+                    // Text, like a business result's code: one type per attribute.
+                    attributes.push(Attribute::text("top.code", error.code.to_string()));
                     if let Some(sub_code) = &error.sub_code {
                         attributes.push(Attribute::text("top.sub_code", sub_code.clone()));
                     }
@@ -324,8 +303,7 @@ mod tests {
             scope_name: "paysync",
             scope_version: "1.2.3",
         };
-        let mut bytes = Vec::new();
-        otlp::export_request(&source, traces, &mut bytes);
+        let bytes = otlp::export_request(&source, traces).encode_to_vec();
         ExportTraceServiceRequest::decode(bytes.as_slice()).expect("a valid OTLP request")
     }
 
@@ -362,7 +340,7 @@ mod tests {
             true,
             TraceState::default(),
         );
-        let trace = EventTrace::start_into(
+        let trace = EventTrace::start(
             queue.clone(),
             &source(),
             &Producer::Linked(producer.clone()),
@@ -463,6 +441,18 @@ mod tests {
             Some("200")
         );
         assert_eq!(attribute(call, "top.code").as_deref(), Some("7"));
+        let top_code = call
+            .attributes
+            .iter()
+            .find(|kv| kv.key == "top.code")
+            .unwrap();
+        assert!(
+            matches!(
+                top_code.value.as_ref().unwrap().value,
+                Some(ProtoValue::StringValue(_))
+            ),
+            "an error's code is text, like a business result's"
+        );
         assert_eq!(
             attribute(call, "top.sub_code").as_deref(),
             Some("accesscontrol.limited-by-app-access-count")
@@ -477,7 +467,7 @@ mod tests {
     #[test]
     fn a_trace_dropped_before_its_end_is_exported_without_an_outcome() {
         let queue = SpanQueue::unexported();
-        let trace = EventTrace::start_into(queue.clone(), &source(), &Producer::Absent);
+        let trace = EventTrace::start(queue.clone(), &source(), &Producer::Absent);
         drop(trace);
         let request = as_collector_reads(&queue.taken());
         let spans = &request.resource_spans[0].scope_spans[0].spans;

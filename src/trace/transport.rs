@@ -1,18 +1,15 @@
 //! Sending OTLP export requests to the collector: gRPC (`TraceService/Export`
-//! over HTTP/2, through tonic) or HTTP/protobuf (`POST …/v1/traces`). Where
-//! the settings say nothing, the standard variables apply:
-//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (used as given) or
-//! `OTEL_EXPORTER_OTLP_ENDPOINT` (HTTP adds `/v1/traces`),
-//! `OTEL_EXPORTER_OTLP_TRACES_HEADERS` or `OTEL_EXPORTER_OTLP_HEADERS`
-//! (`key=value,…`, values percent-decoded), then the OTLP defaults
-//! (`localhost:4317` for gRPC, `localhost:4318` for HTTP). The bytes come
-//! ready-made from [`super::otlp`]; this file only moves them.
+//! over HTTP/2, through opentelemetry-proto's tonic client) or HTTP/protobuf
+//! (`POST …/v1/traces`, the request encoded by prost). Where they go, and
+//! with which headers, is decided by the settings
+//! ([`TracingSettings::endpoint`], from `[tracing]` and the `OTEL_*`
+//! variables); this file only moves the requests.
 
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes};
-use http::uri::PathAndQuery;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use prost::Message as _;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::config::{OtlpProtocol, TracingSettings};
@@ -26,13 +23,11 @@ pub enum TraceSetupError {
     Thread(#[from] std::io::Error),
 }
 
-const GRPC_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
-
 /// Where export requests go, and how.
 #[derive(Debug, Clone)]
 pub enum Transport {
     Grpc {
-        client: tonic::client::Grpc<Channel>,
+        client: TraceServiceClient<Channel>,
         headers: Vec<(String, String)>,
     },
     Http {
@@ -53,82 +48,13 @@ pub enum ExportError {
     Unreachable(String),
 }
 
-fn variable(name: &str) -> Option<String> {
-    std::env::var(name)
-        .ok()
-        .filter(|value| !value.trim().is_empty())
-}
-
-/// The endpoint for `protocol`: the setting, else the variables, else the
-/// OTLP default. For HTTP, the URL of the traces resource itself.
-pub fn endpoint(settings: &TracingSettings, protocol: OtlpProtocol) -> String {
-    let traces_path = |base: &str| format!("{}/v1/traces", base.trim_end_matches('/'));
-    match protocol {
-        OtlpProtocol::Grpc => settings
-            .endpoint
-            .clone()
-            .or_else(|| variable("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
-            .or_else(|| variable("OTEL_EXPORTER_OTLP_ENDPOINT"))
-            .unwrap_or_else(|| "http://localhost:4317".to_owned()),
-        OtlpProtocol::HttpProtobuf => match &settings.endpoint {
-            Some(base) => traces_path(base),
-            None => variable("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-                .or_else(|| variable("OTEL_EXPORTER_OTLP_ENDPOINT").map(|base| traces_path(&base)))
-                .unwrap_or_else(|| "http://localhost:4318/v1/traces".to_owned()),
-        },
-    }
-}
-
-/// Headers sent with every export, from the variables.
-fn headers() -> Vec<(String, String)> {
-    variable("OTEL_EXPORTER_OTLP_TRACES_HEADERS")
-        .or_else(|| variable("OTEL_EXPORTER_OTLP_HEADERS"))
-        .map(|list| parse_headers(&list))
-        .unwrap_or_default()
-}
-
-/// `key=value,key2=value2`, values percent-decoded; a pair without `=` is
-/// left out.
-pub fn parse_headers(list: &str) -> Vec<(String, String)> {
-    list.split(',')
-        .filter_map(|pair| {
-            let (key, value) = pair.split_once('=')?;
-            let key = key.trim();
-            (!key.is_empty()).then(|| (key.to_ascii_lowercase(), percent_decoded(value.trim())))
-        })
-        .collect()
-}
-
-fn percent_decoded(value: &str) -> String {
-    let bytes = value.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut at = 0;
-    while at < bytes.len() {
-        let hex = |i: usize| bytes.get(i).and_then(|b| (*b as char).to_digit(16));
-        match (bytes[at], hex(at + 1), hex(at + 2)) {
-            (b'%', Some(high), Some(low)) => {
-                decoded.push((high * 16 + low) as u8);
-                at += 3;
-            }
-            (byte, _, _) => {
-                decoded.push(byte);
-                at += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&decoded).into_owned()
-}
-
 impl Transport {
     /// The transport for `settings`; call it inside the runtime that will
     /// run the exports (the gRPC channel's tasks live there).
-    pub fn new(
-        settings: &TracingSettings,
-        protocol: OtlpProtocol,
-    ) -> Result<Self, TraceSetupError> {
-        let endpoint = endpoint(settings, protocol);
+    pub fn new(settings: &TracingSettings) -> Result<Self, TraceSetupError> {
+        let endpoint = settings.endpoint().url;
         let timeout = settings.export_timeout_ms;
-        match protocol {
+        match settings.protocol() {
             OtlpProtocol::Grpc => {
                 let channel = Endpoint::from_shared(endpoint.clone())
                     .map_err(|error| {
@@ -138,8 +64,8 @@ impl Transport {
                     .timeout(timeout)
                     .connect_lazy();
                 Ok(Transport::Grpc {
-                    client: tonic::client::Grpc::new(channel),
-                    headers: headers(),
+                    client: TraceServiceClient::new(channel),
+                    headers: settings.headers(),
                 })
             }
             OtlpProtocol::HttpProtobuf => {
@@ -155,20 +81,20 @@ impl Transport {
                 Ok(Transport::Http {
                     client,
                     url: endpoint,
-                    headers: headers(),
+                    headers: settings.headers(),
                 })
             }
         }
     }
 
-    /// Sends one encoded `ExportTraceServiceRequest`.
-    pub async fn send(&mut self, request: Bytes, timeout: Duration) -> Result<(), ExportError> {
+    /// Sends one export request.
+    pub async fn send(
+        &mut self,
+        request: ExportTraceServiceRequest,
+        timeout: Duration,
+    ) -> Result<(), ExportError> {
         match self {
             Transport::Grpc { client, headers } => {
-                client
-                    .ready()
-                    .await
-                    .map_err(|error| ExportError::Unreachable(error.to_string()))?;
                 let mut call = tonic::Request::new(request);
                 call.set_timeout(timeout);
                 for (key, value) in headers.iter() {
@@ -180,10 +106,15 @@ impl Transport {
                     }
                 }
                 client
-                    .unary(call, PathAndQuery::from_static(GRPC_EXPORT), Passthrough)
+                    .export(call)
                     .await
                     .map(|_| ())
-                    .map_err(|status| ExportError::Grpc(status.code()))
+                    .map_err(|status| match status.code() {
+                        tonic::Code::Unavailable | tonic::Code::Unknown => {
+                            ExportError::Unreachable(status.message().to_owned())
+                        }
+                        code => ExportError::Grpc(code),
+                    })
             }
             Transport::Http {
                 client,
@@ -193,7 +124,7 @@ impl Transport {
                 let mut post = client
                     .post(url.as_str())
                     .header(http::header::CONTENT_TYPE, "application/x-protobuf")
-                    .body(request);
+                    .body(request.encode_to_vec());
                 for (key, value) in headers.iter() {
                     post = post.header(key.as_str(), value.as_str());
                 }
@@ -209,79 +140,5 @@ impl Transport {
                 }
             }
         }
-    }
-}
-
-/// A gRPC codec for a request already in protobuf bytes; the answer
-/// (`ExportTraceServiceResponse`, whose partial-success counts paysync does
-/// not use) is read and set aside.
-#[derive(Debug, Clone, Copy, Default)]
-struct Passthrough;
-
-impl Codec for Passthrough {
-    type Encode = Bytes;
-    type Decode = ();
-    type Encoder = Passthrough;
-    type Decoder = Passthrough;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        Passthrough
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        Passthrough
-    }
-}
-
-impl Encoder for Passthrough {
-    type Item = Bytes;
-    type Error = tonic::Status;
-
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        dst.put(item);
-        Ok(())
-    }
-}
-
-impl Decoder for Passthrough {
-    type Item = ();
-    type Error = tonic::Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<()>, tonic::Status> {
-        src.advance(src.remaining());
-        Ok(Some(()))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn headers_are_pairs_with_percent_decoded_values() {
-        assert_eq!(
-            parse_headers("Authorization=Basic%20dXNlcjpwdw==, x-tenant = a ,broken,=nokey"),
-            vec![
-                ("authorization".to_owned(), "Basic dXNlcjpwdw==".to_owned()),
-                ("x-tenant".to_owned(), "a".to_owned()),
-            ]
-        );
-        assert_eq!(percent_decoded("100%"), "100%", "a lone % stays");
-    }
-
-    #[test]
-    fn the_setting_wins_and_http_names_the_traces_resource() {
-        let settings = TracingSettings {
-            endpoint: Some("http://collector:4318/".into()),
-            ..TracingSettings::default()
-        };
-        assert_eq!(
-            endpoint(&settings, OtlpProtocol::HttpProtobuf),
-            "http://collector:4318/v1/traces"
-        );
-        assert_eq!(
-            endpoint(&settings, OtlpProtocol::Grpc),
-            "http://collector:4318/"
-        );
     }
 }

@@ -905,3 +905,94 @@ async fn a_zero_rate_is_a_configuration_start_up_error_naming_the_key() {
     };
     assert_eq!(config.problems[0].key, "delivery.rate_limit_per_sec");
 }
+
+/// A failed commit is counted once and its points handed out again, so the
+/// next commit lands them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_commit_is_counted_once() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let harness = Harness::new(1, Faults::default()).await;
+    harness.produce(&valid_events("commit", 10)).await;
+    let failing = [RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_COMMIT_OFFSET_SIZE; 3];
+    harness
+        .stack
+        .cluster
+        .request_errors(RDKafkaApiKey::OffsetCommit, &failing);
+    let running = Running::start(harness.settings()).await;
+    running.wait_for("every event", |s| s.delivered >= 10).await;
+    wait_committed(&harness, &harness.end_offsets()).await;
+    let metrics = running.pipeline.metrics();
+    let (sent, failed) = (metrics.commits_sent.get(), metrics.commit_failures.get());
+    running.stop().await;
+    assert!(
+        sent > 3,
+        "the failed commits and the one that landed: {sent}"
+    );
+    assert_eq!(failed, 3, "each failed commit counted once ({sent} sent)");
+}
+
+/// Whether librdkafka reports a consumer's own commits to its commit
+/// callback. It does not: only its automatic commits report there. paysync
+/// commits only by itself (synchronously, auto-commit off), so its consumer
+/// has no commit callback, and each answer is judged once, by the committer
+/// that sent the commit. The automatic commit shows the callback is seen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn librdkafka_reports_only_automatic_commits_to_the_commit_callback() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+    use rdkafka::error::KafkaResult;
+    use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+    struct Counting(AtomicUsize);
+    impl ClientContext for Counting {}
+    impl ConsumerContext for Counting {
+        fn commit_callback(&self, _: KafkaResult<()>, _: &TopicPartitionList) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    let harness = Harness::new(1, Faults::default()).await;
+    harness.produce(&valid_events("callback", 3)).await;
+    let consumer = |auto_commit: &str| -> BaseConsumer<Counting> {
+        harness
+            .stack
+            .client_config()
+            .set("group.id", &harness.group)
+            .set("enable.auto.commit", auto_commit)
+            .set("auto.commit.interval.ms", "100")
+            .create_with_context(Counting(AtomicUsize::new(0)))
+            .unwrap()
+    };
+    let (own, automatic) = (consumer("false"), consumer("true"));
+    let reported = tokio::task::spawn_blocking(move || {
+        let poll_for = |consumer: &BaseConsumer<Counting>, how_long: Duration| {
+            let until = std::time::Instant::now() + how_long;
+            while std::time::Instant::now() < until {
+                consumer.poll(Duration::from_millis(20));
+            }
+            consumer.context().0.load(Ordering::SeqCst)
+        };
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(SOURCE, 0, Offset::Offset(1))
+            .unwrap();
+        own.assign(&list).unwrap();
+        own.commit(&list, CommitMode::Sync).unwrap();
+        list.set_all_offsets(Offset::Offset(2)).unwrap();
+        own.commit(&list, CommitMode::Async).unwrap();
+        let own_reported = poll_for(&own, Duration::from_secs(2));
+        assert_eq!(
+            own.committed(Duration::from_secs(5)).unwrap().elements()[0].offset(),
+            Offset::Offset(2),
+            "both commits landed"
+        );
+        drop(own);
+        list.set_all_offsets(Offset::Beginning).unwrap();
+        automatic.assign(&list).unwrap();
+        (own_reported, poll_for(&automatic, Duration::from_secs(2)))
+    })
+    .await
+    .unwrap();
+    assert_eq!(reported.0, 0, "a consumer's own commits are not reported");
+    assert!(reported.1 > 0, "automatic commits are");
+}

@@ -10,6 +10,7 @@
 //! * [`cli`]: the `paysync` binary as a user runs it.
 //! * [`architecture`]: the rules of `ARCHITECTURE.md`, on the source text.
 //! * [`deploy`]: compose, Prometheus, alert rules and dashboards against the code.
+//! * [`docs`]: the documentation's links, and the README as a front door.
 
 mod admin;
 mod architecture;
@@ -17,6 +18,7 @@ mod cli;
 mod dead_letter;
 mod delivery;
 mod deploy;
+mod docs;
 mod egress;
 mod emulator_client;
 mod event_contract;

@@ -1,5 +1,5 @@
 //! What the dashboard and the alert rules may query: the metric names an
-//! expression uses, and the metrics paysync exports (the README's table,
+//! expression uses, and the metrics paysync exports (the table of docs/monitoring.md,
 //! itself checked against the registry in src/metrics/). Shared by the
 //! deployment-file checks and the Helm chart checks.
 
@@ -25,9 +25,9 @@ pub fn metric_names(expr: &str) -> Vec<String> {
     names
 }
 
-/// The metrics the README's table documents.
+/// The metrics docs/monitoring.md's table documents.
 pub fn exported(root: &Path) -> BTreeSet<String> {
-    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let readme = std::fs::read_to_string(root.join("docs/monitoring.md")).unwrap();
     let documented: BTreeSet<String> = readme
         .lines()
         .filter(|l| l.starts_with("| `paysync_"))

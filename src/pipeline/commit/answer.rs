@@ -1,6 +1,5 @@
 //! What a commit's answer means, one rule for every path (the main loop's
-//! background commits, the revoke's and the final synchronous ones, and
-//! librdkafka's commit callback). Pure.
+//! background commits, the revoke's and the final synchronous ones). Pure.
 
 use rdkafka::TopicPartitionList;
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};

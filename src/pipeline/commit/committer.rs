@@ -129,14 +129,8 @@ impl Committer {
         });
     }
 
-    /// What a background commit's answer changes (also librdkafka's commit
-    /// callback, for commits paysync did not send itself).
-    pub(crate) fn settle(
-        &self,
-        list: &TopicPartitionList,
-        result: &KafkaResult<()>,
-        ownership: &Ownership,
-    ) {
+    /// What a background commit's answer changes.
+    fn settle(&self, list: &TopicPartitionList, result: &KafkaResult<()>, ownership: &Ownership) {
         match answer(list, result) {
             Answer::Committed => self.metrics.record_commit(true),
             Answer::MapTooLarge => {
