@@ -43,6 +43,7 @@ pub mod gmt8;
 pub(crate) mod kafka;
 pub mod labels;
 pub mod metrics;
+pub mod partition;
 pub mod pipeline;
 pub mod replay;
 pub(crate) mod shutdown;

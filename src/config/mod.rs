@@ -16,6 +16,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod delivery;
+pub mod librdkafka;
 mod load;
 mod top;
 mod tracing;
@@ -126,7 +127,7 @@ pub struct KafkaSettings {
     pub group_instance_id_from_hostname: bool,
     /// Extra librdkafka properties for every client (e.g. `security.protocol`,
     /// `sasl.mechanism`, `ssl.ca.location`); they override paysync's defaults.
-    /// The properties paysync owns are refused (see [`crate::kafka::properties::RESERVED`]).
+    /// The properties paysync owns are refused (see [`crate::config::librdkafka::RESERVED`]).
     pub librdkafka: BTreeMap<String, String>,
     /// Extra librdkafka properties for the consumer only.
     pub consumer: BTreeMap<String, String>,

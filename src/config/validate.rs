@@ -249,7 +249,7 @@ impl Settings {
             ("kafka.producer", &kafka.producer),
         ] {
             for name in map.keys() {
-                if let Some(reason) = crate::kafka::properties::reserved_reason(name) {
+                if let Some(reason) = crate::config::librdkafka::reserved_reason(name) {
                     problem(&format!("{table}.\"{name}\""), reason.to_owned());
                 }
             }

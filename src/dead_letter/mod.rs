@@ -15,117 +15,36 @@ pub mod reader;
 use std::collections::HashMap;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::FutureRecord;
+use rdkafka::message::Message;
 
 use crate::event::InvalidEvent;
+pub use crate::kafka::record::{Payload, SourceRecord};
 pub use crate::labels::DeadLetterClass;
 use crate::top::classify::Outcome;
 use crate::top::response::TopResponse;
 pub use producer::{DeadLetterProducer, OldestStall, StalledWrites, Written};
 
-/// A record's own content: what a dead letter copies unchanged.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Payload {
-    pub key: Option<Vec<u8>>,
-    pub value: Option<Vec<u8>>,
-    pub headers: Vec<(String, Option<Vec<u8>>)>,
-}
-
-impl Payload {
-    /// This payload cut down to `level` (0: whole; 1: without its value; 2:
-    /// without value, key and headers), with the headers that say what was
-    /// left out. For a copy too large for the dead-letter topic.
-    pub fn shrunk(&self, level: u8) -> (Payload, Vec<(&'static str, String)>) {
-        let mut said = Vec::new();
-        let mut payload = self.clone();
-        if level >= 1
-            && let Some(value) = payload.value.take()
-        {
-            said.push((header::VALUE_OMITTED_BYTES, value.len().to_string()));
-        }
-        if level >= 2 {
-            if let Some(key) = payload.key.take() {
-                said.push((header::KEY_OMITTED_BYTES, key.len().to_string()));
-            }
-            if !payload.headers.is_empty() {
-                said.push((header::HEADERS_OMITTED, payload.headers.len().to_string()));
-                payload.headers.clear();
-            }
-        }
-        (payload, said)
+/// `payload` cut down to `level` (0: whole; 1: without its value; 2:
+/// without value, key and headers), with the headers that say what was
+/// left out. For a copy too large for the dead-letter topic.
+pub fn shrunk(payload: &Payload, level: u8) -> (Payload, Vec<(&'static str, String)>) {
+    let mut said = Vec::new();
+    let mut payload = payload.clone();
+    if level >= 1
+        && let Some(value) = payload.value.take()
+    {
+        said.push((header::VALUE_OMITTED_BYTES, value.len().to_string()));
     }
-
-    /// A copy of a message's key, value and every header.
-    pub fn of(message: &impl Message) -> Payload {
-        Payload {
-            key: message.key().map(<[u8]>::to_vec),
-            value: message.payload().map(<[u8]>::to_vec),
-            headers: message
-                .headers()
-                .map(|headers| {
-                    headers
-                        .iter()
-                        .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
-                        .collect()
-                })
-                .unwrap_or_default(),
+    if level >= 2 {
+        if let Some(key) = payload.key.take() {
+            said.push((header::KEY_OMITTED_BYTES, key.len().to_string()));
+        }
+        if !payload.headers.is_empty() {
+            said.push((header::HEADERS_OMITTED, payload.headers.len().to_string()));
+            payload.headers.clear();
         }
     }
-
-    /// A record to `topic` with this key and value, this payload's headers
-    /// and then `extra`.
-    pub fn to_record<'a>(
-        &'a self,
-        topic: &'a str,
-        extra: &[(&str, String)],
-    ) -> FutureRecord<'a, [u8], [u8]> {
-        let mut headers = OwnedHeaders::new_with_capacity(self.headers.len() + extra.len());
-        for (key, value) in &self.headers {
-            headers = headers.insert(Header {
-                key,
-                value: value.as_deref(),
-            });
-        }
-        for (key, value) in extra {
-            headers = headers.insert(Header {
-                key,
-                value: Some(value.as_bytes()),
-            });
-        }
-        let mut record = FutureRecord::to(topic).headers(headers);
-        if let Some(key) = &self.key {
-            record = record.key(key.as_slice());
-        }
-        if let Some(value) = &self.value {
-            record = record.payload(value.as_slice());
-        }
-        record
-    }
-}
-
-/// A source record: where it came from, and its content.
-#[derive(Debug, Clone)]
-pub struct SourceRecord {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-    /// Milliseconds since the epoch, when the broker gave one.
-    pub timestamp: Option<i64>,
-    pub payload: Payload,
-}
-
-impl SourceRecord {
-    /// A detached copy of a consumed message.
-    pub fn of(message: &impl Message) -> SourceRecord {
-        SourceRecord {
-            topic: message.topic().to_owned(),
-            partition: message.partition(),
-            offset: message.offset(),
-            timestamp: message.timestamp().to_millis(),
-            payload: Payload::of(message),
-        }
-    }
+    (payload, said)
 }
 
 /// Why and how it failed.
@@ -314,8 +233,8 @@ pub fn encode_headers(
         headers.push((header::LAST_ATTEMPT_AT, time(last)));
     }
     headers.push((header::DEAD_LETTERED_AT, time(now)));
-    headers.push((header::SOURCE_TOPIC, source.topic.clone()));
-    headers.push((header::SOURCE_PARTITION, source.partition.to_string()));
+    headers.push((header::SOURCE_TOPIC, source.id.topic.clone()));
+    headers.push((header::SOURCE_PARTITION, source.id.partition.to_string()));
     headers.push((header::SOURCE_OFFSET, source.offset.to_string()));
     if let Some(timestamp) = source.timestamp {
         headers.push((header::SOURCE_TIMESTAMP, timestamp.to_string()));
@@ -416,12 +335,12 @@ mod tests {
             value: Some(vec![b'x'; 5_000]),
             headers: vec![("a".into(), None), ("b".into(), Some(b"1".to_vec()))],
         };
-        assert_eq!(payload.shrunk(0), (payload.clone(), vec![]));
-        let (without_value, said) = payload.shrunk(1);
+        assert_eq!(shrunk(&payload, 0), (payload.clone(), vec![]));
+        let (without_value, said) = shrunk(&payload, 1);
         assert_eq!(without_value.value, None);
         assert_eq!(without_value.key, payload.key);
         assert_eq!(said, vec![(header::VALUE_OMITTED_BYTES, "5000".to_owned())]);
-        let (bare, said) = payload.shrunk(2);
+        let (bare, said) = shrunk(&payload, 2);
         assert_eq!(bare, Payload::default());
         assert_eq!(
             said,
@@ -435,8 +354,7 @@ mod tests {
 
     fn source() -> SourceRecord {
         SourceRecord {
-            topic: "payments".into(),
-            partition: 3,
+            id: crate::partition::PartitionId::new("payments", 3),
             offset: 42,
             timestamp: Some(1_602_331_200_000),
             payload: Payload {

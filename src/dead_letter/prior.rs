@@ -26,7 +26,7 @@ use super::reader;
 use crate::commit_metadata::LookBack;
 use crate::config::Settings;
 use crate::kafka;
-use crate::kafka::partition::PartitionId;
+use crate::partition::PartitionId;
 
 /// How far before the look-back time the dead-letter topic is read.
 const CLOCK_MARGIN: Duration = Duration::from_secs(60);

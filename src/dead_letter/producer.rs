@@ -22,13 +22,13 @@ use super::prior::PriorCopies;
 use super::{Failure, SourceRecord, encode_headers};
 use crate::backoff::backoff;
 use crate::config::Settings;
-use crate::kafka::partition::PartitionId;
+use crate::partition::PartitionId;
 use crate::metrics::Metrics;
 
 /// First and longest pause between attempts to write one dead letter.
 const RETRY_INITIAL: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(8);
-/// The most a copy is cut down ([`super::Payload::shrunk`]).
+/// The most a copy is cut down ([`super::shrunk`]).
 const MAX_SHRINK: u8 = 2;
 /// How long a takeover keeps trying to read the dead-letter topic back
 /// before it writes copies without checking: longer than a broker's
@@ -226,7 +226,7 @@ impl DeadLetterProducer {
         let mut level = 0u8;
         let mut failing = None;
         loop {
-            let (payload, mut extra) = source.payload.shrunk(level);
+            let (payload, mut extra) = super::shrunk(&source.payload, level);
             extra.splice(0..0, headers.iter().cloned());
             let mut record = payload.to_record(&self.topic, &extra);
             if let Some(timestamp) = source.timestamp {
@@ -246,8 +246,8 @@ impl DeadLetterProducer {
             {
                 level += 1;
                 tracing::warn!(
-                    source_topic = %source.topic,
-                    source_partition = source.partition,
+                    source_topic = %source.id.topic,
+                    source_partition = source.id.partition,
                     source_offset = source.offset,
                     left_out = if level == 1 { "the value" } else { "the value, key and source headers" },
                     "The dead-letter copy is too large for the topic; writing it with less."
@@ -257,14 +257,14 @@ impl DeadLetterProducer {
             if failing.is_none() {
                 failing = Some(
                     self.stalled
-                        .hold(&PartitionId::new(&source.topic, source.partition)),
+                        .hold(&source.id),
                 );
             }
             tracing::error!(
                 error = %error,
                 topic = %self.topic,
-                source_topic = %source.topic,
-                source_partition = source.partition,
+                source_topic = %source.id.topic,
+                source_partition = source.id.partition,
                 source_offset = source.offset,
                 attempt = attempt + 1,
                 "Dead-letter write failed; the source offset is held until it succeeds."

@@ -1,6 +1,6 @@
 //! Every librdkafka client configuration paysync builds: the pipeline's group
 //! consumer, the tools' consumers, the durable producer. Each is layered by
-//! [`crate::kafka::properties`]' rule: defaults, the user's tables, then the
+//! [`crate::config::librdkafka`]' rule: defaults, the user's tables, then the
 //! owned properties.
 
 use std::collections::BTreeMap;
@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use rdkafka::ClientConfig;
 
 use crate::config::{GroupProtocol, Settings};
-use crate::kafka::properties::PREFETCH_DEFAULTS;
+use crate::config::librdkafka::PREFETCH_DEFAULTS;
 
 /// Builds a client: `defaults`, then the user's tables, then `owned`.
 fn layered(
@@ -123,7 +123,7 @@ pub fn durable_producer(settings: &Settings) -> ClientConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kafka::properties::reserved_reason;
+    use crate::config::librdkafka::reserved_reason;
 
     fn get<'a>(config: &'a ClientConfig, key: &str) -> Option<&'a str> {
         config.get(key)

@@ -1,10 +1,8 @@
-//! librdkafka plumbing, one file per concept, from the bottom up:
+//! librdkafka plumbing, one file per concept, from the bottom up (the
+//! properties paysync owns and the defaults it sets are configuration:
+//! [`crate::config::librdkafka`]; a partition's name is [`crate::partition`]):
 //!
-//! * [`properties`]: the librdkafka properties paysync owns ([`properties::RESERVED`],
-//!   refused in the pass-through tables with the setting to use instead) and
-//!   the defaults it sets; a leaf, so configuration can check against it.
-//! * [`partition`]: [`partition::PartitionId`], the one name of a partition
-//!   everywhere paysync speaks of one; a leaf.
+//! * [`record`]: a consumed message, detached ([`record::SourceRecord`]).
 //! * [`clients`]: every `ClientConfig` paysync builds, in the same three layers.
 //! * [`queries`]: blocking reads of the brokers: metadata, committed offsets
 //!   and maps, partition ends.
@@ -16,6 +14,5 @@
 
 pub mod clients;
 pub mod cluster;
-pub mod partition;
-pub mod properties;
 pub mod queries;
+pub mod record;

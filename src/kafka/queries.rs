@@ -10,7 +10,7 @@ use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::error::KafkaResult;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::kafka::partition::PartitionId;
+use crate::partition::PartitionId;
 
 /// How long one metadata or offsets request may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

@@ -10,7 +10,7 @@ use prometheus::IntGaugeVec;
 use prometheus::core::Collector;
 
 use super::{KNOWN_TOP_CODES, Metrics, PartitionGauge};
-use crate::kafka::partition::PartitionId;
+use crate::partition::PartitionId;
 use crate::labels::{CallKind, DeadLetterClass, RebalanceKind};
 use crate::top::classify::{Disposition, Outcome};
 use crate::top::response::TopResponse;
@@ -74,6 +74,22 @@ impl Metrics {
     /// Rebalance callbacks of this kind so far.
     pub fn rebalances(&self, kind: RebalanceKind) -> u64 {
         self.tallies.rebalances[kind.index()].load(Ordering::Relaxed)
+    }
+
+    /// One turn of the window: the messages in flight, and the partitions
+    /// it paused and resumed (only the changes: this runs every turn).
+    pub fn publish_window(
+        &self,
+        in_flight: usize,
+        paused: &[PartitionId],
+        resumed: &[PartitionId],
+    ) {
+        self.window_messages.set(in_flight as i64);
+        for (ids, value) in [(paused, 1), (resumed, 0)] {
+            for id in ids {
+                self.set_partition(PartitionGauge::Paused, id, value);
+            }
+        }
     }
 
     pub fn record_limiter_wait(&self, waited: Duration, tokens_left: u32) {

@@ -26,7 +26,7 @@ use crate::config::{ConfigError, GroupProtocol, Settings, TopClientError};
 use crate::dead_letter::DeadLetterProducer;
 use crate::kafka;
 use crate::kafka::cluster::{self, ClusterFacts};
-use crate::kafka::partition::PartitionId;
+use crate::partition::PartitionId;
 use crate::metrics::Metrics;
 use crate::trace::export::TraceSetupError;
 

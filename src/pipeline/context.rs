@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 use super::commit::committer::Committer;
 use super::ownership::Ownership;
 use super::rate::RateBudget;
-use crate::kafka::partition::{self, PartitionId};
+use crate::partition::{self, PartitionId};
 use crate::labels::RebalanceKind;
 use crate::metrics::{Metrics, PartitionGauge};
 

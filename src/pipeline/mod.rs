@@ -69,7 +69,7 @@ use tracing::Instrument;
 use crate::config::Settings;
 use crate::dead_letter::SourceRecord;
 use crate::event;
-use crate::kafka::partition::PartitionId;
+use crate::partition::{self, PartitionId};
 use crate::metrics::Metrics;
 pub use build::StartError;
 use commit::committer::Committer;
@@ -277,7 +277,7 @@ impl Pipeline {
             // A message of a partition this consumer no longer owns is the next owner's.
             Start::NotOwned => return,
         };
-        let source = SourceRecord::of(message);
+        let source = SourceRecord::of(ticket.id.clone(), message);
         let event = event::decode(
             source.payload.value.as_deref(),
             &self.settings.event.limits(),
@@ -358,19 +358,23 @@ impl Pipeline {
             .commit_changed(&self.consumer, &self.ownership);
     }
 
-    /// Pauses or resumes partitions as the [`Window`] decides, and says
-    /// whether the main loop may take another message.
+    /// Pauses or resumes partitions as the [`Window`] decides from their
+    /// loads, and says whether the main loop may take another message.
     fn apply_window(&self, window: &mut Window) -> bool {
         let gate_closed = self.deliverer.gate.status().closed();
-        let turn = self.ownership.turn_window(window, gate_closed);
-        self.metrics.window_messages.set(turn.in_flight as i64);
-        if turn.pause.count() > 0
-            && let Err(error) = self.consumer.pause(&turn.pause)
+        let now = std::time::Instant::now();
+        let turn = self
+            .ownership
+            .with_loads(|loads| window.turn(loads, gate_closed, now));
+        self.metrics
+            .publish_window(turn.in_flight, &turn.pause, &turn.resume);
+        if !turn.pause.is_empty()
+            && let Err(error) = self.consumer.pause(&partition::list_of(&turn.pause))
         {
             tracing::warn!(error = %error, "Pausing partitions failed.");
         }
-        if turn.resume.count() > 0
-            && let Err(error) = self.consumer.resume(&turn.resume)
+        if !turn.resume.is_empty()
+            && let Err(error) = self.consumer.resume(&partition::list_of(&turn.resume))
         {
             tracing::warn!(error = %error, "Resuming partitions failed.");
         }

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use tokio::sync::oneshot;
 
-use crate::kafka::partition::PartitionId;
+use crate::partition::PartitionId;
 
 /// Dropped when an event's task ends, however it ends: the next event of
 /// the same order may go.
@@ -46,17 +46,19 @@ impl OrderChains {
         self.latest
             .retain(|_, done| matches!(done.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
     }
-
-    #[cfg(test)]
-    /// Orders with an event in flight.
-    pub fn len(&self) -> usize {
-        self.latest.len()
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Read by the tests only.
+    impl OrderChains {
+        /// Orders with an event in flight.
+        pub(crate) fn len(&self) -> usize {
+            self.latest.len()
+        }
+    }
 
     #[test]
     fn the_second_event_of_an_order_waits_for_the_first() {

@@ -30,16 +30,15 @@ use rdkafka::consumer::{Consumer, ConsumerContext};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::commit::point::CommitPoint;
 use super::deliver::TaskEnd;
 use super::rate::RateBudget;
 use super::resume;
 use super::status::Health;
-use super::tracker::{OffsetTracker, Started};
-use super::window::Window;
+use super::tracker::{CommitPoint, OffsetTracker, Started};
+use super::window::PartitionLoad;
 use crate::commit_metadata::{self, CompletionMap};
 use crate::dead_letter::prior::PriorCopies;
-use crate::kafka::partition::{self, PartitionId};
+use crate::partition::{self, PartitionId};
 use crate::kafka::queries;
 use crate::metrics::{Metrics, PartitionGauge};
 
@@ -53,7 +52,6 @@ struct PartitionState {
     generation: u64,
     /// Tells waiting tasks to give up (revoke, shutdown).
     cancel: CancellationToken,
-    paused: bool,
     /// The copies earlier owners may have dead-lettered (when the commit said when).
     prior: Option<Arc<PriorCopies>>,
 }
@@ -78,17 +76,6 @@ pub(super) struct Ticket {
     pub(super) cancel: CancellationToken,
     /// Set when an earlier owner may have dead-lettered this offset.
     pub(super) prior: Option<Arc<PriorCopies>>,
-}
-
-/// The partitions to pause and resume after a turn of the window.
-#[derive(Debug, Default)]
-pub(super) struct WindowTurn {
-    /// Messages in flight over all partitions.
-    pub(super) in_flight: usize,
-    /// Whether the main loop may take another message.
-    pub(super) may_poll: bool,
-    pub(super) pause: TopicPartitionList,
-    pub(super) resume: TopicPartitionList,
 }
 
 /// The handles ownership publishes into.
@@ -207,7 +194,6 @@ impl Ownership {
                     live_tasks: 0,
                     generation: self.next_generation.fetch_add(1, Ordering::Relaxed),
                     cancel: CancellationToken::new(),
-                    paused: false,
                 });
         }
         self.publish_assigned(&partitions);
@@ -338,33 +324,19 @@ impl Ownership {
         in_flight
     }
 
-    /// One turn of the window: which partitions to pause or resume, and
-    /// whether the main loop may take another message.
-    pub(super) fn turn_window(&self, window: &mut Window, gate_closed: bool) -> WindowTurn {
-        let mut turn = WindowTurn::default();
-        let mut partitions = self.lock();
-        turn.in_flight = partitions.values().map(|s| s.tracker.in_flight()).sum();
-        turn.may_poll = window.update(turn.in_flight, gate_closed, Instant::now());
-        for (id, state) in partitions.iter_mut() {
-            let want_paused =
-                window.wants_paused(state.tracker.in_flight(), state.paused, gate_closed);
-            if want_paused != state.paused {
-                state.paused = want_paused;
-                let list = if want_paused {
-                    &mut turn.pause
-                } else {
-                    &mut turn.resume
-                };
-                list.add_partition(&id.topic, id.partition);
-                // Only when a series changes: this runs every turn.
-                self.publish.metrics.set_partition(
-                    PartitionGauge::Paused,
-                    id,
-                    i64::from(want_paused),
-                );
-            }
-        }
-        turn
+    /// The owned partitions' loads, for `decide` (the window) to judge
+    /// under the lock.
+    pub(super) fn with_loads<R>(&self, decide: impl FnOnce(&[PartitionLoad<'_>]) -> R) -> R {
+        let partitions = self.lock();
+        let loads: Vec<PartitionLoad<'_>> = partitions
+            .iter()
+            .map(|(id, state)| PartitionLoad {
+                id,
+                generation: state.generation,
+                in_flight: state.tracker.in_flight(),
+            })
+            .collect();
+        decide(&loads)
     }
 
     /// The commit points of the owned partitions: all of them, or only those
@@ -378,7 +350,7 @@ impl Ownership {
                 if only_changed && !changed {
                     return None;
                 }
-                point(id, &state.tracker, now)
+                state.tracker.commit_point(id, now)
             })
             .collect()
     }
@@ -433,7 +405,7 @@ impl Ownership {
         for id in revoked {
             self.publish.metrics.forget_partition(id);
             if let Some(state) = partitions.remove(id)
-                && let Some(point) = point(id, &state.tracker, now)
+                && let Some(point) = state.tracker.commit_point(id, now)
             {
                 points.push(point);
             }
@@ -446,15 +418,6 @@ impl Ownership {
         }
         points
     }
-}
-
-/// A tracker's commit point, if it has a position yet.
-fn point(id: &PartitionId, tracker: &OffsetTracker, now: Instant) -> Option<CommitPoint> {
-    Some(CommitPoint {
-        id: id.clone(),
-        map: tracker.completion_map()?,
-        look_back_since: tracker.dead_letters_since(now),
-    })
 }
 
 #[cfg(test)]
@@ -650,31 +613,24 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn a_window_turn_pauses_a_full_partition_and_resumes_it_when_it_drains() {
+    fn the_loads_are_the_owned_partitions_unfinished_messages() {
         let ownership = ownership();
-        let p0 = PartitionId::new("t", 0);
-        own(&ownership, std::slice::from_ref(&p0));
-        let mut window = Window::new(2, 100);
+        let (p0, p1) = (PartitionId::new("t", 0), PartitionId::new("t", 1));
+        own(&ownership, &[p0.clone(), p1.clone()]);
         let tickets: Vec<Ticket> = (0..2)
             .map(|o| ticket(ownership.start(p0.clone(), o)))
             .collect();
-        let full = ownership.turn_window(&mut window, false);
-        assert_eq!(
-            (full.in_flight, full.pause.count(), full.resume.count()),
-            (2, 1, 0)
-        );
+        let loads = |ownership: &Ownership| {
+            ownership.with_loads(|loads| {
+                let mut loads: Vec<_> = loads.iter().map(|l| (l.id.clone(), l.in_flight)).collect();
+                loads.sort();
+                loads
+            })
+        };
+        assert_eq!(loads(&ownership), [(p0.clone(), 2), (p1.clone(), 0)]);
         for t in &tickets {
             ownership.task_ended(t, TaskEnd::Finished);
         }
-        let drained = ownership.turn_window(&mut window, false);
-        assert_eq!(
-            (
-                drained.in_flight,
-                drained.pause.count(),
-                drained.resume.count()
-            ),
-            (0, 0, 1)
-        );
-        assert!(drained.may_poll);
+        assert_eq!(loads(&ownership), [(p0, 0), (p1, 0)]);
     }
 }

@@ -5,7 +5,7 @@
 //! partition resumes with, and the dead-letter look-back it inherits.
 
 use crate::commit_metadata::{self, CompletionMap, LookBack};
-use crate::kafka::partition::PartitionId;
+use crate::partition::PartitionId;
 use crate::kafka::queries::Committed;
 use crate::pipeline::tracker::OffsetTracker;
 

@@ -1,6 +1,8 @@
-//! The tracker, the engine's memory of one owned partition: which offset may be committed: per partition, the lowest offset still in
-//! flight, or one past the highest offset seen when nothing is in flight;
-//! and which offsets above it are already finished (the completion map).
+//! The tracker, the engine's memory of one owned partition: which offset may
+//! be committed (the lowest offset still in flight, or one past the highest
+//! offset seen when nothing is in flight), which offsets above it are
+//! already finished (the completion map), and the partition's commit point
+//! built from them ([`CommitPoint`]).
 //!
 //! Completions arrive out of order (many calls run at once); an offset must
 //! never be committed past a message that is not finished, or a crash would
@@ -21,6 +23,18 @@ use std::ops::Range;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::commit_metadata::{CompletionMap, LookBack};
+use crate::partition::PartitionId;
+
+/// A partition's commit point: its position (the map's base) with the
+/// offsets finished above it, and the dead-letter look-back time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CommitPoint {
+    pub(crate) id: PartitionId,
+    pub(crate) map: CompletionMap,
+    /// Epoch milliseconds: no dead letter at or above the position was
+    /// written before it.
+    pub(crate) look_back_since: i64,
+}
 
 /// One partition's unfinished offsets and commit position.
 #[derive(Debug, Clone, Default)]
@@ -177,6 +191,15 @@ impl OffsetTracker {
             push(range.start.max(base)..range.end.max(base));
         }
         Some(CompletionMap { base, finished })
+    }
+
+    /// The commit point of partition `id`, if it has a position yet.
+    pub(crate) fn commit_point(&self, id: &PartitionId, now: Instant) -> Option<CommitPoint> {
+        Some(CommitPoint {
+            id: id.clone(),
+            map: self.completion_map()?,
+            look_back_since: self.dead_letters_since(now),
+        })
     }
 
     /// The look-back time to commit with the position: no dead letter for an

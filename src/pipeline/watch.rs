@@ -17,7 +17,7 @@ use super::gate::Hold;
 use crate::config::TracingSettings;
 use crate::dead_letter::DeadLetterClass;
 use crate::event::{InvalidEvent, PaymentEvent};
-use crate::kafka::partition::PartitionId;
+use crate::partition::PartitionId;
 use crate::metrics::Metrics;
 use crate::top::classify::{Disposition, HaltCause};
 use crate::top::client::CallReport;
@@ -107,8 +107,7 @@ impl Watchers {
                 return None;
             }
             let source = EventSource {
-                topic: &id.topic,
-                partition: id.partition,
+                id,
                 offset,
                 order_id: event.map(|e| e.order_id.as_str()),
                 park_id: event.map(|e| e.park_id.as_str()),

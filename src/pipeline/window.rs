@@ -11,13 +11,21 @@
 //!   every partition is paused instead, so the consumer can keep polling and
 //!   take part in rebalances, until the total falls to half the window.
 //! * A closed gate (ban, open breaker, halt) pauses everything.
+//!
+//! The window remembers which ownerships it paused: a partition revoked and
+//! assigned again is a new ownership, which starts unpaused (librdkafka's
+//! pause is lifted on assignment too).
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
+
+use crate::partition::PartitionId;
 
 /// How long the global window may stay full before every partition is paused.
 pub const STALL_BEFORE_PAUSE: Duration = Duration::from_secs(1);
 
-/// The window's limits and its memory of the global window.
+/// The window's limits, its memory of the global window, and the
+/// ownerships it paused.
 #[derive(Debug)]
 pub struct Window {
     partition_limit: usize,
@@ -26,6 +34,29 @@ pub struct Window {
     full_since: Option<Instant>,
     /// Every partition paused because the global window stalled.
     paused_all: bool,
+    /// The ownerships (partition, generation) paused now.
+    paused: HashSet<(PartitionId, u64)>,
+}
+
+/// One owned partition's load, as the owner reports it.
+#[derive(Debug, Clone, Copy)]
+pub struct PartitionLoad<'a> {
+    pub id: &'a PartitionId,
+    /// The ownership: a partition that comes back is a new one.
+    pub generation: u64,
+    /// Messages taken from Kafka and not finished.
+    pub in_flight: usize,
+}
+
+/// What one turn of the window decided.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct WindowTurn {
+    /// Messages in flight over all partitions.
+    pub in_flight: usize,
+    /// Whether the main loop may take another message.
+    pub may_poll: bool,
+    pub pause: Vec<PartitionId>,
+    pub resume: Vec<PartitionId>,
 }
 
 impl Window {
@@ -35,12 +66,53 @@ impl Window {
             global_limit,
             full_since: None,
             paused_all: false,
+            paused: HashSet::new(),
         }
+    }
+
+    /// One turn: from the owned partitions' loads, which to pause or resume
+    /// and whether the main loop may take another message. Only changes are
+    /// returned; ownerships that ended are forgotten.
+    pub fn turn(
+        &mut self,
+        loads: &[PartitionLoad<'_>],
+        gate_closed: bool,
+        now: Instant,
+    ) -> WindowTurn {
+        let in_flight = loads.iter().map(|load| load.in_flight).sum();
+        let may_poll = self.update(in_flight, gate_closed, now);
+        if !self.paused.is_empty() {
+            self.paused.retain(|(id, generation)| {
+                loads
+                    .iter()
+                    .any(|load| load.id == id && load.generation == *generation)
+            });
+        }
+        let mut turn = WindowTurn {
+            in_flight,
+            may_poll,
+            ..WindowTurn::default()
+        };
+        for load in loads {
+            let key = (load.id.clone(), load.generation);
+            let paused_now = !self.paused.is_empty() && self.paused.contains(&key);
+            if self.wants_paused(load.in_flight, paused_now, gate_closed) == paused_now {
+                continue;
+            }
+            if paused_now {
+                self.paused.remove(&key);
+                turn.resume.push(key.0);
+            } else {
+                self.paused.insert(key);
+                turn.pause.push(load.id.clone());
+            }
+        }
+        turn
     }
 
     /// Takes in this turn's total of unfinished messages, and says whether
     /// the main loop may take another message from Kafka.
-    pub fn update(&mut self, total: usize, gate_closed: bool, now: Instant) -> bool {
+    fn update(&mut self, total: usize, gate_closed: bool, now: Instant) -> bool {
         if total >= self.global_limit {
             let since = *self.full_since.get_or_insert(now);
             if now.duration_since(since) >= STALL_BEFORE_PAUSE {
@@ -59,7 +131,7 @@ impl Window {
 
     /// Whether a partition with `in_flight` unfinished messages should be
     /// paused, given whether it is paused now.
-    pub fn wants_paused(&self, in_flight: usize, paused_now: bool, gate_closed: bool) -> bool {
+    fn wants_paused(&self, in_flight: usize, paused_now: bool, gate_closed: bool) -> bool {
         let partition_full = if paused_now {
             in_flight > self.partition_limit / 2
         } else {
@@ -124,6 +196,48 @@ mod tests {
         assert!(
             !window.wants_paused(0, false, false),
             "full twice, but not for a whole stall"
+        );
+    }
+
+    #[test]
+    fn a_turn_pauses_a_full_partition_resumes_it_at_half_and_forgets_ended_ownerships() {
+        let mut window = Window::new(4, 100);
+        let (p0, p1) = (PartitionId::new("t", 0), PartitionId::new("t", 1));
+        let load = |id, generation, in_flight| PartitionLoad {
+            id,
+            generation,
+            in_flight,
+        };
+        let now = Instant::now();
+        let full = window.turn(&[load(&p0, 1, 4), load(&p1, 2, 1)], false, now);
+        assert_eq!(
+            (full.in_flight, full.pause.clone(), full.resume.len()),
+            (5, vec![p0.clone()], 0)
+        );
+        let again = window.turn(&[load(&p0, 1, 3), load(&p1, 2, 1)], false, now);
+        assert!(
+            again.pause.is_empty() && again.resume.is_empty(),
+            "no flapping"
+        );
+        let drained = window.turn(&[load(&p0, 1, 2), load(&p1, 2, 1)], false, now);
+        assert_eq!(drained.resume, vec![p0.clone()]);
+        window.turn(&[load(&p0, 1, 4)], false, now);
+        // Revoked and assigned again: a new ownership, unpaused, not resumed.
+        let back = window.turn(&[load(&p0, 3, 0)], false, now);
+        assert_eq!(
+            back,
+            WindowTurn {
+                in_flight: 0,
+                may_poll: true,
+                pause: vec![],
+                resume: vec![]
+            }
+        );
+        let closed = window.turn(&[load(&p0, 3, 0), load(&p1, 4, 0)], true, now);
+        assert_eq!(
+            closed.pause.len(),
+            2,
+            "a closed gate pauses every partition"
         );
     }
 

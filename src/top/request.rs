@@ -3,9 +3,12 @@
 //! The business parameter `pay_order_info_dto` is one form field whose value
 //! is compact JSON with snake_case keys, absent optionals omitted and
 //! `pay_time` written as GMT+8 `yyyy-MM-dd HH:mm:ss` (`docs/top-protocol.md` §3.2).
-//! System parameters go in the query string and the business parameter in a
-//! form-urlencoded UTF-8 body, as the official Java, PHP, Python and Go SDKs
-//! send them. The `timestamp` and `sign` are computed by [`RequestProfile::sign`]
+//! The business parameter goes in a form-urlencoded UTF-8 body; the system
+//! parameters, the signature among them, go in that body too by default
+//! (`top.system_params = "body"`, as the .NET and Node SDKs send them, so
+//! they never appear in a URL or a proxy's log), or in the query string
+//! (`"query"`, as the Java, PHP, Python and Go SDKs do). The `timestamp` and
+//! `sign` are computed by [`RequestProfile::sign`]
 //! at the moment of sending, so a request delayed by a rate limiter or a retry
 //! never carries a stale signature.
 
@@ -135,8 +138,9 @@ impl fmt::Debug for RequestProfile {
     }
 }
 
-/// A request ready to send: system parameters (with `sign`) for the query
-/// string, the business parameter for the body.
+/// A request ready to send: the system parameters (with `sign`), which go
+/// in the body or the query string as `top.system_params` says, and the
+/// business parameter for the body.
 #[derive(Clone)]
 pub struct SignedRequest {
     pub query: Vec<(&'static str, String)>,

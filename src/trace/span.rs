@@ -17,14 +17,14 @@ use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState}
 use super::context::Producer;
 use super::export::SpanQueue;
 use super::otlp::{Attribute, FinishedCall, FinishedTrace, SpanEvent};
+use crate::partition::PartitionId;
 use crate::top::classify::{Disposition, Outcome};
 use crate::top::response::TopResponse;
 
 /// Where the event came from, as the delivery span's attributes.
 #[derive(Debug, Clone, Copy)]
 pub struct EventSource<'a> {
-    pub topic: &'a str,
-    pub partition: i32,
+    pub id: &'a PartitionId,
     pub offset: i64,
     pub order_id: Option<&'a str>,
     pub park_id: Option<&'a str>,
@@ -76,8 +76,8 @@ impl EventTrace {
     /// Starts the event's trace, to end in `queue`.
     pub fn start(queue: SpanQueue, source: &EventSource<'_>, producer: &Producer) -> EventTrace {
         let mut attributes = Vec::with_capacity(7);
-        attributes.push(Attribute::text("topic", source.topic.to_owned()));
-        attributes.push(Attribute::int("partition", i64::from(source.partition)));
+        attributes.push(Attribute::text("topic", source.id.topic.clone()));
+        attributes.push(Attribute::int("partition", i64::from(source.id.partition)));
         attributes.push(Attribute::int("offset", source.offset));
         if let Some(order_id) = source.order_id {
             attributes.push(Attribute::text("order_id", order_id.to_owned()));
@@ -321,9 +321,10 @@ mod tests {
     }
 
     fn source() -> EventSource<'static> {
+        static ID: std::sync::LazyLock<PartitionId> =
+            std::sync::LazyLock::new(|| PartitionId::new("payments", 3));
         EventSource {
-            topic: "payments",
-            partition: 3,
+            id: &ID,
             offset: 42,
             order_id: Some("order-1"),
             park_id: None,

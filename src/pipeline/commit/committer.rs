@@ -33,10 +33,11 @@ use rdkafka::error::KafkaResult;
 use tokio::sync::Notify;
 
 use super::answer::{Answer, answer};
-use super::point::{self, CommitPoint};
+use super::point;
 use crate::backoff::backoff;
 use crate::metrics::Metrics;
 use crate::pipeline::ownership::Ownership;
+use crate::pipeline::tracker::CommitPoint;
 
 /// Decides, sends and judges the pipeline's commits.
 pub(crate) struct Committer {
@@ -268,7 +269,7 @@ fn has_maps(list: &TopicPartitionList) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kafka::partition::PartitionId;
+    use crate::partition::PartitionId;
     use crate::pipeline::deliver::TaskEnd;
     use crate::pipeline::ownership::tests::{own, ownership, ticket};
     use rdkafka::error::{KafkaError, RDKafkaErrorCode};

@@ -1,21 +1,10 @@
-//! What one partition's commit carries, and the commit list built from such
-//! points within the completion-map byte budget.
+//! The commit list built from partitions' commit points (which the tracker
+//! makes, [`CommitPoint`]) within the completion-map byte budget.
 
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::commit_metadata::{self, CompletionMap};
-use crate::kafka::partition::PartitionId;
-
-/// A partition's commit point: its position (the map's base) with the
-/// offsets finished above it, and the dead-letter look-back time.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct CommitPoint {
-    pub(crate) id: PartitionId,
-    pub(crate) map: CompletionMap,
-    /// Epoch milliseconds: no dead letter at or above the position was
-    /// written before it.
-    pub(crate) look_back_since: i64,
-}
+use crate::commit_metadata;
+use crate::pipeline::tracker::CommitPoint;
 
 /// The commit list for `points`: each position with its metadata within
 /// `budget` bytes (no metadata when the budget is 0: maps are off), and how
@@ -56,6 +45,8 @@ pub(super) fn without_maps(list: &TopicPartitionList) -> TopicPartitionList {
 #[allow(clippy::single_range_in_vec_init)]
 mod tests {
     use super::*;
+    use crate::commit_metadata::CompletionMap;
+    use crate::partition::PartitionId;
 
     fn point(partition: i32, finished: Vec<std::ops::Range<i64>>) -> CommitPoint {
         CommitPoint {

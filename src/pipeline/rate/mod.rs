@@ -41,7 +41,7 @@ use tokio::sync::Notify;
 use crate::config::DeliverySettings;
 pub use crate::config::{RateLimitMode, RateLimitScope};
 use crate::kafka;
-use crate::kafka::partition::PartitionId;
+use crate::partition::PartitionId;
 use crate::metrics::Metrics;
 use crate::top::classify::{Disposition, RetryCause};
 use controller::{ControllerSettings, RateController};
@@ -250,25 +250,6 @@ impl RateBudget {
         self.lock().share
     }
 
-    #[cfg(test)]
-    /// The group's rate this replica takes its share of: the configured
-    /// rate, or what the adaptive controller found.
-    pub fn group_rate(&self) -> f64 {
-        self.lock().group_rate
-    }
-
-    #[cfg(test)]
-    /// Partitions of the subscribed topics, as last known.
-    pub fn total(&self) -> usize {
-        self.lock().counts.total()
-    }
-
-    #[cfg(test)]
-    /// Whether a partition count changed too recently for every replica to know.
-    pub fn settling(&self) -> bool {
-        self.lock().counts.settling(Instant::now())
-    }
-
     /// This replica now owns `owned`.
     pub fn set_owned(&self, owned: impl IntoIterator<Item = PartitionId>) {
         let mut state = self.lock();
@@ -426,6 +407,25 @@ impl RateBudget {
 mod tests {
     use super::topics::tests::ids as owned;
     use super::*;
+
+    /// Read by the tests only.
+    impl RateBudget {
+        /// The group's rate this replica takes its share of: the configured
+        /// rate, or what the adaptive controller found.
+        pub(crate) fn group_rate(&self) -> f64 {
+            self.lock().group_rate
+        }
+
+        /// Partitions of the subscribed topics, as last known.
+        pub(crate) fn total(&self) -> usize {
+            self.lock().counts.total()
+        }
+
+        /// Whether a partition count changed too recently for every replica to know.
+        pub(crate) fn settling(&self) -> bool {
+            self.lock().counts.settling(Instant::now())
+        }
+    }
 
     fn settings(rate: u32, burst: u32, scope: RateLimitScope) -> RateSettings {
         RateSettings {

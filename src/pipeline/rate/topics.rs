@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::kafka::partition::PartitionId;
+use crate::partition::PartitionId;
 
 /// The partition counts of the subscribed topics, with their recent changes.
 #[derive(Debug)]
@@ -63,12 +63,6 @@ impl PartitionCounts {
         })
     }
 
-    #[cfg(test)]
-    /// Whether a count changed less than `settle` ago.
-    pub fn settling(&self, now: Instant) -> bool {
-        self.recent(now).any(|(_, seen)| seen.len() > 1)
-    }
-
     /// The share of the quota that owning `owned` gives: the countable
     /// partitions over all partitions (`None` when no count is known yet).
     pub fn fraction<'a>(
@@ -111,6 +105,14 @@ impl PartitionCounts {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
+
+    /// Read by the tests only.
+    impl PartitionCounts {
+        /// Whether a count changed less than `settle` ago.
+        pub(crate) fn settling(&self, now: Instant) -> bool {
+            self.recent(now).any(|(_, seen)| seen.len() > 1)
+        }
+    }
 
     const SETTLE: Duration = Duration::from_secs(4);
 

@@ -1,6 +1,7 @@
 //! The name of a partition: [`PartitionId`], used everywhere paysync speaks
-//! of one (ownership, commits, dead letters, metrics labels, replay), and its
-//! conversions from and to librdkafka's lists. A leaf.
+//! of one (ownership, commits, dead letters, metrics labels, replay, the
+//! consumed record), and its conversions from and to librdkafka's lists. A
+//! leaf.
 
 use rdkafka::TopicPartitionList;
 use rdkafka::message::Message;
@@ -37,6 +38,15 @@ impl std::fmt::Display for PartitionId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.topic, self.partition)
     }
+}
+
+/// A list of `ids`, without offsets.
+pub fn list_of(ids: &[PartitionId]) -> TopicPartitionList {
+    let mut list = TopicPartitionList::new();
+    for id in ids {
+        list.add_partition(&id.topic, id.partition);
+    }
+    list
 }
 
 /// The partitions of a list.

@@ -1,7 +1,7 @@
 //! The librdkafka properties paysync owns and the defaults it sets, next to
-//! the rule that users may not override the owned ones. A leaf: it imports
-//! nothing from the crate, so configuration validates against it without
-//! depending on the clients built from configuration.
+//! the rule that users may not override the owned ones: configuration, which
+//! validation checks the pass-through tables against and the Kafka clients
+//! ([`crate::kafka::clients`]) apply. Imports nothing from the crate.
 //!
 //! # The property rule
 //!
