@@ -28,15 +28,11 @@
 //!   adaptive controller that finds the quota.
 //! * [`status`]: health and the run summary.
 //!
-//! Offsets: librdkafka stores and commits nothing by itself. While
-//! positions move, the loop commits as soon as the previous commit ended and
-//! `kafka.commit_interval_ms` passed (at once after a dead-letter copy is
-//! acknowledged, and when the window drains): each changed partition's lowest unfinished offset with its
-//! completion map (which offsets above it are finished) in the metadata;
-//! on revoke and at shutdown the same is committed synchronously, tried
-//! again while the coordinator is briefly away. A task that gives up never
-//! marks its offset finished, so the committed position stays at or below
-//! it and the map never claims it.
+//! Offsets: librdkafka stores and commits nothing by itself; what is
+//! committed, and when, is the committer's ([`commit`]), and what that
+//! promises is docs/guarantees.md. A task that gives up never marks its
+//! offset finished, so the committed position stays at or below it and the
+//! map never claims it.
 
 mod build;
 pub(crate) mod commit;

@@ -230,6 +230,34 @@ fn no_source_file_grows_past_800_lines_less_its_tests() {
     }
 }
 
+/// One watcher tells about an event: the engine reaches the trace module
+/// only through `pipeline/watch.rs` (and `build.rs`, which starts it), and
+/// the trace module keeps no process-global state.
+#[test]
+fn the_engine_traces_through_its_watcher_and_trace_has_no_globals() {
+    for (path, code) in sources(&src().join("pipeline")) {
+        let allowed = path.ends_with("pipeline/watch.rs") || path.ends_with("pipeline/build.rs");
+        if !allowed {
+            assert!(
+                !crate_modules(&code).contains(&"trace".to_owned()),
+                "{} names crate::trace",
+                path.display()
+            );
+        }
+    }
+    for (path, code) in sources(&src().join("trace")) {
+        for line in code.lines().map(str::trim_start) {
+            let global = ["static ", "pub static ", "pub(crate) static "]
+                .iter()
+                .any(|start| line.starts_with(start))
+                || ["OnceLock", "LazyLock", "thread_local!"]
+                    .iter()
+                    .any(|name| line.contains(name));
+            assert!(!global, "{} holds process-global state: {line}", path.display());
+        }
+    }
+}
+
 /// Test-only methods live in the test modules (an `impl` block there), not
 /// beside production code: what the floors check is what ships.
 #[test]

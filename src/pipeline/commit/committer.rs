@@ -1,12 +1,11 @@
 //! The committer: when a commit goes out, how, and what its answer changes.
+//! What this bounds after a crash is docs/guarantees.md ("Few replays after
+//! a crash").
 //!
 //! * **Commits keep up with progress.** While positions move, a commit goes
 //!   out as soon as the previous one ended and `kafka.commit_interval_ms`
 //!   passed since that one was sent ([`Committer::next_due`]); a dead letter's
-//!   acknowledgement asks for one at once. What a crash makes the next owner
-//!   send again is what finished after the last commit that landed: at most
-//!   the calls under way plus the rate times (the interval + one commit's
-//!   round trip).
+//!   acknowledgement asks for one at once.
 //! * **One at a time.** The main loop's commits run on a blocking thread (a
 //!   synchronous commit is the only kind whose result librdkafka reports back
 //!   for manual commits), one at a time, so commits reach the broker in the
