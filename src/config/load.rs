@@ -17,8 +17,7 @@ use serde::de::DeserializeOwned;
 
 use super::{
     AdminSettings, ClassificationSettings, ConfigError, ConfigProblem, DeliverySettings,
-    EventSettings, KafkaSettings, LogSettings, OtelEnvironment, Settings, TopSettings,
-    TracingSettings,
+    Environment, EventSettings, KafkaSettings, LogSettings, Settings, TopSettings, TracingSettings,
 };
 
 /// Prefix of the environment variables that override the file.
@@ -38,7 +37,7 @@ impl Settings {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Settings, ConfigError> {
         let env: Vec<(String, String)> = env.into_iter().collect();
-        let otel = OtelEnvironment::of(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let environment = Environment::of(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let mut figment = Figment::new();
         if let Some(path) = file {
             if !path.is_file() {
@@ -64,8 +63,10 @@ impl Settings {
             classification: read.section::<ClassificationSettings>("classification"),
             log: read.section::<LogSettings>("log"),
             tracing: read.section::<TracingSettings>("tracing"),
+            environment: Environment::default(),
         };
-        settings.tracing.otel = otel;
+        settings.tracing.environment = environment.clone();
+        settings.environment = environment;
         let mut problems = read.unknown_sections();
         problems.append(&mut read.problems);
         if let Err(invalid) = settings.validate() {
@@ -91,10 +92,10 @@ impl TracingSettings {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<TracingSettings, ConfigError> {
         let env: Vec<(String, String)> = env.into_iter().collect();
-        let otel = OtelEnvironment::of(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let environment = Environment::of(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let mut read = Sections::new(env_overrides(env));
         let mut tracing = read.section::<TracingSettings>("tracing");
-        tracing.otel = otel;
+        tracing.environment = environment;
         let mut problems = read.problems;
         let settings = Settings {
             tracing,

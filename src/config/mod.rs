@@ -16,6 +16,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod delivery;
+mod environment;
 pub mod librdkafka;
 mod load;
 mod top;
@@ -23,9 +24,10 @@ mod tracing;
 mod validate;
 
 pub use delivery::{DeliverySettings, RateLimitMode, RateLimitScope};
+pub use environment::Environment;
 pub use load::{ENV_PREFIX, ENV_SEPARATOR};
 pub use top::{DEFAULT_GATEWAY_URL, TopSettings};
-pub use tracing::{OtelEnvironment, OtlpEndpoint, OtlpProtocol, TracingSettings};
+pub use tracing::{OtlpEndpoint, OtlpProtocol, TracingSettings};
 pub use validate::{ConfigError, ConfigProblem};
 
 use crate::event::{DEFAULT_MAX_EVENT_BYTES, FieldLengths, Limits};
@@ -66,6 +68,10 @@ pub struct Settings {
     pub log: LogSettings,
     #[serde(default)]
     pub tracing: TracingSettings,
+    /// The proxy and `OTEL_*` variables of the environment the settings
+    /// loaded from (the tracing settings keep their own copy).
+    #[serde(skip)]
+    pub environment: Environment,
 }
 
 /// `[kafka]`: where events come from and where dead letters go.

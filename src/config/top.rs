@@ -155,8 +155,11 @@ impl Settings {
             no_proxy: top.no_proxy.clone(),
             from_env: top.proxy_from_env,
         };
-        let proxy = egress::decide_proxy(&gateway, &proxy, |name| std::env::var(name).ok())
-            .map_err(|error| ConfigError::one(error.key, error.reason))?;
+        let environment = &self.environment;
+        let proxy = egress::decide_proxy(&gateway, &proxy, |name| {
+            environment.get(name).map(str::to_owned)
+        })
+        .map_err(|error| ConfigError::one(error.key, error.reason))?;
         Ok(Egress {
             proxy,
             trust: TlsTrust {

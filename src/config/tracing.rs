@@ -9,11 +9,11 @@
 //! variables are read with the rest of the environment when the settings
 //! load, so `check-config` shows the endpoint in use.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::environment::Environment;
 use super::millis;
 
 /// How spans travel to the collector.
@@ -49,57 +49,9 @@ pub struct TracingSettings {
     /// How long one export may take before its spans are dropped.
     #[serde(deserialize_with = "millis")]
     pub export_timeout_ms: Duration,
-    /// The `OTEL_*` variables of the environment the settings loaded from.
+    /// The environment the settings loaded from (its `OTEL_*` variables).
     #[serde(skip)]
-    pub otel: OtelEnvironment,
-}
-
-/// The standard OpenTelemetry variables paysync reads, from the environment
-/// the settings loaded from. Its `Debug` names the variables set, never
-/// their values: the headers carry a collector's credentials.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct OtelEnvironment(BTreeMap<&'static str, String>);
-
-const OTEL_VARIABLES: [&str; 7] = [
-    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-    "OTEL_EXPORTER_OTLP_PROTOCOL",
-    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
-    "OTEL_EXPORTER_OTLP_HEADERS",
-    "OTEL_SERVICE_NAME",
-];
-
-impl OtelEnvironment {
-    /// The `OTEL_*` variables among `env` (blank ones count as unset).
-    pub fn of<'a>(env: impl IntoIterator<Item = (&'a str, &'a str)>) -> OtelEnvironment {
-        OtelEnvironment(
-            env.into_iter()
-                .filter(|(_, value)| !value.trim().is_empty())
-                .filter_map(|(name, value)| {
-                    let known = OTEL_VARIABLES.iter().find(|known| **known == name)?;
-                    Some((*known, value.to_owned()))
-                })
-                .collect(),
-        )
-    }
-
-    fn get(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(String::as_str)
-    }
-
-    /// The first of `names` that is set, with its name.
-    fn first(&self, names: [&'static str; 2]) -> Option<(&'static str, &str)> {
-        names
-            .into_iter()
-            .find_map(|name| self.get(name).map(|value| (name, value)))
-    }
-}
-
-impl std::fmt::Debug for OtelEnvironment {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.0.keys()).finish()
-    }
+    pub environment: Environment,
 }
 
 /// Where traces go, and what decided it.
@@ -115,7 +67,7 @@ impl TracingSettings {
     /// How spans travel: the setting, else the variables, else gRPC.
     pub fn protocol(&self) -> OtlpProtocol {
         self.protocol.unwrap_or_else(|| {
-            match self.otel.first([
+            match self.environment.first([
                 "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
                 "OTEL_EXPORTER_OTLP_PROTOCOL",
             ]) {
@@ -139,13 +91,13 @@ impl TracingSettings {
                 from: "tracing.endpoint",
             };
         }
-        if let Some(url) = self.otel.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+        if let Some(url) = self.environment.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
             return OtlpEndpoint {
                 url: url.to_owned(),
                 from: "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
             };
         }
-        if let Some(base) = self.otel.get("OTEL_EXPORTER_OTLP_ENDPOINT") {
+        if let Some(base) = self.environment.get("OTEL_EXPORTER_OTLP_ENDPOINT") {
             let url = match protocol {
                 OtlpProtocol::Grpc => base.to_owned(),
                 OtlpProtocol::HttpProtobuf => traces_path(base),
@@ -168,7 +120,7 @@ impl TracingSettings {
     /// Headers sent with every export: `key=value,…` from the variables,
     /// keys lower-cased, values percent-decoded; a pair without `=` is left out.
     pub fn headers(&self) -> Vec<(String, String)> {
-        let Some((_, list)) = self.otel.first([
+        let Some((_, list)) = self.environment.first([
             "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
             "OTEL_EXPORTER_OTLP_HEADERS",
         ]) else {
@@ -190,7 +142,7 @@ impl TracingSettings {
     pub fn service_name(&self) -> String {
         self.service_name
             .as_deref()
-            .or_else(|| self.otel.get("OTEL_SERVICE_NAME"))
+            .or_else(|| self.environment.get("OTEL_SERVICE_NAME"))
             .filter(|name| !name.trim().is_empty())
             .unwrap_or("paysync")
             .to_owned()
@@ -233,7 +185,7 @@ impl Default for TracingSettings {
             queue_size: 4096,
             batch_size: 512,
             export_timeout_ms: Duration::from_millis(5_000),
-            otel: OtelEnvironment::default(),
+            environment: Environment::default(),
         }
     }
 }
@@ -245,7 +197,7 @@ mod tests {
     fn with_env(pairs: &[(&str, &str)]) -> TracingSettings {
         TracingSettings {
             enabled: true,
-            otel: OtelEnvironment::of(pairs.iter().copied()),
+            environment: Environment::of(pairs.iter().copied()),
             ..TracingSettings::default()
         }
     }

@@ -22,8 +22,8 @@ use super::prior::PriorCopies;
 use super::{Failure, SourceRecord, encode_headers};
 use crate::backoff::backoff;
 use crate::config::Settings;
-use crate::partition::PartitionId;
 use crate::metrics::Metrics;
+use crate::partition::PartitionId;
 
 /// First and longest pause between attempts to write one dead letter.
 const RETRY_INITIAL: Duration = Duration::from_millis(250);
@@ -255,10 +255,7 @@ impl DeadLetterProducer {
                 continue;
             }
             if failing.is_none() {
-                failing = Some(
-                    self.stalled
-                        .hold(&source.id),
-                );
+                failing = Some(self.stalled.hold(&source.id));
             }
             tracing::error!(
                 error = %error,

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use rdkafka::ClientConfig;
 
-use crate::config::{GroupProtocol, Settings};
 use crate::config::librdkafka::PREFETCH_DEFAULTS;
+use crate::config::{GroupProtocol, Settings};
 
 /// Builds a client: `defaults`, then the user's tables, then `owned`.
 fn layered(

@@ -10,8 +10,8 @@ use prometheus::IntGaugeVec;
 use prometheus::core::Collector;
 
 use super::{KNOWN_TOP_CODES, Metrics, PartitionGauge};
-use crate::partition::PartitionId;
 use crate::labels::{CallKind, DeadLetterClass, RebalanceKind};
+use crate::partition::PartitionId;
 use crate::top::classify::{Disposition, Outcome};
 use crate::top::response::TopResponse;
 

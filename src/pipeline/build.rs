@@ -26,8 +26,8 @@ use crate::config::{ConfigError, GroupProtocol, Settings, TopClientError};
 use crate::dead_letter::DeadLetterProducer;
 use crate::kafka;
 use crate::kafka::cluster::{self, ClusterFacts};
-use crate::partition::PartitionId;
 use crate::metrics::Metrics;
+use crate::partition::PartitionId;
 use crate::trace::export::TraceSetupError;
 
 /// How long start-up waits for the dead-letter topic to appear in metadata.

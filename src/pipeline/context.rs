@@ -22,9 +22,9 @@ use tokio::sync::Notify;
 use super::commit::committer::Committer;
 use super::ownership::Ownership;
 use super::rate::RateBudget;
-use crate::partition::{self, PartitionId};
 use crate::labels::RebalanceKind;
 use crate::metrics::{Metrics, PartitionGauge};
+use crate::partition::{self, PartitionId};
 
 /// How long a revoke's commit is tried again while the coordinator is away.
 /// The drain before it is bounded by the session timeout already.

@@ -38,9 +38,9 @@ use super::tracker::{CommitPoint, OffsetTracker, Started};
 use super::window::PartitionLoad;
 use crate::commit_metadata::{self, CompletionMap};
 use crate::dead_letter::prior::PriorCopies;
-use crate::partition::{self, PartitionId};
 use crate::kafka::queries;
 use crate::metrics::{Metrics, PartitionGauge};
+use crate::partition::{self, PartitionId};
 
 /// One owned partition.
 #[derive(Debug)]

@@ -5,8 +5,8 @@
 //! partition resumes with, and the dead-letter look-back it inherits.
 
 use crate::commit_metadata::{self, CompletionMap, LookBack};
-use crate::partition::PartitionId;
 use crate::kafka::queries::Committed;
+use crate::partition::PartitionId;
 use crate::pipeline::tracker::OffsetTracker;
 
 /// The completion map to resume a partition with, and the look-back time:

@@ -94,11 +94,15 @@ impl Window {
             ..WindowTurn::default()
         };
         for load in loads {
-            let key = (load.id.clone(), load.generation);
-            let paused_now = !self.paused.is_empty() && self.paused.contains(&key);
+            // The set is small (usually empty): no key is built unless a pause changes.
+            let paused_now = self
+                .paused
+                .iter()
+                .any(|(id, generation)| id == load.id && *generation == load.generation);
             if self.wants_paused(load.in_flight, paused_now, gate_closed) == paused_now {
                 continue;
             }
+            let key = (load.id.clone(), load.generation);
             if paused_now {
                 self.paused.remove(&key);
                 turn.resume.push(key.0);

@@ -353,6 +353,16 @@ async fn a_collector_that_goes_away_drops_spans_and_delivery_goes_on() {
         rss < 200.0,
         "memory grew without the collector: {rss:.0} MiB"
     );
+    let log = process.log();
+    assert!(
+        log.contains("Delivery traces are exported.") && log.contains(&endpoint),
+        "start-up says where traces go"
+    );
+    assert_eq!(
+        log.matches("Spans cannot be exported").count(),
+        1,
+        "the first failed export is logged, not every one"
+    );
     println!(
         "e2e traces-down: 2,000 delivered with Jaeger ({:.1} s), 4,000 after it stopped in {:.1} s at 1,000/s, {dropped:.0} spans dropped and counted, RSS {rss:.0} MiB",
         with_collector.as_secs_f64(),

@@ -253,7 +253,11 @@ fn the_engine_traces_through_its_watcher_and_trace_has_no_globals() {
                 || ["OnceLock", "LazyLock", "thread_local!"]
                     .iter()
                     .any(|name| line.contains(name));
-            assert!(!global, "{} holds process-global state: {line}", path.display());
+            assert!(
+                !global,
+                "{} holds process-global state: {line}",
+                path.display()
+            );
         }
     }
 }
@@ -617,9 +621,10 @@ const ENGINE_FLOORS: &[&[&str]] = &[
 #[test]
 fn the_engine_imports_only_files_on_lower_floors() {
     let engine_room = |file: &str| -> Option<String> {
-        let rest = file.strip_prefix("pipeline/").map(str::to_owned).or_else(|| {
-            (file == "pipeline/mod.rs").then(|| "pipeline".to_owned())
-        })?;
+        let rest = file
+            .strip_prefix("pipeline/")
+            .map(str::to_owned)
+            .or_else(|| (file == "pipeline/mod.rs").then(|| "pipeline".to_owned()))?;
         let stem = rest.strip_suffix(".rs").unwrap_or(&rest);
         Some(match stem.strip_suffix("/mod") {
             Some(folder) => folder.to_owned(),
@@ -641,7 +646,9 @@ fn the_engine_imports_only_files_on_lower_floors() {
             };
             let to_floor = floor_of(&to).unwrap_or_else(|| panic!("{to} is on no floor"));
             if to_floor >= from_floor && to != from {
-                upward.push(format!("{file} (floor {from_floor}) → {target} (floor {to_floor})"));
+                upward.push(format!(
+                    "{file} (floor {from_floor}) → {target} (floor {to_floor})"
+                ));
             }
         }
     }
