@@ -157,6 +157,43 @@ fn check_config_warns_of_group_settings_that_would_stop_the_group() {
     );
 }
 
+/// check-config shows where traces go, as the `OTEL_*` variables decided
+/// when the file says nothing, and never a header's value.
+#[test]
+fn check_config_shows_where_traces_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("traces.toml");
+    std::fs::write(
+        &path,
+        "[top]\napp_key = \"k\"\napp_secret = \"s\"\n[tracing]\nenabled = true\n",
+    )
+    .unwrap();
+    let output = Command::new(BIN)
+        .args(["check-config", "--config", path.to_str().unwrap()])
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "http://collector.example:4318",
+        )
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+        .env(
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "authorization=Bearer%20collector-token",
+        )
+        .env("OTEL_SERVICE_NAME", "bridge-7")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(
+        text.contains(
+            "traces      http://collector.example:4318/v1/traces over HTTP/protobuf \
+             (OTEL_EXPORTER_OTLP_ENDPOINT), service.name bridge-7, sampling 1, headers authorization"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("collector-token"), "{text}");
+}
+
 /// A running `paysync emulator` child; killed on drop.
 struct EmulatorProcess {
     child: Child,
