@@ -79,41 +79,29 @@ impl TracingSettings {
 
     /// The endpoint for [`TracingSettings::protocol`].
     pub fn endpoint(&self) -> OtlpEndpoint {
-        let traces_path = |base: &str| format!("{}/v1/traces", base.trim_end_matches('/'));
+        const TRACES: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
+        const BASE: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+        let found = |url: String, from| OtlpEndpoint { url, from };
+        // The traces variable names the traces resource itself: used as given.
+        if self.endpoint.is_none()
+            && let Some(url) = self.environment.get(TRACES)
+        {
+            return found(url.to_owned(), TRACES);
+        }
         let protocol = self.protocol();
-        if let Some(endpoint) = &self.endpoint {
-            let url = match protocol {
-                OtlpProtocol::Grpc => endpoint.clone(),
-                OtlpProtocol::HttpProtobuf => traces_path(endpoint),
-            };
-            return OtlpEndpoint {
-                url,
-                from: "tracing.endpoint",
-            };
-        }
-        if let Some(url) = self.environment.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
-            return OtlpEndpoint {
-                url: url.to_owned(),
-                from: "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-            };
-        }
-        if let Some(base) = self.environment.get("OTEL_EXPORTER_OTLP_ENDPOINT") {
-            let url = match protocol {
-                OtlpProtocol::Grpc => base.to_owned(),
-                OtlpProtocol::HttpProtobuf => traces_path(base),
-            };
-            return OtlpEndpoint {
-                url,
-                from: "OTEL_EXPORTER_OTLP_ENDPOINT",
-            };
-        }
-        let url = match protocol {
-            OtlpProtocol::Grpc => "http://localhost:4317",
-            OtlpProtocol::HttpProtobuf => "http://localhost:4318/v1/traces",
+        let (base, from) = match (&self.endpoint, self.environment.get(BASE)) {
+            (Some(setting), _) => (setting.as_str(), "tracing.endpoint"),
+            (None, Some(base)) => (base, BASE),
+            (None, None) => match protocol {
+                OtlpProtocol::Grpc => ("http://localhost:4317", "the OTLP default"),
+                OtlpProtocol::HttpProtobuf => ("http://localhost:4318", "the OTLP default"),
+            },
         };
-        OtlpEndpoint {
-            url: url.to_owned(),
-            from: "the OTLP default",
+        match protocol {
+            OtlpProtocol::Grpc => found(base.to_owned(), from),
+            OtlpProtocol::HttpProtobuf => {
+                found(format!("{}/v1/traces", base.trim_end_matches('/')), from)
+            }
         }
     }
 
@@ -130,9 +118,7 @@ impl TracingSettings {
             .filter_map(|pair| {
                 let (key, value) = pair.split_once('=')?;
                 let key = key.trim();
-                let value = percent_encoding::percent_decode_str(value.trim())
-                    .decode_utf8_lossy()
-                    .into_owned();
+                let value = crate::top::egress::percent_decoded(value.trim());
                 (!key.is_empty()).then(|| (key.to_ascii_lowercase(), value))
             })
             .collect()
@@ -265,6 +251,22 @@ mod tests {
         assert!(
             !said.contains("s3cr3t") && !debug.contains("s3cr3t"),
             "{debug}"
+        );
+        let traces = with_env(&[
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://traces:4318/custom",
+            ),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ]);
+        assert_eq!(
+            traces.endpoint(),
+            OtlpEndpoint {
+                url: "http://traces:4318/custom".into(),
+                from: "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+            },
+            "the traces variable is used as given"
         );
         assert_eq!(
             with_env(&[]).endpoint(),

@@ -357,7 +357,8 @@ fn parse_proxy_url(text: &str) -> Result<Url, String> {
     Ok(url)
 }
 
-fn percent_decoded(text: &str) -> String {
+/// `text` with its `%XX` escapes decoded (invalid UTF-8 replaced).
+pub(crate) fn percent_decoded(text: &str) -> String {
     percent_encoding::percent_decode_str(text)
         .decode_utf8_lossy()
         .into_owned()
