@@ -42,6 +42,7 @@ pub mod event;
 pub mod gmt8;
 pub(crate) mod kafka;
 pub mod labels;
+pub mod ledger;
 pub mod metrics;
 pub mod partition;
 pub mod pipeline;

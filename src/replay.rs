@@ -46,6 +46,8 @@ pub struct ReplayRequest {
     pub rate: Option<u32>,
     pub rate_fraction: f64,
     pub dry_run: bool,
+    /// Send events the ledger holds as accepted with the same DTO too.
+    pub resend_delivered: bool,
 }
 
 /// What a replay did.
@@ -272,12 +274,16 @@ pub async fn run(
         report.summary = Some(Summary::default());
         return Ok(report);
     }
+    // The live group's ledger, whatever group keeps the replay's progress.
+    settings.ledger.topic = Some(settings.ledger.topic(&settings.kafka.group_id));
     settings.kafka.group_id = group.clone();
     settings.delivery.rate_limit_per_sec = rate;
     settings.delivery.rate_limit_burst = Some((rate / 10).max(1));
-    let running = Pipeline::build(settings, Source::Range(ranges.clone()))
-        .await?
-        .spawn(shutdown);
+    let mut pipeline = Pipeline::build(settings, Source::Range(ranges.clone())).await?;
+    if request.resend_delivered {
+        pipeline = pipeline.resend_delivered();
+    }
+    let running = pipeline.spawn(shutdown);
     let bar = ProgressBar::new(total as u64);
     bar.set_style(
         ProgressStyle::with_template(

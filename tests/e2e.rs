@@ -25,6 +25,9 @@ mod traces;
 #[path = "e2e/catch_up.rs"]
 mod catch_up;
 
+#[path = "e2e/ledger.rs"]
+mod ledger;
+
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -896,22 +899,25 @@ async fn a_rolling_restart_with_static_membership_sends_nothing_twice() {
 
 /// Runs a `paysync` command to its end (at most a minute); its exit status and output.
 async fn paysync_command(args: &[&str]) -> (Option<i32>, String) {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_paysync"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_paysync"))
         .args(args)
         .env("PAYSYNC_TOP__APP_SECRET", support::SECRET)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("paysync {args:?} did not end within a minute");
+    let pid = child.id();
+    // Read while it runs: a long answer must not fill the pipe and stall it.
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output());
+    let output = match tokio::time::timeout(Duration::from_secs(120), output).await {
+        Ok(output) => output.unwrap().unwrap(),
+        Err(_) => {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+            panic!("paysync {args:?} did not end within two minutes");
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let output = child.wait_with_output().unwrap();
+    };
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),

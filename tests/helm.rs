@@ -567,3 +567,45 @@ fn keda_bounds_that_cannot_work_are_refused() {
         assert!(error.contains("keda"), "{error}");
     }
 }
+
+#[test]
+fn the_reconciliation_cronjob_reads_the_pods_configuration_and_secrets() {
+    let mut rendered = 0;
+    for set in value_sets() {
+        let objects = render(&set);
+        let jobs = of_kind(&objects, "CronJob");
+        let Some(job) = jobs.first() else {
+            continue;
+        };
+        rendered += 1;
+        let pod = &job["spec"]["jobTemplate"]["spec"]["template"]["spec"];
+        let reconcile = &pod["containers"][0];
+        let args: Vec<&str> = reconcile["args"]
+            .as_vec()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            args,
+            [
+                "reconcile",
+                "--config",
+                "/etc/paysync/paysync.toml",
+                "--date",
+                "yesterday",
+                "--send"
+            ],
+            "{set:?}"
+        );
+        let pods = container(&objects);
+        assert_eq!(reconcile["volumeMounts"], pods["volumeMounts"], "{set:?}");
+        assert_eq!(reconcile["env"], pods["env"], "{set:?}");
+        let statefulset = one(&objects, "StatefulSet");
+        assert_eq!(
+            pod["volumes"], statefulset["spec"]["template"]["spec"]["volumes"],
+            "{set:?}"
+        );
+    }
+    assert!(rendered > 0, "no value set enables reconcile.enabled");
+}

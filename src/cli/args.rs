@@ -30,6 +30,12 @@ pub enum Command {
     /// Inspect or redrive the dead-letter topic.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// What the delivery ledger holds: an order's entries, unknown
+    /// outcomes and their resolution, a day's counts.
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
+    /// Build (and with --send, send) the day's orderamount.sync report from the ledger.
+    Reconcile(ReconcileArgs),
     /// Measure the pipeline against the mock cluster and the emulator.
     Bench(BenchArgs),
     /// Run a local TOP gateway emulator.
@@ -196,6 +202,99 @@ pub struct DlqRedriveArgs {
     /// Show what would be redriven; send nothing and keep the cursor.
     #[arg(long)]
     pub dry_run: bool,
+    /// Send records the ledger holds as accepted with the same DTO too.
+    #[arg(long)]
+    pub resend_delivered: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LedgerCommand {
+    /// Every entry of one order: outcomes, request ids, trace ids, positions.
+    Show(LedgerShowArgs),
+    /// Events whose outcome is unknown, held behind one, or in flight.
+    Unknown(LedgerUnknownArgs),
+    /// Release parked events: resend them, or record them as delivered.
+    Resolve(LedgerResolveArgs),
+    /// One day's entries by outcome, per park.
+    Stats(LedgerStatsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LedgerShowArgs {
+    #[arg(long)]
+    pub config: PathBuf,
+    pub order_id: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LedgerUnknownArgs {
+    #[arg(long)]
+    pub config: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("resolution").required(true))]
+pub struct LedgerResolveArgs {
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Send the unknown events again (Miaojie does not hold them).
+    #[arg(long, group = "resolution")]
+    pub resend: bool,
+    /// Record the unknown events as accepted (Miaojie holds them).
+    #[arg(long, group = "resolution")]
+    pub delivered: bool,
+    /// The orders to resolve (repeatable).
+    #[arg(long = "order", required_unless_present = "all")]
+    pub orders: Vec<String>,
+    /// Every parked order.
+    #[arg(long, conflicts_with = "orders")]
+    pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LedgerStatsArgs {
+    #[arg(long)]
+    pub config: PathBuf,
+    /// The payment date (GMT+8): YYYY-MM-DD, or `yesterday`.
+    #[arg(long, value_parser = day)]
+    pub date: chrono::NaiveDate,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A day: `YYYY-MM-DD`, or `yesterday` (in GMT+8, the API's clock).
+fn day(text: &str) -> Result<chrono::NaiveDate, String> {
+    if text == "yesterday" {
+        let today = chrono::Utc::now()
+            .with_timezone(&crate::gmt8::offset())
+            .date_naive();
+        return today
+            .pred_opt()
+            .ok_or_else(|| "no day before today".to_owned());
+    }
+    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .map_err(|error| format!("{text:?} is not YYYY-MM-DD or yesterday: {error}"))
+}
+
+#[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    #[arg(long)]
+    pub config: PathBuf,
+    /// The payment date (GMT+8) to report: YYYY-MM-DD, or `yesterday`.
+    #[arg(long, value_parser = day)]
+    pub date: chrono::NaiveDate,
+    /// Only this park.
+    #[arg(long)]
+    pub park: Option<String>,
+    /// Send the report through taobao.taojie.parking.orderamount.sync.
+    #[arg(long)]
+    pub send: bool,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -232,6 +331,9 @@ pub struct ReplayArgs {
     /// Decode and validate the range without calling the API or committing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Send events the ledger holds as accepted with the same DTO too.
+    #[arg(long)]
+    pub resend_delivered: bool,
 }
 
 #[derive(Debug, Args)]

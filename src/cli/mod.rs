@@ -6,6 +6,7 @@
 //! * [`args`]: the flags of every subcommand.
 //! * [`service`]: `paysync run`.
 //! * [`operator`]: `replay`, `dlq inspect`, `dlq redrive`.
+//! * [`ledger`]: `ledger show|unknown|resolve|stats`, `reconcile`.
 //! * [`debugging`]: `check-config`, `sign`, `call`.
 //! * [`dev`]: `demo`, `bench`, `emulator`.
 //! * [`exit`]: the exit codes, and loading a command's configuration.
@@ -14,6 +15,7 @@ mod args;
 mod debugging;
 mod dev;
 mod exit;
+mod ledger;
 mod operator;
 mod service;
 
@@ -47,6 +49,8 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Demo(args) => dev::demo(args).await,
         Command::Replay(args) => operator::replay(args).await,
         Command::Dlq(command) => operator::dlq(command).await,
+        Command::Ledger(command) => ledger::ledger(command).await,
+        Command::Reconcile(args) => ledger::reconcile(args).await,
         Command::Emulator(args) => dev::emulator(*args).await,
         Command::Sign(args) => debugging::sign(args),
         Command::Call(args) => debugging::call(args).await,

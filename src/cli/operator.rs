@@ -45,6 +45,7 @@ pub(super) async fn dlq(command: DlqCommand) -> ExitCode {
                 args.group.as_deref(),
                 args.max_redrives,
                 args.dry_run,
+                args.resend_delivered,
             )
             .await
             {
@@ -106,6 +107,7 @@ pub(super) async fn replay(args: ReplayArgs) -> ExitCode {
         rate: args.rate,
         rate_fraction: args.rate_fraction,
         dry_run: args.dry_run,
+        resend_delivered: args.resend_delivered,
     };
     match crate::replay::run(settings, request, crate::shutdown::signal()).await {
         Ok(report) => {

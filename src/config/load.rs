@@ -17,7 +17,8 @@ use serde::de::DeserializeOwned;
 
 use super::{
     AdminSettings, ClassificationSettings, ConfigError, ConfigProblem, DeliverySettings,
-    Environment, EventSettings, KafkaSettings, LogSettings, Settings, TopSettings, TracingSettings,
+    Environment, EventSettings, KafkaSettings, LedgerSettings, LogSettings, ReconcileSettings,
+    Settings, TopSettings, TracingSettings,
 };
 
 /// Prefix of the environment variables that override the file.
@@ -63,6 +64,8 @@ impl Settings {
             classification: read.section::<ClassificationSettings>("classification"),
             log: read.section::<LogSettings>("log"),
             tracing: read.section::<TracingSettings>("tracing"),
+            ledger: read.section::<LedgerSettings>("ledger"),
+            reconcile: read.section::<ReconcileSettings>("reconcile"),
             environment: Environment::default(),
         };
         settings.tracing.environment = environment.clone();
@@ -118,7 +121,7 @@ impl TracingSettings {
 }
 
 /// The sections of `Settings`, in the order problems are reported.
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 10] = [
     "kafka",
     "delivery",
     "top",
@@ -127,6 +130,8 @@ const SECTIONS: [&str; 8] = [
     "classification",
     "log",
     "tracing",
+    "ledger",
+    "reconcile",
 ];
 
 /// Reads sections one by one, collecting what does not read.

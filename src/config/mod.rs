@@ -17,6 +17,7 @@ use serde::Deserialize;
 
 mod delivery;
 mod environment;
+mod ledger;
 pub mod librdkafka;
 mod load;
 mod top;
@@ -25,6 +26,7 @@ mod validate;
 
 pub use delivery::{DeliverySettings, RateLimitMode, RateLimitScope};
 pub use environment::Environment;
+pub use ledger::{LedgerMode, LedgerSettings, ReconcileSettings, ReportedIds};
 pub use load::{ENV_PREFIX, ENV_SEPARATOR};
 pub use top::{DEFAULT_GATEWAY_URL, TopSettings};
 pub use tracing::{OtlpEndpoint, OtlpProtocol, TracingSettings};
@@ -68,6 +70,10 @@ pub struct Settings {
     pub log: LogSettings,
     #[serde(default)]
     pub tracing: TracingSettings,
+    #[serde(default)]
+    pub ledger: LedgerSettings,
+    #[serde(default)]
+    pub reconcile: ReconcileSettings,
     /// The proxy and `OTEL_*` variables of the environment the settings
     /// loaded from (the tracing settings keep their own copy).
     #[serde(skip)]

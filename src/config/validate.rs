@@ -9,6 +9,7 @@ use url::Url;
 
 use super::Settings;
 use crate::commit_metadata::MAX_TEXT as MAX_COMPLETION_MAP_BYTES;
+use crate::ledger::entry::KeyField;
 
 /// One thing wrong with the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,6 +184,41 @@ impl Settings {
             problem(
                 "kafka.dlq_topic",
                 "must not be one of the source topics".into(),
+            );
+        }
+        let ledger = &self.ledger;
+        if !ledger.key_fields.contains(&KeyField::OrderId) {
+            problem(
+                "ledger.key_fields",
+                "must include order_id (every key names its order)".into(),
+            );
+        }
+        if ledger.retain_days == 0 {
+            problem("ledger.retain_days", "must be at least 1".into());
+        }
+        if ledger.replication_factor == 0 || ledger.replication_factor < -1 {
+            problem(
+                "ledger.replication_factor",
+                "must be -1 (the broker's default) or at least 1".into(),
+            );
+        }
+        let ledger_topic = ledger.topic(&kafka.group_id);
+        if kafka.topics.contains(&ledger_topic) || kafka.dlq_topic == ledger_topic {
+            problem(
+                "ledger.topic",
+                format!("{ledger_topic:?} is a source or the dead-letter topic"),
+            );
+        }
+        if self.reconcile.parks_per_call == 0 {
+            problem("reconcile.parks_per_call", "must be at least 1".into());
+        }
+        if !matches!(
+            self.reconcile.order_type.as_str(),
+            "ISV_ORDER" | "CITY_BRAIN_ORDER" | "MIAOJIE_ORDER"
+        ) {
+            problem(
+                "reconcile.order_type",
+                "must be ISV_ORDER, CITY_BRAIN_ORDER or MIAOJIE_ORDER".into(),
             );
         }
         if !matches!(kafka.auto_offset_reset.as_str(), "earliest" | "latest") {

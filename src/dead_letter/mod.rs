@@ -166,6 +166,9 @@ pub mod header {
     /// How many times the record was redriven to its source (set with
     /// [`REDRIVEN_FROM`]; a dead letter of it carries it along).
     pub const REDRIVES: &str = "paysync.redrives";
+    /// Set by `paysync dlq redrive --to source --resend-delivered`: the
+    /// pipeline sends the record even if the ledger holds its key as accepted.
+    pub const RESEND_DELIVERED: &str = "paysync.resend_delivered";
     /// The prefix of every header paysync adds.
     pub const PREFIX: &str = "paysync.";
 

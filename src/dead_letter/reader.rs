@@ -17,14 +17,15 @@ use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::FutureProducer;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
 use super::{DeadLetterRecord, Payload, header};
-use crate::config::Settings;
-use crate::event;
+use crate::config::{LedgerMode, Settings};
+use crate::event::{self, PaymentEvent};
 use crate::kafka;
+use crate::ledger::entry::{Entry, LedgerKey, Outcome, Path, Position, dto_hash};
 use crate::top::classify::Disposition;
 use crate::top::request::dto_json;
 
@@ -204,6 +205,9 @@ pub struct RedriveReport {
     pub held_back: Vec<String>,
     /// Records sent to the API that it did not accept (they stay in the DLQ).
     pub failed: Vec<String>,
+    /// Records not sent to the API: the ledger holds their key as accepted
+    /// with the same DTO (`--resend-delivered` sends them).
+    pub skipped_delivered: Vec<String>,
     pub dry_run: bool,
 }
 
@@ -262,6 +266,7 @@ pub async fn redrive(
     group: Option<&str>,
     max_redrives: u32,
     dry_run: bool,
+    resend_delivered: bool,
 ) -> anyhow::Result<RedriveReport> {
     let group = group.map_or_else(|| filter.default_group(settings), str::to_owned);
     let topic = settings.kafka.dlq_topic.clone();
@@ -282,6 +287,15 @@ pub async fn redrive(
         Target::Source => None,
     };
     let classifier = settings.classifier();
+    // To the API, the ledger is read here: a key accepted since it was
+    // dead-lettered is not sent again (the live pipeline judges the records
+    // written back to the source itself).
+    let ledger = match (target, settings.ledger.mode) {
+        (Target::Api, mode) if mode != LedgerMode::Off && !dry_run => {
+            Some(RedriveLedger::read(settings).await?)
+        }
+        _ => None,
+    };
     for record in &records {
         if filter.matches(record) {
             report.selected += 1;
@@ -317,10 +331,12 @@ pub async fn redrive(
                     Target::Source => {
                         let origin = format!("{}@{}", record.partition, record.offset);
                         let count = (record.redrives + 1).to_string();
-                        let out = original.to_record(
-                            &record.source_topic,
-                            &[(header::REDRIVEN_FROM, origin), (header::REDRIVES, count)],
-                        );
+                        let mut extra =
+                            vec![(header::REDRIVEN_FROM, origin), (header::REDRIVES, count)];
+                        if resend_delivered {
+                            extra.push((header::RESEND_DELIVERED, "true".to_owned()));
+                        }
+                        let out = original.to_record(&record.source_topic, &extra);
                         producer
                             .send(out, Duration::from_secs(30))
                             .await
@@ -340,16 +356,41 @@ pub async fn redrive(
                             &settings.event.limits(),
                         ) {
                             Ok(event) => {
-                                let call = client.send(&dto_json(&event)).await;
-                                match classifier.classify(&call.outcome) {
-                                    Disposition::Delivered => Ok(()),
-                                    other => Err(format!("{other:?}")),
+                                let dto = dto_json(&event);
+                                let filed = ledger
+                                    .as_ref()
+                                    .map(|ledger| ledger.file(settings, record, &event, &dto));
+                                match &filed {
+                                    Some(Filed::Accepted) if !resend_delivered => {
+                                        report.skipped_delivered.push(format!(
+                                            "{}@{}: the ledger holds its key as accepted with the same DTO",
+                                            record.partition, record.offset
+                                        ));
+                                        Ok(())
+                                    }
+                                    _ => {
+                                        let call = client.send(&dto).await;
+                                        match classifier.classify(&call.outcome) {
+                                            Disposition::Delivered => {
+                                                if let (Some(ledger), Some(filed)) =
+                                                    (&ledger, filed)
+                                                {
+                                                    ledger
+                                                        .accepted(filed, call.request_id.clone())
+                                                        .await?;
+                                                }
+                                                report.redriven += 1;
+                                                Ok(())
+                                            }
+                                            other => Err(format!("{other:?}")),
+                                        }
+                                    }
                                 }
                             }
                             Err(invalid) => Err(format!("invalid event: {invalid}")),
                         };
                         match outcome {
-                            Ok(()) => report.redriven += 1,
+                            Ok(()) => {}
                             Err(reason) => report
                                 .failed
                                 .push(format!("{}@{}: {reason}", record.partition, record.offset)),
@@ -373,4 +414,107 @@ pub async fn redrive(
         }
     }
     Ok(report)
+}
+
+/// The ledger as a redrive to the API reads it: what each key holds, and the
+/// writer of the outcomes it adds.
+struct RedriveLedger {
+    /// Key text → (outcome, DTO hash).
+    keys: HashMap<String, (Outcome, Option<u64>)>,
+    partitions: i32,
+    topic: String,
+    producer: FutureProducer,
+}
+
+/// A redriven event as the ledger files it.
+enum Filed {
+    Accepted,
+    Send {
+        key: LedgerKey,
+        entry: Box<Entry>,
+        ledger_partition: i32,
+    },
+}
+
+impl RedriveLedger {
+    async fn read(settings: &Settings) -> anyhow::Result<RedriveLedger> {
+        let entries = crate::ledger::report::read(settings).await?;
+        let partitions = entries
+            .iter()
+            .map(|read| read.partition + 1)
+            .max()
+            .unwrap_or(1);
+        let keys = entries
+            .into_iter()
+            .filter_map(|read| {
+                let entry = read.entry?;
+                Some((read.key.text, (entry.outcome, entry.dto_hash_value())))
+            })
+            .collect();
+        Ok(RedriveLedger {
+            keys,
+            partitions,
+            topic: settings.ledger.topic(&settings.kafka.group_id),
+            producer: kafka::clients::durable_producer(settings).create()?,
+        })
+    }
+
+    fn file(
+        &self,
+        settings: &Settings,
+        record: &DeadLetterRecord,
+        event: &PaymentEvent,
+        dto: &str,
+    ) -> Filed {
+        let key = LedgerKey::of(event, &settings.ledger.key_fields);
+        if let Some((Outcome::Accepted, Some(hash))) = self.keys.get(&key.text)
+            && *hash == dto_hash(dto)
+        {
+            return Filed::Accepted;
+        }
+        let source_partition = record.source_partition.unwrap_or(0);
+        let position = Position {
+            topic: record.source_topic.clone(),
+            partition: source_partition,
+            offset: record.source_offset.unwrap_or(-1),
+        };
+        Filed::Send {
+            entry: Box::new(Entry::of(
+                Outcome::Accepted,
+                event,
+                dto,
+                position,
+                Path::Redrive,
+            )),
+            key,
+            ledger_partition: crate::ledger::topic::partition_for(
+                source_partition,
+                self.partitions,
+            ),
+        }
+    }
+
+    /// Records an accepted redrive.
+    async fn accepted(&self, filed: Filed, request_id: Option<String>) -> anyhow::Result<()> {
+        let Filed::Send {
+            key,
+            mut entry,
+            ledger_partition,
+        } = filed
+        else {
+            return Ok(());
+        };
+        entry.request_id = request_id;
+        let value = entry.encode();
+        let record = FutureRecord::to(&self.topic)
+            .partition(ledger_partition)
+            .key(key.text.as_bytes())
+            .payload(&value);
+        self.producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map_err(|(error, _)| error)
+            .context("cannot record the redrive in the ledger")?;
+        Ok(())
+    }
 }

@@ -29,6 +29,18 @@ const KNOWN_TOP_CODES: [i64; 33] = [
     32, 33, 34, 40, 41, 43, 50,
 ];
 
+/// The ledger's label values: `ledger::entry::Path` and `Outcome` (a test
+/// there keeps them equal), so their series exist from the start.
+pub const LEDGER_PATHS: [&str; 4] = ["live", "replay", "redrive", "resolve"];
+pub const LEDGER_OUTCOMES: [&str; 6] = [
+    "intent",
+    "accepted",
+    "dead_lettered",
+    "unknown",
+    "held",
+    "failed",
+];
+
 /// Buckets for call and delivery latency, in seconds.
 const LATENCY_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -99,6 +111,17 @@ pub struct Metrics {
     pub dead_letters_written_before: IntCounter,
     pub dead_letter_read_back_failures: IntCounter,
     pub completion_maps_truncated: IntCounter,
+    pub ledger_duplicates_suppressed: IntCounterVec,
+    pub ledger_corrections: IntCounterVec,
+    pub ledger_parked: IntCounterVec,
+    pub ledger_writes: IntCounterVec,
+    pub ledger_write_failures: IntCounter,
+    pub ledger_entries: IntGauge,
+    pub ledger_unknown_outcomes: IntGauge,
+    pub ledger_held_events: IntGauge,
+    pub ledger_memory_bytes: IntGauge,
+    pub ledger_restoring_partitions: IntGauge,
+    pub ledger_restore_seconds: Gauge,
     last_commit: Mutex<Instant>,
     /// Typed totals beside the labelled families, for the run summary: it
     /// reads these instead of matching label strings.
@@ -382,6 +405,65 @@ impl Metrics {
                 "paysync_completion_maps_truncated_total",
                 "Commits whose completion map did not fit kafka.completion_map_max_bytes and kept only its first part.",
             ),
+            ledger_duplicates_suppressed: counter_vec(
+                &r,
+                "paysync_ledger_duplicates_suppressed_total",
+                "Events not sent because the ledger holds their key as accepted with the same DTO, by path (live, replay, redrive).",
+                &["path"],
+            ),
+            ledger_corrections: counter_vec(
+                &r,
+                "paysync_ledger_corrections_total",
+                "Events sent although their key was accepted before, because their DTO differs (a corrected fee, say), by path.",
+                &["path"],
+            ),
+            ledger_parked: counter_vec(
+                &r,
+                "paysync_ledger_parked_total",
+                "Strict mode: events parked instead of sent, by outcome (unknown: a call whose answer was lost; held: behind an unknown event of the same order).",
+                &["outcome"],
+            ),
+            ledger_writes: counter_vec(
+                &r,
+                "paysync_ledger_writes_total",
+                "Ledger entries the broker acknowledged, by outcome (intent, accepted, dead_lettered, unknown, held).",
+                &["outcome"],
+            ),
+            ledger_write_failures: counter(
+                &r,
+                "paysync_ledger_write_failures_total",
+                "Failed attempts to write a ledger entry (each is retried; the event's offset waits).",
+            ),
+            ledger_entries: int_gauge(
+                &r,
+                "paysync_ledger_entries",
+                "Ledger entries in this replica's memory (the ledger partitions of its source partitions, within ledger.retain_days).",
+            ),
+            ledger_unknown_outcomes: int_gauge(
+                &r,
+                "paysync_ledger_unknown_outcomes",
+                "Events whose outcome is unknown (an intent without outcome, or parked as unknown) in this replica's ledger partitions: resolve them with paysync ledger resolve.",
+            ),
+            ledger_held_events: int_gauge(
+                &r,
+                "paysync_ledger_held_events",
+                "Events parked behind an unknown event of the same order, released by its resolution.",
+            ),
+            ledger_memory_bytes: int_gauge(
+                &r,
+                "paysync_ledger_memory_bytes",
+                "Bytes the ledger's in-memory index takes (slots and spare room).",
+            ),
+            ledger_restoring_partitions: int_gauge(
+                &r,
+                "paysync_ledger_restoring_partitions",
+                "Ledger partitions being read to their end; their source partitions' events wait.",
+            ),
+            ledger_restore_seconds: gauge(
+                &r,
+                "paysync_ledger_restore_seconds",
+                "How long the latest ledger partition restore took.",
+            ),
             last_commit: Mutex::new(Instant::now()),
             tallies: Tallies::default(),
             registry: r,
@@ -398,6 +480,18 @@ impl Metrics {
         }
         for kind in RebalanceKind::ALL {
             metrics.rebalances.with_label_values(&[kind.as_str()]);
+        }
+        for path in LEDGER_PATHS {
+            metrics
+                .ledger_duplicates_suppressed
+                .with_label_values(&[path]);
+            metrics.ledger_corrections.with_label_values(&[path]);
+        }
+        for outcome in LEDGER_OUTCOMES {
+            metrics.ledger_writes.with_label_values(&[outcome]);
+            if outcome == "unknown" || outcome == "held" {
+                metrics.ledger_parked.with_label_values(&[outcome]);
+            }
         }
         metrics
     }

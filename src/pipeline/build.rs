@@ -26,6 +26,7 @@ use crate::config::{ConfigError, GroupProtocol, Settings, TopClientError};
 use crate::dead_letter::DeadLetterProducer;
 use crate::kafka;
 use crate::kafka::cluster::{self, ClusterFacts};
+use crate::ledger::{Ledger, LedgerError};
 use crate::metrics::Metrics;
 use crate::partition::PartitionId;
 use crate::trace::export::TraceSetupError;
@@ -85,6 +86,8 @@ pub enum StartError {
     Interrupted(#[from] tokio::task::JoinError),
     #[error("tracing: {0}")]
     Tracing(#[from] TraceSetupError),
+    #[error("ledger: {0}")]
+    Ledger(#[from] LedgerError),
 }
 
 /// The group protocol to speak (`auto` decided from the cluster's
@@ -189,6 +192,23 @@ impl Pipeline {
                 topic: kafka.dlq_topic.clone(),
             });
         }
+        // The ledger before any partition is owned: owning one restores its entries.
+        let source_topics: Vec<String> = match &source {
+            Source::Group => kafka.topics.clone(),
+            Source::Range(ranges) => ranges.iter().map(|range| range.topic.clone()).collect(),
+        };
+        let most_partitions = match kafka::queries::partition_counts(&consumer, &source_topics) {
+            Ok(counts) => counts
+                .iter()
+                .map(|(_, count)| *count as i32)
+                .max()
+                .unwrap_or(1),
+            Err(error) => return Err(metadata_failure(&consumer, error)),
+        };
+        let ledger = Ledger::open(&settings, most_partitions, metrics.clone())?;
+        if let Some(ledger) = &ledger {
+            ownership.file_in(ledger.clone());
+        }
         let mut ranges_by_partition = HashMap::new();
         match &source {
             Source::Group => {
@@ -241,6 +261,9 @@ impl Pipeline {
             calls: Semaphore::new(delivery.max_in_flight),
             dead_letters,
             delivery: delivery.clone(),
+            ledger,
+            replay: matches!(source, Source::Range(_)),
+            resend_delivered: false,
         });
         // Last: a start-up that waits for Kafka starts no exporter per attempt.
         let watchers = Arc::new(Watchers::start(metrics.clone(), &settings.tracing)?);

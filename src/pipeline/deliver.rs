@@ -24,6 +24,8 @@ use crate::config::DeliverySettings;
 use crate::dead_letter::prior::PriorCopies;
 use crate::dead_letter::{DeadLetterClass, DeadLetterProducer, Failure, SourceRecord, Written};
 use crate::event::{InvalidEvent, PaymentEvent};
+use crate::ledger::entry::{Entry, LedgerKey, Outcome, Path, dto_hash};
+use crate::ledger::{self, Admit, Ledger};
 use crate::top::classify::{Classifier, Disposition};
 use crate::top::client::TopClient;
 use crate::top::request::dto_json;
@@ -99,6 +101,37 @@ pub(super) struct Deliverer {
     pub(super) calls: Semaphore,
     pub(super) dead_letters: DeadLetterProducer,
     pub(super) delivery: DeliverySettings,
+    /// The delivery ledger, unless `ledger.mode = "off"`.
+    pub(super) ledger: Option<Arc<Ledger>>,
+    /// A replay's events (the ledger's `replay` path).
+    pub(super) replay: bool,
+    /// `paysync replay --resend-delivered`: keys accepted before are sent too.
+    pub(super) resend_delivered: bool,
+}
+
+/// An event's place in the ledger while its task runs.
+struct Filed<'a> {
+    ledger: &'a Ledger,
+    key: LedgerKey,
+    /// The entry as first written; each outcome is made from it.
+    entry: Entry,
+}
+
+impl Filed<'_> {
+    /// Writes the event's `outcome`; false when cancelled first.
+    async fn write(
+        &self,
+        job: &Job,
+        outcome: Outcome,
+        fill: impl FnOnce(&mut Entry),
+        cancel: &CancellationToken,
+    ) -> bool {
+        let mut entry = self.entry.becomes(outcome, self.entry.path);
+        fill(&mut entry);
+        self.ledger
+            .write(&job.source.id, &self.key, &entry, cancel)
+            .await
+    }
 }
 
 /// One message, detached from the consumer.
@@ -140,7 +173,9 @@ impl Deliverer {
         };
         job.watch.ended(&end);
         match end {
-            EventEnd::Delivered => TaskEnd::Finished,
+            EventEnd::Delivered | EventEnd::Duplicate { .. } | EventEnd::Parked { .. } => {
+                TaskEnd::Finished
+            }
             EventEnd::DeadLettered { .. } | EventEnd::DeadLetteredBefore { .. } => {
                 TaskEnd::DeadLettered
             }
@@ -176,6 +211,83 @@ impl Deliverer {
         }
     }
 
+    /// Judges the event by the ledger: `Ok` to send it (filed under its
+    /// key), or how its task ends without a call.
+    async fn file<'l>(
+        &self,
+        ledger: &'l Ledger,
+        job: &Job,
+        event: &PaymentEvent,
+        dto: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Filed<'l>, EventEnd> {
+        let key = ledger.key(event);
+        let path = path_of(self.replay, &job.source);
+        let resend = self.resend_delivered || resend_asked(&job.source);
+        let admitted = ledger
+            .admit(&job.source, &key, dto_hash(dto), resend, cancel)
+            .await;
+        let park = |outcome| Entry::of(outcome, event, dto, ledger::position_of(&job.source), path);
+        match admitted {
+            Admit::Cancelled => Err(EventEnd::Abandoned),
+            Admit::Duplicate { earlier } => Err(EventEnd::Duplicate { path, earlier }),
+            Admit::AlreadyParked { outcome } => Err(EventEnd::Parked {
+                outcome,
+                why: "parked already".into(),
+            }),
+            Admit::Park { outcome, behind } => {
+                let mut entry = park(outcome);
+                let why = match &behind {
+                    Some(behind) => format!("behind the unknown outcome of {behind}"),
+                    None => "a call went out before a crash and its answer was never read".into(),
+                };
+                entry.behind = behind;
+                entry.reason = Some(why.clone());
+                if ledger.write(&job.source.id, &key, &entry, cancel).await {
+                    Err(EventEnd::Parked { outcome, why })
+                } else {
+                    Err(EventEnd::Abandoned)
+                }
+            }
+            Admit::Send { correction } => {
+                if correction {
+                    job.watch.correction(path);
+                }
+                Ok(Filed {
+                    ledger,
+                    key,
+                    entry: park(Outcome::Intent),
+                })
+            }
+        }
+    }
+
+    /// Dead-letters the event, then records it in the ledger.
+    async fn dead_letter_filed(
+        &self,
+        job: &Job,
+        failure: Failure,
+        filed: Option<&Filed<'_>>,
+        cancel: &CancellationToken,
+        after_call: &CancellationToken,
+    ) -> EventEnd {
+        let class = failure.class;
+        let end = self.dead_letter(job, failure, cancel).await;
+        if let Some(filed) = filed
+            && matches!(
+                end,
+                EventEnd::DeadLettered { .. } | EventEnd::DeadLetteredBefore { .. }
+            )
+        {
+            let fill = |entry: &mut Entry| entry.class = Some(class.as_str().to_owned());
+            // The dead-letter topic holds the event whatever happens here.
+            let _written = filed
+                .write(job, Outcome::DeadLettered, fill, after_call)
+                .await;
+        }
+        end
+    }
+
     async fn deliver(
         &self,
         job: &Job,
@@ -183,6 +295,22 @@ impl Deliverer {
         cancel: &CancellationToken,
     ) -> EventEnd {
         let dto = dto_json(event);
+        let filed = match &self.ledger {
+            None => None,
+            Some(ledger) => match self.file(ledger, job, event, &dto, cancel).await {
+                Ok(filed) => Some(filed),
+                Err(end) => return end,
+            },
+        };
+        let strict = filed
+            .as_ref()
+            .is_some_and(|f| f.ledger.mode() == crate::config::LedgerMode::Strict);
+        // Once a call went out, its outcome is written whatever a revoke
+        // says: the drain waits for it, and an intent left without outcome
+        // would be an unknown outcome for the next owner.
+        let after_call = CancellationToken::new();
+        // Strict mode: an intent stands while a call may be under way.
+        let mut intent_standing = false;
         let mut budget = RetryBudget::new(&self.delivery);
         let mut calls = 0u32;
         let mut first_attempt = None;
@@ -210,6 +338,16 @@ impl Deliverer {
             if pass == Pass::Normal && self.gate.status().closed() {
                 // A ban, a halt or an open breaker began while this call waited for a token.
                 continue;
+            }
+            if strict
+                && !intent_standing
+                && let Some(filed) = &filed
+            {
+                if !filed.write(job, Outcome::Intent, |_| {}, cancel).await {
+                    self.gate.release(pass);
+                    return EventEnd::Abandoned;
+                }
+                intent_standing = true;
             }
             // Signed here, after every wait: the timestamp is fresh on each attempt.
             let call = job.watch.sending();
@@ -240,12 +378,34 @@ impl Deliverer {
                 .with_outcome(&report.outcome, report.request_id.as_deref())
             };
             match disposition {
-                Disposition::Delivered => return EventEnd::Delivered,
+                Disposition::Delivered => {
+                    if let Some(filed) = &filed {
+                        let request_id = report.request_id.clone();
+                        let trace_id = job.watch.trace_id();
+                        let fill = |entry: &mut Entry| {
+                            entry.request_id = request_id;
+                            entry.trace_id = trace_id;
+                        };
+                        if !filed.write(job, Outcome::Accepted, fill, &after_call).await {
+                            return EventEnd::Abandoned;
+                        }
+                    }
+                    return EventEnd::Delivered;
+                }
                 Disposition::DeadLetter { cause } => {
                     let failure = failure(DeadLetterClass::Rejected, cause.as_str());
-                    return self.dead_letter(job, failure, cancel).await;
+                    return self
+                        .dead_letter_filed(job, failure, filed.as_ref(), cancel, &after_call)
+                        .await;
                 }
                 Disposition::Halt { cause } => {
+                    if intent_standing && let Some(filed) = &filed {
+                        // Refused for the configuration, not accepted.
+                        if !filed.write(job, Outcome::Failed, |_| {}, &after_call).await {
+                            return EventEnd::Abandoned;
+                        }
+                        intent_standing = false;
+                    }
                     // The gate is now halted; the loop waits there for a probe.
                     job.watch.halted(
                         cause,
@@ -255,6 +415,29 @@ impl Deliverer {
                     );
                 }
                 Disposition::Retry { cause, wait } => {
+                    if strict
+                        && cause.may_have_been_accepted()
+                        && let Some(filed) = &filed
+                    {
+                        // Never sent again by itself: parked as unknown.
+                        let why = format!("no answer read ({})", cause.as_str());
+                        let reason = why.clone();
+                        let fill = |entry: &mut Entry| entry.reason = Some(reason);
+                        if !filed.write(job, Outcome::Unknown, fill, &after_call).await {
+                            return EventEnd::Abandoned;
+                        }
+                        return EventEnd::Parked {
+                            outcome: Outcome::Unknown,
+                            why,
+                        };
+                    }
+                    if intent_standing && let Some(filed) = &filed {
+                        // Refused, not accepted: the intent is withdrawn.
+                        if !filed.write(job, Outcome::Failed, |_| {}, &after_call).await {
+                            return EventEnd::Abandoned;
+                        }
+                        intent_standing = false;
+                    }
                     if charge == RetryCharge::Free {
                         continue;
                     }
@@ -262,7 +445,15 @@ impl Deliverer {
                         NextAttempt::Exhausted => {
                             let failure =
                                 failure(DeadLetterClass::RetriesExhausted, cause.as_str());
-                            return self.dead_letter(job, failure, cancel).await;
+                            return self
+                                .dead_letter_filed(
+                                    job,
+                                    failure,
+                                    filed.as_ref(),
+                                    cancel,
+                                    &after_call,
+                                )
+                                .await;
                         }
                         NextAttempt::After(delay) => {
                             job.watch.backing_off(delay);
@@ -276,6 +467,32 @@ impl Deliverer {
             }
         }
     }
+}
+
+/// The path of an event by where it came from.
+fn path_of(replay: bool, source: &SourceRecord) -> Path {
+    if replay {
+        Path::Replay
+    } else if source
+        .payload
+        .headers
+        .iter()
+        .any(|(name, _)| name == crate::dead_letter::header::REDRIVEN_FROM)
+    {
+        Path::Redrive
+    } else {
+        Path::Live
+    }
+}
+
+/// Whether the record asks to be sent even if its key was accepted
+/// (`paysync dlq redrive --resend-delivered`).
+fn resend_asked(source: &SourceRecord) -> bool {
+    source
+        .payload
+        .headers
+        .iter()
+        .any(|(name, _)| name == crate::dead_letter::header::RESEND_DELIVERED)
 }
 
 #[cfg(test)]

@@ -162,6 +162,15 @@ impl Pipeline {
         self
     }
 
+    /// Sends events whose key the ledger holds as accepted with the same DTO
+    /// too (`paysync replay --resend-delivered`); they are still recorded.
+    pub fn resend_delivered(mut self) -> Pipeline {
+        Arc::get_mut(&mut self.deliverer)
+            .expect("the deliverer is shared only once the pipeline runs")
+            .resend_delivered = true;
+        self
+    }
+
     /// Runs the pipeline on the runtime until `shutdown` resolves, the handle
     /// is stopped, or (for a range) every message is finished.
     pub fn spawn(self, shutdown: impl Future<Output = ()> + Send + 'static) -> RunningPipeline {
@@ -321,6 +330,9 @@ impl Pipeline {
         self.budget.tick();
         self.deliverer.gate.status().publish(&self.metrics);
         self.watchers.publish();
+        if let Some(ledger) = &self.deliverer.ledger {
+            ledger.publish();
+        }
         let in_flight = self.ownership.publish_progress();
         self.health.publish_dead_letter_stall(&self.metrics);
         in_flight
@@ -429,6 +441,9 @@ impl Pipeline {
                 ownership.release_all();
                 if let Err(error) = deliverer.dead_letters.flush(Duration::from_secs(10)) {
                     tracing::warn!(error = %error, "Flushing the dead-letter producer failed.");
+                }
+                if let Some(ledger) = &deliverer.ledger {
+                    ledger.close(Duration::from_secs(10));
                 }
                 // The spans still queued go out (bounded by tracing.export_timeout_ms).
                 watchers.shutdown();

@@ -22,7 +22,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use rdkafka::TopicPartitionList;
@@ -39,6 +39,7 @@ use super::window::PartitionLoad;
 use crate::commit_metadata::{self, CompletionMap};
 use crate::dead_letter::prior::PriorCopies;
 use crate::kafka::queries;
+use crate::ledger::Ledger;
 use crate::metrics::{Metrics, PartitionGauge};
 use crate::partition::{self, PartitionId};
 
@@ -101,6 +102,8 @@ pub(crate) struct Ownership {
     /// they come back (a commit that failed on revoke is not lost knowledge).
     remembered: Mutex<HashMap<PartitionId, CompletionMap>>,
     publish: Publish,
+    /// The delivery ledger, once opened: told of every change of the owned set.
+    ledger: OnceLock<Arc<Ledger>>,
 }
 
 impl Ownership {
@@ -113,6 +116,7 @@ impl Ownership {
             topics,
             remembered: Mutex::new(HashMap::new()),
             publish,
+            ledger: OnceLock::new(),
         }
     }
 
@@ -199,8 +203,19 @@ impl Ownership {
         self.publish_assigned(&partitions);
     }
 
+    /// Files the owned partitions' events in `ledger`: owning a partition
+    /// restores its ledger partition.
+    pub(super) fn file_in(&self, ledger: Arc<Ledger>) {
+        let partitions = self.lock();
+        ledger.set_owned(partitions.keys());
+        let _already = self.ledger.set(ledger);
+    }
+
     fn publish_assigned(&self, partitions: &HashMap<PartitionId, PartitionState>) {
         let publish = &self.publish;
+        if let Some(ledger) = self.ledger.get() {
+            ledger.set_owned(partitions.keys());
+        }
         publish.health.set_assigned(partitions.len());
         publish
             .metrics

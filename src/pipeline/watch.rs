@@ -17,6 +17,7 @@ use super::gate::Hold;
 use crate::config::TracingSettings;
 use crate::dead_letter::DeadLetterClass;
 use crate::event::{InvalidEvent, PaymentEvent};
+use crate::ledger::entry::{Outcome, Path};
 use crate::metrics::Metrics;
 use crate::partition::PartitionId;
 use crate::top::classify::{Disposition, HaltCause};
@@ -45,6 +46,12 @@ pub enum EventEnd {
         class: DeadLetterClass,
         reason: String,
     },
+    /// The ledger holds the event's key as accepted with the same DTO (at
+    /// `earlier`): it is not sent again.
+    Duplicate { path: Path, earlier: String },
+    /// Strict ledger mode: parked with this outcome (unknown or held); the
+    /// ledger holds it until someone resolves it.
+    Parked { outcome: Outcome, why: String },
     /// Revoked or shut down before an outcome: the next owner sends it.
     Abandoned,
 }
@@ -248,6 +255,18 @@ impl EventWatch {
     }
 
     /// The next attempt waits `delay`.
+    /// The event's key was accepted before with another DTO: it is sent.
+    pub(super) fn correction(&self, path: Path) {
+        self.metrics()
+            .ledger_corrections
+            .with_label_values(&[path.as_str()])
+            .inc();
+        tracing::info!(
+            path = path.as_str(),
+            "Sending a correction: the ledger holds this key as accepted with another DTO."
+        );
+    }
+
     pub(super) fn backing_off(&self, delay: Duration) {
         self.waited("waited for the backoff before the next attempt", delay);
     }
@@ -280,6 +299,22 @@ impl EventWatch {
                 tracing::info!(class = class.as_str(), reason = %reason, "Event already dead-lettered by an earlier owner; not writing it again.");
                 (dead_lettered_outcome(*class), Some(reason.as_str()))
             }
+            EventEnd::Duplicate { path, earlier } => {
+                metrics
+                    .ledger_duplicates_suppressed
+                    .with_label_values(&[path.as_str()])
+                    .inc();
+                tracing::info!(path = path.as_str(), earlier = %earlier, "Not sent: the ledger holds this key as accepted with the same DTO.");
+                ("duplicate", None)
+            }
+            EventEnd::Parked { outcome, why } => {
+                metrics
+                    .ledger_parked
+                    .with_label_values(&[outcome.as_str()])
+                    .inc();
+                tracing::warn!(outcome = outcome.as_str(), why = %why, "Event parked in the ledger; paysync ledger resolve releases it.");
+                (parked_outcome(*outcome), Some(why.as_str()))
+            }
             // The next owner of the partition delivers the event again, under
             // a trace of its own.
             EventEnd::Abandoned => ("abandoned", None),
@@ -287,6 +322,14 @@ impl EventWatch {
         if let Some(trace) = &self.trace {
             trace.end(outcome, reason);
         }
+    }
+}
+
+/// The delivery span's `outcome` for an event parked as `outcome`.
+fn parked_outcome(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Held => "parked:held",
+        _ => "parked:unknown",
     }
 }
 

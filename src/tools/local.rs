@@ -77,6 +77,9 @@ impl LocalStack {
         let cluster = MockCluster::new(1).context("cannot start the in-process Kafka cluster")?;
         cluster.create_topic(TOPIC, partitions, 1)?;
         cluster.create_topic(DLQ, 1, 1)?;
+        // The mock cluster cannot create topics on request: the ledger's is
+        // made here, co-partitioned with the source.
+        cluster.create_topic(&format!("{group}.ledger"), partitions, 1)?;
         let emulator = Emulator::start("127.0.0.1:0".parse()?, gateway).await?;
         let mut settings = Settings::default();
         settings.kafka.bootstrap_servers = cluster.bootstrap_servers();
@@ -93,6 +96,9 @@ impl LocalStack {
         settings.delivery.backoff_max_ms = Duration::from_millis(1_000);
         settings.delivery.breaker_probe_interval_ms = Duration::from_millis(500);
         settings.log.level = "warn".to_owned();
+        if std::env::var("XLEDGER").is_ok() {
+            settings.ledger.mode = crate::config::LedgerMode::Off;
+        }
         Ok(LocalStack {
             cluster,
             emulator,

@@ -111,6 +111,30 @@ label_names!(RetryCause {
     UnknownError => "unknown_error",
 });
 
+impl RetryCause {
+    /// Whether the API may have accepted the call although paysync read no
+    /// answer saying so: the request may have reached it and the answer was
+    /// lost (a timeout, a broken connection, a proxy's 5xx, a body that
+    /// could not be read). A connection never made, or any answer of the
+    /// platform's own (flow control, an error code, `success=false`), says
+    /// it was not accepted. Strict ledger mode parks the first kind rather
+    /// than send it again (docs/ledger.md).
+    pub fn may_have_been_accepted(self) -> bool {
+        match self {
+            RetryCause::Timeout
+            | RetryCause::Transport
+            | RetryCause::HttpStatus
+            | RetryCause::UnreadableBody => true,
+            RetryCause::Connect
+            | RetryCause::Throttled
+            | RetryCause::Unavailable
+            | RetryCause::ServerError
+            | RetryCause::ServiceFailure
+            | RetryCause::UnknownError => false,
+        }
+    }
+}
+
 label_names!(RejectCause {
     InvalidArguments => "invalid_arguments",
     BusinessRejected => "business_rejected",

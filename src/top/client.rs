@@ -195,6 +195,17 @@ impl TopClient {
             .await
     }
 
+    /// Signs the day's order count (`orderamount.sync`) now and sends it.
+    pub async fn send_order_amount(&self, report_json: &str) -> CallReport {
+        self.send_request(self.profile.sign_call(
+            crate::top::request::ORDER_AMOUNT_METHOD,
+            crate::top::request::ORDER_AMOUNT_PARAM,
+            report_json,
+            Utc::now(),
+        ))
+        .await
+    }
+
     /// Sends a request signed elsewhere (tests, tools); [`TopClient::send`] is the usual path.
     pub async fn send_request(&self, request: SignedRequest) -> CallReport {
         let started = Instant::now();

@@ -26,6 +26,10 @@ use crate::top::sign::{self, SignMethod};
 pub const API_METHOD: &str = "taobao.taojie.parking.order.payinfo.sync";
 /// The business parameter's name.
 pub const DTO_PARAM: &str = "pay_order_info_dto";
+/// The companion API for the ISV's daily order count (reconciliation).
+pub const ORDER_AMOUNT_METHOD: &str = "taobao.taojie.parking.orderamount.sync";
+/// Its business parameter's name.
+pub const ORDER_AMOUNT_PARAM: &str = "parking_order_amount_dto";
 /// The protocol version every call sends.
 pub const API_VERSION: &str = "2.0";
 
@@ -150,8 +154,19 @@ pub struct SignedRequest {
 impl RequestProfile {
     /// Builds and signs the request for one DTO at instant `now`.
     pub fn sign(&self, dto_json: &str, now: DateTime<Utc>) -> SignedRequest {
+        self.sign_call(API_METHOD, DTO_PARAM, dto_json, now)
+    }
+
+    /// Builds and signs a call of `method` with one business parameter.
+    pub fn sign_call(
+        &self,
+        method: &'static str,
+        param: &'static str,
+        value: &str,
+        now: DateTime<Utc>,
+    ) -> SignedRequest {
         let mut query: Vec<(&'static str, String)> = vec![
-            ("method", API_METHOD.to_owned()),
+            ("method", method.to_owned()),
             ("app_key", self.app_key.clone()),
             ("timestamp", gmt8::format(now)),
             ("v", API_VERSION.to_owned()),
@@ -173,7 +188,7 @@ impl RequestProfile {
                 value.filter(|v| !v.trim().is_empty()).map(|v| (name, v))
             }),
         );
-        let mut body = vec![(DTO_PARAM, dto_json.to_owned())];
+        let mut body = vec![(param, value.to_owned())];
         let signature = sign::sign(
             self.sign_method,
             &self.app_secret,

@@ -110,7 +110,13 @@ fn interpret(tree: &Value) -> Result<ParsedResponse, ParseFailure> {
         });
     }
     // The wrapped form, or `simplify=true` where the root is the response itself.
-    let inner = match root.get(response_root()) {
+    // The companion APIs (orderamount.sync) wrap theirs in their own name.
+    let wrapper = root.get(response_root()).or_else(|| {
+        root.iter()
+            .find(|(name, _)| name.starts_with("taojie_parking_") && name.ends_with("_response"))
+            .map(|(_, inner)| inner)
+    });
+    let inner = match wrapper {
         Some(Value::Object(inner)) => inner,
         Some(_) => return Err(ParseFailure::new("the response wrapper is not an object")),
         None if root.contains_key("result") => root,

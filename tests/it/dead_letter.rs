@@ -52,9 +52,17 @@ async fn dlq_inspect_lists_dead_letters_and_redrive_moves_only_the_selected_ones
     assert!(paysync::dead_letter::reader::render_table(&all).contains("invalid_event"));
 
     let source_end = harness.end_offsets()[&0];
-    let dry = redrive(&settings, &rejected_only, Target::Source, None, 3, true)
-        .await
-        .unwrap();
+    let dry = redrive(
+        &settings,
+        &rejected_only,
+        Target::Source,
+        None,
+        3,
+        true,
+        false,
+    )
+    .await
+    .unwrap();
     assert_eq!((dry.selected, dry.redriven), (1, 0));
     assert_eq!(
         harness.end_offsets()[&0],
@@ -68,14 +76,30 @@ async fn dlq_inspect_lists_dead_letters_and_redrive_moves_only_the_selected_ones
         .emulator
         .gateway()
         .set_faults(Faults::default());
-    let done = redrive(&settings, &rejected_only, Target::Source, None, 3, false)
-        .await
-        .unwrap();
+    let done = redrive(
+        &settings,
+        &rejected_only,
+        Target::Source,
+        None,
+        3,
+        false,
+        false,
+    )
+    .await
+    .unwrap();
     assert_eq!((done.examined, done.selected, done.redriven), (2, 1, 1));
     assert_eq!(harness.end_offsets()[&0], source_end + 1);
-    let again = redrive(&settings, &rejected_only, Target::Source, None, 3, false)
-        .await
-        .unwrap();
+    let again = redrive(
+        &settings,
+        &rejected_only,
+        Target::Source,
+        None,
+        3,
+        false,
+        false,
+    )
+    .await
+    .unwrap();
     assert_eq!(
         (again.examined, again.redriven),
         (0, 0),
@@ -103,7 +127,7 @@ async fn dlq_inspect_lists_dead_letters_and_redrive_moves_only_the_selected_ones
         class: Some("invalid_event".into()),
         ..Filter::default()
     };
-    let api = redrive(&settings, &invalid_only, Target::Api, None, 3, false)
+    let api = redrive(&settings, &invalid_only, Target::Api, None, 3, false, false)
         .await
         .unwrap();
     assert_ne!(api.group, done.group);
@@ -130,7 +154,17 @@ async fn a_record_that_keeps_failing_is_held_back_after_max_redrives() {
     // Redriven once: refused again, dead-lettered again, carrying the count.
     // At most one redrive per record.
     let everything = Filter::default();
-    let redrive_all = || redrive(&settings, &everything, Target::Source, None, 1, false);
+    let redrive_all = || {
+        redrive(
+            &settings,
+            &everything,
+            Target::Source,
+            None,
+            1,
+            false,
+            false,
+        )
+    };
     let first = redrive_all().await.unwrap();
     assert_eq!((first.redriven, first.held_back.len()), (1, 0));
     running
@@ -203,6 +237,7 @@ async fn a_dead_letter_too_large_for_its_topic_is_written_without_its_value() {
         None,
         3,
         false,
+        false,
     )
     .await
     .unwrap();
@@ -233,6 +268,8 @@ async fn a_partition_held_by_failing_dead_letter_writes_shows_in_readiness_until
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 500],
     );
     let mut settings = harness.settings();
+    // Only the dead-letter writes are under test: the ledger's would fail too.
+    settings.ledger.mode = paysync::config::LedgerMode::Off;
     settings.delivery.dead_letter_stall_ms = Duration::from_millis(1_000);
     settings
         .kafka

@@ -558,7 +558,9 @@ async fn a_crash_redelivers_everything_uncommitted_and_loses_nothing() {
     harness.produce(&valid_events("crash", 500)).await;
     let url = harness.stack.emulator.url();
     let config = harness.run_config(&url, "max_in_flight = 8", "");
-    let process = Process::start(&config);
+    // What the commits alone bring back; the ledger's share is tests/e2e/ledger.rs's.
+    let without_ledger = [("PAYSYNC_LEDGER__MODE", "off")];
+    let process = Process::start_with_env(&config, &without_ledger);
     wait_accepted(&harness.stack.emulator, 150).await;
     process.kill(); // SIGKILL: no drain, no final commit.
     let accepted_before = harness.stack.emulator.gateway().order_counts().0;
@@ -579,7 +581,7 @@ async fn a_crash_redelivers_everything_uncommitted_and_loses_nothing() {
         "nothing is claimed finished before it is accepted"
     );
 
-    let restarted = Process::start(&config);
+    let restarted = Process::start_with_env(&config, &without_ledger);
     wait_accepted(&harness.stack.emulator, 500).await;
     wait_committed(&harness, &harness.end_offsets()).await;
     restarted.signal("TERM");

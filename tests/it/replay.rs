@@ -28,6 +28,9 @@ async fn replay_sends_exactly_the_range_once_and_leaves_the_live_group_alone() {
         to_offset: Some(30),
         rate: Some(1_000),
         rate_fraction: 0.25,
+        // The range machinery under test: the ledger would skip what the
+        // live run delivered (tests/e2e/ledger.rs proves that).
+        resend_delivered: true,
         ..ReplayRequest::default()
     };
     // A dry run decodes the range and sends nothing.

@@ -132,6 +132,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new()
         .route("/router/rest", get(router_rest).post(router_rest))
         .route("/emulator/orders", get(orders))
+        .route("/emulator/reports", get(reports))
         .route("/emulator/stats", get(stats))
         .route("/emulator/faults", get(get_faults).put(put_faults))
         .with_state(gateway)
@@ -188,6 +189,10 @@ async fn orders(State(gateway): State<Arc<Gateway>>) -> Response {
         "orders": gateway.orders(),
     }))
     .into_response()
+}
+
+async fn reports(State(gateway): State<Arc<Gateway>>) -> Response {
+    axum::Json(json!({ "reports": gateway.reports() })).into_response()
 }
 
 async fn stats(State(gateway): State<Arc<Gateway>>) -> Response {

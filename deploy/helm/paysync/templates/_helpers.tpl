@@ -138,3 +138,105 @@ Argument: (list "header path" dict).
 {{- end -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+The container's environment, mounts and volumes: the StatefulSet's and the
+reconciliation CronJob's, which read the same configuration and secrets.
+*/}}
+{{- define "paysync.env" -}}
+{{- if .Values.topSecret.sessionKey }}
+- name: PAYSYNC_TOP__SESSION
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.topSecret.name }}
+      key: {{ .Values.topSecret.sessionKey }}
+{{- end }}
+{{- if .Values.topProxy.passwordSecret.name }}
+# A path, not the password: the Secret is mounted below.
+- name: PAYSYNC_TOP__PROXY_PASSWORD_FILE
+  value: {{ printf "%s/%s" (include "paysync.proxySecretDir" .) .Values.topProxy.passwordSecret.key | quote }}
+{{- end }}
+{{- range .Values.kafkaSecretProperties }}
+- name: {{ printf "PAYSYNC_KAFKA__LIBRDKAFKA__%s" .property | quote }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ .secretName }}
+      key: {{ .key }}
+{{- end }}
+{{- with .Values.extraEnv }}
+{{- toYaml . | nindent 0 }}
+{{- end }}
+{{- end }}
+
+{{- define "paysync.volumeMounts" -}}
+- name: config
+  mountPath: /etc/paysync
+  readOnly: true
+- name: top-secret
+  mountPath: {{ include "paysync.secretDir" . }}
+  readOnly: true
+- name: tmp
+  mountPath: /tmp
+{{- range $index, $file := .Values.kafkaSecretFiles }}
+- name: {{ printf "kafka-secret-%d" $index }}
+  mountPath: {{ $file.mountPath }}
+  readOnly: true
+{{- end }}
+{{- if .Values.topProxy.passwordSecret.name }}
+- name: proxy-secret
+  mountPath: {{ include "paysync.proxySecretDir" . }}
+  readOnly: true
+{{- end }}
+{{- if or .Values.topCaBundle.secretName .Values.topCaBundle.configMapName }}
+- name: top-ca
+  mountPath: {{ include "paysync.caDir" . }}
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "paysync.volumes" -}}
+- name: config
+  configMap:
+    name: {{ include "paysync.fullname" . }}
+- name: top-secret
+  secret:
+    secretName: {{ required "topSecret.name: the Secret holding the TOP app secret" .Values.topSecret.name }}
+    items:
+      - key: {{ .Values.topSecret.appSecretKey }}
+        path: {{ .Values.topSecret.appSecretKey }}
+- name: tmp
+  emptyDir:
+    sizeLimit: 16Mi
+{{- range $index, $file := .Values.kafkaSecretFiles }}
+- name: {{ printf "kafka-secret-%d" $index }}
+  secret:
+    secretName: {{ $file.secretName }}
+{{- end }}
+{{- with .Values.topProxy.passwordSecret }}
+{{- if .name }}
+- name: proxy-secret
+  secret:
+    secretName: {{ .name }}
+    items:
+      - key: {{ .key }}
+        path: {{ .key }}
+{{- end }}
+{{- end }}
+{{- with .Values.topCaBundle }}
+{{- if .secretName }}
+- name: top-ca
+  secret:
+    secretName: {{ .secretName }}
+    items:
+      - key: {{ .key }}
+        path: {{ .key }}
+{{- else if .configMapName }}
+- name: top-ca
+  configMap:
+    name: {{ .configMapName }}
+    items:
+      - key: {{ .key }}
+        path: {{ .key }}
+{{- end }}
+{{- end }}
+{{- end }}

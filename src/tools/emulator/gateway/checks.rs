@@ -10,13 +10,15 @@ use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 use serde_json::Value;
 
-use super::dto::validate_dto;
+use super::dto::{validate_dto, validate_order_amount};
 use super::render::Answer;
 use super::{Gateway, PER_SECOND_HISTORY};
 use crate::gmt8;
 use crate::tools::emulator::faults::Faults;
 use crate::tools::emulator::journal::AcceptedOrder;
-use crate::top::request::{API_METHOD, API_VERSION, DTO_PARAM};
+use crate::top::request::{
+    API_METHOD, API_VERSION, DTO_PARAM, ORDER_AMOUNT_METHOD, ORDER_AMOUNT_PARAM,
+};
 use crate::top::sign::{self, EmptyValues, SignMethod};
 
 impl Gateway {
@@ -102,7 +104,7 @@ impl Gateway {
         if !signature_matches(params, sign_method, secret, sent_sign) {
             return Answer::error(25, "Invalid signature");
         }
-        if method != API_METHOD {
+        if method != API_METHOD && method != ORDER_AMOUNT_METHOD {
             return Answer::sub(
                 22,
                 "Invalid method",
@@ -147,6 +149,25 @@ impl Gateway {
                     format!("This ban will last for {seconds} more seconds"),
                 );
             }
+        }
+        if method == ORDER_AMOUNT_METHOD {
+            let report = match validate_order_amount(get(ORDER_AMOUNT_PARAM)) {
+                Ok(report) => report,
+                Err(bad) => return self.bad_data(bad),
+            };
+            if self.draw(faults.unavailable_rate) {
+                return Answer::error(10, "Service currently unavailable");
+            }
+            self.reports
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(report);
+            return Answer::Result {
+                code: "200".into(),
+                success: true,
+                model: true,
+                message: "成功".into(),
+            };
         }
         let order = match validate_dto(get(DTO_PARAM)) {
             Ok(order) => order,

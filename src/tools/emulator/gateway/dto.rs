@@ -6,12 +6,67 @@ use serde_json::Value;
 use super::render::Answer;
 use super::{BadDataStyle, Gateway};
 use crate::gmt8;
-use crate::top::request::DTO_PARAM;
+use crate::top::request::{DTO_PARAM, ORDER_AMOUNT_PARAM};
 
 /// A DTO problem: the field, and whether it is missing or invalid.
 pub(super) struct BadData {
     field: String,
     missing: bool,
+}
+
+/// Validates `parking_order_amount_dto`: every documented field present and
+/// of its type, `total_amount` the sum of the lines (the natural reading).
+pub(super) fn validate_order_amount(raw: Option<&str>) -> Result<Value, BadData> {
+    let bad = |field: &str, missing: bool| BadData {
+        field: field.to_owned(),
+        missing,
+    };
+    let raw = raw.ok_or_else(|| bad(ORDER_AMOUNT_PARAM, true))?;
+    let report: Value = serde_json::from_str(raw).map_err(|_| bad(ORDER_AMOUNT_PARAM, false))?;
+    let total = match report.get("total_amount") {
+        None | Some(Value::Null) => return Err(bad("total_amount", true)),
+        Some(value) => value.as_u64().ok_or_else(|| bad("total_amount", false))?,
+    };
+    let lines = match report.get("order_amount_dtos") {
+        None | Some(Value::Null) => return Err(bad("order_amount_dtos", true)),
+        Some(value) => value
+            .as_array()
+            .ok_or_else(|| bad("order_amount_dtos", false))?,
+    };
+    let mut sum = 0;
+    for line in lines {
+        let field = |name: &str| line.get(name).filter(|v| !v.is_null());
+        match field("order_type").and_then(Value::as_str) {
+            None if field("order_type").is_none() => return Err(bad("order_type", true)),
+            Some("ISV_ORDER" | "CITY_BRAIN_ORDER" | "MIAOJIE_ORDER") => {}
+            _ => return Err(bad("order_type", false)),
+        }
+        sum += match field("order_amount") {
+            None => return Err(bad("order_amount", true)),
+            Some(value) => value.as_u64().ok_or_else(|| bad("order_amount", false))?,
+        };
+        match field("order_date") {
+            None => return Err(bad("order_date", true)),
+            Some(Value::String(date)) if gmt8::parse(date).is_some() => {}
+            Some(_) => return Err(bad("order_date", false)),
+        }
+        match field("park_id") {
+            None => return Err(bad("park_id", true)),
+            Some(Value::String(park)) if !park.trim().is_empty() => {}
+            Some(_) => return Err(bad("park_id", false)),
+        }
+        if let Some(ids) = field("order_ids")
+            && !ids
+                .as_array()
+                .is_some_and(|ids| ids.iter().all(Value::is_string))
+        {
+            return Err(bad("order_ids", false));
+        }
+    }
+    if sum != total {
+        return Err(bad("total_amount", false));
+    }
+    Ok(report)
 }
 
 pub(super) fn validate_dto(raw: Option<&str>) -> Result<Value, BadData> {

@@ -91,6 +91,8 @@ pub struct Gateway {
     rng: Mutex<StdRng>,
     journal: Mutex<Journal>,
     stats: Mutex<Stats>,
+    /// The `orderamount.sync` reports accepted, as sent.
+    reports: Mutex<Vec<serde_json::Value>>,
 }
 
 mod checks;
@@ -99,6 +101,7 @@ mod params;
 mod render;
 mod wire;
 
+use crate::top::request::ORDER_AMOUNT_METHOD;
 use params::merge_params;
 use render::{Answer, Rendering, XML_RENDERING, render};
 pub use wire::{RawRequest, Reply};
@@ -116,7 +119,16 @@ impl Gateway {
             rng: Mutex::new(rng),
             journal: Mutex::new(journal),
             stats: Mutex::new(Stats::default()),
+            reports: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The `orderamount.sync` reports accepted, as sent.
+    pub fn reports(&self) -> Vec<serde_json::Value> {
+        self.reports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn faults(&self) -> Faults {
@@ -247,11 +259,20 @@ impl Gateway {
         let rendering = Rendering {
             json: get("format") == Some("json"),
             simplify: get("simplify") == Some("true"),
+            root: if get("method") == Some(ORDER_AMOUNT_METHOD) {
+                render::ORDER_AMOUNT_ROOT
+            } else {
+                XML_RENDERING.root
+            },
         };
         let answer = self.check(&params, faults, now, instant, &request_id);
         let rendering = match get("format") {
             Some("json") | Some("xml") | None => rendering,
-            Some(_) => XML_RENDERING,
+            Some(_) => Rendering {
+                json: false,
+                simplify: false,
+                ..rendering
+            },
         };
         (rendering, answer, request_id)
     }
@@ -337,6 +358,63 @@ mod tests {
             TopResponse::Error(e) => Some(e.code),
             TopResponse::Result(_) => None,
         }
+    }
+
+    #[tokio::test]
+    async fn an_order_amount_report_is_checked_recorded_and_answered_in_its_own_wrapper() {
+        let gateway = gateway();
+        let now = Utc::now().timestamp_millis().to_string();
+        let report = |total: u64| {
+            format!(
+                r#"{{"total_amount":{total},"order_amount_dtos":[{{"order_type":"ISV_ORDER","order_amount":2,"order_ids":[],"order_date":"2026-12-05 00:00:00","park_id":"p1"}}]}}"#
+            )
+        };
+        let send = |value: String| {
+            let params: Vec<(&str, String)> = base_params(&now, SignMethod::Md5)
+                .into_iter()
+                .filter(|(name, _)| *name != DTO_PARAM)
+                .map(|(name, v)| {
+                    if name == "method" {
+                        (name, ORDER_AMOUNT_METHOD.to_owned())
+                    } else {
+                        (name, v)
+                    }
+                })
+                .chain([(crate::top::request::ORDER_AMOUNT_PARAM, value)])
+                .collect();
+            let refs: Vec<(&str, String)> = params;
+            let refs: Vec<(&str, &str)> = refs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            signed(&refs, SignMethod::Md5)
+        };
+        let body = send(report(2));
+        let reply = gateway
+            .handle(RawRequest {
+                query: None,
+                content_type: None,
+                body: body.into_bytes(),
+            })
+            .await;
+        let Reply::Http { body, .. } = reply else {
+            panic!()
+        };
+        assert!(
+            body.contains("taojie_parking_orderamount_sync_response"),
+            "{body}"
+        );
+        let parsed = response::parse(body.as_bytes()).unwrap().response;
+        assert!(
+            matches!(parsed, TopResponse::Result(ref r) if r.model == Some(true)),
+            "{parsed:?}"
+        );
+        assert_eq!(gateway.reports().len(), 1);
+        assert_eq!(gateway.order_counts(), (0, 0, 0), "a report is no order");
+        // A total that is not the sum of the lines is refused, naming the field.
+        let refused = send_body(&gateway, send(report(3))).await;
+        assert!(
+            matches!(&refused, TopResponse::Error(e) if e.code == 41 && e.msg.as_deref().is_some_and(|m| m.contains("total_amount"))),
+            "{refused:?}"
+        );
+        assert_eq!(gateway.reports().len(), 1);
     }
 
     #[tokio::test]

@@ -5,7 +5,6 @@
 use serde_json::json;
 
 use super::wire::Reply;
-use crate::top::response::response_root;
 
 /// A gateway answer before it is rendered.
 pub(super) enum Answer {
@@ -57,18 +56,24 @@ impl Answer {
 pub(super) struct Rendering {
     pub(super) json: bool,
     pub(super) simplify: bool,
+    /// The success wrapper's name: the called API's.
+    pub(super) root: &'static str,
 }
 
 pub(super) const XML_RENDERING: Rendering = Rendering {
     json: false,
     simplify: false,
+    root: "taojie_parking_order_payinfo_sync_response",
 };
+
+/// The success wrapper of `orderamount.sync`'s answers.
+pub(super) const ORDER_AMOUNT_ROOT: &str = "taojie_parking_orderamount_sync_response";
 
 pub(super) fn render(rendering: Rendering, answer: &Answer, request_id: &str) -> Reply {
     let body = if rendering.json {
         render_json(rendering, answer, request_id)
     } else {
-        render_xml(answer, request_id)
+        render_xml(rendering.root, answer, request_id)
     };
     Reply::Http {
         status: 200,
@@ -113,14 +118,14 @@ pub(super) fn render_json(rendering: Rendering, answer: &Answer, request_id: &st
             if rendering.simplify {
                 inner
             } else {
-                json!({ response_root(): inner })
+                json!({ rendering.root: inner })
             }
         }
     };
     value.to_string()
 }
 
-pub(super) fn render_xml(answer: &Answer, request_id: &str) -> String {
+pub(super) fn render_xml(root: &str, answer: &Answer, request_id: &str) -> String {
     let mut out = String::from("<?xml version=\"1.0\" encoding=\"utf-8\" ?>");
     let element = |out: &mut String, name: &str, text: &str| {
         out.push_str(&format!("<{name}>{}</{name}>", xml_escape(text)));
@@ -150,7 +155,6 @@ pub(super) fn render_xml(answer: &Answer, request_id: &str) -> String {
             model,
             message,
         } => {
-            let root = response_root();
             out.push_str(&format!("<{root}><result>"));
             element(&mut out, "code", code);
             element(&mut out, "success", &success.to_string());

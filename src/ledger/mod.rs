@@ -1,0 +1,597 @@
+//! The delivery ledger: what Miaojie was sent and what it answered, per
+//! business key, kept in a compacted Kafka topic (docs/ledger.md).
+//!
+//! * [`entry`]: the key, the entry's JSON, the hashes.
+//! * [`store`]: one ledger partition in memory (a fixed-size slot per key).
+//! * [`topic`]: the topic made sure of at start, co-partitioned with the
+//!   source, and read whole by the operator's commands.
+//! * [`report`]: the operator's views (`ledger show|unknown|stats`), the
+//!   resolution of unknown outcomes, and the daily reconciliation.
+//!
+//! This file is the pipeline's side: [`Ledger`] restores the ledger
+//! partitions of the source partitions this replica owns (reading them to
+//! their end before any event of them is judged, then following them),
+//! answers [`Ledger::admit`] for each event — send it, it is a duplicate, or
+//! park it — and writes outcomes, waiting for the broker's acknowledgement
+//! like the dead-letter writer does.
+
+pub mod entry;
+pub mod report;
+pub mod store;
+pub mod topic;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::backoff;
+use crate::config::{LedgerMode, Settings};
+use crate::event::PaymentEvent;
+use crate::kafka;
+use crate::kafka::record::SourceRecord;
+use crate::metrics::Metrics;
+use crate::partition::PartitionId;
+use entry::{Entry, KeyField, LedgerKey, Outcome, Position};
+use store::{PartitionStore, Slot};
+pub use topic::LedgerTopicError;
+
+/// First and longest pause between attempts to write one entry.
+const RETRY_INITIAL: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(8);
+/// How often the follower drops entries past the horizon from memory.
+const PRUNE_EVERY: Duration = Duration::from_secs(3_600);
+
+/// What to do with an event, by what the ledger holds of its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admit {
+    /// Send it; `correction` when its key was accepted with another DTO.
+    Send { correction: bool },
+    /// Its key was accepted with the same DTO, at this source position.
+    Duplicate { earlier: String },
+    /// Strict mode: park it with this outcome (unknown, or held behind the
+    /// key named) — the ledger will hold it, the offset passes.
+    Park {
+        outcome: Outcome,
+        behind: Option<String>,
+    },
+    /// Strict mode: this very event is parked already.
+    AlreadyParked { outcome: Outcome },
+    /// The partition was revoked or the pipeline stops.
+    Cancelled,
+}
+
+/// One ledger partition as this replica holds it.
+struct Held {
+    store: PartitionStore,
+    /// Read to its end since it was assigned: events may be judged.
+    ready: bool,
+    started: Instant,
+}
+
+/// What the follower thread is told.
+enum Follow {
+    Add(Vec<i32>),
+    Remove(Vec<i32>),
+    Stop,
+}
+
+/// The state the pipeline's tasks and the follower thread share.
+struct Shared {
+    topic: String,
+    retain: Duration,
+    partitions: Mutex<HashMap<i32, Held>>,
+    /// Bumped when a partition finishes its restore.
+    restored: tokio::sync::watch::Sender<u64>,
+    metrics: Arc<Metrics>,
+    /// For the follower's tombstones of entries past the horizon.
+    writer: FutureProducer,
+}
+
+/// The pipeline's ledger.
+pub struct Ledger {
+    mode: LedgerMode,
+    key_fields: Vec<KeyField>,
+    ledger_partitions: i32,
+    shared: Arc<Shared>,
+    follow: Mutex<mpsc::Sender<Follow>>,
+    follower: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Ledger partitions wanted, by the owned source partitions.
+    wanted: Mutex<HashSet<i32>>,
+}
+
+impl Ledger {
+    /// Makes sure of the topic, starts the follower. `None` when the mode
+    /// is off. Blocks.
+    pub fn open(
+        settings: &Settings,
+        source_partitions: i32,
+        metrics: Arc<Metrics>,
+    ) -> Result<Option<Arc<Ledger>>, LedgerError> {
+        if settings.ledger.mode == LedgerMode::Off {
+            return Ok(None);
+        }
+        let ledger_partitions = topic::ensure(settings, source_partitions.max(1))?;
+        let topic = settings.ledger.topic(&settings.kafka.group_id);
+        let writer: FutureProducer = kafka::clients::durable_producer(settings)
+            .create()
+            .map_err(LedgerError::Client)?;
+        let mut config = kafka::clients::tool_consumer(
+            settings,
+            &format!("{}.ledger-follower", settings.kafka.group_id),
+        );
+        config.set("enable.partition.eof", "true");
+        // A restore's end is seen at the next fetch answer: do not let an
+        // empty partition's fetch wait long for data.
+        config.set("fetch.wait.max.ms", "100");
+        let consumer: BaseConsumer<FollowerContext> = config
+            .create_with_context(FollowerContext)
+            .map_err(LedgerError::Client)?;
+        let shared = Arc::new(Shared {
+            topic: topic.clone(),
+            retain: settings.ledger.retain(),
+            partitions: Mutex::new(HashMap::new()),
+            restored: tokio::sync::watch::channel(0).0,
+            metrics,
+            writer,
+        });
+        let (follow, commands) = mpsc::channel();
+        let follower = shared.clone();
+        let follower = std::thread::Builder::new()
+            .name("paysync-ledger".into())
+            .spawn(move || follower.follow(consumer, commands))
+            .map_err(LedgerError::Thread)?;
+        tracing::info!(
+            topic = %topic,
+            partitions = ledger_partitions,
+            mode = settings.ledger.mode.as_str(),
+            key = settings.ledger.key_fields.iter().map(|f| f.as_str()).collect::<Vec<_>>().join("+"),
+            retain_days = settings.ledger.retain_days,
+            "Delivery ledger on."
+        );
+        Ok(Some(Arc::new(Ledger {
+            mode: settings.ledger.mode,
+            key_fields: settings.ledger.key_fields.clone(),
+            ledger_partitions,
+            shared,
+            follow: Mutex::new(follow),
+            follower: Mutex::new(Some(follower)),
+            wanted: Mutex::new(HashSet::new()),
+        })))
+    }
+
+    pub fn mode(&self) -> LedgerMode {
+        self.mode
+    }
+
+    pub fn key(&self, event: &PaymentEvent) -> LedgerKey {
+        LedgerKey::of(event, &self.key_fields)
+    }
+
+    fn ledger_partition(&self, source: &PartitionId) -> i32 {
+        topic::partition_for(source.partition, self.ledger_partitions)
+    }
+
+    /// The source partitions this replica owns now: their ledger partitions
+    /// are restored (the new ones) or dropped (those no longer needed).
+    pub fn set_owned<'a>(&self, owned: impl IntoIterator<Item = &'a PartitionId>) {
+        let wanted: HashSet<i32> = owned
+            .into_iter()
+            .map(|id| self.ledger_partition(id))
+            .collect();
+        let mut current = self.wanted.lock().unwrap_or_else(|p| p.into_inner());
+        let added: Vec<i32> = wanted.difference(&current).copied().collect();
+        let removed: Vec<i32> = current.difference(&wanted).copied().collect();
+        *current = wanted;
+        drop(current);
+        {
+            let mut partitions = self.shared.lock();
+            for partition in &removed {
+                partitions.remove(partition);
+            }
+            for partition in &added {
+                partitions.insert(
+                    *partition,
+                    Held {
+                        store: PartitionStore::default(),
+                        ready: false,
+                        started: Instant::now(),
+                    },
+                );
+            }
+        }
+        let follow = self.follow.lock().unwrap_or_else(|p| p.into_inner());
+        if !removed.is_empty() {
+            let _ = follow.send(Follow::Remove(removed));
+        }
+        if !added.is_empty() {
+            let _ = follow.send(Follow::Add(added));
+        }
+        drop(follow);
+        self.shared.publish();
+    }
+
+    /// Waits until the event's ledger partition is restored, then judges the
+    /// event by what its key holds.
+    pub async fn admit(
+        &self,
+        source: &SourceRecord,
+        key: &LedgerKey,
+        dto_hash: u64,
+        resend_delivered: bool,
+        cancel: &CancellationToken,
+    ) -> Admit {
+        let partition = self.ledger_partition(&source.id);
+        let mut restored = self.shared.restored.subscribe();
+        loop {
+            match self.shared.lock().get(&partition) {
+                Some(held) if held.ready => break,
+                Some(_) => {}
+                // Not owned any more: the partition is being revoked.
+                None => return Admit::Cancelled,
+            }
+            tokio::select! {
+                changed = restored.changed() => if changed.is_err() { return Admit::Cancelled },
+                _ = cancel.cancelled() => return Admit::Cancelled,
+            }
+        }
+        let partitions = self.shared.lock();
+        let Some(held) = partitions.get(&partition) else {
+            return Admit::Cancelled;
+        };
+        let slot = held.store.get(key.hash).copied();
+        let strict = self.mode == LedgerMode::Strict;
+        if strict && let Some(slot) = slot {
+            let same_event = slot.source_offset == source.offset;
+            match slot.outcome {
+                Outcome::Unknown | Outcome::Held if same_event => {
+                    return Admit::AlreadyParked {
+                        outcome: slot.outcome,
+                    };
+                }
+                // A call of this event went out and its answer is lost.
+                Outcome::Intent if !slot.mine && same_event => {
+                    return Admit::Park {
+                        outcome: Outcome::Unknown,
+                        behind: None,
+                    };
+                }
+                Outcome::Intent | Outcome::Unknown | Outcome::Held => {
+                    return Admit::Park {
+                        outcome: Outcome::Held,
+                        behind: Some(key.shown()),
+                    };
+                }
+                Outcome::Accepted | Outcome::DeadLettered | Outcome::Failed => {}
+            }
+        }
+        if strict && held.store.order_blocked(key.order) {
+            return Admit::Park {
+                outcome: Outcome::Held,
+                behind: Some("an earlier event of the order".into()),
+            };
+        }
+        match slot {
+            Some(slot) if slot.outcome == Outcome::Accepted && slot.dto_hash == dto_hash => {
+                if resend_delivered {
+                    Admit::Send { correction: false }
+                } else {
+                    Admit::Duplicate {
+                        earlier: format!(
+                            "{}/{}@{}",
+                            source.id.topic, source.id.partition, slot.source_offset
+                        ),
+                    }
+                }
+            }
+            Some(slot) if slot.outcome == Outcome::Accepted => Admit::Send { correction: true },
+            _ => Admit::Send { correction: false },
+        }
+    }
+
+    /// Writes `entry` under `key` for source partition `source`, retrying
+    /// until the broker acknowledges it or `cancel` fires; then applies it
+    /// to memory. Returns whether it was written.
+    pub async fn write(
+        &self,
+        source: &PartitionId,
+        key: &LedgerKey,
+        entry: &Entry,
+        cancel: &CancellationToken,
+    ) -> bool {
+        let partition = self.ledger_partition(source);
+        let value = entry.encode();
+        let mut attempt = 0u32;
+        loop {
+            let record = FutureRecord::to(&self.shared.topic)
+                .partition(partition)
+                .key(key.text.as_bytes())
+                .payload(&value);
+            let sent = tokio::select! {
+                sent = self.shared.writer.send(record, Timeout::After(Duration::from_secs(30))) => sent,
+                _ = cancel.cancelled() => return false,
+            };
+            match sent {
+                Ok(delivery) => {
+                    self.shared
+                        .metrics
+                        .ledger_writes
+                        .with_label_values(&[entry.outcome.as_str()])
+                        .inc();
+                    let slot = Slot {
+                        ledger_offset: delivery.offset,
+                        source_offset: entry.source.offset,
+                        dto_hash: entry.dto_hash_value().unwrap_or_default(),
+                        at_secs: seconds(entry.at.timestamp()),
+                        outcome: entry.outcome,
+                        mine: entry.outcome == Outcome::Intent,
+                    };
+                    if let Some(held) = self.shared.lock().get_mut(&partition) {
+                        held.store
+                            .apply(key.hash, key.order, delivery.offset, Some(slot));
+                    }
+                    return true;
+                }
+                Err((error, _)) => {
+                    self.shared.metrics.ledger_write_failures.inc();
+                    tracing::error!(
+                        error = %error,
+                        topic = %self.shared.topic,
+                        source = %source,
+                        attempt = attempt + 1,
+                        "Ledger write failed; the event's offset is held until it succeeds."
+                    );
+                    let delay = backoff(attempt, RETRY_INITIAL, RETRY_MAX);
+                    attempt += 1;
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = cancel.cancelled() => return false,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Publishes the ledger's gauges.
+    pub fn publish(&self) {
+        self.shared.publish();
+    }
+
+    /// Stops following the topic and waits for the writes under way (the
+    /// pipeline's shutdown, after its final commit). Blocks.
+    pub fn close(&self, timeout: Duration) {
+        let _ = self
+            .follow
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(Follow::Stop);
+        if let Some(follower) = self
+            .follower
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            let _ = follower.join();
+        }
+        if let Err(error) =
+            rdkafka::producer::Producer::flush(&self.shared.writer, Timeout::After(timeout))
+        {
+            tracing::warn!(error = %error, "Flushing the ledger's writes failed.");
+        }
+    }
+}
+
+/// Seconds since the epoch as the slot keeps them (until 2106).
+fn seconds(timestamp: i64) -> u32 {
+    timestamp.clamp(0, i64::from(u32::MAX)) as u32
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, HashMap<i32, Held>> {
+        self.partitions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn horizon(&self) -> u32 {
+        seconds(Utc::now().timestamp() - self.retain.as_secs() as i64)
+    }
+
+    /// The follower: reads the wanted ledger partitions from their start,
+    /// marks each restored at its end, and keeps following them (the
+    /// operator's resolutions, another replica's writes). Runs on its own
+    /// thread until the ledger is dropped.
+    fn follow(
+        self: Arc<Self>,
+        consumer: BaseConsumer<FollowerContext>,
+        commands: mpsc::Receiver<Follow>,
+    ) {
+        let mut pruned = Instant::now();
+        loop {
+            loop {
+                match commands.try_recv() {
+                    Ok(Follow::Add(partitions)) => self.assign(&consumer, &partitions, true),
+                    Ok(Follow::Remove(partitions)) => self.assign(&consumer, &partitions, false),
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Ok(Follow::Stop) | Err(mpsc::TryRecvError::Disconnected) => return,
+                }
+            }
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(message)) => {
+                    if let Some(read) = topic::ReadEntry::of(&message) {
+                        self.apply_read(read);
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(partition))) => self.restored(partition),
+                Some(Err(error)) => {
+                    tracing::warn!(error = %error, topic = %self.topic, "Reading the ledger failed; retrying.");
+                }
+                None => {}
+            }
+            if pruned.elapsed() >= PRUNE_EVERY {
+                pruned = Instant::now();
+                let horizon = self.horizon();
+                let dropped: usize = self
+                    .lock()
+                    .values_mut()
+                    .map(|held| held.store.prune(horizon))
+                    .sum();
+                if dropped > 0 {
+                    tracing::info!(
+                        entries = dropped,
+                        "Ledger entries past the horizon dropped from memory."
+                    );
+                }
+                self.publish();
+            }
+        }
+    }
+
+    fn assign(&self, consumer: &BaseConsumer<FollowerContext>, partitions: &[i32], add: bool) {
+        let mut list = TopicPartitionList::new();
+        for partition in partitions {
+            let offset = if add {
+                Offset::Beginning
+            } else {
+                Offset::Invalid
+            };
+            if let Err(error) = list.add_partition_offset(&self.topic, *partition, offset) {
+                tracing::warn!(error = %error, "Cannot list a ledger partition.");
+            }
+        }
+        let changed = if add {
+            consumer.incremental_assign(&list)
+        } else {
+            consumer.incremental_unassign(&list)
+        };
+        if let Err(error) = changed {
+            tracing::error!(error = %error, topic = %self.topic, "Cannot follow the ledger's partitions.");
+        }
+        if add {
+            // An empty partition is restored at once; the others at their end.
+            for partition in partitions {
+                if let Ok((low, high)) = consumer.fetch_watermarks(
+                    &self.topic,
+                    *partition,
+                    kafka::queries::REQUEST_TIMEOUT,
+                ) && high <= low
+                {
+                    self.restored(*partition);
+                }
+            }
+        }
+    }
+
+    /// Applies one entry read from the topic. An entry past the horizon is
+    /// dropped, and a tombstone written so compaction removes it.
+    fn apply_read(&self, read: topic::ReadEntry) {
+        let horizon = self.horizon();
+        let slot = read.entry.as_ref().and_then(|entry| {
+            let at_secs = seconds(entry.at.timestamp());
+            if at_secs < horizon {
+                return None;
+            }
+            Some(Slot {
+                ledger_offset: read.offset,
+                source_offset: entry.source.offset,
+                dto_hash: entry.dto_hash_value().unwrap_or_default(),
+                at_secs,
+                outcome: entry.outcome,
+                mine: false,
+            })
+        });
+        if slot.is_none() && read.entry.is_some() {
+            let tombstone: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic)
+                .partition(read.partition)
+                .key(read.key.text.as_bytes());
+            // Compaction's business: nothing waits for it.
+            drop(self.writer.send_result(tombstone));
+        }
+        if let Some(held) = self.lock().get_mut(&read.partition) {
+            held.store
+                .apply(read.key.hash, read.key.order, read.offset, slot);
+        }
+    }
+
+    fn restored(&self, partition: i32) {
+        let mut partitions = self.lock();
+        let Some(held) = partitions.get_mut(&partition) else {
+            return;
+        };
+        if held.ready {
+            return;
+        }
+        held.ready = true;
+        let took = held.started.elapsed();
+        self.metrics.ledger_restore_seconds.set(took.as_secs_f64());
+        tracing::info!(
+            topic = %self.topic,
+            partition,
+            entries = held.store.len(),
+            unknown = held.store.unknown(),
+            took_ms = took.as_millis() as u64,
+            "Ledger partition restored; its events may be sent."
+        );
+        drop(partitions);
+        self.restored.send_modify(|generation| *generation += 1);
+        self.publish();
+    }
+
+    fn publish(&self) {
+        let partitions = self.lock();
+        let metrics = &self.metrics;
+        let (mut entries, mut unknown, mut held_events, mut bytes, mut restoring) = (0, 0, 0, 0, 0);
+        for held in partitions.values() {
+            entries += held.store.len();
+            unknown += held.store.unknown();
+            held_events += held.store.held();
+            bytes += held.store.memory_bytes();
+            restoring += usize::from(!held.ready);
+        }
+        metrics.ledger_entries.set(entries as i64);
+        metrics.ledger_unknown_outcomes.set(unknown as i64);
+        metrics.ledger_held_events.set(held_events as i64);
+        metrics.ledger_memory_bytes.set(bytes as i64);
+        metrics.ledger_restoring_partitions.set(restoring as i64);
+    }
+}
+
+/// The follower's client context: librdkafka reports each partition's end
+/// as an error too, and for the follower it is the news it waits for.
+struct FollowerContext;
+
+impl rdkafka::ClientContext for FollowerContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::warn!(error = %error, reason, "Ledger reader: Kafka client error.");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for FollowerContext {}
+
+/// Why the ledger could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error(transparent)]
+    Topic(#[from] LedgerTopicError),
+    #[error("cannot create the ledger's Kafka client: {0}")]
+    Client(#[source] KafkaError),
+    #[error("cannot start the ledger's follower thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+/// The position of a source record, as entries name it.
+pub fn position_of(source: &SourceRecord) -> Position {
+    Position {
+        topic: source.id.topic.clone(),
+        partition: source.id.partition,
+        offset: source.offset,
+    }
+}

@@ -1,0 +1,270 @@
+//! The ledger topic: made sure of at start (created compacted when missing
+//! and `ledger.create_topic` allows, never silently without it), which of
+//! its partitions holds a source partition's entries, and reading it.
+//!
+//! The ledger is co-partitioned with the source, as Kafka Streams does with
+//! its changelogs: source partition *p* (of any source topic) files its
+//! entries in ledger partition *p mod n*. A replica restores only the
+//! ledger partitions of the source partitions it owns, and an order's events
+//! meet their ledger entries as long as the producer keys them by order (what
+//! per-order ordering asks already).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::entry::{Entry, LedgerKey};
+use crate::config::Settings;
+use crate::kafka;
+
+/// How long the topic's creation and metadata are waited for.
+const TOPIC_WAIT: Duration = Duration::from_secs(30);
+
+/// Why the ledger topic cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerTopicError {
+    #[error(
+        "the ledger topic {topic:?} does not exist{why}; create it compacted, one partition per source partition:\n  kafka-topics.sh --bootstrap-server {bootstrap} --create --topic {topic} --partitions {partitions} --config cleanup.policy=compact\nor set ledger.mode = \"off\""
+    )]
+    Missing {
+        topic: String,
+        bootstrap: String,
+        partitions: i32,
+        why: String,
+    },
+    #[error(
+        "the ledger topic {topic:?} has cleanup.policy={policy}: its entries would be deleted by age, not kept per key; make it compacted:\n  kafka-configs.sh --bootstrap-server {bootstrap} --alter --entity-type topics --entity-name {topic} --add-config cleanup.policy=compact"
+    )]
+    NotCompacted {
+        topic: String,
+        bootstrap: String,
+        policy: String,
+    },
+    #[error("cannot read the ledger topic {topic:?}: {error}")]
+    Kafka {
+        topic: String,
+        #[source]
+        error: KafkaError,
+    },
+}
+
+/// The ledger partition that holds source partition `source_partition`'s entries.
+pub fn partition_for(source_partition: i32, ledger_partitions: i32) -> i32 {
+    source_partition.rem_euclid(ledger_partitions.max(1))
+}
+
+/// Makes sure the ledger topic exists and is compacted; returns its
+/// partition count. `wanted_partitions` is the most partitions a source
+/// topic has (a topic paysync creates gets as many). Blocks.
+pub fn ensure(settings: &Settings, wanted_partitions: i32) -> Result<i32, LedgerTopicError> {
+    let topic = settings.ledger.topic(&settings.kafka.group_id);
+    let bootstrap = settings.kafka.bootstrap_servers.clone();
+    let kafka_error = |error| LedgerTopicError::Kafka {
+        topic: topic.clone(),
+        error,
+    };
+    let consumer: BaseConsumer = kafka::clients::admin(settings)
+        .create()
+        .map_err(kafka_error)?;
+    let found = kafka::queries::topic_partitions(&consumer, &topic).map_err(kafka_error)?;
+    let partitions = match found {
+        Some(partitions) if !partitions.is_empty() => partitions.len() as i32,
+        _ if !settings.ledger.create_topic => {
+            return Err(LedgerTopicError::Missing {
+                topic,
+                bootstrap,
+                partitions: wanted_partitions,
+                why: " and ledger.create_topic is off".into(),
+            });
+        }
+        _ => {
+            create(settings, &topic, wanted_partitions).map_err(|why| {
+                LedgerTopicError::Missing {
+                    topic: topic.clone(),
+                    bootstrap: bootstrap.clone(),
+                    partitions: wanted_partitions,
+                    why: format!(" and paysync could not create it ({why})"),
+                }
+            })?;
+            tracing::info!(topic = %topic, partitions = wanted_partitions, "Created the ledger topic (compacted).");
+            wanted_partitions
+        }
+    };
+    if let Some(policy) = cleanup_policy(settings, &topic)
+        && !policy.split(',').any(|p| p.trim() == "compact")
+    {
+        return Err(LedgerTopicError::NotCompacted {
+            topic,
+            bootstrap,
+            policy,
+        });
+    }
+    if partitions < wanted_partitions {
+        tracing::warn!(
+            topic = %topic,
+            partitions,
+            source_partitions = wanted_partitions,
+            "The ledger topic has fewer partitions than a source topic: several source partitions share one, and a replica restores more than it owns."
+        );
+    }
+    Ok(partitions)
+}
+
+/// Creates the topic compacted. Blocks (on the caller's runtime when there
+/// is one, else on its own).
+fn create(settings: &Settings, topic: &str, partitions: i32) -> Result<(), String> {
+    let admin: AdminClient<DefaultClientContext> = kafka::clients::admin(settings)
+        .create()
+        .map_err(|error| error.to_string())?;
+    let replication = TopicReplication::Fixed(settings.ledger.replication_factor);
+    let new = NewTopic::new(topic, partitions.max(1), replication).set("cleanup.policy", "compact");
+    let options = AdminOptions::new().operation_timeout(Some(TOPIC_WAIT));
+    let created = futures::executor::block_on(admin.create_topics(&[new], &options))
+        .map_err(|error| error.to_string())?;
+    for result in created {
+        match result {
+            Ok(_) => {}
+            // Another replica created it first.
+            Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => return Err(code.to_string()),
+        }
+    }
+    // Wait until metadata shows it, so the first write finds a leader.
+    let consumer: BaseConsumer = kafka::clients::admin(settings)
+        .create()
+        .map_err(|error| error.to_string())?;
+    match kafka::queries::wait_for_topic(&consumer, topic, TOPIC_WAIT) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err("it did not appear in metadata".into()),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+/// The topic's `cleanup.policy`, when the brokers say (the mock cluster and
+/// a locked-down cluster may not).
+fn cleanup_policy(settings: &Settings, topic: &str) -> Option<String> {
+    let admin: AdminClient<DefaultClientContext> = kafka::clients::admin(settings).create().ok()?;
+    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    let described = futures::executor::block_on(
+        admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &options),
+    )
+    .ok()?;
+    let resource = described.into_iter().next()?.ok()?;
+    resource
+        .get("cleanup.policy")
+        .and_then(|entry| entry.value.clone())
+}
+
+/// One entry as read from the topic.
+#[derive(Debug, Clone)]
+pub struct ReadEntry {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: LedgerKey,
+    /// `None`: a tombstone (or a value this paysync cannot read).
+    pub entry: Option<Entry>,
+}
+
+impl ReadEntry {
+    /// Decodes one ledger record; `None` for a record with no key.
+    pub fn of(message: &impl Message) -> Option<ReadEntry> {
+        let key = String::from_utf8_lossy(message.key()?).into_owned();
+        let entry = message
+            .payload()
+            .and_then(|value| match Entry::decode(value) {
+                Ok(entry) => Some(entry),
+                Err(error) => {
+                    tracing::warn!(
+                        partition = message.partition(),
+                        offset = message.offset(),
+                        error = %error,
+                        "A ledger entry could not be read; it is skipped."
+                    );
+                    None
+                }
+            });
+        let order_id = entry.as_ref().map_or("", |e| e.order_id.as_str());
+        let key = LedgerKey::from_text(key, order_id);
+        Some(ReadEntry {
+            partition: message.partition(),
+            offset: message.offset(),
+            key,
+            entry,
+        })
+    }
+}
+
+/// Every live entry of the topic (the latest per key, tombstones applied),
+/// read from the beginning to each partition's end. For the operator's
+/// commands, which read the whole ledger. Blocks.
+pub fn read_all(settings: &Settings) -> anyhow::Result<Vec<ReadEntry>> {
+    let topic = settings.ledger.topic(&settings.kafka.group_id);
+    let consumer: BaseConsumer = kafka::clients::tool_consumer(
+        settings,
+        &format!("{}.ledger-tool", settings.kafka.group_id),
+    )
+    .create()?;
+    let partitions = kafka::queries::topic_partitions(&consumer, &topic)?
+        .ok_or_else(|| anyhow::anyhow!("the ledger topic {topic:?} does not exist"))?;
+    let mut ends = HashMap::new();
+    let mut list = TopicPartitionList::new();
+    for partition in partitions {
+        let (low, high) =
+            consumer.fetch_watermarks(&topic, partition, kafka::queries::REQUEST_TIMEOUT)?;
+        if high > low {
+            ends.insert(partition, high);
+            list.add_partition_offset(&topic, partition, Offset::Beginning)?;
+        }
+    }
+    consumer.assign(&list)?;
+    let mut latest: HashMap<String, ReadEntry> = HashMap::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    while !ends.is_empty() {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "reading the ledger topic {topic:?} did not finish within 5 minutes"
+        );
+        let Some(message) = consumer.poll(Duration::from_millis(500)) else {
+            // A partition whose last records are gone (compaction) ends at
+            // its position.
+            if let Ok(positions) = consumer.position() {
+                for element in positions.elements() {
+                    if let Offset::Offset(position) = element.offset()
+                        && ends
+                            .get(&element.partition())
+                            .is_some_and(|end| position >= *end)
+                    {
+                        ends.remove(&element.partition());
+                    }
+                }
+            }
+            continue;
+        };
+        let message = message?;
+        if ends
+            .get(&message.partition())
+            .is_some_and(|end| message.offset() + 1 >= *end)
+        {
+            ends.remove(&message.partition());
+        }
+        if let Some(read) = ReadEntry::of(&message) {
+            match read.entry {
+                Some(_) => {
+                    latest.insert(read.key.text.clone(), read);
+                }
+                None => {
+                    latest.remove(&read.key.text);
+                }
+            }
+        }
+    }
+    let mut entries: Vec<ReadEntry> = latest.into_values().collect();
+    entries.sort_by_key(|e| (e.partition, e.offset));
+    Ok(entries)
+}
