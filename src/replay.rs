@@ -104,6 +104,12 @@ impl ReplayReport {
                 summary.calls,
                 summary.retried_calls
             ));
+            if summary.duplicates_suppressed + summary.parked > 0 {
+                out.push_str(&format!(
+                    "  not sent: {} accepted before with the same DTO (--resend-delivered sends them), {} parked as unknown or held\n",
+                    summary.duplicates_suppressed, summary.parked
+                ));
+            }
         }
         if let Some((valid, invalid, problems)) = &self.checked {
             out.push_str(&format!(
@@ -293,7 +299,7 @@ pub async fn run(
     );
     while !running.is_finished() {
         let summary = running.summary();
-        bar.set_position(summary.delivered + summary.dead_lettered());
+        bar.set_position(summary.finished());
         bar.set_message(format!(
             "delivered {}, dead-lettered {}",
             summary.delivered,

@@ -76,6 +76,9 @@ pub(super) async fn dlq(command: DlqCommand) -> ExitCode {
                     for held in &report.held_back {
                         println!("  held back (raise --max-redrives to send it again): {held}");
                     }
+                    for skipped in &report.skipped_delivered {
+                        println!("  not sent (--resend-delivered sends it): {skipped}");
+                    }
                     for failure in &report.failed {
                         println!("  not accepted: {failure}");
                     }

@@ -49,6 +49,10 @@ const RETRY_INITIAL: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(8);
 /// How often the follower drops entries past the horizon from memory.
 const PRUNE_EVERY: Duration = Duration::from_secs(3_600);
+/// How long a ledger partition no owned source partition needs is still
+/// followed: a rebalance that revokes every partition and assigns most of
+/// them back (the classic protocol's) restores nothing again.
+const RELEASE_GRACE: Duration = Duration::from_secs(60);
 
 /// What to do with an event, by what the ledger holds of its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,12 +79,14 @@ struct Held {
     /// Read to its end since it was assigned: events may be judged.
     ready: bool,
     started: Instant,
+    /// Since when no owned source partition needs it (followed
+    /// [`RELEASE_GRACE`] longer, then dropped).
+    released: Option<Instant>,
 }
 
 /// What the follower thread is told.
 enum Follow {
     Add(Vec<i32>),
-    Remove(Vec<i32>),
     Stop,
 }
 
@@ -104,22 +110,21 @@ pub struct Ledger {
     shared: Arc<Shared>,
     follow: Mutex<mpsc::Sender<Follow>>,
     follower: Mutex<Option<std::thread::JoinHandle<()>>>,
-    /// Ledger partitions wanted, by the owned source partitions.
-    wanted: Mutex<HashSet<i32>>,
 }
 
 impl Ledger {
     /// Makes sure of the topic, starts the follower. `None` when the mode
     /// is off. Blocks.
-    pub fn open(
+    pub fn open<C: rdkafka::consumer::ConsumerContext>(
         settings: &Settings,
+        consumer: &impl Consumer<C>,
         source_partitions: i32,
         metrics: Arc<Metrics>,
     ) -> Result<Option<Arc<Ledger>>, LedgerError> {
         if settings.ledger.mode == LedgerMode::Off {
             return Ok(None);
         }
-        let ledger_partitions = topic::ensure(settings, source_partitions.max(1))?;
+        let ledger_partitions = topic::ensure(settings, consumer, source_partitions.max(1))?;
         let topic = settings.ledger.topic(&settings.kafka.group_id);
         let writer: FutureProducer = kafka::clients::durable_producer(settings)
             .create()
@@ -164,7 +169,6 @@ impl Ledger {
             shared,
             follow: Mutex::new(follow),
             follower: Mutex::new(Some(follower)),
-            wanted: Mutex::new(HashSet::new()),
         })))
     }
 
@@ -181,41 +185,42 @@ impl Ledger {
     }
 
     /// The source partitions this replica owns now: their ledger partitions
-    /// are restored (the new ones) or dropped (those no longer needed).
+    /// are restored (the new ones); those no longer needed are released.
     pub fn set_owned<'a>(&self, owned: impl IntoIterator<Item = &'a PartitionId>) {
         let wanted: HashSet<i32> = owned
             .into_iter()
             .map(|id| self.ledger_partition(id))
             .collect();
-        let mut current = self.wanted.lock().unwrap_or_else(|p| p.into_inner());
-        let added: Vec<i32> = wanted.difference(&current).copied().collect();
-        let removed: Vec<i32> = current.difference(&wanted).copied().collect();
-        *current = wanted;
-        drop(current);
+        let now = Instant::now();
+        let mut added = Vec::new();
         {
             let mut partitions = self.shared.lock();
-            for partition in &removed {
-                partitions.remove(partition);
+            for (partition, held) in partitions.iter_mut() {
+                if wanted.contains(partition) {
+                    held.released = None;
+                } else {
+                    held.released.get_or_insert(now);
+                }
             }
-            for partition in &added {
-                partitions.insert(
-                    *partition,
+            for partition in wanted {
+                partitions.entry(partition).or_insert_with(|| {
+                    added.push(partition);
                     Held {
                         store: PartitionStore::default(),
                         ready: false,
-                        started: Instant::now(),
-                    },
-                );
+                        started: now,
+                        released: None,
+                    }
+                });
             }
         }
-        let follow = self.follow.lock().unwrap_or_else(|p| p.into_inner());
-        if !removed.is_empty() {
-            let _ = follow.send(Follow::Remove(removed));
-        }
         if !added.is_empty() {
-            let _ = follow.send(Follow::Add(added));
+            let _ = self
+                .follow
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .send(Follow::Add(added));
         }
-        drop(follow);
         self.shared.publish();
     }
 
@@ -417,7 +422,6 @@ impl Shared {
             loop {
                 match commands.try_recv() {
                     Ok(Follow::Add(partitions)) => self.assign(&consumer, &partitions, true),
-                    Ok(Follow::Remove(partitions)) => self.assign(&consumer, &partitions, false),
                     Err(mpsc::TryRecvError::Empty) => break,
                     Ok(Follow::Stop) | Err(mpsc::TryRecvError::Disconnected) => return,
                 }
@@ -433,6 +437,10 @@ impl Shared {
                     tracing::warn!(error = %error, topic = %self.topic, "Reading the ledger failed; retrying.");
                 }
                 None => {}
+            }
+            let expired = self.drop_released();
+            if !expired.is_empty() {
+                self.assign(&consumer, &expired, false);
             }
             if pruned.elapsed() >= PRUNE_EVERY {
                 pruned = Instant::now();
@@ -451,6 +459,24 @@ impl Shared {
                 self.publish();
             }
         }
+    }
+
+    /// Drops the partitions released longer than [`RELEASE_GRACE`] ago;
+    /// returns them.
+    fn drop_released(&self) -> Vec<i32> {
+        let mut partitions = self.lock();
+        let expired: Vec<i32> = partitions
+            .iter()
+            .filter(|(_, held)| {
+                held.released
+                    .is_some_and(|at| at.elapsed() >= RELEASE_GRACE)
+            })
+            .map(|(partition, _)| *partition)
+            .collect();
+        for partition in &expired {
+            partitions.remove(partition);
+        }
+        expired
     }
 
     fn assign(&self, consumer: &BaseConsumer<FollowerContext>, partitions: &[i32], add: bool) {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -61,21 +61,26 @@ pub fn partition_for(source_partition: i32, ledger_partitions: i32) -> i32 {
 
 /// Makes sure the ledger topic exists and is compacted; returns its
 /// partition count. `wanted_partitions` is the most partitions a source
-/// topic has (a topic paysync creates gets as many). Blocks.
-pub fn ensure(settings: &Settings, wanted_partitions: i32) -> Result<i32, LedgerTopicError> {
+/// topic has (a topic paysync creates gets as many); `consumer` is the
+/// caller's, already connected, for the metadata. Blocks.
+pub fn ensure<C: ConsumerContext>(
+    settings: &Settings,
+    consumer: &impl Consumer<C>,
+    wanted_partitions: i32,
+) -> Result<i32, LedgerTopicError> {
     let topic = settings.ledger.topic(&settings.kafka.group_id);
     let bootstrap = settings.kafka.bootstrap_servers.clone();
     let kafka_error = |error| LedgerTopicError::Kafka {
         topic: topic.clone(),
         error,
     };
-    let consumer: BaseConsumer = kafka::clients::admin(settings)
+    let admin: AdminClient<DefaultClientContext> = kafka::clients::admin(settings)
         .create()
         .map_err(kafka_error)?;
-    let found = kafka::queries::topic_partitions(&consumer, &topic).map_err(kafka_error)?;
+    let found = kafka::queries::topic_partitions(consumer, &topic).map_err(kafka_error)?;
     let partitions = match found {
-        Some(partitions) if !partitions.is_empty() => partitions.len() as i32,
-        _ if !settings.ledger.create_topic => {
+        Some(partitions) => partitions.len() as i32,
+        None if !settings.ledger.create_topic => {
             return Err(LedgerTopicError::Missing {
                 topic,
                 bootstrap,
@@ -83,8 +88,8 @@ pub fn ensure(settings: &Settings, wanted_partitions: i32) -> Result<i32, Ledger
                 why: " and ledger.create_topic is off".into(),
             });
         }
-        _ => {
-            create(settings, &topic, wanted_partitions).map_err(|why| {
+        None => {
+            create(&admin, settings, consumer, &topic, wanted_partitions).map_err(|why| {
                 LedgerTopicError::Missing {
                     topic: topic.clone(),
                     bootstrap: bootstrap.clone(),
@@ -96,7 +101,7 @@ pub fn ensure(settings: &Settings, wanted_partitions: i32) -> Result<i32, Ledger
             wanted_partitions
         }
     };
-    if let Some(policy) = cleanup_policy(settings, &topic)
+    if let Some(policy) = cleanup_policy(&admin, &topic)
         && !policy.split(',').any(|p| p.trim() == "compact")
     {
         return Err(LedgerTopicError::NotCompacted {
@@ -116,12 +121,15 @@ pub fn ensure(settings: &Settings, wanted_partitions: i32) -> Result<i32, Ledger
     Ok(partitions)
 }
 
-/// Creates the topic compacted. Blocks (on the caller's runtime when there
-/// is one, else on its own).
-fn create(settings: &Settings, topic: &str, partitions: i32) -> Result<(), String> {
-    let admin: AdminClient<DefaultClientContext> = kafka::clients::admin(settings)
-        .create()
-        .map_err(|error| error.to_string())?;
+/// Creates the topic compacted and waits until metadata shows it, so the
+/// first write finds a leader. Blocks.
+fn create<C: ConsumerContext>(
+    admin: &AdminClient<DefaultClientContext>,
+    settings: &Settings,
+    consumer: &impl Consumer<C>,
+    topic: &str,
+    partitions: i32,
+) -> Result<(), String> {
     let replication = TopicReplication::Fixed(settings.ledger.replication_factor);
     let new = NewTopic::new(topic, partitions.max(1), replication).set("cleanup.policy", "compact");
     let options = AdminOptions::new().operation_timeout(Some(TOPIC_WAIT));
@@ -135,22 +143,26 @@ fn create(settings: &Settings, topic: &str, partitions: i32) -> Result<(), Strin
             Err((_, code)) => return Err(code.to_string()),
         }
     }
-    // Wait until metadata shows it, so the first write finds a leader.
-    let consumer: BaseConsumer = kafka::clients::admin(settings)
-        .create()
-        .map_err(|error| error.to_string())?;
-    match kafka::queries::wait_for_topic(&consumer, topic, TOPIC_WAIT) {
+    match kafka::queries::wait_for_topic(consumer, topic, TOPIC_WAIT) {
         Ok(Some(_)) => Ok(()),
         Ok(None) => Err("it did not appear in metadata".into()),
         Err(error) => Err(error.to_string()),
     }
 }
 
-/// The topic's `cleanup.policy`, when the brokers say (the mock cluster and
-/// a locked-down cluster may not).
-fn cleanup_policy(settings: &Settings, topic: &str) -> Option<String> {
-    let admin: AdminClient<DefaultClientContext> = kafka::clients::admin(settings).create().ok()?;
-    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+/// The topic's `cleanup.policy`, when the brokers say (the in-process mock
+/// cluster and a locked-down cluster may not). Asked of one named broker:
+/// sent to "any broker", a request no broker supports waits for its whole
+/// timeout instead of failing at once.
+fn cleanup_policy(admin: &AdminClient<DefaultClientContext>, topic: &str) -> Option<String> {
+    let metadata = admin
+        .inner()
+        .fetch_metadata(Some(topic), kafka::queries::REQUEST_TIMEOUT)
+        .ok()?;
+    let broker = metadata.brokers().first()?.id();
+    let options = AdminOptions::new()
+        .request_timeout(Some(kafka::queries::REQUEST_TIMEOUT))
+        .broker_id(broker);
     let described = futures::executor::block_on(
         admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &options),
     )

@@ -71,6 +71,26 @@ impl Metrics {
         self.tallies.calls[kind.index()].load(Ordering::Relaxed)
     }
 
+    /// Events the ledger kept from being sent again, over every path.
+    pub fn ledger_suppressed(&self) -> u64 {
+        super::LEDGER_PATHS
+            .iter()
+            .map(|path| {
+                self.ledger_duplicates_suppressed
+                    .with_label_values(&[path])
+                    .get()
+            })
+            .sum()
+    }
+
+    /// Events strict mode parked (unknown or held).
+    pub fn ledger_parked_events(&self) -> u64 {
+        ["unknown", "held"]
+            .iter()
+            .map(|outcome| self.ledger_parked.with_label_values(&[outcome]).get())
+            .sum()
+    }
+
     /// Rebalance callbacks of this kind so far.
     pub fn rebalances(&self, kind: RebalanceKind) -> u64 {
         self.tallies.rebalances[kind.index()].load(Ordering::Relaxed)

@@ -205,7 +205,7 @@ impl Pipeline {
                 .unwrap_or(1),
             Err(error) => return Err(metadata_failure(&consumer, error)),
         };
-        let ledger = Ledger::open(&settings, most_partitions, metrics.clone())?;
+        let ledger = Ledger::open(&settings, &consumer, most_partitions, metrics.clone())?;
         if let Some(ledger) = &ledger {
             ownership.file_in(ledger.clone());
         }

@@ -114,6 +114,10 @@ pub struct Summary {
     pub retried_calls: u64,
     pub abandoned: u64,
     pub rebalances: u64,
+    /// Not sent: the ledger holds their key as accepted with the same DTO.
+    pub duplicates_suppressed: u64,
+    /// Strict ledger mode: parked as unknown or held.
+    pub parked: u64,
 }
 
 impl Summary {
@@ -134,7 +138,15 @@ impl Summary {
             abandoned: metrics.tasks_abandoned.get(),
             rebalances: metrics.rebalances(RebalanceKind::Assign)
                 + metrics.rebalances(RebalanceKind::Revoke),
+            duplicates_suppressed: metrics.ledger_suppressed(),
+            parked: metrics.ledger_parked_events(),
         }
+    }
+
+    /// Events taken to an end: delivered, dead-lettered, suppressed as a
+    /// duplicate, or parked in the ledger.
+    pub fn finished(&self) -> u64 {
+        self.delivered + self.dead_lettered() + self.duplicates_suppressed + self.parked
     }
 
     pub fn dead_lettered(&self) -> u64 {

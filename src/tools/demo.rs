@@ -16,6 +16,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::producer::FutureRecord;
 
 use crate::admin::{AdminServer, AdminState};
+use crate::gmt8;
+use crate::ledger::{self, report::Reconciliation};
 use crate::pipeline::{Pipeline, Source, Summary};
 use crate::tools::emulator::Faults;
 use crate::tools::emulator::journal::Journal;
@@ -49,7 +51,11 @@ pub struct DemoOptions {
 /// What happened.
 #[derive(Debug, Clone)]
 pub struct DemoReport {
+    /// Messages published, the republished ones included.
     pub produced: usize,
+    /// Events published a second time (a producer's retry): the ledger
+    /// keeps them from being sent twice.
+    pub republished: usize,
     pub summary: Summary,
     pub dead_letters_by_reason: Vec<(String, String, u64)>,
     pub duplicate_calls: usize,
@@ -57,11 +63,15 @@ pub struct DemoReport {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub committed_to_end: bool,
+    /// The day's `orderamount.sync` report, from the ledger.
+    pub reconciliation: Option<Reconciliation>,
 }
 
 impl DemoReport {
+    /// Messages taken to an end: delivered, dead-lettered, or suppressed
+    /// as a duplicate by the ledger.
     pub fn accounted_for(&self) -> u64 {
-        self.summary.delivered + self.summary.dead_lettered()
+        self.summary.finished()
     }
 
     pub fn succeeded(&self) -> bool {
@@ -80,6 +90,14 @@ impl DemoReport {
         }
         line("retried calls", self.summary.retried_calls.to_string());
         line("calls", self.summary.calls.to_string());
+        line(
+            "published twice (producer retries)",
+            self.republished.to_string(),
+        );
+        line(
+            "duplicates suppressed (ledger)",
+            self.summary.duplicates_suppressed.to_string(),
+        );
         line(
             "duplicate calls at the API",
             self.duplicate_calls.to_string(),
@@ -100,6 +118,17 @@ impl DemoReport {
             "committed to the end",
             if self.committed_to_end { "yes" } else { "no" }.to_owned(),
         );
+        if let Some(report) = &self.reconciliation {
+            let parks: Vec<String> = report
+                .lines
+                .iter()
+                .map(|line| format!("{} {}", line.park_id, line.order_amount))
+                .collect();
+            line(
+                &format!("orderamount.sync report {}", report.date),
+                format!("{} orders: {}", report.total_amount, parks.join(", ")),
+            );
+        }
         out
     }
 }
@@ -160,9 +189,17 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoReport> {
         .then(|| ((1.0 / options.malformed_rate) as usize).clamp(2, options.events.max(2)))
         .filter(|_| options.events >= 50);
     let producer = stack.producer()?;
-    let messages: Vec<(String, Vec<u8>)> = (0..options.events)
+    let mut messages: Vec<(String, Vec<u8>)> = (0..options.events)
         .map(|i| message(i, options.events, malformed_every))
         .collect();
+    // A producer's retry: every hundredth payment published once more.
+    let republished: Vec<(String, Vec<u8>)> = messages
+        .iter()
+        .enumerate()
+        .filter(|(i, (key, _))| i % 100 == 37 && !key.starts_with("malformed"))
+        .map(|(_, message)| message.clone())
+        .collect();
+    messages.extend(republished.iter().cloned());
     for chunk in messages.chunks(10_000) {
         let sends = chunk.iter().map(|(key, value)| {
             producer.send(
@@ -178,6 +215,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoReport> {
 
     let latency = LatencyRecorder::default();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let ledger_settings = settings.clone();
     let running = Pipeline::build(settings, Source::Group)
         .await?
         .observe_deliveries(latency.observer())
@@ -214,18 +252,18 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoReport> {
     let probe = stack.commit_probe();
     loop {
         let summary = running.summary();
-        let done = summary.delivered + summary.dead_lettered();
+        let done = summary.finished();
         if done > 0 {
             first_done.get_or_insert_with(Instant::now);
         }
-        bar.set_position(done);
+        bar.set_position(done.min(options.events as u64));
         bar.set_message(format!(
             "delivered {}, dead-lettered {}, retried calls {}",
             summary.delivered,
             summary.dead_lettered(),
             summary.retried_calls
         ));
-        if done >= options.events as u64 {
+        if done >= messages.len() as u64 {
             let probe = probe.clone();
             committed_to_end =
                 tokio::task::spawn_blocking(move || probe.committed_to_end()).await??;
@@ -249,8 +287,15 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoReport> {
     admin.stop().await;
     let mut dead_letters_by_reason = metrics.dead_letter_counts();
     dead_letters_by_reason.sort();
+    // The day's report, as `paysync reconcile` builds it from the ledger.
+    let today = Utc::now().with_timezone(&gmt8::offset()).date_naive();
+    let reconciliation = ledger::report::read(&ledger_settings)
+        .await
+        .map(|entries| ledger::report::reconcile(&entries, today, None, &ledger_settings.reconcile))
+        .ok();
     Ok(DemoReport {
-        produced: options.events,
+        produced: messages.len(),
+        republished: republished.len(),
         dead_letters_by_reason,
         duplicate_calls: stack.emulator.gateway().order_counts().2,
         events_per_sec: (summary.delivered + summary.dead_lettered()) as f64 / elapsed,
@@ -258,5 +303,6 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoReport> {
         p99_ms: latency.quantile_ms(0.99),
         summary,
         committed_to_end,
+        reconciliation,
     })
 }

@@ -479,8 +479,8 @@ async fn a_second_consumer_joining_mid_stream_loses_nothing() {
         },
     )
     .await;
-    let events = valid_events("join", 400);
-    harness.produce(&events).await;
+    let events = valid_events("join", 800);
+    harness.produce(&events[..400]).await;
     let mut settings = harness.settings();
     settings.delivery.max_in_flight = 4;
     let first = Running::start(settings.clone()).await;
@@ -488,6 +488,12 @@ async fn a_second_consumer_joining_mid_stream_loses_nothing() {
         .wait_for("some deliveries", |s| s.delivered >= 50)
         .await;
     let second = Running::start(settings).await;
+    // The second half is published once the second consumer is in the
+    // group: some of it is its own to deliver.
+    second
+        .wait_for("joining the group", |s| s.rebalances >= 1)
+        .await;
+    harness.produce(&events[400..]).await;
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         let accepted: HashSet<String> = harness.accepted_order_ids().into_iter().collect();
@@ -508,6 +514,14 @@ async fn a_second_consumer_joining_mid_stream_loses_nothing() {
     assert!(
         b.delivered > 0,
         "the second consumer took partitions over: {b:?}"
+    );
+    // What the first delivered and the rebalance left uncommitted, the
+    // ledger keeps the second from sending again.
+    let (_, distinct, duplicates) = harness.stack.emulator.gateway().order_counts();
+    assert_eq!(
+        (distinct, duplicates),
+        (800, 0),
+        "first {a:?}, second {b:?}"
     );
     assert_eq!(a.dead_lettered() + b.dead_lettered(), 0);
 }
