@@ -399,6 +399,10 @@ pub struct BenchArgs {
     /// `--set 'kafka.consumer."queued.max.messages.kbytes" = "8192"'`.
     #[arg(long = "set", value_name = "KEY = VALUE")]
     pub settings: Vec<String>,
+    /// Ledger entries written before `paysync run` starts (broker mode):
+    /// its restore is timed and its memory reported.
+    #[arg(long, default_value_t = 0)]
+    pub ledger_entries: usize,
 }
 
 #[derive(Debug, Args)]

@@ -77,6 +77,7 @@ pub(super) async fn bench(args: BenchArgs) -> ExitCode {
                 rate: args.rate,
                 burst: args.burst,
                 settings: args.settings.clone(),
+                ledger_entries: args.ledger_entries,
             })
             .await
         }

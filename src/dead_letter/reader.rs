@@ -292,7 +292,7 @@ pub async fn redrive(
     // written back to the source itself).
     let ledger = match (target, settings.ledger.mode) {
         (Target::Api, mode) if mode != LedgerMode::Off && !dry_run => {
-            Some(RedriveLedger::read(settings).await?)
+            Some(RedriveLedger::read(settings, &consumer).await?)
         }
         _ => None,
     };
@@ -437,13 +437,11 @@ enum Filed {
 }
 
 impl RedriveLedger {
-    async fn read(settings: &Settings) -> anyhow::Result<RedriveLedger> {
+    async fn read(settings: &Settings, consumer: &BaseConsumer) -> anyhow::Result<RedriveLedger> {
+        let topic = settings.ledger.topic(&settings.kafka.group_id);
+        let partitions = kafka::queries::topic_partitions(consumer, &topic)?
+            .map_or(1, |partitions| partitions.len() as i32);
         let entries = crate::ledger::report::read(settings).await?;
-        let partitions = entries
-            .iter()
-            .map(|read| read.partition + 1)
-            .max()
-            .unwrap_or(1);
         let keys = entries
             .into_iter()
             .filter_map(|read| {
@@ -454,7 +452,7 @@ impl RedriveLedger {
         Ok(RedriveLedger {
             keys,
             partitions,
-            topic: settings.ledger.topic(&settings.kafka.group_id),
+            topic,
             producer: kafka::clients::durable_producer(settings).create()?,
         })
     }

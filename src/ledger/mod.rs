@@ -59,8 +59,9 @@ const RELEASE_GRACE: Duration = Duration::from_secs(60);
 pub enum Admit {
     /// Send it; `correction` when its key was accepted with another DTO.
     Send { correction: bool },
-    /// Its key was accepted with the same DTO, at this source position.
-    Duplicate { earlier: String },
+    /// Its key was accepted with the same DTO, read at this offset of its
+    /// source partition.
+    Duplicate { earlier_offset: i64 },
     /// Strict mode: park it with this outcome (unknown, or held behind the
     /// key named) — the ledger will hold it, the offset passes.
     Park {
@@ -238,7 +239,16 @@ impl Ledger {
         let mut restored = self.shared.restored.subscribe();
         loop {
             match self.shared.lock().get(&partition) {
-                Some(held) if held.ready => break,
+                Some(held) if held.ready => {
+                    return judge(
+                        &held.store,
+                        self.mode == LedgerMode::Strict,
+                        source.offset,
+                        key,
+                        dto_hash,
+                        resend_delivered,
+                    );
+                }
                 Some(_) => {}
                 // Not owned any more: the partition is being revoked.
                 None => return Admit::Cancelled,
@@ -247,58 +257,6 @@ impl Ledger {
                 changed = restored.changed() => if changed.is_err() { return Admit::Cancelled },
                 _ = cancel.cancelled() => return Admit::Cancelled,
             }
-        }
-        let partitions = self.shared.lock();
-        let Some(held) = partitions.get(&partition) else {
-            return Admit::Cancelled;
-        };
-        let slot = held.store.get(key.hash).copied();
-        let strict = self.mode == LedgerMode::Strict;
-        if strict && let Some(slot) = slot {
-            let same_event = slot.source_offset == source.offset;
-            match slot.outcome {
-                Outcome::Unknown | Outcome::Held if same_event => {
-                    return Admit::AlreadyParked {
-                        outcome: slot.outcome,
-                    };
-                }
-                // A call of this event went out and its answer is lost.
-                Outcome::Intent if !slot.mine && same_event => {
-                    return Admit::Park {
-                        outcome: Outcome::Unknown,
-                        behind: None,
-                    };
-                }
-                Outcome::Intent | Outcome::Unknown | Outcome::Held => {
-                    return Admit::Park {
-                        outcome: Outcome::Held,
-                        behind: Some(key.shown()),
-                    };
-                }
-                Outcome::Accepted | Outcome::DeadLettered | Outcome::Failed => {}
-            }
-        }
-        if strict && held.store.order_blocked(key.order) {
-            return Admit::Park {
-                outcome: Outcome::Held,
-                behind: Some("an earlier event of the order".into()),
-            };
-        }
-        match slot {
-            Some(slot) if slot.outcome == Outcome::Accepted && slot.dto_hash == dto_hash => {
-                if resend_delivered {
-                    Admit::Send { correction: false }
-                } else {
-                    Admit::Duplicate {
-                        earlier: format!(
-                            "{}/{}@{}",
-                            source.id.topic, source.id.partition, slot.source_offset
-                        ),
-                    }
-                }
-            }
-            Some(slot) if slot.outcome == Outcome::Accepted => Admit::Send { correction: true },
-            _ => Admit::Send { correction: false },
         }
     }
 
@@ -391,6 +349,62 @@ impl Ledger {
         {
             tracing::warn!(error = %error, "Flushing the ledger's writes failed.");
         }
+    }
+}
+
+/// What to do with the event at `source_offset` filed under `key`, sent as
+/// a DTO of `dto_hash`, by what `store` holds.
+fn judge(
+    store: &PartitionStore,
+    strict: bool,
+    source_offset: i64,
+    key: &LedgerKey,
+    dto_hash: u64,
+    resend_delivered: bool,
+) -> Admit {
+    let slot = store.get(key.hash).copied();
+    if strict && let Some(slot) = slot {
+        let same_event = slot.source_offset == source_offset;
+        match slot.outcome {
+            Outcome::Unknown | Outcome::Held if same_event => {
+                return Admit::AlreadyParked {
+                    outcome: slot.outcome,
+                };
+            }
+            // A call of this event went out and its answer is lost.
+            Outcome::Intent if !slot.mine && same_event => {
+                return Admit::Park {
+                    outcome: Outcome::Unknown,
+                    behind: None,
+                };
+            }
+            Outcome::Intent | Outcome::Unknown | Outcome::Held => {
+                return Admit::Park {
+                    outcome: Outcome::Held,
+                    behind: Some(key.shown()),
+                };
+            }
+            Outcome::Accepted | Outcome::DeadLettered | Outcome::Failed => {}
+        }
+    }
+    if strict && store.order_blocked(key.order) {
+        return Admit::Park {
+            outcome: Outcome::Held,
+            behind: Some("an earlier event of the order".into()),
+        };
+    }
+    match slot {
+        Some(slot) if slot.outcome == Outcome::Accepted && slot.dto_hash == dto_hash => {
+            if resend_delivered {
+                Admit::Send { correction: false }
+            } else {
+                Admit::Duplicate {
+                    earlier_offset: slot.source_offset,
+                }
+            }
+        }
+        Some(slot) if slot.outcome == Outcome::Accepted => Admit::Send { correction: true },
+        _ => Admit::Send { correction: false },
     }
 }
 
@@ -619,5 +633,121 @@ pub fn position_of(source: &SourceRecord) -> Position {
         topic: source.id.topic.clone(),
         partition: source.id.partition,
         offset: source.offset,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::OrderType;
+
+    fn key(order_id: &str, order_type: OrderType) -> LedgerKey {
+        let event = PaymentEvent {
+            car_no: "浙A1".into(),
+            order_id: order_id.into(),
+            park_id: "p1".into(),
+            pay_time: Utc::now(),
+            order_type,
+            pay_fee: 1,
+            pay_order_id: None,
+            pay_method: None,
+        };
+        LedgerKey::of(&event, &KeyField::DEFAULT)
+    }
+
+    fn file(store: &mut PartitionStore, key: &LedgerKey, at: i64, outcome: Outcome, mine: bool) {
+        let slot = Slot {
+            ledger_offset: at,
+            source_offset: at,
+            dto_hash: 7,
+            at_secs: 1,
+            outcome,
+            mine,
+        };
+        store.apply(key.hash, key.order, at, Some(slot));
+    }
+
+    #[test]
+    fn an_accepted_key_is_a_duplicate_with_its_dto_and_a_correction_without() {
+        let mut store = PartitionStore::default();
+        let payment = key("o1", OrderType::Payment);
+        file(&mut store, &payment, 3, Outcome::Accepted, false);
+        for strict in [false, true] {
+            assert_eq!(
+                judge(&store, strict, 9, &payment, 7, false),
+                Admit::Duplicate { earlier_offset: 3 }
+            );
+            assert_eq!(
+                judge(&store, strict, 9, &payment, 8, false),
+                Admit::Send { correction: true }
+            );
+            assert_eq!(
+                judge(&store, strict, 9, &payment, 7, true),
+                Admit::Send { correction: false },
+                "--resend-delivered"
+            );
+        }
+        let refund = key("o1", OrderType::Refund);
+        assert_eq!(
+            judge(&store, true, 10, &refund, 7, false),
+            Admit::Send { correction: false }
+        );
+    }
+
+    #[test]
+    fn strict_mode_parks_a_lost_answer_and_holds_its_order_record_mode_sends() {
+        let mut store = PartitionStore::default();
+        let payment = key("o1", OrderType::Payment);
+        let refund = key("o1", OrderType::Refund);
+        // An intent read back (a replica died during the call).
+        file(&mut store, &payment, 5, Outcome::Intent, false);
+        assert_eq!(
+            judge(&store, true, 5, &payment, 7, false),
+            Admit::Park {
+                outcome: Outcome::Unknown,
+                behind: None
+            }
+        );
+        assert_eq!(
+            judge(&store, false, 5, &payment, 7, false),
+            Admit::Send { correction: false },
+            "record mode sends again"
+        );
+        // The same payment published again, and the order's refund, wait behind it.
+        assert!(matches!(
+            judge(&store, true, 6, &payment, 7, false),
+            Admit::Park {
+                outcome: Outcome::Held,
+                ..
+            }
+        ));
+        assert!(matches!(
+            judge(&store, true, 7, &refund, 7, false),
+            Admit::Park {
+                outcome: Outcome::Held,
+                ..
+            }
+        ));
+        // Parked already: the same event read again is not filed twice.
+        file(&mut store, &payment, 8, Outcome::Unknown, false);
+        assert_eq!(
+            judge(&store, true, 8, &payment, 7, false),
+            Admit::AlreadyParked {
+                outcome: Outcome::Unknown
+            }
+        );
+        // Resolved: the order flows again.
+        file(&mut store, &payment, 9, Outcome::Accepted, false);
+        assert_eq!(
+            judge(&store, true, 7, &refund, 7, false),
+            Admit::Send { correction: false }
+        );
+        // This process's own intent (a call under way here) holds nothing.
+        let other = key("o2", OrderType::Payment);
+        file(&mut store, &other, 10, Outcome::Intent, true);
+        assert_eq!(
+            judge(&store, true, 11, &key("o2", OrderType::Refund), 7, false),
+            Admit::Send { correction: false }
+        );
     }
 }

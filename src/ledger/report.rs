@@ -14,10 +14,11 @@ use serde::Serialize;
 
 use super::entry::{Entry, Outcome, Path};
 use super::topic::{ReadEntry, read_all};
-use crate::config::{ReconcileSettings, ReportedIds, Settings};
+use crate::backoff::backoff;
+use crate::config::{DeliverySettings, ReconcileSettings, ReportedIds, Settings};
 use crate::kafka;
-use crate::top::classify::Disposition;
-use crate::top::client::CallReport;
+use crate::top::classify::{Classifier, Disposition};
+use crate::top::client::{CallReport, TopClient};
 
 /// An entry as the commands print it.
 #[derive(Debug, Clone, Serialize)]
@@ -299,6 +300,39 @@ pub async fn send_reconciliation(
     Ok(results)
 }
 
+/// Sends one stored DTO; a call the platform refused (not accepted: flow
+/// control, an `isp.*` error) is sent again with backoff, up to
+/// `delivery.max_attempts` calls. One whose answer was lost (a timeout,
+/// say) is not: it may have been accepted, and stays as it was.
+async fn send_refused_again(
+    client: &TopClient,
+    classifier: Classifier,
+    delivery: &DeliverySettings,
+    dto: &str,
+) -> (CallReport, Disposition) {
+    let mut attempt = 0;
+    loop {
+        let answer = client.send(dto).await;
+        let disposition = classifier.classify(&answer.outcome);
+        attempt += 1;
+        match disposition {
+            Disposition::Retry { cause, wait }
+                if !cause.may_have_been_accepted() && attempt < delivery.max_attempts =>
+            {
+                let delay = wait.unwrap_or_else(|| {
+                    backoff(
+                        attempt - 1,
+                        delivery.backoff_initial_ms,
+                        delivery.backoff_max_ms,
+                    )
+                });
+                tokio::time::sleep(delay).await;
+            }
+            _ => return (answer, disposition),
+        }
+    }
+}
+
 /// What `ledger resolve` does with an unknown outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resolution {
@@ -397,8 +431,8 @@ pub async fn resolve(
                     tokio::time::sleep(spacing(settings)).await;
                 }
                 first_call = false;
-                let answer = client.send(dto).await;
-                let disposition = classifier.classify(&answer.outcome);
+                let (answer, disposition) =
+                    send_refused_again(&client, classifier, &settings.delivery, dto).await;
                 let result = sent(read.key.shown(), &answer, &disposition);
                 let accepted = result.accepted;
                 let request_id = result.request_id.clone();

@@ -179,28 +179,29 @@ pub struct ReadEntry {
     pub partition: i32,
     pub offset: i64,
     pub key: LedgerKey,
-    /// `None`: a tombstone (or a value this paysync cannot read).
+    /// `None`: a tombstone.
     pub entry: Option<Entry>,
 }
 
 impl ReadEntry {
-    /// Decodes one ledger record; `None` for a record with no key.
+    /// Decodes one ledger record; `None` for a record with no key or a value
+    /// this paysync cannot read (logged and skipped: it must not count as a
+    /// tombstone).
     pub fn of(message: &impl Message) -> Option<ReadEntry> {
         let key = String::from_utf8_lossy(message.key()?).into_owned();
-        let entry = message
-            .payload()
-            .and_then(|value| match Entry::decode(value) {
-                Ok(entry) => Some(entry),
-                Err(error) => {
-                    tracing::warn!(
-                        partition = message.partition(),
-                        offset = message.offset(),
-                        error = %error,
-                        "A ledger entry could not be read; it is skipped."
-                    );
-                    None
-                }
-            });
+        let entry = match message.payload().map(Entry::decode) {
+            None => None,
+            Some(Ok(entry)) => Some(entry),
+            Some(Err(error)) => {
+                tracing::warn!(
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    error = %error,
+                    "A ledger entry could not be read; it is skipped."
+                );
+                return None;
+            }
+        };
         let order_id = entry.as_ref().map_or("", |e| e.order_id.as_str());
         let key = LedgerKey::from_text(key, order_id);
         Some(ReadEntry {

@@ -197,25 +197,25 @@ impl Pipeline {
             Source::Group => kafka.topics.clone(),
             Source::Range(ranges) => ranges.iter().map(|range| range.topic.clone()).collect(),
         };
-        let most_partitions = match kafka::queries::partition_counts(&consumer, &source_topics) {
-            Ok(counts) => counts
-                .iter()
-                .map(|(_, count)| *count as i32)
-                .max()
-                .unwrap_or(1),
+        // Read once: the ledger's partitions follow them, and the group's
+        // rate budget divides by them.
+        let counts = match kafka::queries::partition_counts(&consumer, &source_topics) {
+            Ok(counts) => counts,
             Err(error) => return Err(metadata_failure(&consumer, error)),
         };
-        let ledger = Ledger::open(&settings, &consumer, most_partitions, metrics.clone())?;
+        let most_partitions = counts.iter().map(|(_, count)| *count as i32).max();
+        let ledger = Ledger::open(
+            &settings,
+            &consumer,
+            most_partitions.unwrap_or(1),
+            metrics.clone(),
+        )?;
         if let Some(ledger) = &ledger {
             ownership.file_in(ledger.clone());
         }
         let mut ranges_by_partition = HashMap::new();
         match &source {
             Source::Group => {
-                let counts = match kafka::queries::partition_counts(&consumer, &kafka.topics) {
-                    Ok(counts) => counts,
-                    Err(error) => return Err(metadata_failure(&consumer, error)),
-                };
                 budget.observe_counts(counts.iter().map(|(topic, count)| (topic.as_str(), *count)));
                 let topics: Vec<&str> = kafka.topics.iter().map(String::as_str).collect();
                 consumer.subscribe(&topics).map_err(StartError::Subscribe)?;

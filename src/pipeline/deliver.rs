@@ -230,7 +230,10 @@ impl Deliverer {
         let park = |outcome| Entry::of(outcome, event, dto, ledger::position_of(&job.source), path);
         match admitted {
             Admit::Cancelled => Err(EventEnd::Abandoned),
-            Admit::Duplicate { earlier } => Err(EventEnd::Duplicate { path, earlier }),
+            Admit::Duplicate { earlier_offset } => Err(EventEnd::Duplicate {
+                path,
+                earlier: format!("{}@{earlier_offset}", job.source.id),
+            }),
             Admit::AlreadyParked { outcome } => Err(EventEnd::Parked {
                 outcome,
                 why: "parked already".into(),
@@ -253,10 +256,15 @@ impl Deliverer {
                 if correction {
                     job.watch.correction(path);
                 }
+                // The template keeps the DTO only where strict mode may park it.
+                let template = match ledger.mode() {
+                    crate::config::LedgerMode::Strict => Outcome::Intent,
+                    _ => Outcome::Accepted,
+                };
                 Ok(Filed {
                     ledger,
                     key,
-                    entry: park(Outcome::Intent),
+                    entry: park(template),
                 })
             }
         }

@@ -23,11 +23,16 @@ use rdkafka::{Offset, TopicPartitionList};
 use secrecy::SecretString;
 
 use super::in_process::{baseline, record};
-use super::report::{BenchReport, Throughput, ceiling_per_sec, histogram, mean, quantile, value};
+use super::report::{
+    BenchReport, LedgerFigures, Throughput, ceiling_per_sec, histogram, mean, quantile, value,
+};
 use crate::config::Settings;
+use crate::event::{OrderType, PaymentEvent};
+use crate::ledger::entry::{Entry, KeyField, LedgerKey, Outcome, Path, Position};
 use crate::tools::emulator::journal::Journal;
 use crate::tools::emulator::{Emulator, Faults, Gateway, GatewaySettings};
 use crate::tools::local::{APP_KEY, APP_SECRET};
+use crate::top::request::dto_json;
 
 /// What to run against a real broker.
 #[derive(Debug, Clone)]
@@ -45,6 +50,9 @@ pub struct BrokerBenchOptions {
     /// Extra settings for the child, each one TOML line with a dotted key
     /// (`delivery.global_window = 2000`); they override the benchmark's own.
     pub settings: Vec<String>,
+    /// Ledger entries written before the child starts (0: none): the
+    /// child's restore of them is timed.
+    pub ledger_entries: usize,
 }
 
 /// Runs the benchmark; the child is the binary running this one.
@@ -54,6 +62,8 @@ pub async fn run(options: BrokerBenchOptions) -> anyhow::Result<BenchReport> {
     let suffix = rand::random::<u32>();
     let topic = format!("paysync-bench-{suffix}");
     let dlq = format!("{topic}.dlq");
+    // The child's group is the topic's name: this is its ledger.
+    let ledger = format!("{topic}.ledger");
     let admin: AdminClient<DefaultClientContext> = client_config(&options.bootstrap)
         .create()
         .context("cannot create a Kafka admin client")?;
@@ -70,10 +80,22 @@ pub async fn run(options: BrokerBenchOptions) -> anyhow::Result<BenchReport> {
     for result in created {
         result.map_err(|(topic, error)| anyhow::anyhow!("cannot create {topic}: {error}"))?;
     }
+    if options.ledger_entries > 0 {
+        let compacted = NewTopic::new(&ledger, options.partitions, TopicReplication::Fixed(1))
+            .set("cleanup.policy", "compact");
+        for result in admin
+            .create_topics(&[compacted], &AdminOptions::new())
+            .await?
+        {
+            result.map_err(|(topic, error)| anyhow::anyhow!("cannot create {topic}: {error}"))?;
+        }
+        fill_ledger(&options, &ledger).await?;
+    }
     let measured = measure(&options, &topic, &dlq).await;
-    // Deleted whatever happened: the benchmark leaves the broker as it was.
+    // Deleted whatever happened: the benchmark leaves the broker as it was
+    // (the ledger is there when the child ran with it).
     let _ = admin
-        .delete_topics(&[&topic, &dlq], &AdminOptions::new())
+        .delete_topics(&[&topic, &dlq, &ledger], &AdminOptions::new())
         .await;
     measured
 }
@@ -117,6 +139,11 @@ async fn measure(
     let config_path = dir.join("paysync.toml");
     std::fs::write(&config_path, config)?;
     let child = Child::start(&config_path, &dir)?;
+    let ledger = if options.ledger_entries > 0 {
+        Some(ledger_restored(&child, admin_port, &dir).await?)
+    } else {
+        None
+    };
 
     let deadline = Instant::now() + Duration::from_secs(900);
     let mut first: Option<Instant> = None;
@@ -195,7 +222,108 @@ async fn measure(
         }),
         partitions: options.partitions,
         orders_per_partition: options.orders_per_partition,
+        ledger,
     })
+}
+
+/// Writes `--ledger-entries` accepted entries, spread over the partitions.
+async fn fill_ledger(options: &BrokerBenchOptions, ledger: &str) -> anyhow::Result<()> {
+    let producer: FutureProducer = client_config(&options.bootstrap)
+        .set("linger.ms", "20")
+        .set("compression.type", "lz4")
+        .create()?;
+    let now = chrono::Utc::now();
+    for chunk in (0..options.ledger_entries)
+        .collect::<Vec<_>>()
+        .chunks(20_000)
+    {
+        let records: Vec<(i32, String, Vec<u8>)> = chunk
+            .iter()
+            .map(|i| {
+                let event = PaymentEvent {
+                    car_no: "浙A12345".into(),
+                    order_id: format!("bench-ledger-{i}"),
+                    park_id: "p1".into(),
+                    pay_time: now,
+                    order_type: OrderType::Payment,
+                    pay_fee: 1000,
+                    pay_order_id: Some(format!("pay-{i}")),
+                    pay_method: None,
+                };
+                let partition = (*i as i32) % options.partitions;
+                let position = Position {
+                    topic: "bench".into(),
+                    partition,
+                    offset: *i as i64,
+                };
+                let entry = Entry::of(
+                    Outcome::Accepted,
+                    &event,
+                    &dto_json(&event),
+                    position,
+                    Path::Live,
+                );
+                (
+                    partition,
+                    LedgerKey::of(&event, &KeyField::DEFAULT).text,
+                    entry.encode(),
+                )
+            })
+            .collect();
+        let sends = records.iter().map(|(partition, key, value)| {
+            producer.send(
+                FutureRecord::to(ledger)
+                    .partition(*partition)
+                    .key(key)
+                    .payload(value),
+                Duration::from_secs(60),
+            )
+        });
+        for sent in futures::future::join_all(sends).await {
+            sent.map_err(|(error, _)| error)
+                .context("writing ledger entries")?;
+        }
+    }
+    Ok(())
+}
+
+/// Waits until the child restored every ledger partition; the time from its
+/// start, the entries and the memory its index takes.
+async fn ledger_restored(
+    child: &Child,
+    admin_port: u16,
+    dir: &std::path::Path,
+) -> anyhow::Result<LedgerFigures> {
+    let deadline = child.started + Duration::from_secs(600);
+    loop {
+        if let Ok(metrics) = get_text(&format!("http://127.0.0.1:{admin_port}/metrics")).await
+            && let (Some(restoring), Some(entries), Some(bytes)) = (
+                value(&metrics, "paysync_ledger_restoring_partitions"),
+                value(&metrics, "paysync_ledger_entries"),
+                value(&metrics, "paysync_ledger_memory_bytes"),
+            )
+            && restoring == 0.0
+            && entries > 0.0
+        {
+            return Ok(LedgerFigures {
+                restore_seconds: child.started.elapsed().as_secs_f64(),
+                entries: entries as u64,
+                memory_mb: bytes / 1_048_576.0,
+                rss_mb: child.peak_rss_mb()?,
+            });
+        }
+        if let Some(status) = child.exited()? {
+            bail!(
+                "paysync run exited ({status}) during its ledger restore; its log is in {}",
+                dir.display()
+            );
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the ledger restore did not finish in 10 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn client_config(bootstrap: &str) -> ClientConfig {
@@ -338,6 +466,7 @@ async fn get_text(uri: &str) -> anyhow::Result<String> {
 /// `paysync run` as a child process.
 struct Child {
     child: std::process::Child,
+    started: Instant,
 }
 
 impl Child {
@@ -351,7 +480,10 @@ impl Child {
             .stderr(log)
             .spawn()
             .context("cannot start paysync run")?;
-        Ok(Child { child })
+        Ok(Child {
+            child,
+            started: Instant::now(),
+        })
     }
 
     fn proc_file(&self, name: &str) -> anyhow::Result<String> {

@@ -153,6 +153,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         commits_per_sec: None,
         partitions: PARTITIONS,
         orders_per_partition: None,
+        ledger: None,
     })
 }
 

@@ -54,6 +54,20 @@ pub struct BenchReport {
     pub partitions: i32,
     /// Distinct order ids per partition (`None`: one event per order).
     pub orders_per_partition: Option<usize>,
+    /// The child's restore of `--ledger-entries` (broker mode).
+    pub ledger: Option<LedgerFigures>,
+}
+
+/// A ledger restore as the benchmark measured it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LedgerFigures {
+    /// From the child's start to its last ledger partition restored.
+    pub restore_seconds: f64,
+    pub entries: u64,
+    /// `paysync_ledger_memory_bytes`: the index.
+    pub memory_mb: f64,
+    /// The child's peak RSS once restored.
+    pub rss_mb: f64,
 }
 
 impl BenchReport {
@@ -83,8 +97,15 @@ impl BenchReport {
             Some(per) => format!("{per:.1} per second"),
             None => "not measured (in-process mode)".to_owned(),
         };
+        let ledger = match &self.ledger {
+            Some(l) => format!(
+                "ledger restore    {} entries in {:.1} s; index {:.1} MiB, RSS {:.1} MiB\n",
+                l.entries, l.restore_seconds, l.memory_mb, l.rss_mb
+            ),
+            None => String::new(),
+        };
         format!(
-            "mode              {}\nevents            {}\nemulator latency  {} ms\nmax in flight     {}\nrate limit        {limit}\nthroughput        {:.0} events/s (sustained {:.0}/s)\nbaseline (HTTP)   {:.0} calls/s\nratio             {:.2}\nlatency p50/p99   {:.1} / {:.1} ms (Kafka → API acceptance)\nmost in 1 s       {}\npeak RSS          {:.1} MiB\npaysync CPU       {cpu}\nceiling           {ceiling}\ncall slots        {slots}\noffset commits    {commits}\n",
+            "mode              {}\nevents            {}\nemulator latency  {} ms\nmax in flight     {}\nrate limit        {limit}\nthroughput        {:.0} events/s (sustained {:.0}/s)\nbaseline (HTTP)   {:.0} calls/s\nratio             {:.2}\nlatency p50/p99   {:.1} / {:.1} ms (Kafka → API acceptance)\nmost in 1 s       {}\npeak RSS          {:.1} MiB\npaysync CPU       {cpu}\nceiling           {ceiling}\ncall slots        {slots}\noffset commits    {commits}\n{ledger}",
             self.mode,
             self.events,
             self.latency_ms,
