@@ -17,7 +17,7 @@ use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
@@ -26,6 +26,7 @@ use crate::config::{LedgerMode, Settings};
 use crate::event::{self, PaymentEvent};
 use crate::kafka;
 use crate::ledger::entry::{Entry, LedgerKey, Outcome, Path, Position, dto_hash};
+use crate::ledger::topic::EntryWriter;
 use crate::top::classify::Disposition;
 use crate::top::request::dto_json;
 
@@ -422,8 +423,7 @@ struct RedriveLedger {
     /// Key text → (outcome, DTO hash).
     keys: HashMap<String, (Outcome, Option<u64>)>,
     partitions: i32,
-    topic: String,
-    producer: FutureProducer,
+    writer: EntryWriter,
 }
 
 /// A redriven event as the ledger files it.
@@ -438,8 +438,8 @@ enum Filed {
 
 impl RedriveLedger {
     async fn read(settings: &Settings, consumer: &BaseConsumer) -> anyhow::Result<RedriveLedger> {
-        let topic = settings.ledger.topic(&settings.kafka.group_id);
-        let partitions = kafka::queries::topic_partitions(consumer, &topic)?
+        let writer = EntryWriter::new(settings)?;
+        let partitions = kafka::queries::topic_partitions(consumer, writer.topic())?
             .map_or(1, |partitions| partitions.len() as i32);
         let entries = crate::ledger::report::read(settings).await?;
         let keys = entries
@@ -452,8 +452,7 @@ impl RedriveLedger {
         Ok(RedriveLedger {
             keys,
             partitions,
-            topic,
-            producer: kafka::clients::durable_producer(settings).create()?,
+            writer,
         })
     }
 
@@ -503,16 +502,9 @@ impl RedriveLedger {
             return Ok(());
         };
         entry.request_id = request_id;
-        let value = entry.encode();
-        let record = FutureRecord::to(&self.topic)
-            .partition(ledger_partition)
-            .key(key.text.as_bytes())
-            .payload(&value);
-        self.producer
-            .send(record, Duration::from_secs(30))
+        self.writer
+            .write(ledger_partition, &key.text, &entry)
             .await
-            .map_err(|(error, _)| error)
-            .context("cannot record the redrive in the ledger")?;
-        Ok(())
+            .context("cannot record the redrive in the ledger")
     }
 }

@@ -80,9 +80,8 @@ impl LedgerKey {
 
     /// A key read back from the topic, with its entry's order id.
     pub fn from_text(text: String, order_id: &str) -> LedgerKey {
-        let hash = u128::from_be_bytes(Md5::digest(text.as_bytes()).into());
         LedgerKey {
-            hash,
+            hash: key_hash(text.as_bytes()),
             order: order_hash(order_id),
             text,
         }
@@ -92,6 +91,11 @@ impl LedgerKey {
     pub fn shown(&self) -> String {
         self.text.replace(KEY_SEPARATOR, "/")
     }
+}
+
+/// The 128-bit hash memory keeps of a key's text.
+pub fn key_hash(text: &[u8]) -> u128 {
+    u128::from_be_bytes(Md5::digest(text).into())
 }
 
 /// A 64-bit hash of an order id.

@@ -7,16 +7,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use anyhow::Context;
 use chrono::NaiveDate;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
 
 use super::entry::{Entry, Outcome, Path};
-use super::topic::{ReadEntry, read_all};
+use super::topic::{EntryWriter, ReadEntry, read_all};
 use crate::backoff::backoff;
 use crate::config::{DeliverySettings, ReconcileSettings, ReportedIds, Settings};
-use crate::kafka;
 use crate::top::classify::{Classifier, Disposition};
 use crate::top::client::{CallReport, TopClient};
 
@@ -363,8 +360,7 @@ pub async fn resolve(
 ) -> anyhow::Result<Resolved> {
     let client = settings.top_client()?;
     let classifier = settings.classifier();
-    let producer: FutureProducer = kafka::clients::durable_producer(settings).create()?;
-    let topic = settings.ledger.topic(&settings.kafka.group_id);
+    let writer = EntryWriter::new(settings)?;
     let mut done = Resolved::default();
     let mut given_up: BTreeSet<String> = BTreeSet::new();
     let mut first_call = true;
@@ -395,21 +391,8 @@ pub async fn resolve(
                 let write = |outcome: Outcome, fill: &dyn Fn(&mut Entry)| {
                     let mut next = entry.becomes(outcome, Path::Resolve);
                     fill(&mut next);
-                    let value = next.encode();
-                    let producer = producer.clone();
-                    let (topic, key, partition) =
-                        (topic.clone(), read.key.text.clone(), read.partition);
-                    async move {
-                        let record = FutureRecord::to(&topic)
-                            .partition(partition)
-                            .key(key.as_bytes())
-                            .payload(&value);
-                        producer
-                            .send(record, Duration::from_secs(30))
-                            .await
-                            .map_err(|(error, _)| error)
-                            .context("cannot write the resolution to the ledger")
-                    }
+                    let writer = &writer;
+                    async move { writer.write(read.partition, &read.key.text, &next).await }
                 };
                 if entry.outcome == Outcome::Unknown && resolution == Resolution::Delivered {
                     write(Outcome::Accepted, &|next: &mut Entry| {

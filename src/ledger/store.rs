@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use super::entry::Outcome;
+use super::entry::{Entry, Outcome};
 
 /// What memory keeps per key: 40 bytes (with the 16-byte key), about 45
 /// with the map's overhead at its load factor (docs/ledger.md measures it).
@@ -27,6 +27,19 @@ pub struct Slot {
 }
 
 impl Slot {
+    /// The slot of `entry`, read or written at `ledger_offset`; `mine` for
+    /// an intent this process wrote.
+    pub fn of(entry: &Entry, ledger_offset: i64, mine: bool) -> Slot {
+        Slot {
+            ledger_offset,
+            source_offset: entry.source.offset,
+            dto_hash: entry.dto_hash_value().unwrap_or_default(),
+            at_secs: seconds(entry.at.timestamp()),
+            outcome: entry.outcome,
+            mine,
+        }
+    }
+
     /// Counted as an unknown outcome: parked as unknown, or an intent no
     /// live call of this process stands behind.
     fn unknown(&self) -> bool {
@@ -37,6 +50,11 @@ impl Slot {
     fn blocks_order(&self) -> bool {
         self.unknown() || self.outcome == Outcome::Held
     }
+}
+
+/// Seconds since the epoch as a slot keeps them (until 2106).
+pub fn seconds(timestamp: i64) -> u32 {
+    timestamp.clamp(0, i64::from(u32::MAX)) as u32
 }
 
 /// One ledger partition's slots.

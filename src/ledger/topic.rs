@@ -12,11 +12,13 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use anyhow::Context;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::entry::{Entry, LedgerKey};
@@ -171,6 +173,41 @@ fn cleanup_policy(admin: &AdminClient<DefaultClientContext>, topic: &str) -> Opt
     resource
         .get("cleanup.policy")
         .and_then(|entry| entry.value.clone())
+}
+
+/// Writes entries for an operator's command (`ledger resolve`, a redrive
+/// to the API), waiting for each acknowledgement.
+pub struct EntryWriter {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl EntryWriter {
+    pub fn new(settings: &Settings) -> anyhow::Result<EntryWriter> {
+        Ok(EntryWriter {
+            producer: kafka::clients::durable_producer(settings).create()?,
+            topic: settings.ledger.topic(&settings.kafka.group_id),
+        })
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Writes `entry` under `key` in ledger partition `partition`.
+    pub async fn write(&self, partition: i32, key: &str, entry: &Entry) -> anyhow::Result<()> {
+        let value = entry.encode();
+        let record = FutureRecord::to(&self.topic)
+            .partition(partition)
+            .key(key.as_bytes())
+            .payload(&value);
+        self.producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map_err(|(error, _)| error)
+            .with_context(|| format!("cannot write to the ledger topic {:?}", self.topic))?;
+        Ok(())
+    }
 }
 
 /// One entry as read from the topic.

@@ -116,6 +116,7 @@ pub struct Metrics {
     pub ledger_parked: IntCounterVec,
     pub ledger_writes: IntCounterVec,
     pub ledger_write_failures: IntCounter,
+    pub ledger_write_duration: Histogram,
     pub ledger_entries: IntGauge,
     pub ledger_unknown_outcomes: IntGauge,
     pub ledger_held_events: IntGauge,
@@ -433,6 +434,12 @@ impl Metrics {
                 &r,
                 "paysync_ledger_write_failures_total",
                 "Failed attempts to write a ledger entry (each is retried; the event's offset waits).",
+            ),
+            ledger_write_duration: histogram(
+                &r,
+                "paysync_ledger_write_duration_seconds",
+                "From sending a ledger entry to the broker's acknowledgement, retries included: what each write adds to its event (strict mode writes one more per call, before it).",
+                &LATENCY_BUCKETS,
             ),
             ledger_entries: int_gauge(
                 &r,

@@ -20,7 +20,7 @@ use super::ordering::Predecessor;
 use super::rate::RateBudget;
 use super::watch::{EventEnd, EventWatch};
 use crate::backoff::backoff;
-use crate::config::DeliverySettings;
+use crate::config::{DeliverySettings, LedgerMode};
 use crate::dead_letter::prior::PriorCopies;
 use crate::dead_letter::{DeadLetterClass, DeadLetterProducer, Failure, SourceRecord, Written};
 use crate::event::{InvalidEvent, PaymentEvent};
@@ -132,6 +132,23 @@ impl Filed<'_> {
             .write(&job.source.id, &self.key, &entry, cancel)
             .await
     }
+}
+
+/// Strict mode: withdraws the standing intent of a call the platform
+/// refused (`failed`: it was not accepted), so a crash before the next
+/// attempt leaves no unknown outcome. False when the write was cancelled.
+async fn withdraw(
+    filed: &Option<Filed<'_>>,
+    job: &Job,
+    intent_standing: &mut bool,
+    after_call: &CancellationToken,
+) -> bool {
+    let Some(filed) = filed.as_ref().filter(|_| *intent_standing) else {
+        return true;
+    };
+    let written = filed.write(job, Outcome::Failed, |_| {}, after_call).await;
+    *intent_standing = !written;
+    written
 }
 
 /// One message, detached from the consumer.
@@ -258,7 +275,7 @@ impl Deliverer {
                 }
                 // The template keeps the DTO only where strict mode may park it.
                 let template = match ledger.mode() {
-                    crate::config::LedgerMode::Strict => Outcome::Intent,
+                    LedgerMode::Strict => Outcome::Intent,
                     _ => Outcome::Accepted,
                 };
                 Ok(Filed {
@@ -312,7 +329,7 @@ impl Deliverer {
         };
         let strict = filed
             .as_ref()
-            .is_some_and(|f| f.ledger.mode() == crate::config::LedgerMode::Strict);
+            .is_some_and(|f| f.ledger.mode() == LedgerMode::Strict);
         // Once a call went out, its outcome is written whatever a revoke
         // says: the drain waits for it, and an intent left without outcome
         // would be an unknown outcome for the next owner.
@@ -407,12 +424,9 @@ impl Deliverer {
                         .await;
                 }
                 Disposition::Halt { cause } => {
-                    if intent_standing && let Some(filed) = &filed {
-                        // Refused for the configuration, not accepted.
-                        if !filed.write(job, Outcome::Failed, |_| {}, &after_call).await {
-                            return EventEnd::Abandoned;
-                        }
-                        intent_standing = false;
+                    // Refused for the configuration, not accepted.
+                    if !withdraw(&filed, job, &mut intent_standing, &after_call).await {
+                        return EventEnd::Abandoned;
                     }
                     // The gate is now halted; the loop waits there for a probe.
                     job.watch.halted(
@@ -439,12 +453,9 @@ impl Deliverer {
                             why,
                         };
                     }
-                    if intent_standing && let Some(filed) = &filed {
-                        // Refused, not accepted: the intent is withdrawn.
-                        if !filed.write(job, Outcome::Failed, |_| {}, &after_call).await {
-                            return EventEnd::Abandoned;
-                        }
-                        intent_standing = false;
+                    // Refused, not accepted.
+                    if !withdraw(&filed, job, &mut intent_standing, &after_call).await {
+                        return EventEnd::Abandoned;
                     }
                     if charge == RetryCharge::Free {
                         continue;

@@ -223,6 +223,16 @@ async fn measure(
         partitions: options.partitions,
         orders_per_partition: options.orders_per_partition,
         ledger,
+        ledger_write_ms: {
+            let writes = histogram(&metrics, "paysync_ledger_write_duration_seconds");
+            (value(&metrics, "paysync_ledger_write_duration_seconds_count").unwrap_or(0.0) > 0.0)
+                .then(|| {
+                    (
+                        quantile(&writes, 0.50) * 1000.0,
+                        quantile(&writes, 0.99) * 1000.0,
+                    )
+                })
+        },
     })
 }
 

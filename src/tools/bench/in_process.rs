@@ -154,6 +154,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         partitions: PARTITIONS,
         orders_per_partition: None,
         ledger: None,
+        ledger_write_ms: None,
     })
 }
 

@@ -56,6 +56,9 @@ pub struct BenchReport {
     pub orders_per_partition: Option<usize>,
     /// The child's restore of `--ledger-entries` (broker mode).
     pub ledger: Option<LedgerFigures>,
+    /// Ledger writes' p50 / p99 (broker mode, ledger on): what each adds
+    /// to its event.
+    pub ledger_write_ms: Option<(f64, f64)>,
 }
 
 /// A ledger restore as the benchmark measured it.
@@ -97,6 +100,10 @@ impl BenchReport {
             Some(per) => format!("{per:.1} per second"),
             None => "not measured (in-process mode)".to_owned(),
         };
+        let writes = match self.ledger_write_ms {
+            Some((p50, p99)) => format!("ledger writes     p50 {p50:.1} / p99 {p99:.1} ms\n"),
+            None => String::new(),
+        };
         let ledger = match &self.ledger {
             Some(l) => format!(
                 "ledger restore    {} entries in {:.1} s; index {:.1} MiB, RSS {:.1} MiB\n",
@@ -105,7 +112,7 @@ impl BenchReport {
             None => String::new(),
         };
         format!(
-            "mode              {}\nevents            {}\nemulator latency  {} ms\nmax in flight     {}\nrate limit        {limit}\nthroughput        {:.0} events/s (sustained {:.0}/s)\nbaseline (HTTP)   {:.0} calls/s\nratio             {:.2}\nlatency p50/p99   {:.1} / {:.1} ms (Kafka → API acceptance)\nmost in 1 s       {}\npeak RSS          {:.1} MiB\npaysync CPU       {cpu}\nceiling           {ceiling}\ncall slots        {slots}\noffset commits    {commits}\n{ledger}",
+            "mode              {}\nevents            {}\nemulator latency  {} ms\nmax in flight     {}\nrate limit        {limit}\nthroughput        {:.0} events/s (sustained {:.0}/s)\nbaseline (HTTP)   {:.0} calls/s\nratio             {:.2}\nlatency p50/p99   {:.1} / {:.1} ms (Kafka → API acceptance)\nmost in 1 s       {}\npeak RSS          {:.1} MiB\npaysync CPU       {cpu}\nceiling           {ceiling}\ncall slots        {slots}\noffset commits    {commits}\n{writes}{ledger}",
             self.mode,
             self.events,
             self.latency_ms,

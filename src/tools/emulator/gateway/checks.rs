@@ -162,12 +162,7 @@ impl Gateway {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push(report);
-            return Answer::Result {
-                code: "200".into(),
-                success: true,
-                model: true,
-                message: "成功".into(),
-            };
+            return Answer::accepted();
         }
         let order = match validate_dto(get(DTO_PARAM)) {
             Ok(order) => order,
@@ -232,12 +227,7 @@ impl Gateway {
                 if stats.accepted_per_second.len() > PER_SECOND_HISTORY {
                     stats.accepted_per_second.pop_first();
                 }
-                Answer::Result {
-                    code: "200".into(),
-                    success: true,
-                    model: true,
-                    message: "成功".into(),
-                }
+                Answer::accepted()
             }
             // The journal is the emulator's durable record: if it cannot be
             // written the order was not accepted, and the caller must retry.

@@ -41,6 +41,16 @@ impl Answer {
         }
     }
 
+    /// The business answer of an accepted call.
+    pub(super) fn accepted() -> Answer {
+        Answer::Result {
+            code: "200".into(),
+            success: true,
+            model: true,
+            message: "成功".into(),
+        }
+    }
+
     pub(super) fn stats_key(&self) -> String {
         match self {
             Answer::Error { code, .. } => format!("error_{code}"),
