@@ -38,16 +38,15 @@ pub(super) async fn dlq(command: DlqCommand) -> ExitCode {
             }
         }
         DlqCommand::Redrive(args) => {
-            match crate::dead_letter::reader::redrive(
-                &settings,
-                &args.filter.filter(),
-                args.to,
-                args.group.as_deref(),
-                args.max_redrives,
-                args.dry_run,
-                args.resend_delivered,
-            )
-            .await
+            let options = crate::dead_letter::reader::Redrive {
+                target: args.to,
+                group: args.group.clone(),
+                max_redrives: args.max_redrives,
+                dry_run: args.dry_run,
+                resend_delivered: args.resend_delivered,
+            };
+            match crate::dead_letter::reader::redrive(&settings, &args.filter.filter(), &options)
+                .await
             {
                 Ok(report) => {
                     let verb = if report.dry_run {

@@ -193,6 +193,32 @@ pub enum Target {
     Api,
 }
 
+/// How to redrive (`paysync dlq redrive`'s flags).
+#[derive(Debug, Clone)]
+pub struct Redrive {
+    pub target: Target,
+    /// The group that keeps the cursor (default: one per filter).
+    pub group: Option<String>,
+    /// Records already redriven this many times are held back.
+    pub max_redrives: u32,
+    /// Show what would be redriven; send nothing, keep the cursor.
+    pub dry_run: bool,
+    /// Send records the ledger holds as accepted with the same DTO too.
+    pub resend_delivered: bool,
+}
+
+impl Default for Redrive {
+    fn default() -> Redrive {
+        Redrive {
+            target: Target::Source,
+            group: None,
+            max_redrives: 3,
+            dry_run: false,
+            resend_delivered: false,
+        }
+    }
+}
+
 /// What a redrive did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RedriveReport {
@@ -263,13 +289,19 @@ fn read_source(settings: &Settings, record: &DeadLetterRecord) -> anyhow::Result
 pub async fn redrive(
     settings: &Settings,
     filter: &Filter,
-    target: Target,
-    group: Option<&str>,
-    max_redrives: u32,
-    dry_run: bool,
-    resend_delivered: bool,
+    options: &Redrive,
 ) -> anyhow::Result<RedriveReport> {
-    let group = group.map_or_else(|| filter.default_group(settings), str::to_owned);
+    let Redrive {
+        target,
+        max_redrives,
+        dry_run,
+        resend_delivered,
+        ..
+    } = *options;
+    let group = options
+        .group
+        .clone()
+        .unwrap_or_else(|| filter.default_group(settings));
     let topic = settings.kafka.dlq_topic.clone();
     let (consumer, records) = {
         let (settings, group) = (settings.clone(), group.clone());

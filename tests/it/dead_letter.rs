@@ -10,7 +10,7 @@ use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dlq_inspect_lists_dead_letters_and_redrive_moves_only_the_selected_ones_once() {
-    use paysync::dead_letter::reader::{Filter, Target, inspect, redrive};
+    use paysync::dead_letter::reader::{Filter, Redrive, Target, inspect, redrive};
     let harness = Harness::new(
         1,
         Faults {
@@ -55,11 +55,10 @@ async fn dlq_inspect_lists_dead_letters_and_redrive_moves_only_the_selected_ones
     let dry = redrive(
         &settings,
         &rejected_only,
-        Target::Source,
-        None,
-        3,
-        true,
-        false,
+        &Redrive {
+            dry_run: true,
+            ..Redrive::default()
+        },
     )
     .await
     .unwrap();
@@ -76,30 +75,14 @@ async fn dlq_inspect_lists_dead_letters_and_redrive_moves_only_the_selected_ones
         .emulator
         .gateway()
         .set_faults(Faults::default());
-    let done = redrive(
-        &settings,
-        &rejected_only,
-        Target::Source,
-        None,
-        3,
-        false,
-        false,
-    )
-    .await
-    .unwrap();
+    let done = redrive(&settings, &rejected_only, &Redrive::default())
+        .await
+        .unwrap();
     assert_eq!((done.examined, done.selected, done.redriven), (2, 1, 1));
     assert_eq!(harness.end_offsets()[&0], source_end + 1);
-    let again = redrive(
-        &settings,
-        &rejected_only,
-        Target::Source,
-        None,
-        3,
-        false,
-        false,
-    )
-    .await
-    .unwrap();
+    let again = redrive(&settings, &rejected_only, &Redrive::default())
+        .await
+        .unwrap();
     assert_eq!(
         (again.examined, again.redriven),
         (0, 0),
@@ -127,16 +110,23 @@ async fn dlq_inspect_lists_dead_letters_and_redrive_moves_only_the_selected_ones
         class: Some("invalid_event".into()),
         ..Filter::default()
     };
-    let api = redrive(&settings, &invalid_only, Target::Api, None, 3, false, false)
-        .await
-        .unwrap();
+    let api = redrive(
+        &settings,
+        &invalid_only,
+        &Redrive {
+            target: Target::Api,
+            ..Redrive::default()
+        },
+    )
+    .await
+    .unwrap();
     assert_ne!(api.group, done.group);
     assert_eq!((api.selected, api.redriven, api.failed.len()), (1, 0, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_record_that_keeps_failing_is_held_back_after_max_redrives() {
-    use paysync::dead_letter::reader::{Filter, Target, redrive};
+    use paysync::dead_letter::reader::{Filter, Redrive, redrive};
     let harness = Harness::new(
         1,
         Faults {
@@ -154,17 +144,11 @@ async fn a_record_that_keeps_failing_is_held_back_after_max_redrives() {
     // Redriven once: refused again, dead-lettered again, carrying the count.
     // At most one redrive per record.
     let everything = Filter::default();
-    let redrive_all = || {
-        redrive(
-            &settings,
-            &everything,
-            Target::Source,
-            None,
-            1,
-            false,
-            false,
-        )
+    let once = Redrive {
+        max_redrives: 1,
+        ..Redrive::default()
     };
+    let redrive_all = || redrive(&settings, &everything, &once);
     let first = redrive_all().await.unwrap();
     assert_eq!((first.redriven, first.held_back.len()), (1, 0));
     running
@@ -233,11 +217,7 @@ async fn a_dead_letter_too_large_for_its_topic_is_written_without_its_value() {
     let report = paysync::dead_letter::reader::redrive(
         &harness.settings(),
         &paysync::dead_letter::reader::Filter::default(),
-        paysync::dead_letter::reader::Target::Source,
-        None,
-        3,
-        false,
-        false,
+        &paysync::dead_letter::reader::Redrive::default(),
     )
     .await
     .unwrap();

@@ -336,7 +336,8 @@ mod tests {
         ]
     }
 
-    async fn send_body(gateway: &Gateway, body: String) -> TopResponse {
+    /// The body of a 200 answer to a form body.
+    async fn answer_to(gateway: &Gateway, body: String) -> String {
         let reply = gateway
             .handle(RawRequest {
                 query: None,
@@ -350,6 +351,11 @@ mod tests {
         else {
             panic!("unexpected {reply:?}")
         };
+        body
+    }
+
+    async fn send_body(gateway: &Gateway, body: String) -> TopResponse {
+        let body = answer_to(gateway, body).await;
         response::parse(body.as_bytes()).unwrap().response
     }
 
@@ -386,17 +392,7 @@ mod tests {
             let refs: Vec<(&str, &str)> = refs.iter().map(|(k, v)| (*k, v.as_str())).collect();
             signed(&refs, SignMethod::Md5)
         };
-        let body = send(report(2));
-        let reply = gateway
-            .handle(RawRequest {
-                query: None,
-                content_type: None,
-                body: body.into_bytes(),
-            })
-            .await;
-        let Reply::Http { body, .. } = reply else {
-            panic!()
-        };
+        let body = answer_to(&gateway, send(report(2))).await;
         assert!(
             body.contains("taojie_parking_orderamount_sync_response"),
             "{body}"
