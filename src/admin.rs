@@ -60,6 +60,9 @@ pub struct Readiness {
     pub halted: Option<String>,
     pub ban_remaining_s: f64,
     pub reasons: Vec<String>,
+    /// The tuned settings (and their version) and the pauses in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control: Option<crate::pipeline::status::ControlStatus>,
 }
 
 /// The endpoints before the pipeline exists.
@@ -75,6 +78,7 @@ fn starting_router(waiting: Arc<std::sync::Mutex<String>>) -> Router {
                 halted: None,
                 ban_remaining_s: 0.0,
                 reasons: vec![reason],
+                control: None,
             };
             (StatusCode::SERVICE_UNAVAILABLE, axum::Json(readiness))
         }
@@ -196,6 +200,7 @@ pub fn readiness(state: &AdminState) -> (StatusCode, Readiness) {
             halted: gate.halted.map(|c| c.as_str().to_owned()),
             ban_remaining_s: gate.ban_remaining.map_or(0.0, |d| d.as_secs_f64()),
             reasons,
+            control: state.health.control(),
         },
     )
 }

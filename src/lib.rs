@@ -20,6 +20,8 @@
 //! * [`metrics`]: every exported metric, in one place; it knows no engine type.
 //! * `kafka`: every librdkafka client paysync builds, and the brokers' queries.
 //! * [`dead_letter`]: the dead-letter contract, its writer and its reader.
+//! * [`control`]: the control topic every caller on the app key shares —
+//!   its leases and their shares of the rate, tuned settings, pauses.
 //! * [`pipeline`]: the consumer group → calls → commits/dead letters engine.
 //! * [`admin`]: `/metrics`, `/health/live`, `/health/ready`.
 //! * [`replay`]: the operator's backfill of a bounded range (with
@@ -37,6 +39,7 @@ pub(crate) mod backoff;
 pub mod cli;
 pub mod commit_metadata;
 pub mod config;
+pub mod control;
 pub mod dead_letter;
 pub mod event;
 pub mod gmt8;

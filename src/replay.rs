@@ -9,9 +9,14 @@
 //! same request resumes where it stopped and a different range sends exactly
 //! what it names. Partitions are assigned directly, so it never joins or
 //! moves the live group. The report's first line says whether a run is new or
-//! resumed. Its rate limit is
-//! its own too, by default a quarter of the live one, so a backfill cannot
-//! starve live traffic on a shared API quota.
+//! resumed.
+//!
+//! With the control topic on (the default), a replay is a tenant of the live
+//! group's rate: it announces itself and takes what its weight gets, the
+//! whole headroom while live traffic is idle, never more than the group's
+//! rate in all (docs/control.md); `--rate` caps it. Without the control
+//! topic its rate is its own, by default a quarter of the live one, on top
+//! of the group's.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,9 +47,13 @@ pub struct ReplayRequest {
     pub to_time: Option<DateTime<Utc>>,
     /// Defaults to one group per request: `<kafka.group_id>.replay.<hash>`.
     pub group: Option<String>,
-    /// Calls per second; defaults to `rate_fraction` of the live rate.
+    /// Sharing the group's rate: the most calls per second it may take.
+    /// Without the control topic: its own rate, by default `rate_fraction`
+    /// of the live rate.
     pub rate: Option<u32>,
     pub rate_fraction: f64,
+    /// Its weight among the callers sharing the rate (default `control.backfill_weight`).
+    pub weight: Option<u32>,
     pub dry_run: bool,
     /// Send events the ledger holds as accepted with the same DTO too.
     pub resend_delivered: bool,
@@ -55,7 +64,8 @@ pub struct ReplayRequest {
 pub struct ReplayReport {
     pub ranges: Vec<OffsetRange>,
     pub group: String,
-    pub rate: u32,
+    /// How it is paced: its share of the group's rate, or its own rate.
+    pub pacing: String,
     /// Messages of the requested range the group had finished before (a
     /// resumed run); 0 for a new one.
     pub already_done: i64,
@@ -78,8 +88,8 @@ impl ReplayReport {
             "new run".to_owned()
         };
         format!(
-            "paysync replay: {run}, {messages} messages, group {} at {} calls/s",
-            self.group, self.rate
+            "paysync replay: {run}, {messages} messages, group {}, {}",
+            self.group, self.pacing
         )
     }
 
@@ -241,9 +251,26 @@ pub async fn run(
         "the replay group must differ from the live group {:?}",
         settings.kafka.group_id
     );
+    let shares = settings.control.enabled;
+    let weight = request
+        .weight
+        .unwrap_or(settings.control.backfill_weight)
+        .max(1);
     let rate = request.rate.unwrap_or_else(|| {
         ((f64::from(settings.delivery.rate_limit_per_sec) * request.rate_fraction) as u32).max(1)
     });
+    let pacing = if shares {
+        format!(
+            "sharing the group's {} calls/s (weight {weight}{})",
+            settings.delivery.rate_limit_per_sec,
+            request
+                .rate
+                .map(|cap| format!(", at most {cap} calls/s"))
+                .unwrap_or_default()
+        )
+    } else {
+        format!("at its own {rate} calls/s, on top of the group's")
+    };
     // Planning (and a dry run's reading) blocks; a signal stops it too.
     let mut shutdown = Box::pin(shutdown);
     let stop = Arc::new(AtomicBool::new(false));
@@ -265,7 +292,7 @@ pub async fn run(
     let mut report = ReplayReport {
         ranges: ranges.clone(),
         group: group.clone(),
-        rate,
+        pacing,
         already_done,
         summary: None,
         checked: None,
@@ -280,12 +307,18 @@ pub async fn run(
         report.summary = Some(Summary::default());
         return Ok(report);
     }
-    // The live group's ledger, whatever group keeps the replay's progress.
+    // The live group's ledger and control topic, whatever group keeps the
+    // replay's progress.
     settings.ledger.topic = Some(settings.ledger.topic(&settings.kafka.group_id));
+    settings.control.topic = Some(settings.control.topic(&settings.kafka.group_id));
     settings.kafka.group_id = group.clone();
-    settings.delivery.rate_limit_per_sec = rate;
-    settings.delivery.rate_limit_burst = Some((rate / 10).max(1));
-    let mut pipeline = Pipeline::build(settings, Source::Range(ranges.clone())).await?;
+    if !shares {
+        settings.delivery.rate_limit_per_sec = rate;
+        settings.delivery.rate_limit_burst = Some((rate / 10).max(1));
+    }
+    let mut pipeline = Pipeline::build(settings, Source::Range(ranges.clone()))
+        .await?
+        .tenant(weight, request.rate);
     if request.resend_delivered {
         pipeline = pipeline.resend_delivered();
     }

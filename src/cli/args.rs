@@ -36,6 +36,9 @@ pub enum Command {
     Ledger(LedgerCommand),
     /// Build (and with --send, send) the day's orderamount.sync report from the ledger.
     Reconcile(ReconcileArgs),
+    /// Tune, pause and resume every running paysync through the control topic.
+    #[command(subcommand)]
+    Control(ControlCommand),
     /// Measure the pipeline against the mock cluster and the emulator.
     Bench(BenchArgs),
     /// Run a local TOP gateway emulator.
@@ -205,6 +208,10 @@ pub struct DlqRedriveArgs {
     /// Send records the ledger holds as accepted with the same DTO too.
     #[arg(long)]
     pub resend_delivered: bool,
+    /// To the API: its weight among the callers sharing the group's rate
+    /// (default control.backfill_weight).
+    #[arg(long)]
+    pub weight: Option<u32>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -323,11 +330,17 @@ pub struct ReplayArgs {
     /// request, <kafka.group_id>.replay.<hash of topic, partitions, bounds>).
     #[arg(long)]
     pub group: Option<String>,
-    /// Calls per second (default: --rate-fraction of delivery.rate_limit_per_sec).
+    /// The most calls per second the replay takes of the group's rate
+    /// (without the control topic: its own rate, default --rate-fraction of
+    /// delivery.rate_limit_per_sec, on top of the group's).
     #[arg(long)]
     pub rate: Option<u32>,
     #[arg(long, default_value_t = 0.25)]
     pub rate_fraction: f64,
+    /// Its weight among the callers sharing the group's rate (default
+    /// control.backfill_weight; the live group has control.live_weight).
+    #[arg(long)]
+    pub weight: Option<u32>,
     /// Decode and validate the range without calling the API or committing.
     #[arg(long)]
     pub dry_run: bool,
@@ -425,4 +438,71 @@ impl clap::ValueEnum for SignMethod {
     fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
         Some(clap::builder::PossibleValue::new(self.as_str()))
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ControlCommand {
+    /// Change settings in every running paysync, in place (KEY=VALUE…;
+    /// KEY= returns a key to the configuration file's value).
+    Set(ControlSetArgs),
+    /// Hold the events of a park, a partition or all: nothing past them is
+    /// committed; the pause outlives restarts and rebalances.
+    Pause(ControlPauseArgs),
+    /// Release what a pause holds; held events go out in order.
+    Resume(ControlPauseArgs),
+    /// The tuned settings, pauses, callers sharing the rate and recent changes.
+    Show(ControlShowArgs),
+}
+
+/// Who changes what, and why (kept in the audit log).
+#[derive(Debug, Args)]
+pub struct ControlAuditArgs {
+    /// Why (kept with the change).
+    #[arg(long, default_value = "")]
+    pub why: String,
+    /// Who (default: $USER@host).
+    #[arg(long)]
+    pub by: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ControlSetArgs {
+    #[arg(long)]
+    pub config: PathBuf,
+    /// KEY=VALUE pairs: rate, min_rate, mode, burst, max_in_flight,
+    /// max_attempts, max_retry_elapsed_ms, backoff_initial_ms,
+    /// backoff_max_ms (or their full delivery.* names).
+    #[arg(required = true)]
+    pub assignments: Vec<String>,
+    /// Roll the change back if the gateway bans the app key within this many seconds.
+    #[arg(long)]
+    pub guard_secs: Option<u64>,
+    #[command(flatten)]
+    pub audit: ControlAuditArgs,
+}
+
+#[derive(Debug, Args)]
+#[group(id = "target", required = true, multiple = false, args = ["park", "partition", "all"])]
+pub struct ControlPauseArgs {
+    #[arg(long)]
+    pub config: PathBuf,
+    /// A car park (the `fairness.key` value of its events).
+    #[arg(long)]
+    pub park: Option<String>,
+    /// A source partition, as TOPIC/N.
+    #[arg(long)]
+    pub partition: Option<String>,
+    /// Every event.
+    #[arg(long)]
+    pub all: bool,
+    #[command(flatten)]
+    pub audit: ControlAuditArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ControlShowArgs {
+    #[arg(long)]
+    pub config: PathBuf,
+    #[arg(long)]
+    pub json: bool,
 }

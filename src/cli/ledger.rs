@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use super::args::{LedgerCommand, ReconcileArgs};
 use super::exit::{failed, load_for_tool};
+use crate::control::{CallerKind, Pace};
 use crate::ledger::report::{self, Resolution, Shown};
+use crate::pipeline::rate::tenancy::SharedRate;
 
 fn print_json(value: &impl serde::Serialize) {
     println!(
@@ -126,7 +128,23 @@ pub(super) async fn reconcile(args: ReconcileArgs) -> ExitCode {
         &settings.reconcile,
     );
     let sent = if args.send {
-        match report::send_reconciliation(&settings, &reconciliation).await {
+        let shared = match SharedRate::join(
+            &settings,
+            CallerKind::Reconcile,
+            settings.control.backfill_weight,
+            None,
+        )
+        .await
+        {
+            Ok(shared) => shared,
+            Err(error) => return failed("reconcile", &error),
+        };
+        let pace = shared.as_ref().map(|shared| shared as &dyn Pace);
+        let sent = report::send_reconciliation(&settings, &reconciliation, pace).await;
+        if let Some(shared) = shared {
+            shared.leave().await;
+        }
+        match sent {
             Ok(sent) => sent,
             Err(error) => return failed("reconcile", &error),
         }

@@ -7,11 +7,13 @@
 //! * [`service`]: `paysync run`.
 //! * [`operator`]: `replay`, `dlq inspect`, `dlq redrive`.
 //! * [`ledger`]: `ledger show|unknown|resolve|stats`, `reconcile`.
+//! * [`control`]: `control set|pause|resume|show`.
 //! * [`debugging`]: `check-config`, `sign`, `call`.
 //! * [`dev`]: `demo`, `bench`, `emulator`.
 //! * [`exit`]: the exit codes, and loading a command's configuration.
 
 mod args;
+mod control;
 mod debugging;
 mod dev;
 mod exit;
@@ -51,6 +53,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Dlq(command) => operator::dlq(command).await,
         Command::Ledger(command) => ledger::ledger(command).await,
         Command::Reconcile(args) => ledger::reconcile(args).await,
+        Command::Control(command) => control::control(command).await,
         Command::Emulator(args) => dev::emulator(*args).await,
         Command::Sign(args) => debugging::sign(args),
         Command::Call(args) => debugging::call(args).await,

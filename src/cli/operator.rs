@@ -1,9 +1,13 @@
 //! The operator's commands: `replay` and the dead-letter tools.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use super::args::{DlqCommand, ReplayArgs};
 use super::exit::{failed, load_for_tool};
+use crate::control::{CallerKind, Pace};
+use crate::dead_letter::reader::Target;
+use crate::pipeline::rate::tenancy::SharedRate;
 
 pub(super) async fn dlq(command: DlqCommand) -> ExitCode {
     let config = match &command {
@@ -38,16 +42,38 @@ pub(super) async fn dlq(command: DlqCommand) -> ExitCode {
             }
         }
         DlqCommand::Redrive(args) => {
+            // To the API, a redrive takes its share of the group's rate.
+            let shared = if args.to == Target::Api && !args.dry_run {
+                match SharedRate::join(
+                    &settings,
+                    CallerKind::Redrive,
+                    args.weight.unwrap_or(settings.control.backfill_weight),
+                    None,
+                )
+                .await
+                {
+                    Ok(shared) => shared.map(Arc::new),
+                    Err(error) => return failed("dlq redrive", &error),
+                }
+            } else {
+                None
+            };
             let options = crate::dead_letter::reader::Redrive {
                 target: args.to,
                 group: args.group.clone(),
                 max_redrives: args.max_redrives,
                 dry_run: args.dry_run,
                 resend_delivered: args.resend_delivered,
+                pace: shared.clone().map(|shared| shared as Arc<dyn Pace>),
             };
-            match crate::dead_letter::reader::redrive(&settings, &args.filter.filter(), &options)
-                .await
-            {
+            let redriven =
+                crate::dead_letter::reader::redrive(&settings, &args.filter.filter(), &options)
+                    .await;
+            drop(options);
+            if let Some(shared) = shared.and_then(Arc::into_inner) {
+                shared.leave().await;
+            }
+            match redriven {
                 Ok(report) => {
                     let verb = if report.dry_run {
                         "would redrive"
@@ -108,6 +134,7 @@ pub(super) async fn replay(args: ReplayArgs) -> ExitCode {
         group: args.group,
         rate: args.rate,
         rate_fraction: args.rate_fraction,
+        weight: args.weight,
         dry_run: args.dry_run,
         resend_delivered: args.resend_delivered,
     };

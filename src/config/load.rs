@@ -16,7 +16,7 @@ use figment::value::{Dict, Value};
 use serde::de::DeserializeOwned;
 
 use super::{
-    AdminSettings, ClassificationSettings, ConfigError, ConfigProblem, DeliverySettings,
+    AdminSettings, ClassificationSettings, ControlSettings, FairnessSettings, ConfigError, ConfigProblem, DeliverySettings,
     Environment, EventSettings, KafkaSettings, LedgerSettings, LogSettings, ReconcileSettings,
     Settings, TopSettings, TracingSettings,
 };
@@ -66,6 +66,8 @@ impl Settings {
             tracing: read.section::<TracingSettings>("tracing"),
             ledger: read.section::<LedgerSettings>("ledger"),
             reconcile: read.section::<ReconcileSettings>("reconcile"),
+            control: read.section::<ControlSettings>("control"),
+            fairness: read.section::<FairnessSettings>("fairness"),
             environment: Environment::default(),
         };
         settings.tracing.environment = environment.clone();
@@ -121,7 +123,7 @@ impl TracingSettings {
 }
 
 /// The sections of `Settings`, in the order problems are reported.
-const SECTIONS: [&str; 10] = [
+const SECTIONS: [&str; 12] = [
     "kafka",
     "delivery",
     "top",
@@ -132,6 +134,8 @@ const SECTIONS: [&str; 10] = [
     "tracing",
     "ledger",
     "reconcile",
+    "control",
+    "fairness",
 ];
 
 /// Reads sections one by one, collecting what does not read.

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod control;
 mod delivery;
 mod environment;
 mod ledger;
@@ -24,6 +25,7 @@ mod top;
 mod tracing;
 mod validate;
 
+pub use control::{ControlSettings, FairnessKey, FairnessSettings};
 pub use delivery::{DeliverySettings, RateLimitMode, RateLimitScope};
 pub use environment::Environment;
 pub use ledger::{LedgerMode, LedgerSettings, ReconcileSettings, ReportedIds};
@@ -74,6 +76,10 @@ pub struct Settings {
     pub ledger: LedgerSettings,
     #[serde(default)]
     pub reconcile: ReconcileSettings,
+    #[serde(default)]
+    pub control: ControlSettings,
+    #[serde(default)]
+    pub fairness: FairnessSettings,
     /// The proxy and `OTEL_*` variables of the environment the settings
     /// loaded from (the tracing settings keep their own copy).
     #[serde(skip)]

@@ -186,6 +186,66 @@ impl Settings {
                 "must not be one of the source topics".into(),
             );
         }
+        let control = &self.control;
+        if control.replication_factor == 0 || control.replication_factor < -1 {
+            problem(
+                "control.replication_factor",
+                "must be -1 (the broker's default) or at least 1".into(),
+            );
+        }
+        if control.refresh_ms.is_zero() {
+            problem("control.refresh_ms", "must be above 0".into());
+        }
+        if control.lease_ms < control.refresh_ms * 3 {
+            problem(
+                "control.lease_ms",
+                format!(
+                    "({}) must be at least three control.refresh_ms ({}): a caller renews its lease every refresh, and one late renewal must not expire it",
+                    control.lease_ms.as_millis(),
+                    control.refresh_ms.as_millis()
+                ),
+            );
+        }
+        for (key, weight) in [
+            ("control.live_weight", control.live_weight),
+            ("control.backfill_weight", control.backfill_weight),
+        ] {
+            if weight == 0 {
+                problem(key, "must be at least 1".into());
+            }
+        }
+        let control_topic = control.topic(&kafka.group_id);
+        if kafka.topics.contains(&control_topic)
+            || kafka.dlq_topic == control_topic
+            || self.ledger.topic(&kafka.group_id) == control_topic
+        {
+            problem(
+                "control.topic",
+                format!("{control_topic:?} is already a source, dead-letter or ledger topic"),
+            );
+        }
+        let fairness = &self.fairness;
+        for (table, map) in [
+            ("fairness.weights", &fairness.weights),
+            ("fairness.floors", &fairness.floors),
+            ("fairness.ceilings", &fairness.ceilings),
+        ] {
+            for (park, value) in map {
+                if *value == 0 {
+                    problem(&format!("{table}.\"{park}\""), "must be at least 1".into());
+                }
+            }
+        }
+        for (park, floor) in &fairness.floors {
+            if let Some(ceiling) = fairness.ceilings.get(park)
+                && floor > ceiling
+            {
+                problem(
+                    &format!("fairness.floors.\"{park}\""),
+                    format!("({floor}) must not exceed its ceiling ({ceiling})"),
+                );
+            }
+        }
         let ledger = &self.ledger;
         if !ledger.key_fields.contains(&KeyField::OrderId) {
             problem(

@@ -23,6 +23,7 @@ use serde::Serialize;
 
 use super::{DeadLetterRecord, Payload, header};
 use crate::config::{LedgerMode, Settings};
+use crate::control::Pace;
 use crate::event::{self, PaymentEvent};
 use crate::kafka;
 use crate::ledger::entry::{Entry, LedgerKey, Outcome, Path, Position, dto_hash};
@@ -194,7 +195,7 @@ pub enum Target {
 }
 
 /// How to redrive (`paysync dlq redrive`'s flags).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Redrive {
     pub target: Target,
     /// The group that keeps the cursor (default: one per filter).
@@ -205,6 +206,9 @@ pub struct Redrive {
     pub dry_run: bool,
     /// Send records the ledger holds as accepted with the same DTO too.
     pub resend_delivered: bool,
+    /// To the API: the share of the group's rate the calls take (`None`:
+    /// one call at a time, on top of the group's rate).
+    pub pace: Option<Arc<dyn Pace>>,
 }
 
 impl Default for Redrive {
@@ -215,6 +219,7 @@ impl Default for Redrive {
             max_redrives: 3,
             dry_run: false,
             resend_delivered: false,
+            pace: None,
         }
     }
 }
@@ -402,8 +407,15 @@ pub async fn redrive(
                                         Ok(())
                                     }
                                     _ => {
+                                        if let Some(pace) = &options.pace {
+                                            pace.turn().await;
+                                        }
                                         let call = client.send(&dto).await;
-                                        match classifier.classify(&call.outcome) {
+                                        let disposition = classifier.classify(&call.outcome);
+                                        if let Some(pace) = &options.pace {
+                                            pace.answered(&disposition);
+                                        }
+                                        match disposition {
                                             Disposition::Delivered => {
                                                 if let (Some(ledger), Some(filed)) =
                                                     (&ledger, filed)

@@ -9,10 +9,13 @@
 //! * [`cluster`]: what the cluster says about itself (its group protocols,
 //!   how fast it notices a dead broker), the group protocol `auto` takes,
 //!   and the group settings that would let the group stop.
+//! * [`compacted`]: the compacted topics paysync keeps its state in (the
+//!   ledger, the control topic), made sure of at start.
 //!
 //! Commits are not here: the pipeline's committer owns them (`pipeline::commit`).
 
 pub mod clients;
 pub mod cluster;
+pub mod compacted;
 pub mod queries;
 pub mod record;

@@ -43,7 +43,7 @@ use crate::metrics::Metrics;
 use crate::partition::PartitionId;
 use entry::{Entry, KeyField, LedgerKey, Outcome, Position};
 use store::{PartitionStore, Slot, seconds};
-pub use topic::LedgerTopicError;
+pub use crate::kafka::compacted::CompactedTopicError as LedgerTopicError;
 
 /// First and longest pause between attempts to write one entry.
 const RETRY_INITIAL: Duration = Duration::from_millis(250);

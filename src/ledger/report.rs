@@ -14,6 +14,7 @@ use super::entry::{Entry, Outcome, Path};
 use super::topic::{EntryWriter, ReadEntry, read_all};
 use crate::backoff::backoff;
 use crate::config::{DeliverySettings, ReconcileSettings, ReportedIds, Settings};
+use crate::control::Pace;
 use crate::top::classify::{Classifier, Disposition};
 use crate::top::client::{CallReport, TopClient};
 
@@ -270,10 +271,13 @@ fn spacing(settings: &Settings) -> Duration {
     Duration::from_secs_f64(4.0 / f64::from(settings.delivery.rate_limit_per_sec.max(1)))
 }
 
-/// Sends the day's report, one call per `reconcile.parks_per_call` parks.
+/// Sends the day's report, one call per `reconcile.parks_per_call` parks,
+/// paced by `pace` (its share of the group's rate) or, without the control
+/// topic, by [`spacing`].
 pub async fn send_reconciliation(
     settings: &Settings,
     report: &Reconciliation,
+    pace: Option<&dyn Pace>,
 ) -> anyhow::Result<Vec<Sent>> {
     let client = settings.top_client()?;
     let classifier = settings.classifier();
@@ -283,11 +287,16 @@ pub async fn send_reconciliation(
         .iter()
         .enumerate()
     {
-        if i > 0 {
-            tokio::time::sleep(spacing(settings)).await;
+        match pace {
+            Some(pace) => pace.turn().await,
+            None if i > 0 => tokio::time::sleep(spacing(settings)).await,
+            None => {}
         }
         let answer = client.send_order_amount(call).await;
         let disposition = classifier.classify(&answer.outcome);
+        if let Some(pace) = pace {
+            pace.answered(&disposition);
+        }
         results.push(sent(
             format!("report {} call {}", report.date, i + 1),
             &answer,

@@ -13,10 +13,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::Context;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
@@ -24,37 +21,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::entry::{Entry, LedgerKey};
 use crate::config::Settings;
 use crate::kafka;
-
-/// How long the topic's creation and metadata are waited for.
-const TOPIC_WAIT: Duration = Duration::from_secs(30);
-
-/// Why the ledger topic cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum LedgerTopicError {
-    #[error(
-        "the ledger topic {topic:?} does not exist{why}; create it compacted, one partition per source partition:\n  kafka-topics.sh --bootstrap-server {bootstrap} --create --topic {topic} --partitions {partitions} --config cleanup.policy=compact\nor set ledger.mode = \"off\""
-    )]
-    Missing {
-        topic: String,
-        bootstrap: String,
-        partitions: i32,
-        why: String,
-    },
-    #[error(
-        "the ledger topic {topic:?} has cleanup.policy={policy}: its entries would be deleted by age, not kept per key; make it compacted:\n  kafka-configs.sh --bootstrap-server {bootstrap} --alter --entity-type topics --entity-name {topic} --add-config cleanup.policy=compact"
-    )]
-    NotCompacted {
-        topic: String,
-        bootstrap: String,
-        policy: String,
-    },
-    #[error("cannot read the ledger topic {topic:?}: {error}")]
-    Kafka {
-        topic: String,
-        #[source]
-        error: KafkaError,
-    },
-}
+use crate::kafka::compacted::{self, CompactedTopic, CompactedTopicError};
 
 /// The ledger partition that holds source partition `source_partition`'s entries.
 pub fn partition_for(source_partition: i32, ledger_partitions: i32) -> i32 {
@@ -69,110 +36,26 @@ pub fn ensure<C: ConsumerContext>(
     settings: &Settings,
     consumer: &impl Consumer<C>,
     wanted_partitions: i32,
-) -> Result<i32, LedgerTopicError> {
-    let topic = settings.ledger.topic(&settings.kafka.group_id);
-    let bootstrap = settings.kafka.bootstrap_servers.clone();
-    let kafka_error = |error| LedgerTopicError::Kafka {
-        topic: topic.clone(),
-        error,
+) -> Result<i32, CompactedTopicError> {
+    let spec = CompactedTopic {
+        what: "ledger",
+        topic: settings.ledger.topic(&settings.kafka.group_id),
+        partitions: wanted_partitions,
+        create: settings.ledger.create_topic,
+        create_key: "ledger.create_topic",
+        replication_factor: settings.ledger.replication_factor,
+        instead: "or set ledger.mode = \"off\"",
     };
-    let admin: AdminClient<DefaultClientContext> = kafka::clients::admin(settings)
-        .create()
-        .map_err(kafka_error)?;
-    let found = kafka::queries::topic_partitions(consumer, &topic).map_err(kafka_error)?;
-    let partitions = match found {
-        Some(partitions) => partitions.len() as i32,
-        None if !settings.ledger.create_topic => {
-            return Err(LedgerTopicError::Missing {
-                topic,
-                bootstrap,
-                partitions: wanted_partitions,
-                why: " and ledger.create_topic is off".into(),
-            });
-        }
-        None => {
-            create(&admin, settings, consumer, &topic, wanted_partitions).map_err(|why| {
-                LedgerTopicError::Missing {
-                    topic: topic.clone(),
-                    bootstrap: bootstrap.clone(),
-                    partitions: wanted_partitions,
-                    why: format!(" and paysync could not create it ({why})"),
-                }
-            })?;
-            tracing::info!(topic = %topic, partitions = wanted_partitions, "Created the ledger topic (compacted).");
-            wanted_partitions
-        }
-    };
-    if let Some(policy) = cleanup_policy(&admin, &topic)
-        && !policy.split(',').any(|p| p.trim() == "compact")
-    {
-        return Err(LedgerTopicError::NotCompacted {
-            topic,
-            bootstrap,
-            policy,
-        });
-    }
+    let partitions = compacted::ensure(settings, consumer, &spec)?;
     if partitions < wanted_partitions {
         tracing::warn!(
-            topic = %topic,
+            topic = %spec.topic,
             partitions,
             source_partitions = wanted_partitions,
             "The ledger topic has fewer partitions than a source topic: several source partitions share one, and a replica restores more than it owns."
         );
     }
     Ok(partitions)
-}
-
-/// Creates the topic compacted and waits until metadata shows it, so the
-/// first write finds a leader. Blocks.
-fn create<C: ConsumerContext>(
-    admin: &AdminClient<DefaultClientContext>,
-    settings: &Settings,
-    consumer: &impl Consumer<C>,
-    topic: &str,
-    partitions: i32,
-) -> Result<(), String> {
-    let replication = TopicReplication::Fixed(settings.ledger.replication_factor);
-    let new = NewTopic::new(topic, partitions.max(1), replication).set("cleanup.policy", "compact");
-    let options = AdminOptions::new().operation_timeout(Some(TOPIC_WAIT));
-    let created = futures::executor::block_on(admin.create_topics(&[new], &options))
-        .map_err(|error| error.to_string())?;
-    for result in created {
-        match result {
-            Ok(_) => {}
-            // Another replica created it first.
-            Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((_, code)) => return Err(code.to_string()),
-        }
-    }
-    match kafka::queries::wait_for_topic(consumer, topic, TOPIC_WAIT) {
-        Ok(Some(_)) => Ok(()),
-        Ok(None) => Err("it did not appear in metadata".into()),
-        Err(error) => Err(error.to_string()),
-    }
-}
-
-/// The topic's `cleanup.policy`, when the brokers say (the in-process mock
-/// cluster and a locked-down cluster may not). Asked of one named broker:
-/// sent to "any broker", a request no broker supports waits for its whole
-/// timeout instead of failing at once.
-fn cleanup_policy(admin: &AdminClient<DefaultClientContext>, topic: &str) -> Option<String> {
-    let metadata = admin
-        .inner()
-        .fetch_metadata(Some(topic), kafka::queries::REQUEST_TIMEOUT)
-        .ok()?;
-    let broker = metadata.brokers().first()?.id();
-    let options = AdminOptions::new()
-        .request_timeout(Some(kafka::queries::REQUEST_TIMEOUT))
-        .broker_id(broker);
-    let described = futures::executor::block_on(
-        admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &options),
-    )
-    .ok()?;
-    let resource = described.into_iter().next()?.ok()?;
-    resource
-        .get("cleanup.policy")
-        .and_then(|entry| entry.value.clone())
 }
 
 /// Writes entries for an operator's command (`ledger resolve`, a redrive

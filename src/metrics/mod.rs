@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
 };
 
@@ -123,6 +123,13 @@ pub struct Metrics {
     pub ledger_memory_bytes: IntGauge,
     pub ledger_restoring_partitions: IntGauge,
     pub ledger_restore_seconds: Gauge,
+    pub control_version: IntGauge,
+    pub control_setting: GaugeVec,
+    pub control_changes_applied: IntCounter,
+    pub control_pauses: IntGauge,
+    pub events_held: IntGauge,
+    pub caller_share: GaugeVec,
+    pub park_wait: GaugeVec,
     last_commit: Mutex<Instant>,
     /// Typed totals beside the labelled families, for the run summary: it
     /// reads these instead of matching label strings.
@@ -167,6 +174,13 @@ fn int_gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -
     register(
         registry,
         IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    register(
+        registry,
+        GaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
     )
 }
 
@@ -471,6 +485,44 @@ impl Metrics {
                 "paysync_ledger_restore_seconds",
                 "How long the latest ledger partition restore took.",
             ),
+            control_version: int_gauge(
+                &r,
+                "paysync_control_version",
+                "Version of the tuned settings in force (0: the configuration file's alone).",
+            ),
+            control_setting: gauge_vec(
+                &r,
+                "paysync_control_setting",
+                "Each setting that can change in place, as in force (rate_limit_mode: 0 fixed, 1 adaptive).",
+                &["key"],
+            ),
+            control_changes_applied: counter(
+                &r,
+                "paysync_control_changes_applied_total",
+                "Tuned settings applied in place (each new version once).",
+            ),
+            control_pauses: int_gauge(
+                &r,
+                "paysync_control_pauses",
+                "Pauses in force (everything, parks, partitions) on the control topic.",
+            ),
+            events_held: int_gauge(
+                &r,
+                "paysync_events_held",
+                "Events of this replica held by a pause; nothing past them is committed.",
+            ),
+            caller_share: gauge_vec(
+                &r,
+                "paysync_caller_share_calls_per_second",
+                "Each caller's share of the app key's rate (live group, replays, redrives, reconciliations), as this caller computes it.",
+                &["kind", "caller"],
+            ),
+            park_wait: gauge_vec(
+                &r,
+                "paysync_park_wait_seconds",
+                "Mean wait for a call's turn over the last 10 s, for the parks that waited longest; the rest as park=\"other\".",
+                &["park"],
+            ),
             last_commit: Mutex::new(Instant::now()),
             tallies: Tallies::default(),
             registry: r,
@@ -602,6 +654,9 @@ mod documentation {
         ] {
             vec.with_label_values(&["t", "0"]).set(0);
         }
+        metrics.control_setting.with_label_values(&["k"]).set(0.0);
+        metrics.caller_share.with_label_values(&["k", "c"]).set(0.0);
+        metrics.park_wait.with_label_values(&["p"]).set(0.0);
         let exported: std::collections::BTreeSet<String> = metrics
             .registry()
             .gather()

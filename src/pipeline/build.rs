@@ -10,19 +10,22 @@ use std::time::Duration;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 
 use super::commit::committer::Committer;
 use super::context::PipelineContext;
 use super::deliver::Deliverer;
+use super::fair::{FairQueue, ParkPolicy, ParkWaits};
 use super::gate::{Gate, GateSettings};
 use super::ownership::{Ownership, Publish};
+use super::rate::tenancy::Role;
 use super::rate::{RateBudget, RateLimitScope, RateSettings};
 use super::status::Health;
 use super::tracker::OffsetTracker;
 use super::watch::Watchers;
 use super::{Pipeline, Source};
 use crate::config::{ConfigError, GroupProtocol, Settings, TopClientError};
+use crate::control::{self, CallerKind, Control, ControlError};
 use crate::dead_letter::DeadLetterProducer;
 use crate::kafka;
 use crate::kafka::cluster::{self, ClusterFacts};
@@ -88,6 +91,8 @@ pub enum StartError {
     Tracing(#[from] TraceSetupError),
     #[error("ledger: {0}")]
     Ledger(#[from] LedgerError),
+    #[error("control topic: {0}")]
+    Control(#[from] ControlError),
 }
 
 /// The group protocol to speak (`auto` decided from the cluster's
@@ -132,7 +137,9 @@ impl Pipeline {
         }
         let client = settings.top_client()?;
         let metrics = Arc::new(Metrics::new());
-        // A replay is its own client with its own rate, not a share of the group's.
+        let parks = Arc::new(ParkPolicy::of(&settings.fairness));
+        // A replay is not a member: with the control topic its part of the
+        // group's rate is its tenancy's, without it its own rate.
         let scope = match source {
             Source::Group => delivery.rate_limit_scope,
             Source::Range(_) => RateLimitScope::Replica,
@@ -140,6 +147,7 @@ impl Pipeline {
         let budget = Arc::new(RateBudget::new(
             RateSettings::of(delivery, scope, kafka.metadata_refresh_interval_ms),
             metrics.clone(),
+            parks.clone(),
         ));
         let health = Arc::new(Health::default());
         let wake = Arc::new(Notify::new());
@@ -213,6 +221,21 @@ impl Pipeline {
         if let Some(ledger) = &ledger {
             ownership.file_in(ledger.clone());
         }
+        // Read to its end before the first event: a pause or a tuned rate
+        // holds from the start.
+        let role = match &source {
+            Source::Group => Role::Member,
+            Source::Range(_) => Role::Tenant {
+                kind: CallerKind::Replay,
+                weight: settings.control.backfill_weight,
+                ceiling: None,
+            },
+        };
+        let caller = control::caller_name(match role {
+            Role::Member => CallerKind::Member,
+            Role::Tenant { kind, .. } => kind,
+        });
+        let control = Control::open(&settings, &consumer, caller)?;
         let mut ranges_by_partition = HashMap::new();
         match &source {
             Source::Group => {
@@ -258,9 +281,13 @@ impl Pipeline {
             classifier: settings.classifier(),
             gate,
             budget: budget.clone(),
-            calls: Semaphore::new(delivery.max_in_flight),
+            calls: FairQueue::new(delivery.max_in_flight, parks.clone(), false),
+            parks,
+            waits: ParkWaits::new(settings.fairness.top_parks),
             dead_letters,
-            delivery: delivery.clone(),
+            delivery: std::sync::RwLock::new(delivery.clone()),
+            control,
+            metrics: metrics.clone(),
             ledger,
             replay: matches!(source, Source::Range(_)),
             resend_delivered: false,
@@ -278,6 +305,7 @@ impl Pipeline {
             health,
             budget,
             wake,
+            role,
             settings,
         })
     }

@@ -2,18 +2,21 @@
 //! delivered, or acknowledged by the dead-letter topic — or gives up when
 //! its partition is revoked or the pipeline shuts down.
 //!
-//! Each attempt takes a call slot, passes the gate ([`super::gate`]), takes a
-//! rate-limiter token and is signed at send time. The answer is classified by
+//! Each attempt waits while a pause on the control topic holds the event,
+//! takes a call slot, passes the gate ([`super::gate`]), takes a
+//! rate-limiter token (slots and tokens fair between parks,
+//! [`super::fair`]) and is signed at send time. The answer is classified by
 //! the one table ([`crate::top::classify`]); transient failures the gate
 //! charges to the event spend its [`RetryBudget`], and an exhausted budget
 //! dead-letters the event as `retries_exhausted`.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+
+use super::fair::{FairQueue, ParkPolicy, ParkWaits};
 
 use super::gate::{Gate, Pass, RetryCharge};
 use super::ordering::Predecessor;
@@ -21,6 +24,8 @@ use super::rate::RateBudget;
 use super::watch::{EventEnd, EventWatch};
 use crate::backoff::backoff;
 use crate::config::{DeliverySettings, LedgerMode};
+use crate::control::Control;
+use crate::metrics::Metrics;
 use crate::dead_letter::prior::PriorCopies;
 use crate::dead_letter::{DeadLetterClass, DeadLetterProducer, Failure, SourceRecord, Written};
 use crate::event::{InvalidEvent, PaymentEvent};
@@ -77,6 +82,15 @@ impl RetryBudget {
         }
     }
 
+    /// Takes tuned limits (`paysync control set`): an event already
+    /// retrying is judged by them from its next failure on.
+    pub fn retune(&mut self, settings: &DeliverySettings) {
+        self.max_attempts = settings.max_attempts;
+        self.max_elapsed = settings.max_retry_elapsed_ms;
+        self.backoff_initial = settings.backoff_initial_ms;
+        self.backoff_max = settings.backoff_max_ms;
+    }
+
     /// Charges a failed call that took `call` and asked to wait `wait` (a
     /// `Retry-After`, say); the delay before the next attempt counts too.
     pub fn charge(&mut self, call: Duration, wait: Option<Duration>) -> NextAttempt {
@@ -98,9 +112,16 @@ pub(super) struct Deliverer {
     pub(super) classifier: Classifier,
     pub(super) gate: Arc<Gate>,
     pub(super) budget: Arc<RateBudget>,
-    pub(super) calls: Semaphore,
+    /// The call slots (`delivery.max_in_flight`), fair between parks.
+    pub(super) calls: FairQueue,
+    pub(super) parks: Arc<ParkPolicy>,
+    pub(super) waits: ParkWaits,
     pub(super) dead_letters: DeadLetterProducer,
-    pub(super) delivery: DeliverySettings,
+    /// `[delivery]`, with the tuned settings applied in place.
+    pub(super) delivery: RwLock<DeliverySettings>,
+    /// The control topic (pauses), unless `control.enabled` is off.
+    pub(super) control: Option<Arc<Control>>,
+    pub(super) metrics: Arc<Metrics>,
     /// The delivery ledger, unless `ledger.mode = "off"`.
     pub(super) ledger: Option<Arc<Ledger>>,
     /// A replay's events (the ledger's `replay` path).
@@ -336,14 +357,22 @@ impl Deliverer {
         let after_call = CancellationToken::new();
         // Strict mode: an intent stands while a call may be under way.
         let mut intent_standing = false;
-        let mut budget = RetryBudget::new(&self.delivery);
+        let mut budget = RetryBudget::new(&self.delivery());
+        let park = self.parks.key_of(Some(event));
         let mut calls = 0u32;
         let mut first_attempt = None;
         loop {
+            if !self.wait_while_held(job, &park, cancel).await {
+                return EventEnd::Abandoned;
+            }
+            let queued = Instant::now();
             // The call slot first, then the gate: at most `max_in_flight` calls
             // are past the gate, so a ban or an open breaker stops everyone else.
             let permit = tokio::select! {
-                permit = self.calls.acquire() => permit.expect("the semaphore is never closed"),
+                permit = async {
+                    self.parks.within_ceiling(&park).await;
+                    self.calls.acquire(&park).await
+                } => permit,
                 _ = cancel.cancelled() => return EventEnd::Abandoned,
             };
             let at_gate = Instant::now();
@@ -355,11 +384,12 @@ impl Deliverer {
             let pass = admitted.pass;
             let waiting = Instant::now();
             let snapshot = tokio::select! {
-                snapshot = self.budget.until_ready() => snapshot,
+                snapshot = self.budget.until_ready(&park) => snapshot,
                 _ = cancel.cancelled() => { self.gate.release(pass); return EventEnd::Abandoned; }
             };
             job.watch
                 .took_token(waiting.elapsed(), snapshot.remaining_burst_capacity());
+            self.waits.record(&park, queued.elapsed());
             if pass == Pass::Normal && self.gate.status().closed() {
                 // A ban, a halt or an open breaker began while this call waited for a token.
                 continue;
@@ -460,6 +490,7 @@ impl Deliverer {
                     if charge == RetryCharge::Free {
                         continue;
                     }
+                    budget.retune(&self.delivery());
                     match budget.charge(report.elapsed, wait) {
                         NextAttempt::Exhausted => {
                             let failure =
@@ -485,6 +516,44 @@ impl Deliverer {
                 }
             }
         }
+    }
+}
+
+impl Deliverer {
+    /// `[delivery]` as in force now.
+    pub(super) fn delivery(&self) -> DeliverySettings {
+        self.delivery
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Tuned settings: the call slots resize, retries take the new limits.
+    pub(super) fn retune(&self, settings: &DeliverySettings) {
+        self.calls.set_capacity(settings.max_in_flight);
+        *self.delivery.write().unwrap_or_else(|p| p.into_inner()) = settings.clone();
+    }
+
+    /// Waits while a pause holds the event (its partition, its park, or
+    /// everything); false when cancelled first. Nothing past a held event
+    /// is committed: its offset stays unfinished.
+    async fn wait_while_held(&self, job: &Job, park: &Arc<str>, cancel: &CancellationToken) -> bool {
+        let Some(control) = &self.control else {
+            return true;
+        };
+        let id = &job.source.id;
+        let mut changes = control.changes();
+        if !changes.borrow_and_update().holds(id, Some(park)) {
+            return true;
+        }
+        self.metrics.events_held.inc();
+        job.watch.held();
+        let released = tokio::select! {
+            released = changes.wait_for(|view| !view.holds(id, Some(park))) => released.is_ok(),
+            _ = cancel.cancelled() => false,
+        };
+        self.metrics.events_held.dec();
+        released
     }
 }
 

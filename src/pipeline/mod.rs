@@ -24,6 +24,7 @@
 //! * [`window`]: when to pause fetching (backpressure).
 //! * [`ordering`]: one order's events one after another.
 //! * [`gate`]: ban, circuit breaker and halt, in front of every call.
+//! * [`fair`]: fair turns between car parks for the call slots and the rate.
 //! * [`rate`]: the replica's share of the group's rate quota, and the
 //!   adaptive controller that finds the quota.
 //! * [`status`]: health and the run summary.
@@ -38,10 +39,11 @@ mod build;
 pub(crate) mod commit;
 mod context;
 pub(crate) mod deliver;
+pub(crate) mod fair;
 pub mod gate;
 pub(crate) mod ordering;
 pub(crate) mod ownership;
-pub(crate) mod rate;
+pub mod rate;
 pub(crate) mod resume;
 mod running;
 pub(crate) mod status;
@@ -60,6 +62,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use tokio::sync::{Notify, oneshot};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::Settings;
@@ -150,6 +153,8 @@ pub struct Pipeline {
     budget: Arc<RateBudget>,
     /// Wakes the main loop: a task ended, a commit was asked for, the gate opened.
     wake: Arc<Notify>,
+    /// Who this pipeline is among the callers on the app key.
+    role: rate::tenancy::Role,
     settings: Settings,
 }
 
@@ -169,6 +174,52 @@ impl Pipeline {
             .expect("the deliverer is shared only once the pipeline runs")
             .resend_delivered = true;
         self
+    }
+
+    /// A replay's part of the app key's rate: its weight among the callers,
+    /// and the most calls per second it may take.
+    pub fn tenant(mut self, weight: u32, ceiling: Option<u32>) -> Pipeline {
+        if let rate::tenancy::Role::Tenant { kind, .. } = self.role {
+            self.role = rate::tenancy::Role::Tenant {
+                kind,
+                weight: weight.max(1),
+                ceiling: ceiling.map(f64::from),
+            };
+        }
+        self
+    }
+
+    /// Whether this pipeline shares the rate through the control topic.
+    pub fn shares_the_rate(&self) -> bool {
+        self.deliverer.control.is_some()
+    }
+
+    /// Starts the tenancy of the rate (with the control topic on); the
+    /// token stops it, and the handle ends once its lease is withdrawn.
+    fn start_tenancy(&self) -> Option<(CancellationToken, tokio::task::JoinHandle<()>)> {
+        let control = self.deliverer.control.clone()?;
+        let deliverer = self.deliverer.clone();
+        let apply: rate::tenancy::ApplyTuned =
+            Box::new(move |tuned: &Settings| deliverer.retune(&tuned.delivery));
+        let view = control.view();
+        tracing::info!(
+            topic = control.topic(),
+            caller = control.caller(),
+            tuned_version = view.tuning.version,
+            tuned = ?view.tuning.values,
+            pauses = ?view.pauses.keys().map(|target| target.describe()).collect::<Vec<_>>(),
+            "Control topic read: the rate is shared with the other callers on the app key."
+        );
+        let tenancy = rate::tenancy::Tenancy::new(
+            control,
+            self.budget.clone(),
+            self.metrics.clone(),
+            self.role,
+            self.settings.clone(),
+            apply,
+        );
+        let stop = CancellationToken::new();
+        Some((stop.clone(), tokio::spawn(tenancy.run(stop))))
     }
 
     /// Runs the pipeline on the runtime until `shutdown` resolves, the handle
@@ -206,6 +257,7 @@ impl Pipeline {
             tokio::time::interval(self.settings.kafka.metadata_refresh_interval_ms);
         metadata_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut counts_read: Option<tokio::task::JoinHandle<()>> = None;
+        let tenancy = self.start_tenancy();
         self.refresh_gauges();
         loop {
             let may_poll = self.apply_window(&mut window);
@@ -265,7 +317,12 @@ impl Pipeline {
                 },
             }
         }
-        self.shutdown().await
+        let summary = self.shutdown().await;
+        if let Some((stop, task)) = tenancy {
+            stop.cancel();
+            let _ = task.await;
+        }
+        summary
     }
 
     fn dispatch(&self, message: &BorrowedMessage<'_>, orders: &mut OrderChains) {
@@ -332,6 +389,10 @@ impl Pipeline {
         self.watchers.publish();
         if let Some(ledger) = &self.deliverer.ledger {
             ledger.publish();
+        }
+        self.deliverer.waits.publish(&self.metrics);
+        if let Some(control) = &self.deliverer.control {
+            self.health.publish_control(&control.view(), &self.metrics);
         }
         let in_flight = self.ownership.publish_progress();
         self.health.publish_dead_letter_stall(&self.metrics);

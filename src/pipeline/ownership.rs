@@ -446,7 +446,7 @@ pub(super) mod tests {
 
     pub(in crate::pipeline) fn ownership() -> Ownership {
         let metrics = Arc::new(Metrics::new());
-        let budget = RateBudget::new(
+        let budget = RateBudget::plain(
             RateSettings::of(
                 &DeliverySettings {
                     rate_limit_per_sec: 100,

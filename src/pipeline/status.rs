@@ -24,6 +24,16 @@ pub struct Health {
     dead_letters: OnceLock<(std::sync::Arc<StalledWrites>, Duration)>,
     /// A fatal error of the Kafka client: the pipeline stopped on it.
     failed: OnceLock<String>,
+    /// The tuned settings and pauses in force (with the control topic on).
+    control: std::sync::Mutex<Option<ControlStatus>>,
+}
+
+/// The tuned settings and pauses in force, for the readiness detail.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ControlStatus {
+    pub version: u64,
+    pub tuned: std::collections::BTreeMap<String, String>,
+    pub pauses: Vec<String>,
 }
 
 /// A source partition held by a failing dead-letter write.
@@ -44,6 +54,28 @@ impl Health {
 
     pub(super) fn set_assigned(&self, count: usize) {
         self.assigned.store(count, Ordering::Relaxed);
+    }
+
+    /// The control topic's view, as readiness and the pause gauge show it.
+    pub(super) fn publish_control(&self, view: &crate::control::ControlView, metrics: &Metrics) {
+        metrics.control_pauses.set(view.pauses.len() as i64);
+        let status = ControlStatus {
+            version: view.tuning.version,
+            tuned: view.tuning.values.clone(),
+            pauses: view.pauses.keys().map(|target| target.describe()).collect(),
+        };
+        let mut current = self.control.lock().unwrap_or_else(|p| p.into_inner());
+        if current.as_ref() != Some(&status) {
+            *current = Some(status);
+        }
+    }
+
+    /// The tuned settings and pauses in force (`None`: no control topic).
+    pub fn control(&self) -> Option<ControlStatus> {
+        self.control
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Time since the main loop last turned (None before it started).

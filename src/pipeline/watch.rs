@@ -267,6 +267,12 @@ impl EventWatch {
         );
     }
 
+    /// A pause on the control topic holds the event (logged at debug: a
+    /// paused park can hold thousands; `paysync_events_held` counts them).
+    pub(super) fn held(&self) {
+        tracing::debug!("Held by a pause on the control topic until it is resumed.");
+    }
+
     pub(super) fn backing_off(&self, delay: Duration) {
         self.waited("waited for the backoff before the next attempt", delay);
     }

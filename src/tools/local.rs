@@ -80,6 +80,7 @@ impl LocalStack {
         // The mock cluster cannot create topics on request: the ledger's is
         // made here, co-partitioned with the source.
         cluster.create_topic(&format!("{group}.ledger"), partitions, 1)?;
+        cluster.create_topic(&format!("{group}.control"), 1, 1)?;
         let emulator = Emulator::start("127.0.0.1:0".parse()?, gateway).await?;
         let mut settings = Settings::default();
         settings.kafka.bootstrap_servers = cluster.bootstrap_servers();

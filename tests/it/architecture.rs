@@ -303,6 +303,7 @@ const FLOORS: &[&[&str]] = &[
     &["top", "ledger/entry"],
     &["config", "metrics"],
     &["kafka", "trace"],
+    &["control"],
     &["ledger"],
     &["dead_letter", "telemetry"],
     &["pipeline"],

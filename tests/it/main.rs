@@ -4,6 +4,7 @@
 //!
 //! * [`delivery`], [`admin`], [`replay`], [`dead_letter`], [`logs`]: the
 //!   pipeline and its tools on librdkafka's mock cluster ([`harness`]).
+//! * [`control`]: the control topic — tuning in place, pauses, a replay's share.
 //! * [`emulator_client`]: the TOP client against the emulator.
 //! * [`egress`]: the client over HTTPS with a run-time CA, and through a refusing proxy.
 //! * [`event_contract`]: the event schema against the decoder.
@@ -15,6 +16,7 @@
 mod admin;
 mod architecture;
 mod cli;
+mod control;
 mod dead_letter;
 mod delivery;
 mod deploy;

@@ -123,6 +123,19 @@ impl RateController {
         self.estimate
     }
 
+    /// Starts from a quota another caller on the app key measured: cruises
+    /// below it and probes only after the longest interval (the quota is
+    /// known; every probe would cost every caller a ban).
+    pub fn adopt(&mut self, now: Instant, learned: f64) {
+        let estimate = learned.clamp(self.settings.floor, self.settings.ceiling);
+        self.estimate = Some(estimate);
+        self.rate = (CRUISE_FRACTION * estimate).max(self.settings.floor);
+        self.probe_interval = self.settings.probe_interval_max;
+        self.phase = Phase::Cruising {
+            probe_at: now + self.probe_interval,
+        };
+    }
+
     /// The gateway accepted `calls` (in group units) at `now`.
     pub fn accepted(&mut self, now: Instant, calls: f64) {
         match self.accepted.back_mut() {

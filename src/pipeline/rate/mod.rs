@@ -20,12 +20,21 @@
 //! configured one but what the [`controller`] finds the gateway allows,
 //! between `delivery.rate_limit_min_per_sec` and the configured rate.
 //!
+//! With the control topic on, the group's rate is also shared with the
+//! replays, redrives and reconciliations running on the same app key: each
+//! caller's [`tenancy`] announces what it needs and takes its part of the
+//! rate (a live replica: its partitions' share of the live group's part).
+//!
 //! A bucket that is resized starts with one token, not a full burst: a
 //! rebalance (or an adaptive step) never adds a burst above the rate.
+//!
+//! Who takes the next token is decided fairly between car parks
+//! ([`super::fair`]).
 
 pub mod controller;
 #[cfg(test)]
 mod simulation;
+pub mod tenancy;
 pub mod topics;
 
 use std::num::NonZeroU32;
@@ -37,6 +46,8 @@ use governor::middleware::{StateInformationMiddleware, StateSnapshot};
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use tokio::sync::Notify;
+
+use super::fair::{FairQueue, ParkPolicy};
 
 use crate::config::DeliverySettings;
 pub use crate::config::{RateLimitMode, RateLimitScope};
@@ -142,25 +153,29 @@ impl RateSettings {
 /// The replica's token bucket, resized as its partitions (and, in adaptive
 /// mode, the group's rate) change.
 pub struct RateBudget {
-    settings: RateSettings,
     state: Mutex<BudgetState>,
     /// Wakes the caller waiting on a bucket that was just replaced.
     resized: Notify,
-    /// One caller at a time waits on the bucket; the others queue here in
-    /// order. governor's `until_ready` wakes every waiter for each token
-    /// (all but one go back to sleep), which at a low rate with many calls
-    /// waiting cost more CPU than the calls themselves.
-    turn: tokio::sync::Mutex<()>,
+    /// One caller at a time waits on the bucket; the others queue here,
+    /// fairly between parks. governor's `until_ready` wakes every waiter
+    /// for each token (all but one go back to sleep), which at a low rate
+    /// with many calls waiting cost more CPU than the calls themselves.
+    turn: FairQueue,
     metrics: Arc<Metrics>,
 }
 
 struct BudgetState {
+    settings: RateSettings,
     owned: Vec<PartitionId>,
     counts: PartitionCounts,
     controller: Option<RateController>,
     /// The end of the latest ban, to tell a new ban from answers to the same one.
     ban_until: Option<Instant>,
+    /// This replica's part of the partitions (1 for a caller outside the group).
     fraction: Option<f64>,
+    /// The part of the group's rate this caller's kind holds among the
+    /// callers on the app key (1 without the control topic).
+    tenancy: f64,
     /// The ownership last logged.
     logged: (usize, Option<f64>),
     group_rate: f64,
@@ -169,6 +184,36 @@ struct BudgetState {
     /// Tokens taken since `usage_since`, for the headroom gauge.
     calls: u64,
     usage_since: Instant,
+    /// What the caller used and whether calls waited, since the last
+    /// [`RateBudget::take_usage`].
+    usage: UsageCount,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct UsageCount {
+    since: Instant,
+    calls: u64,
+    ticks: u32,
+    backlogged_ticks: u32,
+}
+
+impl UsageCount {
+    fn new(now: Instant) -> UsageCount {
+        UsageCount {
+            since: now,
+            calls: 0,
+            ticks: 0,
+            backlogged_ticks: 0,
+        }
+    }
+}
+
+/// What a caller used of its share since it last asked.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Usage {
+    pub calls_per_sec: f64,
+    /// Calls waited for a token most of the time: it would use more.
+    pub backlogged: bool,
 }
 
 /// How long calls are counted for one reading of the headroom.
@@ -176,41 +221,33 @@ const USAGE_WINDOW: Duration = Duration::from_secs(5);
 
 impl RateBudget {
     /// A budget owning nothing yet, with no partition counts known.
-    pub fn new(settings: RateSettings, metrics: Arc<Metrics>) -> RateBudget {
+    pub fn new(settings: RateSettings, metrics: Arc<Metrics>, parks: Arc<ParkPolicy>) -> RateBudget {
         let now = Instant::now();
-        let controller = (settings.mode == RateLimitMode::Adaptive).then(|| {
-            RateController::new(
-                ControllerSettings {
-                    ceiling: f64::from(settings.rate),
-                    floor: f64::from(settings.min_rate),
-                    probe_interval_min: settings.probe_interval_min,
-                    probe_interval_max: settings.probe_interval_max,
-                },
-                now,
-            )
-        });
+        let controller = new_controller(&settings, now);
         let fraction = (settings.scope == RateLimitScope::Replica).then_some(1.0);
         let group_rate = controller
             .as_ref()
             .map_or(f64::from(settings.rate), RateController::rate);
         let share = share(group_rate, f64::from(settings.burst), fraction);
         let budget = RateBudget {
-            settings,
             state: Mutex::new(BudgetState {
+                settings,
                 owned: Vec::new(),
                 counts: PartitionCounts::new(settings.settle),
                 controller,
                 ban_until: None,
                 fraction,
+                tenancy: 1.0,
                 logged: (0, fraction),
                 group_rate,
                 share,
                 limiter: Arc::new(limiter(share)),
                 calls: 0,
                 usage_since: now,
+                usage: UsageCount::new(now),
             }),
             resized: Notify::new(),
-            turn: tokio::sync::Mutex::new(()),
+            turn: FairQueue::new(1, parks, true),
             metrics,
         };
         budget.publish(&budget.lock());
@@ -221,10 +258,11 @@ impl RateBudget {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Waits for this caller's turn, then for a token of the current bucket
-    /// (moving to a new bucket if it is replaced meanwhile).
-    pub async fn until_ready(&self) -> StateSnapshot {
-        let _turn = self.turn.lock().await;
+    /// Waits for this caller's turn (fair between parks: `park` is the
+    /// call's), then for a token of the current bucket (moving to a new
+    /// bucket if it is replaced meanwhile).
+    pub async fn until_ready(&self, park: &Arc<str>) -> StateSnapshot {
+        let _turn = self.turn.acquire(park).await;
         loop {
             let resized = self.resized.notified();
             tokio::pin!(resized);
@@ -232,7 +270,9 @@ impl RateBudget {
             let limiter = self.limiter();
             tokio::select! {
                 snapshot = limiter.until_ready() => {
-                    self.lock().calls += 1;
+                    let mut state = self.lock();
+                    state.calls += 1;
+                    state.usage.calls += 1;
                     return snapshot;
                 }
                 _ = resized => {}
@@ -311,6 +351,7 @@ impl RateBudget {
             _ => None,
         };
         let mut state = self.lock();
+        let fraction = state.effective_fraction();
         match ban {
             Some(wait) => {
                 let until = now + wait;
@@ -335,7 +376,6 @@ impl RateBudget {
                 self.publish(&state);
             }
             None => {
-                let fraction = state.fraction.filter(|f| *f > 0.0);
                 if let (Some(controller), Some(fraction)) = (state.controller.as_mut(), fraction) {
                     controller.accepted(now, 1.0 / fraction);
                 }
@@ -349,6 +389,10 @@ impl RateBudget {
         let now = Instant::now();
         let mut state = self.lock();
         self.reshare(&mut state, now);
+        state.usage.ticks += 1;
+        if self.turn.waiting() > 0 {
+            state.usage.backlogged_ticks += 1;
+        }
         let counted = now.saturating_duration_since(state.usage_since);
         if counted >= USAGE_WINDOW {
             let capacity = state.share.per_sec * counted.as_secs_f64();
@@ -360,16 +404,16 @@ impl RateBudget {
     }
 
     fn reshare(&self, state: &mut BudgetState, now: Instant) {
-        if self.settings.scope == RateLimitScope::Group {
+        if state.settings.scope == RateLimitScope::Group {
             state.fraction = state.counts.fraction(now, &state.owned);
         }
-        let ceiling = f64::from(self.settings.rate);
+        let ceiling = f64::from(state.settings.rate);
         let group_rate = match state.controller.as_mut() {
             Some(controller) => controller.tick(now),
             None => ceiling,
         };
-        let burst = f64::from(self.settings.burst) * group_rate / ceiling;
-        let share = share(group_rate, burst, state.fraction);
+        let burst = f64::from(state.settings.burst) * group_rate / ceiling;
+        let share = share(group_rate, burst, state.effective_fraction());
         let moved = (share.per_sec - state.share.per_sec).abs() > RESIZE_STEP * state.share.per_sec
             || share.burst != state.share.burst;
         state.group_rate = group_rate;
@@ -394,12 +438,128 @@ impl RateBudget {
         self.publish(state);
     }
 
+    /// The settings changed in place (`paysync control set`): a new rate,
+    /// burst or mode takes effect at once; an adaptive controller keeps
+    /// the quota it learned.
+    pub fn retune(&self, settings: RateSettings) {
+        let now = Instant::now();
+        let mut state = self.lock();
+        if state.settings == settings {
+            return;
+        }
+        let learned = state.controller.as_ref().and_then(RateController::estimate);
+        let controller_changed = state.settings.mode != settings.mode
+            || state.settings.rate != settings.rate
+            || state.settings.min_rate != settings.min_rate
+            || state.settings.probe_interval_min != settings.probe_interval_min
+            || state.settings.probe_interval_max != settings.probe_interval_max;
+        let scope = state.settings.scope;
+        state.settings = RateSettings { scope, ..settings };
+        if controller_changed {
+            state.controller = new_controller(&state.settings, now);
+            if let (Some(controller), Some(learned)) = (state.controller.as_mut(), learned) {
+                controller.adopt(now, learned);
+            }
+        }
+        // Forces a new bucket even when the share is within the resize step.
+        state.share = Share {
+            per_sec: f64::NAN,
+            burst: 0,
+        };
+        self.reshare(&mut state, now);
+    }
+
+    /// This caller's kind holds `tenancy` of the group's rate.
+    pub fn set_tenancy(&self, tenancy: f64) {
+        let mut state = self.lock();
+        let tenancy = tenancy.clamp(0.0, 1.0);
+        if (state.tenancy - tenancy).abs() > f64::EPSILON {
+            state.tenancy = tenancy;
+            self.reshare(&mut state, Instant::now());
+        }
+    }
+
+    /// An adaptive caller that has learned nothing yet takes the quota
+    /// another caller on the app key measured, instead of probing for it.
+    pub fn adopt(&self, learned: f64) {
+        let mut state = self.lock();
+        let now = Instant::now();
+        if let Some(controller) = state.controller.as_mut()
+            && controller.estimate().is_none()
+        {
+            controller.adopt(now, learned);
+            tracing::info!(
+                learned_calls_per_sec = learned,
+                "Adaptive rate: starting from the quota another caller on the app key measured."
+            );
+            self.reshare(&mut state, now);
+            self.publish(&state);
+        }
+    }
+
+    /// What was used of the share and whether calls waited, since the last call.
+    pub fn take_usage(&self) -> Usage {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let usage = std::mem::replace(&mut state.usage, UsageCount::new(now));
+        let elapsed = now.saturating_duration_since(usage.since).as_secs_f64();
+        Usage {
+            calls_per_sec: if elapsed > 0.0 {
+                usage.calls as f64 / elapsed
+            } else {
+                0.0
+            },
+            backlogged: usage.ticks > 0 && usage.backlogged_ticks * 2 >= usage.ticks,
+        }
+    }
+
+    /// This replica's part of the live group's partitions (`None`: not known yet).
+    pub fn partition_fraction(&self) -> Option<f64> {
+        self.lock().fraction
+    }
+
+    /// The group's rate: the configured one, or what the adaptive controller found.
+    pub fn group_rate(&self) -> f64 {
+        self.lock().group_rate
+    }
+
+    /// The quota the adaptive controller measured, if it did.
+    pub fn learned(&self) -> Option<f64> {
+        self.lock()
+            .controller
+            .as_ref()
+            .and_then(RateController::estimate)
+    }
+
     fn publish(&self, state: &BudgetState) {
         self.metrics.rate_limit_share.set(state.share.per_sec);
         self.metrics.rate_limit_group.set(state.group_rate);
         if let Some(estimate) = state.controller.as_ref().and_then(RateController::estimate) {
             self.metrics.rate_limit_learned.set(estimate);
         }
+    }
+}
+
+fn new_controller(settings: &RateSettings, now: Instant) -> Option<RateController> {
+    (settings.mode == RateLimitMode::Adaptive).then(|| {
+        RateController::new(
+            ControllerSettings {
+                ceiling: f64::from(settings.rate),
+                floor: f64::from(settings.min_rate),
+                probe_interval_min: settings.probe_interval_min,
+                probe_interval_max: settings.probe_interval_max,
+            },
+            now,
+        )
+    })
+}
+
+impl BudgetState {
+    /// The part of the group's rate this caller may use.
+    fn effective_fraction(&self) -> Option<f64> {
+        self.fraction
+            .map(|fraction| fraction * self.tenancy)
+            .filter(|fraction| *fraction > 0.0)
     }
 }
 
@@ -410,10 +570,9 @@ mod tests {
 
     /// Read by the tests only.
     impl RateBudget {
-        /// The group's rate this replica takes its share of: the configured
-        /// rate, or what the adaptive controller found.
-        pub(crate) fn group_rate(&self) -> f64 {
-            self.lock().group_rate
+        /// A budget with no park policy (first come, first served).
+        pub(crate) fn plain(settings: RateSettings, metrics: Arc<Metrics>) -> RateBudget {
+            RateBudget::new(settings, metrics, Arc::new(ParkPolicy::default()))
         }
 
         /// Partitions of the subscribed topics, as last known.
@@ -468,7 +627,7 @@ mod tests {
     #[test]
     fn the_budget_follows_assignments_and_metadata_and_the_replica_scope_ignores_them() {
         let metrics = Arc::new(Metrics::new());
-        let budget = RateBudget::new(settings(120, 60, RateLimitScope::Group), metrics.clone());
+        let budget = RateBudget::plain(settings(120, 60, RateLimitScope::Group), metrics.clone());
         assert_eq!(budget.share().per_sec, IDLE_RATE, "nothing owned");
         budget.observe_counts([("t", 6)]);
         budget.set_owned(owned("t", 0..2));
@@ -481,7 +640,7 @@ mod tests {
         assert!((budget.share().per_sec - 30.0).abs() < 1e-9);
         assert_eq!(budget.total(), 12);
 
-        let replica = RateBudget::new(settings(120, 60, RateLimitScope::Replica), metrics);
+        let replica = RateBudget::plain(settings(120, 60, RateLimitScope::Replica), metrics);
         replica.set_owned(owned("t", [1]));
         assert_eq!(replica.share().per_sec, 120.0);
         assert_eq!(replica.share().burst, 60);
@@ -489,7 +648,7 @@ mod tests {
 
     #[test]
     fn a_grown_topic_lowers_the_share_at_once_and_counts_new_partitions_once_settled() {
-        let budget = RateBudget::new(
+        let budget = RateBudget::plain(
             settings(120, 12, RateLimitScope::Group),
             Arc::new(Metrics::new()),
         );
@@ -508,7 +667,7 @@ mod tests {
     /// Real time: the limiter has its own clock.
     #[tokio::test]
     async fn a_resized_bucket_admits_the_share_and_no_burst() {
-        let budget = RateBudget::new(
+        let budget = RateBudget::plain(
             settings(100, 100, RateLimitScope::Group),
             Arc::new(Metrics::new()),
         );
@@ -516,7 +675,7 @@ mod tests {
         budget.set_owned(owned("t", [0]));
         let started = std::time::Instant::now();
         for _ in 0..26 {
-            budget.until_ready().await;
+            budget.until_ready(&Arc::from("")).await;
         }
         // 25 calls/s and a fresh bucket with one token: 26 calls take about 1 s.
         let elapsed = started.elapsed();
@@ -525,15 +684,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_caller_waiting_on_a_slow_bucket_moves_to_the_new_one() {
-        let budget = Arc::new(RateBudget::new(
+        let budget = Arc::new(RateBudget::plain(
             settings(100, 1, RateLimitScope::Group),
             Arc::new(Metrics::new()),
         ));
         // Owning nothing: a token every 10 s; the first is in the bucket.
-        budget.until_ready().await;
+        budget.until_ready(&Arc::from("")).await;
         let waiter = tokio::spawn({
             let budget = budget.clone();
-            async move { budget.until_ready().await }
+            async move { budget.until_ready(&Arc::from("")).await }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         let started = std::time::Instant::now();
@@ -547,7 +706,7 @@ mod tests {
     #[test]
     fn adaptive_mode_starts_at_the_floor_and_a_ban_is_counted_once() {
         let metrics = Arc::new(Metrics::new());
-        let budget = RateBudget::new(
+        let budget = RateBudget::plain(
             RateSettings {
                 mode: RateLimitMode::Adaptive,
                 min_rate: 30,
