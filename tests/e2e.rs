@@ -28,6 +28,9 @@ mod catch_up;
 #[path = "e2e/ledger.rs"]
 mod ledger;
 
+#[path = "e2e/control.rs"]
+mod control;
+
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};

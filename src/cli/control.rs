@@ -32,7 +32,10 @@ pub(super) async fn control(command: ControlCommand) -> ExitCode {
         Err(code) => return code,
     };
     if !settings.control.enabled {
-        eprintln!("paysync control: control.enabled is off in {}", config.display());
+        eprintln!(
+            "paysync control: control.enabled is off in {}",
+            config.display()
+        );
         return ExitCode::from(EXIT_USAGE);
     }
     let control = match connect(&settings).await {
@@ -125,7 +128,9 @@ async fn set(settings: &Settings, control: &Control, args: ControlSetArgs) -> Ex
         eprintln!("paysync control set: written, but not read back within {READ_BACK:?}");
         return ExitCode::FAILURE;
     }
-    println!("paysync control set: {what} — every running paysync applies it within control.refresh_ms");
+    println!(
+        "paysync control set: {what} — every running paysync applies it within control.refresh_ms"
+    );
     ExitCode::SUCCESS
 }
 
@@ -191,7 +196,9 @@ async fn pause(control: &Control, args: ControlPauseArgs, pausing: bool) -> Exit
         return failed(&format!("control {command}"), &error.into());
     }
     if !control
-        .wait_for(READ_BACK, |view| view.pauses.contains_key(&target) == pausing)
+        .wait_for(READ_BACK, |view| {
+            view.pauses.contains_key(&target) == pausing
+        })
         .await
     {
         eprintln!("paysync control {command}: written, but not read back within {READ_BACK:?}");

@@ -16,9 +16,9 @@ use figment::value::{Dict, Value};
 use serde::de::DeserializeOwned;
 
 use super::{
-    AdminSettings, ClassificationSettings, ControlSettings, FairnessSettings, ConfigError, ConfigProblem, DeliverySettings,
-    Environment, EventSettings, KafkaSettings, LedgerSettings, LogSettings, ReconcileSettings,
-    Settings, TopSettings, TracingSettings,
+    AdminSettings, ClassificationSettings, ConfigError, ConfigProblem, ControlSettings,
+    DeliverySettings, Environment, EventSettings, FairnessSettings, KafkaSettings, LedgerSettings,
+    LogSettings, ReconcileSettings, Settings, TopSettings, TracingSettings,
 };
 
 /// Prefix of the environment variables that override the file.

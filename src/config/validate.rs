@@ -214,6 +214,12 @@ impl Settings {
                 problem(key, "must be at least 1".into());
             }
         }
+        if control.headroom_percent > 500 {
+            problem(
+                "control.headroom_percent",
+                "must be at most 500 (a caller would claim six times what it uses)".into(),
+            );
+        }
         let control_topic = control.topic(&kafka.group_id);
         if kafka.topics.contains(&control_topic)
             || kafka.dlq_topic == control_topic

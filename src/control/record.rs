@@ -280,10 +280,7 @@ mod tests {
             .unwrap();
         view.apply("lease/b", Some(&encode(&lease("b", 5_000))))
             .unwrap();
-        let live: Vec<&str> = view
-            .live_leases(2_000)
-            .map(|l| l.caller.as_str())
-            .collect();
+        let live: Vec<&str> = view.live_leases(2_000).map(|l| l.caller.as_str()).collect();
         assert_eq!(live, ["b"], "a expired at 1,000");
         assert_eq!(view.learned(2_000), Some(120.0));
         view.apply("lease/b", None).unwrap();

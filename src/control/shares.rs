@@ -134,7 +134,9 @@ mod tests {
     fn shares_never_exceed_the_rate_nor_any_demand() {
         let mut seed = 7u64;
         let mut next = || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (seed >> 33) as f64 / f64::from(1u32 << 31)
         };
         for _ in 0..2_000 {

@@ -77,7 +77,10 @@ fn apply(delivery: &mut DeliverySettings, key: &str, value: &str) -> Result<(), 
 }
 
 /// `settings` with `values` applied over them and checked as a whole.
-pub fn tuned(settings: &Settings, values: &BTreeMap<String, String>) -> Result<Settings, ConfigError> {
+pub fn tuned(
+    settings: &Settings,
+    values: &BTreeMap<String, String>,
+) -> Result<Settings, ConfigError> {
     let mut tuned = settings.clone();
     for (key, value) in values {
         apply(&mut tuned.delivery, key, value)?;
@@ -136,7 +139,9 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            refused.to_string().contains("delivery.rate_limit_min_per_sec"),
+            refused
+                .to_string()
+                .contains("delivery.rate_limit_min_per_sec"),
             "{refused}"
         );
         let zero = tuned(
@@ -144,7 +149,10 @@ mod tests {
             &BTreeMap::from([("delivery.max_in_flight".into(), "0".into())]),
         )
         .unwrap_err();
-        assert!(zero.to_string().contains("delivery.max_in_flight"), "{zero}");
+        assert!(
+            zero.to_string().contains("delivery.max_in_flight"),
+            "{zero}"
+        );
         let word = assignment("rate=fast")
             .and_then(|(k, v)| tuned(&base, &BTreeMap::from([(k.to_owned(), v)])))
             .unwrap_err();
@@ -155,7 +163,10 @@ mod tests {
     fn a_setting_that_needs_a_restart_is_named_and_refused() {
         let error = assignment("kafka.group_id=other").unwrap_err();
         let text = error.to_string();
-        assert!(text.contains("kafka.group_id") && text.contains("restart"), "{text}");
+        assert!(
+            text.contains("kafka.group_id") && text.contains("restart"),
+            "{text}"
+        );
         assert!(assignment("rate").is_err(), "no value");
     }
 }

@@ -98,9 +98,8 @@ pub fn ensure<C: ConsumerContext>(
             return Err(missing(format!(" and {} is off", spec.create_key)));
         }
         None => {
-            create(&admin, consumer, spec).map_err(|why| {
-                missing(format!(" and paysync could not create it ({why})"))
-            })?;
+            create(&admin, consumer, spec)
+                .map_err(|why| missing(format!(" and paysync could not create it ({why})")))?;
             tracing::info!(topic = %topic, partitions = spec.partitions, "Created the {} topic (compacted).", spec.what);
             spec.partitions
         }

@@ -38,12 +38,12 @@ use crate::backoff::backoff;
 use crate::config::{LedgerMode, Settings};
 use crate::event::PaymentEvent;
 use crate::kafka;
+pub use crate::kafka::compacted::CompactedTopicError as LedgerTopicError;
 use crate::kafka::record::SourceRecord;
 use crate::metrics::Metrics;
 use crate::partition::PartitionId;
 use entry::{Entry, KeyField, LedgerKey, Outcome, Position};
 use store::{PartitionStore, Slot, seconds};
-pub use crate::kafka::compacted::CompactedTopicError as LedgerTopicError;
 
 /// First and longest pause between attempts to write one entry.
 const RETRY_INITIAL: Duration = Duration::from_millis(250);

@@ -169,8 +169,10 @@ impl ClientContext for PipelineContext {
                 }
             }
         }
-        let share = self.budget.share();
-        metrics.backlog_drain.set(lag as f64 / share.per_sec);
+        // The live group's share when busy, not what a backfill leaves it now.
+        metrics
+            .backlog_drain
+            .set(lag as f64 / self.budget.drain_rate());
     }
 }
 

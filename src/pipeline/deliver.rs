@@ -25,12 +25,12 @@ use super::watch::{EventEnd, EventWatch};
 use crate::backoff::backoff;
 use crate::config::{DeliverySettings, LedgerMode};
 use crate::control::Control;
-use crate::metrics::Metrics;
 use crate::dead_letter::prior::PriorCopies;
 use crate::dead_letter::{DeadLetterClass, DeadLetterProducer, Failure, SourceRecord, Written};
 use crate::event::{InvalidEvent, PaymentEvent};
 use crate::ledger::entry::{Entry, LedgerKey, Outcome, Path, dto_hash};
 use crate::ledger::{self, Admit, Ledger};
+use crate::metrics::Metrics;
 use crate::top::classify::{Classifier, Disposition};
 use crate::top::client::TopClient;
 use crate::top::request::dto_json;
@@ -537,7 +537,12 @@ impl Deliverer {
     /// Waits while a pause holds the event (its partition, its park, or
     /// everything); false when cancelled first. Nothing past a held event
     /// is committed: its offset stays unfinished.
-    async fn wait_while_held(&self, job: &Job, park: &Arc<str>, cancel: &CancellationToken) -> bool {
+    async fn wait_while_held(
+        &self,
+        job: &Job,
+        park: &Arc<str>,
+        cancel: &CancellationToken,
+    ) -> bool {
         let Some(control) = &self.control else {
             return true;
         };

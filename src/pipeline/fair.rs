@@ -199,12 +199,7 @@ impl FairQueue {
             queue: self,
             receiver: Some(receiver),
         };
-        let granted = pending
-            .receiver
-            .as_mut()
-            .expect("set above")
-            .await
-            .is_ok();
+        let granted = pending.receiver.as_mut().expect("set above").await.is_ok();
         debug_assert!(granted, "a waiter's sender is only dropped after sending");
         pending.receiver = None;
         FairPermit { queue: self }

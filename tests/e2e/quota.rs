@@ -14,7 +14,7 @@ use super::{PARTITIONS, SERIAL, Scenario, wait_owned};
 
 /// The emulator's flow control: a bucket of `quota` refilled at `quota`/s,
 /// 2 s bans.
-fn quota(quota: u32) -> Faults {
+pub(super) fn quota(quota: u32) -> Faults {
     Faults {
         latency_ms: 2,
         rate_limit: Some(RateLimit {
@@ -170,12 +170,12 @@ async fn topic_growth(protocol: &str) {
 }
 
 /// Accepted calls per wall-clock second over `[from, to)` unix seconds.
-fn accepted_between(per_second: &BTreeMap<i64, u64>, from: i64, to: i64) -> f64 {
+pub(super) fn accepted_between(per_second: &BTreeMap<i64, u64>, from: i64, to: i64) -> f64 {
     let calls: u64 = per_second.range(from..to).map(|(_, n)| n).sum();
     calls as f64 / (to - from) as f64
 }
 
-fn unix_now() -> i64 {
+pub(super) fn unix_now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 

@@ -76,8 +76,14 @@ async fn tuned_settings_apply_in_place_without_a_rebalance() {
     let mut settings = harness.settings();
     settings.delivery.rate_limit_per_sec = 400;
     let running = Running::start(settings.clone()).await;
-    wait_until("both partitions owned", || running.assigned_partitions() == 2).await;
-    wait_until("the whole rate", || (running.rate_share() - 400.0).abs() < 1.0).await;
+    wait_until("both partitions owned", || {
+        running.assigned_partitions() == 2
+    })
+    .await;
+    wait_until("the whole rate", || {
+        (running.rate_share() - 400.0).abs() < 1.0
+    })
+    .await;
     let joined = rebalances(&running);
     let control = operator(&settings).await;
     tune(
@@ -155,7 +161,11 @@ async fn a_paused_park_is_held_across_a_restart_while_other_parks_flow() {
     let running = Running::start(settings.clone()).await;
     let accepted = || harness.accepted_order_ids();
     wait_until("the flowing park delivered", || {
-        accepted().iter().filter(|id| id.starts_with("flow")).count() == 20
+        accepted()
+            .iter()
+            .filter(|id| id.starts_with("flow"))
+            .count()
+            == 20
     })
     .await;
     wait_until("the held park's first events held", || {
@@ -223,7 +233,9 @@ async fn a_replay_takes_its_share_of_the_group_rate_and_gives_it_back() {
     settings.control.lease_ms = Duration::from_millis(1_200);
     // The live group has read everything: only the replay has calls to make.
     let running = Running::start(settings.clone()).await;
-    running.wait_for("live delivered", |s| s.delivered == 300).await;
+    running
+        .wait_for("live delivered", |s| s.delivered == 300)
+        .await;
     let metrics = running.pipeline.metrics().clone();
     let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let sampler = {

@@ -134,7 +134,8 @@ async fn an_adaptive_replay_finds_the_quota_below_its_rate_and_holds_it() {
     use paysync::config::RateLimitMode;
     use paysync::replay::{ReplayRequest, run as replay};
     use paysync::tools::emulator::RateLimit;
-    // The gateway allows 100 calls/s; the replay may go up to 400.
+    // The gateway allows 100 calls/s; the group's adaptive rate (which the
+    // replay shares, alone on the app key) may go up to 400.
     let harness = Harness::new(
         1,
         Faults {
@@ -151,11 +152,11 @@ async fn an_adaptive_replay_finds_the_quota_below_its_rate_and_holds_it() {
     harness.produce(&records).await;
     let mut settings = harness.settings();
     settings.delivery.rate_limit_mode = RateLimitMode::Adaptive;
+    settings.delivery.rate_limit_per_sec = 400;
     let report = replay(
         settings,
         ReplayRequest {
             partitions: vec![0],
-            rate: Some(400),
             rate_fraction: 0.25,
             ..ReplayRequest::default()
         },

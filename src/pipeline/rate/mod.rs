@@ -176,6 +176,10 @@ struct BudgetState {
     /// The part of the group's rate this caller's kind holds among the
     /// callers on the app key (1 without the control topic).
     tenancy: f64,
+    /// The part of the group's rate the live group would get if it needed
+    /// all it could (its weight's share beside busy backfills): what the
+    /// drain time divides by, so a backfill does not look like live backlog.
+    entitled: f64,
     /// The ownership last logged.
     logged: (usize, Option<f64>),
     group_rate: f64,
@@ -221,7 +225,11 @@ const USAGE_WINDOW: Duration = Duration::from_secs(5);
 
 impl RateBudget {
     /// A budget owning nothing yet, with no partition counts known.
-    pub fn new(settings: RateSettings, metrics: Arc<Metrics>, parks: Arc<ParkPolicy>) -> RateBudget {
+    pub fn new(
+        settings: RateSettings,
+        metrics: Arc<Metrics>,
+        parks: Arc<ParkPolicy>,
+    ) -> RateBudget {
         let now = Instant::now();
         let controller = new_controller(&settings, now);
         let fraction = (settings.scope == RateLimitScope::Replica).then_some(1.0);
@@ -238,6 +246,7 @@ impl RateBudget {
                 ban_until: None,
                 fraction,
                 tenancy: 1.0,
+                entitled: 1.0,
                 logged: (0, fraction),
                 group_rate,
                 share,
@@ -477,6 +486,22 @@ impl RateBudget {
             state.tenancy = tenancy;
             self.reshare(&mut state, Instant::now());
         }
+    }
+
+    /// The live group would get `entitled` of the group's rate if it needed all.
+    pub fn set_entitled(&self, entitled: f64) {
+        self.lock().entitled = entitled.clamp(0.0, 1.0);
+    }
+
+    /// Calls per second this replica's backlog drains at when the live group
+    /// is busy: its partitions' part of what the live group is entitled to.
+    pub fn drain_rate(&self) -> f64 {
+        let state = self.lock();
+        match state.fraction.filter(|f| *f > 0.0) {
+            Some(fraction) => state.group_rate * fraction * state.entitled,
+            None => IDLE_RATE,
+        }
+        .max(IDLE_RATE)
     }
 
     /// An adaptive caller that has learned nothing yet takes the quota

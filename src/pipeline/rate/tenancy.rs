@@ -6,8 +6,8 @@
 //! applies tuned settings in place as soon as they are read, and rolls back
 //! a guarded rate raise that bans followed.
 //!
-//! What a caller needs: its calls of the last refresh with a little
-//! headroom, or, while calls waited for tokens most of the time, all it
+//! What a caller needs: its calls per second in the busiest of its last
+//! [`PEAK_HOLD`] refreshes with `control.headroom_percent` more, or, while calls waited for tokens most of the time, all it
 //! may take (a live replica: its partitions' share of the rate; another
 //! caller: its ceiling). A new caller starts by asking for all of it, so
 //! the others give way before it has measured anything.
@@ -26,8 +26,9 @@ use crate::control::shares::{self, Claim, Settled};
 use crate::control::{Control, ControlView, tuning};
 use crate::metrics::Metrics;
 
-/// Headroom over the calls of the last refresh, for a caller that did not wait.
-const HEADROOM: f64 = 1.1;
+/// A caller's need is the busiest of its last this many refreshes, so a
+/// lull of a second does not hand its headroom to a backfill.
+const PEAK_HOLD: usize = 3;
 /// A caller that did not wait still claims this part of the rate (of its
 /// partitions' share, for a replica), so a burst finds tokens while it
 /// announces it is busy again.
@@ -62,6 +63,8 @@ pub struct Tenancy {
     apply: ApplyTuned,
     tenancy: Settled,
     last_lease: Option<(Instant, Lease)>,
+    /// Calls per second of the last refreshes, newest last.
+    recent: std::collections::VecDeque<f64>,
     first: bool,
     applied_version: u64,
     bans_seen: u64,
@@ -96,6 +99,7 @@ impl Tenancy {
             apply,
             tenancy: Settled::new(settle, initial, now),
             last_lease: None,
+            recent: std::collections::VecDeque::new(),
             first: true,
             applied_version: 0,
             bans_seen,
@@ -137,11 +141,20 @@ impl Tenancy {
             self.budget.adopt(learned);
         }
         let usage = self.budget.take_usage();
-        let lease = self.lease(usage);
-        let due = self.last_lease.as_ref().is_none_or(|(at, last)| {
-            now.saturating_duration_since(*at) >= self.control.settings().lease_ms / 3
-                || moved(last.demand_per_sec, lease.demand_per_sec)
-        });
+        let mut lease = self.lease(usage);
+        let moved = self
+            .last_lease
+            .as_ref()
+            .is_none_or(|(_, last)| moved(last.demand_per_sec, lease.demand_per_sec));
+        if !moved && let Some((_, last)) = &self.last_lease {
+            // A need that moved little is announced as before: the split,
+            // and every bucket, stay as they are.
+            lease.demand_per_sec = last.demand_per_sec;
+        }
+        let due = moved
+            || self.last_lease.as_ref().is_none_or(|(at, _)| {
+                now.saturating_duration_since(*at) >= self.control.settings().lease_ms / 3
+            });
         if due {
             let key = record::lease_key(&lease.caller);
             match self.control.put(&key, Some(record::encode(&lease))).await {
@@ -162,6 +175,12 @@ impl Tenancy {
         let rate = self.budget.group_rate();
         let settings = self.control.settings();
         let full = std::mem::take(&mut self.first) || usage.backlogged;
+        self.recent.push_back(usage.calls_per_sec);
+        if self.recent.len() > PEAK_HOLD {
+            self.recent.pop_front();
+        }
+        let used = self.recent.iter().copied().fold(0.0, f64::max)
+            * (1.0 + f64::from(settings.headroom_percent) / 100.0);
         let (kind, weight, demand) = match self.role {
             Role::Member => {
                 let fraction = self.budget.partition_fraction().unwrap_or(0.0);
@@ -169,7 +188,7 @@ impl Tenancy {
                 let demand = if full {
                     most
                 } else {
-                    (usage.calls_per_sec * HEADROOM + MARGIN * most).min(most)
+                    (used + MARGIN * most).min(most)
                 };
                 (CallerKind::Member, settings.live_weight, Some(demand))
             }
@@ -181,7 +200,7 @@ impl Tenancy {
                 let demand = if full {
                     ceiling
                 } else {
-                    let wanted = usage.calls_per_sec * HEADROOM + MARGIN * rate;
+                    let wanted = used + MARGIN * rate;
                     Some(ceiling.map_or(wanted, |c| wanted.min(c)))
                 };
                 (kind, weight, demand)
@@ -193,8 +212,7 @@ impl Tenancy {
             weight,
             demand_per_sec: demand,
             learned_per_sec: self.budget.learned(),
-            expires_at_ms: Utc::now().timestamp_millis()
-                + settings.lease_ms.as_millis() as i64,
+            expires_at_ms: Utc::now().timestamp_millis() + settings.lease_ms.as_millis() as i64,
         }
     }
 
@@ -226,6 +244,14 @@ impl Tenancy {
             demand: lease.demand_per_sec.unwrap_or(f64::INFINITY),
         }));
         let split = shares::allocate(rate, &claims);
+        if self.role == Role::Member && rate > 0.0 {
+            let busy = Claim {
+                demand: f64::INFINITY,
+                ..claims[0]
+            };
+            let entitled = shares::allocate(rate, &[&[busy], &claims[1..]].concat())[0] / rate;
+            self.budget.set_entitled(entitled);
+        }
         self.metrics.caller_share.reset();
         self.metrics
             .caller_share
@@ -349,7 +375,9 @@ pub fn publish_tuned(metrics: &Metrics, version: u64, settings: &Settings) {
         ("rate_limit_min_per_sec", f64::from(delivery.min_rate())),
         (
             "rate_limit_mode",
-            f64::from(u8::from(delivery.rate_limit_mode == RateLimitMode::Adaptive)),
+            f64::from(u8::from(
+                delivery.rate_limit_mode == RateLimitMode::Adaptive,
+            )),
         ),
         ("rate_limit_burst", f64::from(delivery.burst())),
         ("max_in_flight", delivery.max_in_flight as f64),
@@ -393,11 +421,12 @@ impl SharedRate {
         let opened = {
             let settings = settings.clone();
             tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-                let consumer: rdkafka::consumer::BaseConsumer = crate::kafka::clients::tool_consumer(
-                    &settings,
-                    &format!("{}.control-tool", settings.kafka.group_id),
-                )
-                .create()?;
+                let consumer: rdkafka::consumer::BaseConsumer =
+                    crate::kafka::clients::tool_consumer(
+                        &settings,
+                        &format!("{}.control-tool", settings.kafka.group_id),
+                    )
+                    .create()?;
                 Ok(Control::open(
                     &settings,
                     &consumer,
