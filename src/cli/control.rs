@@ -65,7 +65,7 @@ async fn connect(settings: &Settings) -> anyhow::Result<Arc<Control>> {
             &format!("{}.control-tool", settings.kafka.group_id),
         )
         .create()?;
-        Control::open(&settings, &consumer, process_name("operator"))?
+        Control::open(&settings, &consumer, process_name("operator"), None)?
             .context("control.enabled is off")
     })
     .await?

@@ -93,11 +93,14 @@ pub struct Control {
 impl Control {
     /// Makes sure of the topic, reads it to its end and keeps following it.
     /// `None` when `control.enabled` is off. `consumer` is the caller's,
-    /// already connected, for metadata. Blocks.
+    /// already connected, for metadata; `writer` a durable producer to share
+    /// (each producer has a polling thread: at a quota's pace one more cost
+    /// 1 % of a core), or `None` for one of its own. Blocks.
     pub fn open<C: ConsumerContext>(
         settings: &Settings,
         consumer: &impl Consumer<C>,
         caller: String,
+        writer: Option<FutureProducer>,
     ) -> Result<Option<Arc<Control>>, ControlError> {
         if !settings.control.enabled {
             return Ok(None);
@@ -116,15 +119,19 @@ impl Control {
                 instead: "or set control.enabled = false",
             },
         )?;
-        let writer: FutureProducer = kafka::clients::durable_producer(settings)
-            .create()
-            .map_err(ControlError::Client)?;
+        let writer: FutureProducer = match writer {
+            Some(writer) => writer,
+            None => kafka::clients::durable_producer(settings)
+                .create()
+                .map_err(ControlError::Client)?,
+        };
         let mut config = kafka::clients::tool_consumer(
             settings,
             &format!("{}.control-follower", settings.kafka.group_id),
         );
-        // Changes are few and small: fetch them as soon as they are written.
-        config.set("fetch.wait.max.ms", "100");
+        // Changes are few and small: a fetch waits at most half a refresh for
+        // them (100 ms cost 1 % of a core more at a quota's pace).
+        config.set("fetch.wait.max.ms", "500");
         let follower: BaseConsumer = config.create().map_err(ControlError::Client)?;
         let read_error = |error| ControlError::Read {
             topic: topic.clone(),

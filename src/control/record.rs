@@ -55,6 +55,10 @@ pub struct Lease {
     /// The quota this caller's adaptive controller measured, if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub learned_per_sec: Option<f64>,
+    /// The group's rate as this caller has it now (adaptive: what its
+    /// controller allows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_rate_per_sec: Option<f64>,
     /// Wall-clock milliseconds after which the lease no longer holds.
     pub expires_at_ms: i64,
 }
@@ -231,6 +235,16 @@ impl ControlView {
             || park.is_some_and(|park| self.pauses.contains_key(&PauseTarget::Park(park.into())))
     }
 
+    /// The live group's rate now, as its slowest replica has it (`None`: no
+    /// live replica announced one): what an adaptive caller outside the
+    /// group follows, so one controller learns the quota for everyone.
+    pub fn live_group_rate(&self, now_ms: i64) -> Option<f64> {
+        self.live_leases(now_ms)
+            .filter(|lease| lease.kind == CallerKind::Member)
+            .filter_map(|lease| lease.group_rate_per_sec)
+            .reduce(f64::min)
+    }
+
     /// The quota an adaptive caller measured, for one that starts without
     /// its own: the most recent callers agree, so the largest is taken.
     pub fn learned(&self, now_ms: i64) -> Option<f64> {
@@ -269,6 +283,7 @@ mod tests {
             weight: 1,
             demand_per_sec: None,
             learned_per_sec: Some(120.0),
+            group_rate_per_sec: None,
             expires_at_ms,
         }
     }

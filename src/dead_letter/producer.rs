@@ -148,6 +148,12 @@ pub struct DeadLetterProducer {
 }
 
 impl DeadLetterProducer {
+    /// The durable producer underneath, for other records that need the same
+    /// acknowledgement (the control topic's): one polling thread fewer.
+    pub fn client(&self) -> &FutureProducer {
+        &self.producer
+    }
+
     /// A producer for `kafka.dlq_topic`, signing records with `kafka.group_id`.
     pub fn new(
         settings: &Settings,

@@ -235,7 +235,14 @@ impl Pipeline {
             Role::Member => CallerKind::Member,
             Role::Tenant { kind, .. } => kind,
         });
-        let control = Control::open(&settings, &consumer, caller)?;
+        let dead_letters = DeadLetterProducer::new(&settings, metrics.clone())
+            .map_err(StartError::CreateProducer)?;
+        let control = Control::open(
+            &settings,
+            &consumer,
+            caller,
+            Some(dead_letters.client().clone()),
+        )?;
         let mut ranges_by_partition = HashMap::new();
         match &source {
             Source::Group => {
@@ -262,8 +269,6 @@ impl Pipeline {
                 consumer.assign(&tpl).map_err(StartError::Assign)?;
             }
         }
-        let dead_letters = DeadLetterProducer::new(&settings, metrics.clone())
-            .map_err(StartError::CreateProducer)?;
         health.watch_dead_letters(
             dead_letters.stalled().clone(),
             delivery.dead_letter_stall_ms,

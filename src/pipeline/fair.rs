@@ -247,23 +247,27 @@ impl FairQueue {
     /// The waiting park to serve next: one under its floor first, then the
     /// least served for its weight.
     fn next_park(&self, state: &QueueState) -> Option<Arc<str>> {
-        let mut waiting: Vec<(&Arc<str>, f64)> = state
+        let waiting = state
             .parks
             .iter()
-            .filter(|(_, park)| !park.waiters.is_empty())
-            .map(|(name, park)| (name, park.next_start))
-            .collect();
-        waiting.sort_by(|a, b| a.1.total_cmp(&b.1));
+            .filter(|(_, park)| !park.waiters.is_empty());
         if self.floors && !self.policy.floors.is_empty() {
-            for (name, _) in &waiting {
-                if let Some(floor) = self.policy.floors.get(name.as_ref())
-                    && floor.check().is_ok()
-                {
-                    return Some((*name).clone());
+            let mut under_floor: Vec<(&Arc<str>, f64)> = waiting
+                .clone()
+                .filter(|(name, _)| self.policy.floors.contains_key(name.as_ref()))
+                .map(|(name, park)| (name, park.next_start))
+                .collect();
+            under_floor.sort_by(|a, b| a.1.total_cmp(&b.1));
+            for (name, _) in under_floor {
+                if self.policy.floors[name.as_ref()].check().is_ok() {
+                    return Some(name.clone());
                 }
             }
         }
-        waiting.first().map(|(name, _)| (*name).clone())
+        // One pass, no allocation: this runs for every permit handed out.
+        waiting
+            .min_by(|a, b| a.1.next_start.total_cmp(&b.1.next_start))
+            .map(|(name, _)| name.clone())
     }
 }
 

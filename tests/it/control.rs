@@ -25,7 +25,7 @@ async fn operator(settings: &Settings) -> Arc<Control> {
             .set("group.id", "control-test-operator")
             .create()
             .unwrap();
-        Control::open(&settings, &consumer, "operator-test".to_owned())
+        Control::open(&settings, &consumer, "operator-test".to_owned(), None)
             .unwrap()
             .expect("the control topic is on by default")
     })
@@ -281,4 +281,68 @@ async fn a_replay_takes_its_share_of_the_group_rate_and_gives_it_back() {
     })
     .await;
     running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_guarded_raise_that_bans_follow_is_rolled_back() {
+    use paysync::control::record::Guard;
+    use paysync::tools::emulator::RateLimit;
+    // The gateway allows 50 calls/s; the group sends 40 until raised to 400.
+    let harness = Harness::new(
+        1,
+        Faults {
+            rate_limit: Some(RateLimit {
+                calls_per_second: 50,
+                burst: None,
+                ban_seconds: 1,
+            }),
+            ..Faults::default()
+        },
+    )
+    .await;
+    harness
+        .produce(&crate::support::valid_events("guarded", 3_000))
+        .await;
+    let mut settings = harness.settings();
+    settings.delivery.rate_limit_per_sec = 40;
+    let running = Running::start(settings.clone()).await;
+    wait_until("40 calls/s", || (running.rate_share() - 40.0).abs() < 1.0).await;
+    let control = operator(&settings).await;
+    let raise = Tuning {
+        version: 1,
+        values: BTreeMap::from([("delivery.rate_limit_per_sec".into(), "400".into())]),
+        guard: Some(Guard::watching(BTreeMap::new(), Duration::from_secs(60))),
+    };
+    control
+        .change(
+            SETTINGS_KEY,
+            Some(record::encode(&raise)),
+            "test",
+            "version 1".into(),
+            "guarded raise",
+        )
+        .await
+        .unwrap();
+    assert!(
+        control
+            .wait_for(Duration::from_secs(20), |view| view.tuning.version == 2)
+            .await,
+        "no rollback: {:?}",
+        control.view().tuning
+    );
+    let view = control.view();
+    assert!(view.tuning.values.is_empty(), "{:?}", view.tuning);
+    assert!(view.tuning.guard.is_none());
+    assert!(
+        view.audit.iter().any(|a| a.by == "paysync (rate guard)"),
+        "{:?}",
+        view.audit
+    );
+    wait_until("40 calls/s again", || {
+        (running.rate_share() - 40.0).abs() < 1.0
+    })
+    .await;
+    assert!(harness.stack.emulator.gateway().bans() >= 1);
+    running.stop().await;
+    control.close();
 }

@@ -176,6 +176,9 @@ struct BudgetState {
     /// The part of the group's rate this caller's kind holds among the
     /// callers on the app key (1 without the control topic).
     tenancy: f64,
+    /// Adaptive, outside the group: the live group's rate, followed instead
+    /// of this caller's own controller while live replicas announce one.
+    followed: Option<f64>,
     /// The part of the group's rate the live group would get if it needed
     /// all it could (its weight's share beside busy backfills): what the
     /// drain time divides by, so a backfill does not look like live backlog.
@@ -246,6 +249,7 @@ impl RateBudget {
                 ban_until: None,
                 fraction,
                 tenancy: 1.0,
+                followed: None,
                 entitled: 1.0,
                 logged: (0, fraction),
                 group_rate,
@@ -417,9 +421,10 @@ impl RateBudget {
             state.fraction = state.counts.fraction(now, &state.owned);
         }
         let ceiling = f64::from(state.settings.rate);
-        let group_rate = match state.controller.as_mut() {
-            Some(controller) => controller.tick(now),
-            None => ceiling,
+        let group_rate = match (state.controller.as_mut(), state.followed) {
+            (Some(_), Some(followed)) => followed.clamp(f64::MIN_POSITIVE, ceiling),
+            (Some(controller), None) => controller.tick(now),
+            (None, _) => ceiling,
         };
         let burst = f64::from(state.settings.burst) * group_rate / ceiling;
         let share = share(group_rate, burst, state.effective_fraction());
@@ -476,6 +481,16 @@ impl RateBudget {
             burst: 0,
         };
         self.reshare(&mut state, now);
+    }
+
+    /// Adaptive mode outside the group: follow the live group's `rate`
+    /// (`None`: no live replica announces one; the own controller decides).
+    pub fn follow(&self, rate: Option<f64>) {
+        let mut state = self.lock();
+        if state.controller.is_some() && state.followed != rate {
+            state.followed = rate;
+            self.reshare(&mut state, Instant::now());
+        }
     }
 
     /// This caller's kind holds `tenancy` of the group's rate.

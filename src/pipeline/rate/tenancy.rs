@@ -137,8 +137,14 @@ impl Tenancy {
         let now = Instant::now();
         let view = self.control.view();
         self.apply_tuning(&view);
-        if let Some(learned) = view.learned(Utc::now().timestamp_millis()) {
+        let now_ms = Utc::now().timestamp_millis();
+        if let Some(learned) = view.learned(now_ms) {
             self.budget.adopt(learned);
+        }
+        if matches!(self.role, Role::Tenant { .. }) {
+            // Adaptive: the live group's controllers learn the quota, this
+            // caller follows their rate rather than probe on its own.
+            self.budget.follow(view.live_group_rate(now_ms));
         }
         let usage = self.budget.take_usage();
         let mut lease = self.lease(usage);
@@ -212,6 +218,7 @@ impl Tenancy {
             weight,
             demand_per_sec: demand,
             learned_per_sec: self.budget.learned(),
+            group_rate_per_sec: Some(rate),
             expires_at_ms: Utc::now().timestamp_millis() + settings.lease_ms.as_millis() as i64,
         }
     }
@@ -431,6 +438,7 @@ impl SharedRate {
                     &settings,
                     &consumer,
                     crate::control::caller_name(kind),
+                    None,
                 )?)
             })
             .await??
