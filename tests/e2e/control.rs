@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use paysync::tools::emulator::{Emulator, Faults, RateLimit};
 use rdkafka::admin::{NewTopic, TopicReplication};
 
-use super::support::{Kafka, Process, RunConfig, SECRET, wait_accepted};
+use super::support::{Kafka, Process, SECRET, wait_accepted};
 use super::{PARTITIONS, SERIAL, Scenario, paysync_command, wait_owned};
 
 const QUOTA: u32 = 300;
@@ -114,13 +114,25 @@ fn shares(replicas: &[Process]) -> f64 {
         .sum()
 }
 
-/// A configuration file for `config`, for the operator's commands.
-fn config_file(config: &RunConfig<'_>) -> (tempfile::TempDir, String) {
+/// A configuration file holding `toml`, for the operator's commands.
+fn config_file(toml: &str) -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("paysync.toml");
-    std::fs::write(&path, config.toml()).unwrap();
+    std::fs::write(&path, toml).unwrap();
     let path = path.to_str().unwrap().to_owned();
     (dir, path)
+}
+
+/// `paysync replay` of all of `topic` as a child process (killable).
+fn replay_process(config: &str, topic: &str, rate: &str) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_paysync"))
+        .args(["replay", "--config", config, "--topic", topic])
+        .env("PAYSYNC_TOP__APP_SECRET", SECRET)
+        .env("PAYSYNC_DELIVERY__RATE_LIMIT_PER_SEC", rate)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -151,7 +163,7 @@ async fn a_backfill_takes_what_live_traffic_leaves_and_a_killed_one_gives_it_bac
         .map(|_| Process::start_with_env(&config, &env))
         .collect();
     wait_owned(&replicas, PARTITIONS as usize / 2).await;
-    let (_dir, path) = config_file(&config);
+    let (_dir, path) = config_file(&config.toml());
 
     // Live traffic at 200/s, then the backfill beside it.
     let live = Arc::new(AtomicBool::new(true));
@@ -165,14 +177,7 @@ async fn a_backfill_takes_what_live_traffic_leaves_and_a_killed_one_gives_it_bac
     let live_alone_from = now_ms();
     tokio::time::sleep(Duration::from_secs(8)).await;
     let (_, live_alone) = waits(&scenario.emulator, "live", live_alone_from);
-    let mut replay = std::process::Command::new(env!("CARGO_BIN_EXE_paysync"))
-        .args(["replay", "--config", &path, "--topic", &backfill])
-        .env("PAYSYNC_TOP__APP_SECRET", SECRET)
-        .env("PAYSYNC_DELIVERY__RATE_LIMIT_PER_SEC", &rate)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut replay = replay_process(&path, &backfill, &rate);
     // Settled after a lease and a refresh or two.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let bans_before = ban_episodes(&scenario.emulator);
@@ -327,7 +332,7 @@ async fn tuning_and_a_park_pause_take_effect_in_place_and_survive_a_restart() {
         .map(|_| Process::start_with_env(&config, &env))
         .collect();
     wait_owned(&replicas, PARTITIONS as usize / 2).await;
-    let (_dir, path) = config_file(&config);
+    let (_dir, path) = config_file(&config.toml());
     let assignments: Vec<usize> = replicas
         .iter()
         .map(|r| r.log().matches("Partition assigned.").count())
@@ -482,35 +487,13 @@ async fn an_adaptive_backfill_beside_the_adaptive_group_learns_one_quota_and_ban
         .await;
     let archived = super::support::valid_events("backfill", 10_000);
     scenario.kafka.produce(&backfill, &archived).await;
-    let url = scenario.emulator.url();
-    // As the live-only scenario (quota.rs): nobody tells paysync the quota.
-    let config = scenario.config(&url, "max_in_flight = 32\nrate_limit_mode = \"adaptive\"");
-    let env = [("PAYSYNC_DELIVERY__RATE_LIMIT_PER_SEC", "600")];
-    let replicas: Vec<Process> = (0..3)
-        .map(|_| Process::start_with_env(&config, &env))
-        .collect();
-    wait_owned(&replicas, 2).await;
-    let (_dir, path) = config_file(&config);
-    let mut replay = std::process::Command::new(env!("CARGO_BIN_EXE_paysync"))
-        .args(["replay", "--config", &path, "--topic", &backfill])
-        .env("PAYSYNC_TOP__APP_SECRET", SECRET)
-        .env("PAYSYNC_DELIVERY__RATE_LIMIT_PER_SEC", "600")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    // As the live-only scenario (quota.rs).
+    let (replicas, toml) = super::quota::adaptive_group(&scenario).await;
+    let (_dir, path) = config_file(&toml);
+    let mut replay = replay_process(&path, &backfill, super::quota::ADAPTIVE_CEILING);
     let mut phases = Vec::new();
     for quota in QUOTAS {
-        let faults_url = format!("http://{}/emulator/faults", scenario.emulator.addr());
-        let answer = paysync::top::client::loopback_client()
-            .unwrap()
-            .put(&faults_url)
-            .header("content-type", "application/json")
-            .body(serde_json::to_string(&super::quota::quota(quota)).unwrap())
-            .send()
-            .await
-            .unwrap();
-        assert!(answer.status().is_success());
+        super::quota::set_quota(&scenario, quota).await;
         let bans_before = ban_episodes(&scenario.emulator);
         let (backfilled_before, _) = waits(&scenario.emulator, "backfill", 0);
         tokio::time::sleep(PHASE).await;

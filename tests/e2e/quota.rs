@@ -170,6 +170,41 @@ async fn topic_growth(protocol: &str) {
 }
 
 /// Accepted calls per wall-clock second over `[from, to)` unix seconds.
+/// Three adaptive replicas whose ceiling is above every phase's quota
+/// (nobody tells paysync the quota), once each owns its partitions; and
+/// their configuration file's text.
+pub(super) async fn adaptive_group(scenario: &Scenario) -> (Vec<Process>, String) {
+    let url = scenario.emulator.url();
+    let config = scenario.config(&url, "max_in_flight = 32\nrate_limit_mode = \"adaptive\"");
+    let env = [("PAYSYNC_DELIVERY__RATE_LIMIT_PER_SEC", ADAPTIVE_CEILING)];
+    let replicas: Vec<Process> = (0..3)
+        .map(|_| Process::start_with_env(&config, &env))
+        .collect();
+    wait_owned(&replicas, 2).await;
+    (replicas, config.toml())
+}
+
+/// The adaptive scenarios' ceiling, calls/s.
+pub(super) const ADAPTIVE_CEILING: &str = "600";
+
+/// Changes the emulator's quota as an operator would: through its control API.
+pub(super) async fn set_quota(scenario: &Scenario, quota: u32) {
+    let faults_url = format!("http://{}/emulator/faults", scenario.emulator.addr());
+    let answer = paysync::top::client::loopback_client()
+        .unwrap()
+        .put(&faults_url)
+        .header("content-type", "application/json")
+        .body(serde_json::to_string(&self::quota(quota)).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        answer.status().is_success(),
+        "{faults_url}: {}",
+        answer.status()
+    );
+}
+
 pub(super) fn accepted_between(per_second: &BTreeMap<i64, u64>, from: i64, to: i64) -> f64 {
     let calls: u64 = per_second.range(from..to).map(|(_, n)| n).sum();
     calls as f64 / (to - from) as f64
@@ -187,31 +222,10 @@ async fn the_adaptive_rate_follows_a_quota_that_changes_at_run_time() {
     let scenario = Scenario::new("adaptive", quota(QUOTAS[0])).await;
     let records = valid_events("adaptive", 40_000);
     scenario.kafka.produce(&scenario.topic, &records).await;
-    let url = scenario.emulator.url();
-    // The ceiling is above every phase's quota; nobody tells paysync the quota.
-    let config = scenario.config(&url, "max_in_flight = 32\nrate_limit_mode = \"adaptive\"");
-    let env = [("PAYSYNC_DELIVERY__RATE_LIMIT_PER_SEC", "600")];
-    let replicas: Vec<Process> = (0..3)
-        .map(|_| Process::start_with_env(&config, &env))
-        .collect();
-    wait_owned(&replicas, 2).await;
+    let (replicas, _) = adaptive_group(&scenario).await;
     let mut phases = Vec::new();
     for quota in QUOTAS {
-        // As an operator would: through the emulator's control API.
-        let faults_url = format!("http://{}/emulator/faults", scenario.emulator.addr());
-        let answer = paysync::top::client::loopback_client()
-            .unwrap()
-            .put(&faults_url)
-            .header("content-type", "application/json")
-            .body(serde_json::to_string(&self::quota(quota)).unwrap())
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            answer.status().is_success(),
-            "{faults_url}: {}",
-            answer.status()
-        );
+        set_quota(&scenario, quota).await;
         let started = unix_now();
         let bans_before = scenario.emulator.gateway().bans();
         tokio::time::sleep(PHASE).await;
