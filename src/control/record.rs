@@ -52,6 +52,11 @@ pub struct Lease {
     pub weight: u32,
     /// Calls per second it would use if it could (`None`: as many as it gets).
     pub demand_per_sec: Option<f64>,
+    /// A busy live replica's need as its part of the group's rate (its
+    /// partitions' share): every caller multiplies it by the rate as it has
+    /// it now, so a need does not lag behind an adaptive rate that moves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub busy_share: Option<f64>,
     /// The quota this caller's adaptive controller measured, if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub learned_per_sec: Option<f64>,
@@ -282,6 +287,7 @@ mod tests {
             kind: CallerKind::Replay,
             weight: 1,
             demand_per_sec: None,
+            busy_share: None,
             learned_per_sec: Some(120.0),
             group_rate_per_sec: None,
             expires_at_ms,

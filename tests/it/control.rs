@@ -346,3 +346,64 @@ async fn a_guarded_raise_that_bans_follow_is_rolled_back() {
     running.stop().await;
     control.close();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redrive_to_the_api_announces_itself_and_takes_its_share() {
+    use paysync::control::{CallerKind, Pace};
+    use paysync::dead_letter::reader::{Filter, Redrive, Target, redrive};
+    use paysync::pipeline::rate::tenancy::SharedRate;
+    let records = crate::support::valid_events("redriven", 20);
+    let harness = Harness::new(
+        1,
+        Faults {
+            reject_order_ids: records.iter().map(|(id, _)| id.clone()).collect(),
+            ..Faults::default()
+        },
+    )
+    .await;
+    harness.produce(&records).await;
+    let mut settings = harness.settings();
+    let running = Running::start(settings.clone()).await;
+    running
+        .wait_for("20 dead letters", |s| s.dead_lettered() == 20)
+        .await;
+    running.stop().await;
+    harness
+        .stack
+        .emulator
+        .gateway()
+        .set_faults(Faults::default());
+    // Slow enough to be seen while it runs: 10 calls/s, alone on the app key.
+    settings.delivery.rate_limit_per_sec = 10;
+    let operator = operator(&settings).await;
+    let shared = SharedRate::join(&settings, CallerKind::Redrive, 1, None)
+        .await
+        .unwrap()
+        .map(Arc::new)
+        .expect("the control topic is on");
+    let options = Redrive {
+        target: Target::Api,
+        pace: Some(shared.clone() as Arc<dyn Pace>),
+        ..Redrive::default()
+    };
+    let task = tokio::spawn({
+        let settings = settings.clone();
+        async move { redrive(&settings, &Filter::default(), &options).await }
+    });
+    let announced = || {
+        operator
+            .view()
+            .live_leases(chrono::Utc::now().timestamp_millis())
+            .any(|lease| lease.kind == CallerKind::Redrive)
+    };
+    wait_until("the redrive's lease", announced).await;
+    let report = task.await.unwrap().unwrap();
+    assert_eq!(report.redriven, 20, "{:?}", report.failed);
+    Arc::into_inner(shared)
+        .expect("the redrive let go of it")
+        .leave()
+        .await;
+    wait_until("the lease withdrawn", || !announced()).await;
+    assert_eq!(harness.accepted_order_ids().len(), 20);
+    operator.close();
+}

@@ -179,6 +179,11 @@ struct BudgetState {
     /// Adaptive, outside the group: the live group's rate, followed instead
     /// of this caller's own controller while live replicas announce one.
     followed: Option<f64>,
+    /// When `followed` last changed, and when the latest new ban came: a ban
+    /// newer than the followed rate is met with this caller's own controller
+    /// until the live group's lowered rate arrives.
+    followed_at: Instant,
+    banned_at: Option<Instant>,
     /// The part of the group's rate the live group would get if it needed
     /// all it could (its weight's share beside busy backfills): what the
     /// drain time divides by, so a backfill does not look like live backlog.
@@ -250,6 +255,8 @@ impl RateBudget {
                 fraction,
                 tenancy: 1.0,
                 followed: None,
+                followed_at: now,
+                banned_at: None,
                 entitled: 1.0,
                 logged: (0, fraction),
                 group_rate,
@@ -376,6 +383,7 @@ impl RateBudget {
                     return;
                 }
                 self.metrics.rate_limit_bans.inc();
+                state.banned_at = Some(now);
                 let Some(controller) = state.controller.as_mut() else {
                     return;
                 };
@@ -421,8 +429,18 @@ impl RateBudget {
             state.fraction = state.counts.fraction(now, &state.owned);
         }
         let ceiling = f64::from(state.settings.rate);
+        let since_followed = state.followed_at;
+        let banned_since = state.banned_at.is_some_and(|ban| ban > since_followed);
         let group_rate = match (state.controller.as_mut(), state.followed) {
-            (Some(_), Some(followed)) => followed.clamp(f64::MIN_POSITIVE, ceiling),
+            (Some(controller), Some(followed)) => {
+                let own = controller.tick(now);
+                let followed = followed.clamp(f64::MIN_POSITIVE, ceiling);
+                if banned_since {
+                    followed.min(own)
+                } else {
+                    followed
+                }
+            }
             (Some(controller), None) => controller.tick(now),
             (None, _) => ceiling,
         };
@@ -489,6 +507,7 @@ impl RateBudget {
         let mut state = self.lock();
         if state.controller.is_some() && state.followed != rate {
             state.followed = rate;
+            state.followed_at = Instant::now();
             self.reshare(&mut state, Instant::now());
         }
     }

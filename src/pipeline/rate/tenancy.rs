@@ -148,14 +148,15 @@ impl Tenancy {
         }
         let usage = self.budget.take_usage();
         let mut lease = self.lease(usage);
-        let moved = self
-            .last_lease
-            .as_ref()
-            .is_none_or(|(_, last)| moved(last.demand_per_sec, lease.demand_per_sec));
+        let moved = self.last_lease.as_ref().is_none_or(|(_, last)| {
+            moved(last.demand_per_sec, lease.demand_per_sec)
+                || last.busy_share.is_some() != lease.busy_share.is_some()
+        });
         if !moved && let Some((_, last)) = &self.last_lease {
             // A need that moved little is announced as before: the split,
             // and every bucket, stay as they are.
             lease.demand_per_sec = last.demand_per_sec;
+            lease.busy_share = last.busy_share;
         }
         let due = moved
             || self.last_lease.as_ref().is_none_or(|(at, _)| {
@@ -187,11 +188,13 @@ impl Tenancy {
         }
         let used = self.recent.iter().copied().fold(0.0, f64::max)
             * (1.0 + f64::from(settings.headroom_percent) / 100.0);
+        let mut busy_share = None;
         let (kind, weight, demand) = match self.role {
             Role::Member => {
                 let fraction = self.budget.partition_fraction().unwrap_or(0.0);
                 let most = fraction * rate;
                 let demand = if full {
+                    busy_share = Some(fraction);
                     most
                 } else {
                     (used + MARGIN * most).min(most)
@@ -217,6 +220,7 @@ impl Tenancy {
             kind,
             weight,
             demand_per_sec: demand,
+            busy_share,
             learned_per_sec: self.budget.learned(),
             group_rate_per_sec: Some(rate),
             expires_at_ms: Utc::now().timestamp_millis() + settings.lease_ms.as_millis() as i64,
@@ -236,7 +240,10 @@ impl Tenancy {
         let live_demand: f64 = leases
             .iter()
             .filter(|lease| lease.kind == CallerKind::Member)
-            .map(|lease| lease.demand_per_sec.unwrap_or(f64::INFINITY))
+            .map(|lease| match lease.busy_share {
+                Some(share) => share * rate,
+                None => lease.demand_per_sec.unwrap_or(f64::INFINITY),
+            })
             .sum();
         let tenants: Vec<&&Lease> = leases
             .iter()
