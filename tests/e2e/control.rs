@@ -177,9 +177,17 @@ async fn a_backfill_takes_what_live_traffic_leaves_and_a_killed_one_gives_it_bac
     let live_alone_from = now_ms();
     tokio::time::sleep(Duration::from_secs(8)).await;
     let (_, live_alone) = waits(&scenario.emulator, "live", live_alone_from);
+    let spawned = Instant::now();
     let mut replay = replay_process(&path, &backfill, &rate);
-    // Settled after a lease and a refresh or two.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Its share is measured once it runs: its first acceptance, then a lease
+    // and a refresh or two to settle.
+    let deadline = spawned + Duration::from_secs(60);
+    while waits(&scenario.emulator, "backfill", 0).0 == 0 {
+        assert!(Instant::now() < deadline, "the replay sent nothing in 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let first_sent = spawned.elapsed();
+    tokio::time::sleep(Duration::from_secs(4)).await;
     let bans_before = ban_episodes(&scenario.emulator);
     let beside_from = now_ms();
     let (backfilled_before, _) = waits(&scenario.emulator, "backfill", 0);
@@ -214,7 +222,8 @@ async fn a_backfill_takes_what_live_traffic_leaves_and_a_killed_one_gives_it_bac
     let returned = killed.elapsed();
     let (live_delivered, _) = waits(&scenario.emulator, "live", 0);
     println!(
-        "e2e tenants: quota {QUOTA}/s, live 200/s: backfill {beside_rate:.0}/s beside live traffic, {alone_rate:.0}/s alone; ban episodes {bans}; live p99 {:.3} s alone, {:.3} s beside the backfill; live produced {produced_live}, delivered {live_delivered}; the killed backfill's share back in {:.1} s",
+        "e2e tenants: quota {QUOTA}/s, live 200/s: the replay's first call {:.1} s after it started; backfill {beside_rate:.0}/s beside live traffic, {alone_rate:.0}/s alone; ban episodes {bans}; live p99 {:.3} s alone, {:.3} s beside the backfill; live produced {produced_live}, delivered {live_delivered}; the killed backfill's share back in {:.1} s",
+        first_sent.as_secs_f64(),
         p99(live_alone),
         p99(live_beside.clone()),
         returned.as_secs_f64()
