@@ -229,6 +229,15 @@ impl AdminServer {
         Self::serve_router(listener, router(state))
     }
 
+    /// Serves the admin endpoints and `more` beside them (the console).
+    pub fn serve_with(
+        listener: TcpListener,
+        state: AdminState,
+        more: Router,
+    ) -> std::io::Result<AdminServer> {
+        Self::serve_router(listener, router(state).merge(more))
+    }
+
     /// Serves while the pipeline cannot start yet (Kafka unreachable):
     /// alive, not ready, with `waiting` as the reason.
     pub fn serve_starting(
@@ -238,11 +247,14 @@ impl AdminServer {
         Self::serve_router(listener, starting_router(waiting))
     }
 
-    fn serve_router(listener: TcpListener, router: Router) -> std::io::Result<AdminServer> {
+    /// Serves `router` (peers' addresses known to handlers: the console
+    /// throttles logins per address).
+    pub fn serve_router(listener: TcpListener, router: Router) -> std::io::Result<AdminServer> {
         let addr = listener.local_addr()?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, router)
+            let service = router.into_make_service_with_connect_info::<SocketAddr>();
+            let _ = axum::serve(listener, service)
                 .with_graceful_shutdown(async {
                     let _ = stopped.await;
                 })

@@ -24,6 +24,9 @@
 //!   its leases and their shares of the rate, tuned settings, pauses.
 //! * [`pipeline`]: the consumer group → calls → commits/dead letters engine.
 //! * [`admin`]: `/metrics`, `/health/live`, `/health/ready`.
+//! * [`status`]: the group status topic every replica publishes to.
+//! * [`console`]: the operator console — the group, its dead letters and
+//!   their redrive, the ledger and the control topic, behind a login.
 //! * [`replay`]: the operator's backfill of a bounded range (with
 //!   [`dead_letter::reader`], the operator tools).
 //! * [`trace`]: the producer's trace context read from headers, spans
@@ -39,6 +42,7 @@ pub(crate) mod backoff;
 pub mod cli;
 pub mod commit_metadata;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod dead_letter;
 pub mod event;
@@ -51,6 +55,7 @@ pub mod partition;
 pub mod pipeline;
 pub mod replay;
 pub(crate) mod shutdown;
+pub mod status;
 pub(crate) mod telemetry;
 pub mod tools;
 pub mod top;

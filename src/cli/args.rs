@@ -39,6 +39,8 @@ pub enum Command {
     /// Tune, pause and resume every running paysync through the control topic.
     #[command(subcommand)]
     Control(ControlCommand),
+    /// Serve the operator console on its own (console.listen); it delivers nothing.
+    Console(ConsoleArgs),
     /// Measure the pipeline against the mock cluster and the emulator.
     Bench(BenchArgs),
     /// Run a local TOP gateway emulator.
@@ -161,6 +163,15 @@ pub struct DlqFilterArgs {
     /// Dead-lettered before this RFC 3339 time.
     #[arg(long)]
     pub until: Option<chrono::DateTime<chrono::Utc>>,
+    /// The TOP sub_code, e.g. isv.invalid-parameter.
+    #[arg(long)]
+    pub sub_code: Option<String>,
+    /// The event's park_id.
+    #[arg(long)]
+    pub park: Option<String>,
+    /// The event's order_id.
+    #[arg(long)]
+    pub order: Option<String>,
 }
 
 impl DlqFilterArgs {
@@ -171,6 +182,9 @@ impl DlqFilterArgs {
             code: self.code.clone(),
             since: self.since,
             until: self.until,
+            sub_code: self.sub_code.clone(),
+            park: self.park.clone(),
+            order: self.order.clone(),
         }
     }
 }
@@ -192,8 +206,8 @@ pub struct DlqRedriveArgs {
     pub config: PathBuf,
     #[command(flatten)]
     pub filter: DlqFilterArgs,
-    #[arg(long, value_enum, default_value_t = crate::dead_letter::reader::Target::Source)]
-    pub to: crate::dead_letter::reader::Target,
+    #[arg(long, value_enum, default_value_t = crate::dead_letter::redrive::Target::Source)]
+    pub to: crate::dead_letter::redrive::Target,
     /// The group that keeps the redrive's cursor (default: one per filter,
     /// <kafka.group_id>.redrive, then .<hash of the filter> when filtered).
     #[arg(long)]
@@ -374,6 +388,20 @@ pub struct DemoArgs {
     /// Where /metrics and the health endpoints are served (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub admin_listen: SocketAddr,
+    /// Serve the console on the admin listener, print its address and a
+    /// one-time login, and keep running until interrupted.
+    #[arg(long)]
+    pub console: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("console_job").required(true).args(["config", "hash_password"])))]
+pub struct ConsoleArgs {
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Read a password on stdin and print its argon2 hash for console.users_file.
+    #[arg(long)]
+    pub hash_password: bool,
 }
 
 #[derive(Debug, Args)]

@@ -3,7 +3,6 @@
 //! same rules as `check-config`, written with its audit record, and read
 //! back before the command says it is in force.
 
-use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,12 +13,8 @@ use chrono::Utc;
 use super::args::{ControlAuditArgs, ControlCommand, ControlPauseArgs, ControlSetArgs};
 use super::exit::{EXIT_USAGE, failed, load_for_tool};
 use crate::config::Settings;
-use crate::control::record::{self, Guard, SETTINGS_KEY};
-use crate::control::{Control, ControlView, Pause, PauseTarget, Tuning, process_name, tuning};
-use crate::partition::PartitionId;
-
-/// How long a command waits to read its own change back.
-const READ_BACK: Duration = Duration::from_secs(15);
+use crate::control::ops::{self, ChangeError};
+use crate::control::{Control, ControlView, process_name};
 
 pub(super) async fn control(command: ControlCommand) -> ExitCode {
     let config = match &command {
@@ -80,132 +75,63 @@ fn who(audit: &ControlAuditArgs) -> String {
 }
 
 async fn set(settings: &Settings, control: &Control, args: ControlSetArgs) -> ExitCode {
-    let view = control.view();
-    let mut values = view.tuning.values.clone();
-    for text in &args.assignments {
-        match tuning::assignment(text) {
-            Ok((key, value)) if value.is_empty() => {
-                values.remove(key);
-            }
-            Ok((key, value)) => {
-                values.insert(key.to_owned(), value);
-            }
-            Err(error) => {
-                eprint!("paysync control set: {error}");
-                return ExitCode::from(EXIT_USAGE);
-            }
+    let guard = args.guard_secs.map(Duration::from_secs);
+    match ops::set(
+        control,
+        settings,
+        &args.assignments,
+        guard,
+        &who(&args.audit),
+        &args.audit.why,
+    )
+    .await
+    {
+        Ok(what) => {
+            println!(
+                "paysync control set: {what} — every running paysync applies it within control.refresh_ms"
+            );
+            ExitCode::SUCCESS
         }
+        Err(ChangeError::Refused(error)) => {
+            eprint!("paysync control set: refused, nothing changed: {error}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(error) => failed("control set", &error.into()),
     }
-    if let Err(error) = tuning::tuned(settings, &values) {
-        eprint!("paysync control set: refused, nothing changed: {error}");
-        return ExitCode::from(EXIT_USAGE);
-    }
-    let version = view.tuning.version + 1;
-    let tuned = Tuning {
-        version,
-        values: values.clone(),
-        guard: args
-            .guard_secs
-            .map(|secs| Guard::watching(view.tuning.values.clone(), Duration::from_secs(secs))),
-    };
-    let what = format!("version {version}: {}", describe(&values));
-    if let Err(error) = control
-        .change(
-            SETTINGS_KEY,
-            Some(record::encode(&tuned)),
-            &who(&args.audit),
-            what.clone(),
-            &args.audit.why,
-        )
-        .await
-    {
-        return failed("control set", &error.into());
-    }
-    if !control
-        .wait_for(READ_BACK, |view| view.tuning.version >= version)
-        .await
-    {
-        eprintln!("paysync control set: written, but not read back within {READ_BACK:?}");
-        return ExitCode::FAILURE;
-    }
-    println!(
-        "paysync control set: {what} — every running paysync applies it within control.refresh_ms"
-    );
-    ExitCode::SUCCESS
-}
-
-fn describe(values: &BTreeMap<String, String>) -> String {
-    if values.is_empty() {
-        return "the configuration files' values".to_owned();
-    }
-    values
-        .iter()
-        .map(|(key, value)| format!("{key}={value}"))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn target(args: &ControlPauseArgs) -> Result<PauseTarget, String> {
-    if args.all {
-        return Ok(PauseTarget::All);
-    }
-    if let Some(park) = &args.park {
-        return Ok(PauseTarget::Park(park.clone()));
-    }
-    let text = args.partition.as_deref().unwrap_or_default();
-    let (topic, number) = text
-        .rsplit_once('/')
-        .ok_or_else(|| format!("--partition {text:?} is not TOPIC/N"))?;
-    let number = number
-        .parse()
-        .map_err(|_| format!("--partition {text:?}: {number:?} is not a partition number"))?;
-    Ok(PauseTarget::Partition(PartitionId::new(topic, number)))
 }
 
 async fn pause(control: &Control, args: ControlPauseArgs, pausing: bool) -> ExitCode {
     let command = if pausing { "pause" } else { "resume" };
-    let target = match target(&args) {
+    let target = match ops::target(args.all, args.park.as_deref(), args.partition.as_deref()) {
         Ok(target) => target,
         Err(error) => {
-            eprintln!("paysync control {command}: {error}");
+            eprintln!("paysync control {command}: --{error}");
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let paused = control.view().pauses.contains_key(&target);
-    if paused == pausing {
-        println!(
-            "paysync control {command}: {} is {} already",
-            target.describe(),
-            if pausing { "paused" } else { "not paused" }
-        );
-        return ExitCode::SUCCESS;
-    }
-    let by = who(&args.audit);
-    let value = pausing.then(|| {
-        record::encode(&Pause {
-            by: by.clone(),
-            at: Utc::now(),
-            why: args.audit.why.clone(),
-        })
-    });
-    let what = format!("{command}d {}", target.describe());
-    if let Err(error) = control
-        .change(&target.key(), value, &by, what.clone(), &args.audit.why)
-        .await
+    match ops::pause(
+        control,
+        &target,
+        pausing,
+        &who(&args.audit),
+        &args.audit.why,
+    )
+    .await
     {
-        return failed(&format!("control {command}"), &error.into());
+        Ok(Some(what)) => {
+            println!("paysync control {command}: {what}");
+            ExitCode::SUCCESS
+        }
+        Ok(None) => {
+            println!(
+                "paysync control {command}: {} is {} already",
+                target.describe(),
+                if pausing { "paused" } else { "not paused" }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => failed(&format!("control {command}"), &error.into()),
     }
-    if !control
-        .wait_for(READ_BACK, |view| {
-            view.pauses.contains_key(&target) == pausing
-        })
-        .await
-    {
-        eprintln!("paysync control {command}: written, but not read back within {READ_BACK:?}");
-        return ExitCode::FAILURE;
-    }
-    println!("paysync control {command}: {what}");
-    ExitCode::SUCCESS
 }
 
 fn show(view: &ControlView, settings: &Settings, json: bool) {
@@ -231,14 +157,14 @@ fn show(view: &ControlView, settings: &Settings, json: bool) {
     println!(
         "tuned settings: version {}, {}",
         view.tuning.version,
-        describe(&view.tuning.values)
+        ops::describe(&view.tuning.values)
     );
     if let Some(guard) = &view.tuning.guard
         && guard.until_ms > now_ms
     {
         println!(
             "  guarded: rolled back to {} if the gateway bans within {} s",
-            describe(&guard.previous),
+            ops::describe(&guard.previous),
             (guard.until_ms - now_ms) / 1_000
         );
     }

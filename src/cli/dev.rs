@@ -44,6 +44,7 @@ pub(super) async fn demo(args: DemoArgs) -> ExitCode {
         faults,
         admin_listen: args.admin_listen,
         tracing,
+        console: args.console,
     };
     let ran = crate::tools::demo::run(options).await;
     match ran {

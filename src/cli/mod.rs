@@ -8,11 +8,13 @@
 //! * [`operator`]: `replay`, `dlq inspect`, `dlq redrive`.
 //! * [`ledger`]: `ledger show|unknown|resolve|stats`, `reconcile`.
 //! * [`control`]: `control set|pause|resume|show`.
+//! * [`console`]: `console` (the operator console on its own).
 //! * [`debugging`]: `check-config`, `sign`, `call`.
 //! * [`dev`]: `demo`, `bench`, `emulator`.
 //! * [`exit`]: the exit codes, and loading a command's configuration.
 
 mod args;
+mod console;
 mod control;
 mod debugging;
 mod dev;
@@ -54,6 +56,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Ledger(command) => ledger::ledger(command).await,
         Command::Reconcile(args) => ledger::reconcile(args).await,
         Command::Control(command) => control::control(command).await,
+        Command::Console(args) => console::console(args).await,
         Command::Emulator(args) => dev::emulator(*args).await,
         Command::Sign(args) => debugging::sign(args),
         Command::Call(args) => debugging::call(args).await,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::args::{DlqCommand, ReplayArgs};
 use super::exit::{failed, load_for_tool};
 use crate::control::{CallerKind, Pace};
-use crate::dead_letter::reader::Target;
+use crate::dead_letter::redrive::Target;
 use crate::pipeline::rate::tenancy::SharedRate;
 
 pub(super) async fn dlq(command: DlqCommand) -> ExitCode {
@@ -58,16 +58,17 @@ pub(super) async fn dlq(command: DlqCommand) -> ExitCode {
             } else {
                 None
             };
-            let options = crate::dead_letter::reader::Redrive {
+            let options = crate::dead_letter::redrive::Redrive {
                 target: args.to,
                 group: args.group.clone(),
                 max_redrives: args.max_redrives,
                 dry_run: args.dry_run,
                 resend_delivered: args.resend_delivered,
                 pace: shared.clone().map(|shared| shared as Arc<dyn Pace>),
+                ..Default::default()
             };
             let redriven =
-                crate::dead_letter::reader::redrive(&settings, &args.filter.filter(), &options)
+                crate::dead_letter::redrive::redrive(&settings, &args.filter.filter(), &options)
                     .await;
             drop(options);
             if let Some(shared) = shared.and_then(Arc::into_inner) {

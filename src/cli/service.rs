@@ -47,14 +47,34 @@ pub(super) async fn run(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let (pipeline, listener) = match start_pipeline(settings, listener, stopped_early).await {
+    let (pipeline, listener) = match start_pipeline(settings.clone(), listener, stopped_early).await
+    {
         Ok(started) => started,
         Err(code) => return code,
     };
     let running = pipeline.spawn(async move {
         let _ = stopped.await;
     });
-    let admin = match AdminServer::serve(listener, AdminState::of(&running, liveness_timeout)) {
+    let state = AdminState::of(&running, liveness_timeout);
+    let status =
+        crate::status::StatusPublisher::start(&settings, state.clone(), running.producer().clone());
+    let console = if settings.console.enabled {
+        match crate::console::Console::open(&settings, running.control().cloned()).await {
+            Ok(console) => Some(console),
+            Err(error) => {
+                eprintln!("paysync: cannot start the console: {error}");
+                running.stop().await;
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    let served = match &console {
+        Some(console) => AdminServer::serve_with(listener, state, crate::console::router(console)),
+        None => AdminServer::serve(listener, state),
+    };
+    let admin = match served {
         Ok(admin) => admin,
         Err(error) => {
             eprintln!("paysync: cannot serve on admin.listen {admin_listen}: {error}");
@@ -63,9 +83,18 @@ pub(super) async fn run(path: &Path) -> ExitCode {
         }
     };
     tracing::info!(admin = %admin.addr(), "Pipeline started; /metrics, /health/live and /health/ready are served.");
+    if console.is_some() {
+        tracing::info!(console = %format!("http://{}{}", admin.addr(), crate::console::views::BASE), "The console is served.");
+    }
     let health = running.health().clone();
     running.finished().await;
     admin.stop().await;
+    if let Some(status) = status {
+        status.stop().await;
+    }
+    if let Some(console) = console {
+        let _ = tokio::task::spawn_blocking(move || console.close()).await;
+    }
     match health.failed() {
         Some(cause) => {
             eprintln!("paysync: the Kafka consumer failed: {cause}");

@@ -16,9 +16,9 @@ use figment::value::{Dict, Value};
 use serde::de::DeserializeOwned;
 
 use super::{
-    AdminSettings, ClassificationSettings, ConfigError, ConfigProblem, ControlSettings,
-    DeliverySettings, Environment, EventSettings, FairnessSettings, KafkaSettings, LedgerSettings,
-    LogSettings, ReconcileSettings, Settings, TopSettings, TracingSettings,
+    AdminSettings, ClassificationSettings, ConfigError, ConfigProblem, ConsoleSettings,
+    ControlSettings, DeliverySettings, Environment, EventSettings, FairnessSettings, KafkaSettings,
+    LedgerSettings, LogSettings, ReconcileSettings, Settings, TopSettings, TracingSettings,
 };
 
 /// Prefix of the environment variables that override the file.
@@ -68,6 +68,7 @@ impl Settings {
             reconcile: read.section::<ReconcileSettings>("reconcile"),
             control: read.section::<ControlSettings>("control"),
             fairness: read.section::<FairnessSettings>("fairness"),
+            console: read.section::<ConsoleSettings>("console"),
             environment: Environment::default(),
         };
         settings.tracing.environment = environment.clone();
@@ -123,7 +124,7 @@ impl TracingSettings {
 }
 
 /// The sections of `Settings`, in the order problems are reported.
-const SECTIONS: [&str; 12] = [
+const SECTIONS: [&str; 13] = [
     "kafka",
     "delivery",
     "top",
@@ -136,6 +137,7 @@ const SECTIONS: [&str; 12] = [
     "reconcile",
     "control",
     "fairness",
+    "console",
 ];
 
 /// Reads sections one by one, collecting what does not read.

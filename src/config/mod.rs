@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod console;
 mod control;
 mod delivery;
 mod environment;
@@ -25,6 +26,7 @@ mod top;
 mod tracing;
 mod validate;
 
+pub use console::ConsoleSettings;
 pub use control::{ControlSettings, FairnessKey, FairnessSettings};
 pub use delivery::{DeliverySettings, RateLimitMode, RateLimitScope};
 pub use environment::Environment;
@@ -80,6 +82,8 @@ pub struct Settings {
     pub control: ControlSettings,
     #[serde(default)]
     pub fairness: FairnessSettings,
+    #[serde(default)]
+    pub console: ConsoleSettings,
     /// The proxy and `OTEL_*` variables of the environment the settings
     /// loaded from (the tracing settings keep their own copy).
     #[serde(skip)]

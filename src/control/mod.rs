@@ -15,30 +15,26 @@
 //! holds from the first event), and a durable producer writes. Writes go
 //! to partition 0 so one reader sees every change in the order made.
 
+pub mod ops;
 pub mod record;
 pub mod shares;
 pub mod tuning;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 use crate::config::{ControlSettings, Settings};
 use crate::kafka;
 use crate::kafka::compacted::{self, CompactedTopic, CompactedTopicError};
+use crate::kafka::follow::{Follow, FollowError, Followed};
 use crate::top::classify::Disposition;
 pub use record::{Audit, CallerKind, ControlView, Lease, Pause, PauseTarget, Tuning};
-
-/// How long a start waits to read the topic to its end.
-const CATCH_UP: Duration = Duration::from_secs(30);
 
 /// Why the control topic cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -47,16 +43,14 @@ pub enum ControlError {
     Topic(#[from] CompactedTopicError),
     #[error("cannot create the control topic's clients: {0}")]
     Client(#[source] KafkaError),
-    #[error("cannot read the control topic {topic:?}: {error}")]
-    Read {
-        topic: String,
-        #[source]
-        error: KafkaError,
-    },
-    #[error("the control topic {topic:?} was not read to its end within {}s", CATCH_UP.as_secs())]
-    CatchUp { topic: String },
-    #[error("cannot start the control topic's reader: {0}")]
-    Thread(#[source] std::io::Error),
+    #[error(transparent)]
+    Follow(Box<FollowError>),
+}
+
+impl From<FollowError> for ControlError {
+    fn from(error: FollowError) -> ControlError {
+        ControlError::Follow(Box::new(error))
+    }
 }
 
 /// Paces an operator's command (a redrive to the API, a reconciliation)
@@ -84,10 +78,8 @@ pub struct Control {
     topic: String,
     caller: String,
     settings: ControlSettings,
-    view: watch::Sender<Arc<ControlView>>,
+    followed: Followed<ControlView>,
     writer: FutureProducer,
-    stop: Arc<AtomicBool>,
-    follower: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Control {
@@ -125,58 +117,26 @@ impl Control {
                 .create()
                 .map_err(ControlError::Client)?,
         };
-        let mut config = kafka::clients::tool_consumer(
+        let followed = Followed::start(
             settings,
-            &format!("{}.control-follower", settings.kafka.group_id),
-        );
-        // Changes are few and small: a fetch waits at most half a refresh for
-        // them (100 ms cost 1 % of a core more at a quota's pace).
-        config.set("fetch.wait.max.ms", "500");
-        let follower: BaseConsumer = config.create().map_err(ControlError::Client)?;
-        let read_error = |error| ControlError::Read {
-            topic: topic.clone(),
-            error,
-        };
-        let partitions = kafka::queries::topic_partitions(&follower, &topic)
-            .map_err(read_error)?
-            .unwrap_or_default();
-        let mut list = TopicPartitionList::new();
-        let mut ends = Vec::new();
-        for partition in partitions {
-            let (low, high) = follower
-                .fetch_watermarks(&topic, partition, kafka::queries::REQUEST_TIMEOUT)
-                .map_err(read_error)?;
-            if high > low {
-                ends.push((partition, high));
-            }
-            list.add_partition_offset(&topic, partition, Offset::Beginning)
-                .map_err(read_error)?;
-        }
-        follower.assign(&list).map_err(read_error)?;
-        let (view, mut changes) = watch::channel(Arc::new(ControlView::default()));
-        let (caught_up, caught_up_rx) = std::sync::mpsc::channel();
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (view, stop) = (view.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name("paysync-control".into())
-                .spawn(move || follow(follower, ends, view, caught_up, stop))
-                .map_err(ControlError::Thread)?
-        };
-        if caught_up_rx.recv_timeout(CATCH_UP).is_err() {
-            stop.store(true, Ordering::Relaxed);
-            let _ = thread.join();
-            return Err(ControlError::CatchUp { topic });
-        }
-        changes.mark_unchanged();
+            Follow {
+                what: "control",
+                topic: topic.clone(),
+                group: format!("{}.control-follower", settings.kafka.group_id),
+                fold: |view: &mut ControlView, key: &str, value: Option<&[u8]>| {
+                    if let Err(error) = view.apply(key, value) {
+                        tracing::warn!(error = %error, "A control record could not be read; it is skipped.");
+                    }
+                },
+                initial: ControlView::default(),
+            },
+        )?;
         Ok(Some(Arc::new(Control {
             topic,
             caller,
             settings: settings.control.clone(),
-            view,
+            followed,
             writer,
-            stop,
-            follower: Mutex::new(Some(thread)),
         })))
     }
 
@@ -194,12 +154,12 @@ impl Control {
 
     /// The topic as read so far.
     pub fn view(&self) -> Arc<ControlView> {
-        self.view.borrow().clone()
+        self.followed.view()
     }
 
     /// Every new view, as it is read.
     pub fn changes(&self) -> watch::Receiver<Arc<ControlView>> {
-        self.view.subscribe()
+        self.followed.changes()
     }
 
     /// Writes `value` under `key` (`None`: a tombstone) and waits for the
@@ -228,12 +188,24 @@ impl Control {
         why: &str,
     ) -> Result<(), KafkaError> {
         self.put(key, value).await?;
+        self.audit(by, what, why, None).await
+    }
+
+    /// Writes an audit record: who did what, why, and how it ended.
+    pub async fn audit(
+        &self,
+        by: &str,
+        what: String,
+        why: &str,
+        result: Option<String>,
+    ) -> Result<(), KafkaError> {
         let at = Utc::now();
         let audit = Audit {
             at,
             by: by.to_owned(),
             what,
             why: why.to_owned(),
+            result,
         };
         self.put(
             &record::audit_key(at, &self.caller),
@@ -252,87 +224,6 @@ impl Control {
 
     /// Stops following. Blocks until the reader ends.
     pub fn close(&self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let thread = self
-            .follower
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(thread) = thread {
-            let _ = thread.join();
-        }
-    }
-}
-
-impl Drop for Control {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// The follower thread: folds every record into the view; says when it
-/// reached the ends the start saw.
-fn follow(
-    consumer: BaseConsumer,
-    mut ends: Vec<(i32, i64)>,
-    view: watch::Sender<Arc<ControlView>>,
-    caught_up: std::sync::mpsc::Sender<()>,
-    stop: Arc<AtomicBool>,
-) {
-    let mut caught_up = Some(caught_up);
-    let reached = |ends: &mut Vec<(i32, i64)>, partition: i32, next: i64| {
-        ends.retain(|(p, end)| !(*p == partition && next >= *end));
-    };
-    while !stop.load(Ordering::Relaxed) {
-        if ends.is_empty()
-            && let Some(caught_up) = caught_up.take()
-        {
-            let _ = caught_up.send(());
-        }
-        let mut batch = Vec::new();
-        match consumer.poll(Duration::from_millis(100)) {
-            None => {
-                // Compaction may have removed the last records before an end.
-                if let Ok(positions) = consumer.position() {
-                    for element in positions.elements() {
-                        if let Offset::Offset(position) = element.offset() {
-                            reached(&mut ends, element.partition(), position);
-                        }
-                    }
-                }
-                continue;
-            }
-            Some(Err(error)) => {
-                tracing::warn!(error = %error, "Reading the control topic failed; retrying.");
-                std::thread::sleep(Duration::from_millis(200));
-                continue;
-            }
-            Some(Ok(message)) => {
-                reached(&mut ends, message.partition(), message.offset() + 1);
-                let Some(key) = message.key() else { continue };
-                batch.push((
-                    String::from_utf8_lossy(key).into_owned(),
-                    message.payload().map(<[u8]>::to_vec),
-                ));
-            }
-        }
-        // More already fetched joins the same new view.
-        while let Some(Ok(message)) = consumer.poll(Duration::ZERO) {
-            reached(&mut ends, message.partition(), message.offset() + 1);
-            if let Some(key) = message.key() {
-                batch.push((
-                    String::from_utf8_lossy(key).into_owned(),
-                    message.payload().map(<[u8]>::to_vec),
-                ));
-            }
-        }
-        view.send_modify(|view| {
-            let view = Arc::make_mut(view);
-            for (key, value) in &batch {
-                if let Err(error) = view.apply(key, value.as_deref()) {
-                    tracing::warn!(error = %error, "A control record could not be read; it is skipped.");
-                }
-            }
-        });
+        self.followed.close();
     }
 }

@@ -113,7 +113,7 @@ impl PauseTarget {
         }
     }
 
-    fn of_key(rest: &str) -> Option<PauseTarget> {
+    pub fn of_key(rest: &str) -> Option<PauseTarget> {
         if rest == "all" {
             return Some(PauseTarget::All);
         }
@@ -153,6 +153,9 @@ pub struct Audit {
     pub by: String,
     pub what: String,
     pub why: String,
+    /// How it ended, for an action that runs (a console redrive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
 }
 
 /// The control topic as read so far.

@@ -3,7 +3,8 @@
 //! headers saying why and where from, as `schemas/dead-letter-headers.md`
 //! documents. This module holds the record types and both directions of the
 //! header format; [`producer`] writes dead letters for the pipeline and
-//! [`reader`] reads them back for `paysync dlq inspect` and `redrive`.
+//! [`reader`] reads them back for `paysync dlq inspect` and the console;
+//! [`redrive`] sends them again.
 //!
 //! Nothing secret goes in: no app secret, no signature, no session — only the
 //! API's own answer.
@@ -11,6 +12,7 @@
 pub(crate) mod prior;
 pub(crate) mod producer;
 pub mod reader;
+pub mod redrive;
 
 use std::collections::HashMap;
 
@@ -260,6 +262,8 @@ pub struct DeadLetterRecord {
     pub class: String,
     pub reason: String,
     pub code: Option<String>,
+    /// The TOP sub_code, when the API gave one.
+    pub sub_code: Option<String>,
     pub message: String,
     pub source_topic: String,
     pub source_partition: Option<i32>,
@@ -274,6 +278,8 @@ pub struct DeadLetterRecord {
     pub redrives: u32,
     /// The trace of the delivery that gave up, when tracing was on.
     pub trace_id: Option<String>,
+    /// Every `paysync.*` header, as written (the failure's whole story).
+    pub failure_headers: Vec<(String, String)>,
     /// The original key, value and headers, as the source had them.
     #[serde(skip)]
     pub original: Payload,
@@ -284,9 +290,11 @@ impl DeadLetterRecord {
     pub fn decode(message: &impl Message) -> DeadLetterRecord {
         let mut payload = Payload::of(message);
         let mut paysync = HashMap::new();
+        let mut failure_headers = Vec::new();
         payload.headers.retain(|(key, value)| {
             if key.starts_with(header::PREFIX) {
                 let text = String::from_utf8_lossy(value.as_deref().unwrap_or_default());
+                failure_headers.push((key.clone(), text.clone().into_owned()));
                 paysync.insert(key.clone(), text.into_owned());
                 false
             } else {
@@ -300,6 +308,7 @@ impl DeadLetterRecord {
             class: get(header::CLASS).unwrap_or_default(),
             reason: get(header::REASON).unwrap_or_default(),
             code: get(header::TOP_CODE),
+            sub_code: get(header::TOP_SUB_CODE),
             message: get(header::MESSAGE).unwrap_or_default(),
             source_topic: get(header::SOURCE_TOPIC).unwrap_or_default(),
             source_partition: get(header::SOURCE_PARTITION).and_then(|p| p.parse().ok()),
@@ -319,6 +328,7 @@ impl DeadLetterRecord {
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(0),
             trace_id: get(header::TRACE_ID),
+            failure_headers,
             original: payload,
         }
     }

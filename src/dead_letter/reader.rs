@@ -1,35 +1,19 @@
-//! `paysync dlq inspect` and `paysync dlq redrive`: reading the dead-letter
-//! topic back, and sending selected records to their source topic or
-//! straight to the API. Reading and committing are blocking librdkafka work,
-//! done on blocking threads; only the calls and the writes are awaited.
-//!
-//! A redrive keeps its own cursor as the committed offsets of a consumer
-//! group (default `<kafka.group_id>.redrive`): records before the cursor were
-//! redriven, or passed over by that run's filter, so running the same redrive
-//! twice sends nothing twice. Use another `--group` to select again from the
-//! start.
+//! Reading the dead-letter topic back (`paysync dlq inspect`, the console):
+//! the filter, the reads, the table. Reads are blocking librdkafka work:
+//! run them on blocking threads.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::message::Message;
-use rdkafka::producer::FutureProducer;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
-use serde::Serialize;
 
-use super::{DeadLetterRecord, Payload, header};
-use crate::config::{LedgerMode, Settings};
-use crate::control::Pace;
-use crate::event::{self, PaymentEvent};
+use super::{DeadLetterRecord, Payload};
+use crate::config::Settings;
 use crate::kafka;
-use crate::ledger::entry::{Entry, LedgerKey, Outcome, Path, Position, dto_hash};
-use crate::ledger::topic::EntryWriter;
-use crate::top::classify::Disposition;
-use crate::top::request::dto_json;
 
 /// Which dead letters to select.
 #[derive(Debug, Clone, Default)]
@@ -39,6 +23,12 @@ pub struct Filter {
     pub code: Option<String>,
     pub since: Option<DateTime<Utc>>,
     pub until: Option<DateTime<Utc>>,
+    /// The TOP sub_code, e.g. `isv.invalid-parameter`.
+    pub sub_code: Option<String>,
+    /// The event's `park_id`, read from the value.
+    pub park: Option<String>,
+    /// The event's `order_id`, read from the value.
+    pub order: Option<String>,
 }
 
 impl Filter {
@@ -47,18 +37,37 @@ impl Filter {
     /// records it did not select.
     pub fn default_group(&self, settings: &Settings) -> String {
         let base = format!("{}.redrive", settings.kafka.group_id);
-        if self.class.is_none()
+        if self.is_empty() {
+            return base;
+        }
+        // The first five fields hash as they always did, so a filter keeps
+        // its cursor across versions; the later ones join only when set.
+        let mut text = format!(
+            "Filter {{ class: {:?}, reason: {:?}, code: {:?}, since: {:?}, until: {:?} }}",
+            self.class, self.reason, self.code, self.since, self.until
+        );
+        for (name, value) in [
+            ("sub_code", &self.sub_code),
+            ("park", &self.park),
+            ("order", &self.order),
+        ] {
+            if let Some(value) = value {
+                text.push_str(&format!(" {name}: {value:?}"));
+            }
+        }
+        format!("{base}.{:08x}", crc32fast::hash(text.as_bytes()))
+    }
+
+    /// Whether it selects every record.
+    pub fn is_empty(&self) -> bool {
+        self.class.is_none()
             && self.reason.is_none()
             && self.code.is_none()
             && self.since.is_none()
             && self.until.is_none()
-        {
-            return base;
-        }
-        format!(
-            "{base}.{:08x}",
-            crc32fast::hash(format!("{self:?}").as_bytes())
-        )
+            && self.sub_code.is_none()
+            && self.park.is_none()
+            && self.order.is_none()
     }
 
     pub fn matches(&self, record: &DeadLetterRecord) -> bool {
@@ -74,6 +83,28 @@ impl Filter {
             && self
                 .until
                 .is_none_or(|t| record.dead_lettered_at.is_some_and(|at| at < t))
+            && self
+                .sub_code
+                .as_ref()
+                .is_none_or(|c| record.sub_code.as_ref() == Some(c))
+            && (self.park.is_none() && self.order.is_none() || self.matches_event(record))
+    }
+
+    /// The park and order filters, against the fields of the record's value.
+    fn matches_event(&self, record: &DeadLetterRecord) -> bool {
+        let value: serde_json::Value = record
+            .original
+            .value
+            .as_deref()
+            .and_then(|value| serde_json::from_slice(value).ok())
+            .unwrap_or_default();
+        self.park
+            .as_deref()
+            .is_none_or(|p| event_field(&value, "park_id") == Some(p))
+            && self
+                .order
+                .as_deref()
+                .is_none_or(|o| event_field(&value, "order_id") == Some(o))
     }
 }
 
@@ -134,6 +165,29 @@ pub(super) fn read_from(
     Ok(records)
 }
 
+/// A text field of an event's JSON by its snake_case name, or the
+/// camelCase one the decoder accepts too (`park_id` or `parkId`).
+pub fn event_field<'a>(value: &'a serde_json::Value, snake: &str) -> Option<&'a str> {
+    let camel: String = snake
+        .split('_')
+        .enumerate()
+        .map(|(i, part)| {
+            if i == 0 {
+                part.to_owned()
+            } else {
+                let mut chars = part.chars();
+                chars.next().map_or(String::new(), |c| {
+                    c.to_ascii_uppercase().to_string() + chars.as_str()
+                })
+            }
+        })
+        .collect();
+    value
+        .get(snake)
+        .or_else(|| value.get(&camel))
+        .and_then(|v| v.as_str())
+}
+
 /// Every dead letter matching `filter`. Blocks: run it on a blocking thread.
 pub fn inspect(settings: &Settings, filter: &Filter) -> anyhow::Result<Vec<DeadLetterRecord>> {
     let consumer = consumer(
@@ -185,89 +239,14 @@ pub fn render_table(records: &[DeadLetterRecord]) -> String {
     out
 }
 
-/// Where redriven records go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Target {
-    /// Back to the source topic (the live pipeline sends them again).
-    Source,
-    /// Straight to the API, signed and classified like the pipeline does.
-    Api,
-}
-
-/// How to redrive (`paysync dlq redrive`'s flags).
-#[derive(Clone)]
-pub struct Redrive {
-    pub target: Target,
-    /// The group that keeps the cursor (default: one per filter).
-    pub group: Option<String>,
-    /// Records already redriven this many times are held back.
-    pub max_redrives: u32,
-    /// Show what would be redriven; send nothing, keep the cursor.
-    pub dry_run: bool,
-    /// Send records the ledger holds as accepted with the same DTO too.
-    pub resend_delivered: bool,
-    /// To the API: the share of the group's rate the calls take (`None`:
-    /// one call at a time, on top of the group's rate).
-    pub pace: Option<Arc<dyn Pace>>,
-}
-
-impl Default for Redrive {
-    fn default() -> Redrive {
-        Redrive {
-            target: Target::Source,
-            group: None,
-            max_redrives: 3,
-            dry_run: false,
-            resend_delivered: false,
-            pace: None,
-        }
-    }
-}
-
-/// What a redrive did.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct RedriveReport {
-    /// The cursor's group.
-    pub group: String,
-    pub examined: usize,
-    pub selected: usize,
-    pub redriven: usize,
-    /// Selected records already redriven `--max-redrives` times: not sent
-    /// again (they stay in the dead-letter topic).
-    pub held_back: Vec<String>,
-    /// Records sent to the API that it did not accept (they stay in the DLQ).
-    pub failed: Vec<String>,
-    /// Records not sent to the API: the ledger holds their key as accepted
-    /// with the same DTO (`--resend-delivered` sends them).
-    pub skipped_delivered: Vec<String>,
-    pub dry_run: bool,
-}
-
-/// The redrive's consumer and what it found after its cursor. Blocks.
-fn read_after_cursor(
+/// The record at `topic`/`partition`@`offset`, read on its own; `None`
+/// when it is gone (retention, compaction) or not written yet. Blocks.
+fn read_at(
     settings: &Settings,
-    group: &str,
-) -> anyhow::Result<(BaseConsumer, Vec<DeadLetterRecord>)> {
-    let topic = &settings.kafka.dlq_topic;
-    let consumer = consumer(settings, group)?;
-    let partitions = kafka::queries::topic_partitions(&consumer, topic)?.unwrap_or_default();
-    let starts: HashMap<i32, i64> =
-        kafka::queries::committed_offsets(&consumer, topic, &partitions)?
-            .into_iter()
-            .filter_map(|(partition, offset)| Some((partition, offset?)))
-            .collect();
-    let records = read_from(&consumer, topic, &starts)?;
-    Ok((consumer, records))
-}
-
-/// The source record a dead letter came from, read back from its topic (for
-/// a dead letter that left parts of it out); `None` when it is gone
-/// (retention, compaction). Blocks.
-fn read_source(settings: &Settings, record: &DeadLetterRecord) -> anyhow::Result<Option<Payload>> {
-    let (Some(partition), Some(offset)) = (record.source_partition, record.source_offset) else {
-        return Ok(None);
-    };
-    let topic = &record.source_topic;
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> anyhow::Result<Option<OwnedMessage>> {
     let consumer = consumer(settings, &format!("{}.redrive", settings.kafka.group_id))?;
     let (low, high) =
         consumer.fetch_watermarks(topic, partition, kafka::queries::REQUEST_TIMEOUT)?;
@@ -282,273 +261,33 @@ fn read_source(settings: &Settings, record: &DeadLetterRecord) -> anyhow::Result
         if let Some(message) = consumer.poll(Duration::from_millis(200)) {
             let message = message?;
             // A later offset: this one was compacted away.
-            return Ok((message.offset() == offset).then(|| Payload::of(&message)));
+            return Ok((message.offset() == offset).then(|| message.detach()));
         }
     }
-    bail!("cannot read the source record {topic}/{partition}@{offset} back")
+    bail!("cannot read the record {topic}/{partition}@{offset} back")
 }
 
-/// Redrives the dead letters after the group's cursor that match `filter`.
-/// A dead letter that left its value out is redriven with the source
-/// record, read back from the source topic while it is still there.
-pub async fn redrive(
+/// The source record a dead letter came from, read back from its topic (for
+/// a dead letter that left parts of it out); `None` when it is gone. Blocks.
+pub(super) fn read_source(
     settings: &Settings,
-    filter: &Filter,
-    options: &Redrive,
-) -> anyhow::Result<RedriveReport> {
-    let Redrive {
-        target,
-        max_redrives,
-        dry_run,
-        resend_delivered,
-        ..
-    } = *options;
-    let group = options
-        .group
-        .clone()
-        .unwrap_or_else(|| filter.default_group(settings));
-    let topic = settings.kafka.dlq_topic.clone();
-    let (consumer, records) = {
-        let (settings, group) = (settings.clone(), group.clone());
-        tokio::task::spawn_blocking(move || read_after_cursor(&settings, &group)).await??
+    record: &DeadLetterRecord,
+) -> anyhow::Result<Option<Payload>> {
+    let (Some(partition), Some(offset)) = (record.source_partition, record.source_offset) else {
+        return Ok(None);
     };
-    let consumer = Arc::new(consumer);
-    let mut report = RedriveReport {
-        group: group.clone(),
-        examined: records.len(),
-        dry_run,
-        ..RedriveReport::default()
-    };
-    let producer: FutureProducer = kafka::clients::durable_producer(settings).create()?;
-    let client = match target {
-        Target::Api => Some(settings.top_client()?),
-        Target::Source => None,
-    };
-    let classifier = settings.classifier();
-    // To the API, the ledger is read here: a key accepted since it was
-    // dead-lettered is not sent again (the live pipeline judges the records
-    // written back to the source itself).
-    let ledger = match (target, settings.ledger.mode) {
-        (Target::Api, mode) if mode != LedgerMode::Off && !dry_run => {
-            Some(RedriveLedger::read(settings, &consumer).await?)
-        }
-        _ => None,
-    };
-    for record in &records {
-        if filter.matches(record) {
-            report.selected += 1;
-            if record.redrives >= max_redrives {
-                report.held_back.push(format!(
-                    "{}@{}: redriven {} times already",
-                    record.partition, record.offset, record.redrives
-                ));
-            }
-            let original = match (dry_run, record.left_out) {
-                _ if record.redrives >= max_redrives => None,
-                (true, _) => None,
-                (false, false) => Some(record.original.clone()),
-                (false, true) => {
-                    let (settings, copy) = (settings.clone(), record.clone());
-                    let source = tokio::task::spawn_blocking(move || read_source(&settings, &copy))
-                        .await??;
-                    if source.is_none() {
-                        report.failed.push(format!(
-                            "{}@{}: the dead letter left its value out and the source record {}/{}@{} is gone",
-                            record.partition,
-                            record.offset,
-                            record.source_topic,
-                            record.source_partition.unwrap_or(-1),
-                            record.source_offset.unwrap_or(-1)
-                        ));
-                    }
-                    source
-                }
-            };
-            if let Some(original) = original {
-                match target {
-                    Target::Source => {
-                        let origin = format!("{}@{}", record.partition, record.offset);
-                        let count = (record.redrives + 1).to_string();
-                        let mut extra =
-                            vec![(header::REDRIVEN_FROM, origin), (header::REDRIVES, count)];
-                        if resend_delivered {
-                            extra.push((header::RESEND_DELIVERED, "true".to_owned()));
-                        }
-                        let out = original.to_record(&record.source_topic, &extra);
-                        producer
-                            .send(out, Duration::from_secs(30))
-                            .await
-                            .map_err(|(error, _)| error)
-                            .with_context(|| {
-                                format!(
-                                    "cannot write dead letter {}@{} back to {}",
-                                    record.partition, record.offset, record.source_topic
-                                )
-                            })?;
-                        report.redriven += 1;
-                    }
-                    Target::Api => {
-                        let client = client.as_ref().expect("built for the API target");
-                        let outcome = match event::decode(
-                            original.value.as_deref(),
-                            &settings.event.limits(),
-                        ) {
-                            Ok(event) => {
-                                let dto = dto_json(&event);
-                                let filed = ledger
-                                    .as_ref()
-                                    .map(|ledger| ledger.file(settings, record, &event, &dto));
-                                match &filed {
-                                    Some(Filed::Accepted) if !resend_delivered => {
-                                        report.skipped_delivered.push(format!(
-                                            "{}@{}: the ledger holds its key as accepted with the same DTO",
-                                            record.partition, record.offset
-                                        ));
-                                        Ok(())
-                                    }
-                                    _ => {
-                                        if let Some(pace) = &options.pace {
-                                            pace.turn().await;
-                                        }
-                                        let call = client.send(&dto).await;
-                                        let disposition = classifier.classify(&call.outcome);
-                                        if let Some(pace) = &options.pace {
-                                            pace.answered(&disposition);
-                                        }
-                                        match disposition {
-                                            Disposition::Delivered => {
-                                                if let (Some(ledger), Some(filed)) =
-                                                    (&ledger, filed)
-                                                {
-                                                    ledger
-                                                        .accepted(filed, call.request_id.clone())
-                                                        .await?;
-                                                }
-                                                report.redriven += 1;
-                                                Ok(())
-                                            }
-                                            other => Err(format!("{other:?}")),
-                                        }
-                                    }
-                                }
-                            }
-                            Err(invalid) => Err(format!("invalid event: {invalid}")),
-                        };
-                        match outcome {
-                            Ok(()) => {}
-                            Err(reason) => report
-                                .failed
-                                .push(format!("{}@{}: {reason}", record.partition, record.offset)),
-                        }
-                    }
-                }
-            }
-        }
-        if !dry_run {
-            // The cursor moves past every examined record, redriven or not selected.
-            let mut position = TopicPartitionList::new();
-            position.add_partition_offset(
-                &topic,
-                record.partition,
-                Offset::Offset(record.offset + 1),
-            )?;
-            let consumer = consumer.clone();
-            tokio::task::spawn_blocking(move || consumer.commit(&position, CommitMode::Sync))
-                .await?
-                .context("cannot save the redrive's progress")?;
-        }
-    }
-    Ok(report)
+    Ok(read_at(settings, &record.source_topic, partition, offset)?
+        .map(|message| Payload::of(&message)))
 }
 
-/// The ledger as a redrive to the API reads it: what each key holds, and the
-/// writer of the outcomes it adds.
-struct RedriveLedger {
-    /// Key text → (outcome, DTO hash).
-    keys: HashMap<String, (Outcome, Option<u64>)>,
-    partitions: i32,
-    writer: EntryWriter,
-}
-
-/// A redriven event as the ledger files it.
-enum Filed {
-    Accepted,
-    Send {
-        key: LedgerKey,
-        entry: Box<Entry>,
-        ledger_partition: i32,
-    },
-}
-
-impl RedriveLedger {
-    async fn read(settings: &Settings, consumer: &BaseConsumer) -> anyhow::Result<RedriveLedger> {
-        let writer = EntryWriter::new(settings)?;
-        let partitions = kafka::queries::topic_partitions(consumer, writer.topic())?
-            .map_or(1, |partitions| partitions.len() as i32);
-        let entries = crate::ledger::report::read(settings).await?;
-        let keys = entries
-            .into_iter()
-            .filter_map(|read| {
-                let entry = read.entry?;
-                Some((read.key.text, (entry.outcome, entry.dto_hash_value())))
-            })
-            .collect();
-        Ok(RedriveLedger {
-            keys,
-            partitions,
-            writer,
-        })
-    }
-
-    fn file(
-        &self,
-        settings: &Settings,
-        record: &DeadLetterRecord,
-        event: &PaymentEvent,
-        dto: &str,
-    ) -> Filed {
-        let key = LedgerKey::of(event, &settings.ledger.key_fields);
-        if let Some((Outcome::Accepted, Some(hash))) = self.keys.get(&key.text)
-            && *hash == dto_hash(dto)
-        {
-            return Filed::Accepted;
-        }
-        let source_partition = record.source_partition.unwrap_or(0);
-        let position = Position {
-            topic: record.source_topic.clone(),
-            partition: source_partition,
-            offset: record.source_offset.unwrap_or(-1),
-        };
-        Filed::Send {
-            entry: Box::new(Entry::of(
-                Outcome::Accepted,
-                event,
-                dto,
-                position,
-                Path::Redrive,
-            )),
-            key,
-            ledger_partition: crate::ledger::topic::partition_for(
-                source_partition,
-                self.partitions,
-            ),
-        }
-    }
-
-    /// Records an accepted redrive.
-    async fn accepted(&self, filed: Filed, request_id: Option<String>) -> anyhow::Result<()> {
-        let Filed::Send {
-            key,
-            mut entry,
-            ledger_partition,
-        } = filed
-        else {
-            return Ok(());
-        };
-        entry.request_id = request_id;
-        self.writer
-            .write(ledger_partition, &key.text, &entry)
-            .await
-            .context("cannot record the redrive in the ledger")
-    }
+/// One dead letter, by its position in the dead-letter topic. Blocks.
+pub fn read_dead_letter(
+    settings: &Settings,
+    partition: i32,
+    offset: i64,
+) -> anyhow::Result<Option<DeadLetterRecord>> {
+    Ok(
+        read_at(settings, &settings.kafka.dlq_topic, partition, offset)?
+            .map(|message| DeadLetterRecord::decode(&message)),
+    )
 }

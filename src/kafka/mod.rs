@@ -17,5 +17,6 @@
 pub mod clients;
 pub mod cluster;
 pub mod compacted;
+pub mod follow;
 pub mod queries;
 pub mod record;

@@ -188,3 +188,28 @@ impl Metrics {
             .collect()
     }
 }
+
+impl Metrics {
+    /// Every partition's value of a per-partition gauge, as set so far.
+    pub fn partition_values(&self, gauge: PartitionGauge) -> Vec<(PartitionId, i64)> {
+        self.partition_gauges(gauge)
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .filter_map(|metric| {
+                let label = |name: &str| {
+                    metric
+                        .get_label()
+                        .iter()
+                        .find(|l| l.name() == name)
+                        .map(|l| l.value().to_owned())
+                };
+                let partition = label("partition")?.parse().ok()?;
+                Some((
+                    PartitionId::new(&label("topic")?, partition),
+                    metric.get_gauge().get_value() as i64,
+                ))
+            })
+            .collect()
+    }
+}

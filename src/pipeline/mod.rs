@@ -225,9 +225,13 @@ impl Pipeline {
     /// Runs the pipeline on the runtime until `shutdown` resolves, the handle
     /// is stopped, or (for a range) every message is finished.
     pub fn spawn(self, shutdown: impl Future<Output = ()> + Send + 'static) -> RunningPipeline {
-        let metrics = self.metrics.clone();
-        let health = self.health.clone();
-        let gate = self.deliverer.gate.clone();
+        let shared = running::Shared {
+            metrics: self.metrics.clone(),
+            health: self.health.clone(),
+            gate: self.deliverer.gate.clone(),
+            control: self.deliverer.control.clone(),
+            producer: self.deliverer.dead_letters.client().clone(),
+        };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(self.run(async move {
             tokio::select! {
@@ -235,7 +239,7 @@ impl Pipeline {
                 _ = stopped => {}
             }
         }));
-        RunningPipeline::new(metrics, health, gate, stop, task)
+        RunningPipeline::new(shared, stop, task)
     }
 
     /// The main loop; then drains and commits.

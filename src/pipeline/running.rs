@@ -6,8 +6,11 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use rdkafka::producer::FutureProducer;
+
 use super::gate::Gate;
 use super::status::{Health, Summary};
+use crate::control::Control;
 use crate::metrics::Metrics;
 
 /// A pipeline running on the runtime: what it reports while it runs, and the
@@ -16,22 +19,43 @@ pub struct RunningPipeline {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     gate: Arc<Gate>,
+    control: Option<Arc<Control>>,
+    producer: FutureProducer,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Summary>>,
 }
 
+/// What a running pipeline shares with the services beside it (the admin
+/// server, the console, the status publisher).
+pub struct Shared {
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    pub gate: Arc<Gate>,
+    /// The control topic, when on.
+    pub control: Option<Arc<Control>>,
+    /// The dead-letter producer, for other small writes (no polling thread of their own).
+    pub producer: FutureProducer,
+}
+
 impl RunningPipeline {
     pub(super) fn new(
-        metrics: Arc<Metrics>,
-        health: Arc<Health>,
-        gate: Arc<Gate>,
+        shared: Shared,
         stop: oneshot::Sender<()>,
         task: JoinHandle<Summary>,
     ) -> RunningPipeline {
+        let Shared {
+            metrics,
+            health,
+            gate,
+            control,
+            producer,
+        } = shared;
         RunningPipeline {
             metrics,
             health,
             gate,
+            control,
+            producer,
             stop: Some(stop),
             task: Some(task),
         }
@@ -48,6 +72,16 @@ impl RunningPipeline {
     /// The gate, to watch its state while the pipeline runs.
     pub fn gate(&self) -> &Arc<Gate> {
         &self.gate
+    }
+
+    /// The control topic, when on.
+    pub fn control(&self) -> Option<&Arc<Control>> {
+        self.control.as_ref()
+    }
+
+    /// The dead-letter producer, for other small writes.
+    pub fn producer(&self) -> &FutureProducer {
+        &self.producer
     }
 
     /// What the pipeline did so far.

@@ -46,6 +46,9 @@ pub struct DemoOptions {
     pub admin_listen: SocketAddr,
     /// `[tracing]` from `PAYSYNC_TRACING__*` (off unless enabled there).
     pub tracing: crate::config::TracingSettings,
+    /// Serve the console on the admin listener with a one-time login, and
+    /// keep the stack up after the run until interrupted.
+    pub console: bool,
 }
 
 /// What happened.
@@ -213,6 +216,16 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoReport> {
         }
     }
 
+    // A one-time login: a random password, its hash in a file that lives
+    // as long as the demo.
+    let console_login = if options.console {
+        let login = OneTimeLogin::new()?;
+        settings.console.enabled = true;
+        settings.console.users_file = Some(login.users_file.path().to_owned());
+        Some(login)
+    } else {
+        None
+    };
     let latency = LatencyRecorder::default();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let ledger_settings = settings.clone();
@@ -222,12 +235,20 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoReport> {
         .spawn(async move {
             let _ = stopped.await;
         });
-    let admin = AdminServer::start(
-        options.admin_listen,
-        AdminState::of(&running, Duration::from_secs(60)),
-    )
-    .await
-    .with_context(|| format!("cannot listen on {}", options.admin_listen))?;
+    let state = AdminState::of(&running, Duration::from_secs(60));
+    let listener = tokio::net::TcpListener::bind(options.admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", options.admin_listen))?;
+    let console = match &console_login {
+        Some(_) => Some(DemoConsole::start(&ledger_settings, &running, state.clone()).await?),
+        None => None,
+    };
+    let admin = match &console {
+        Some(console) => {
+            AdminServer::serve_with(listener, state, crate::console::router(&console.console))?
+        }
+        None => AdminServer::serve(listener, state)?,
+    };
     eprintln!(
         "paysync demo: {} events ({} partitions, in-process Kafka), emulator at {}, metrics at http://{}/metrics",
         options.events,
@@ -235,6 +256,15 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoReport> {
         stack.emulator.url(),
         admin.addr()
     );
+    if let Some(login) = &console_login {
+        eprintln!(
+            "paysync demo: console at http://{}{} — user {}, one-time password {}",
+            admin.addr(),
+            crate::console::views::BASE,
+            login.user,
+            login.password
+        );
+    }
 
     let bar = ProgressBar::new(options.events as u64);
     bar.set_style(
@@ -281,6 +311,17 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoReport> {
         .as_secs_f64()
         .max(1e-3);
     bar.finish_and_clear();
+    if let (Some(console), Some(login)) = (console, &console_login) {
+        eprintln!(
+            "paysync demo: the run is over; the console stays up at http://{}{} (user {}, password {}) until Ctrl-C",
+            admin.addr(),
+            crate::console::views::BASE,
+            login.user,
+            login.password
+        );
+        crate::shutdown::signal().await;
+        console.stop().await;
+    }
     let _ = stop.send(());
     let metrics = running.metrics().clone();
     let summary = running.finished().await;
@@ -305,4 +346,56 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoReport> {
         committed_to_end,
         reconciliation,
     })
+}
+
+/// The demo console's one login.
+struct OneTimeLogin {
+    user: &'static str,
+    password: String,
+    users_file: tempfile::NamedTempFile,
+}
+
+impl OneTimeLogin {
+    fn new() -> anyhow::Result<OneTimeLogin> {
+        use std::io::Write;
+        let password = crate::console::auth::random_token()[..16].to_owned();
+        let mut users_file = tempfile::NamedTempFile::new()?;
+        writeln!(
+            users_file,
+            "[[user]]\nname = \"demo\"\nrole = \"operator\"\npassword_hash = \"{}\"",
+            crate::console::auth::hash_password(&password)
+        )?;
+        Ok(OneTimeLogin {
+            user: "demo",
+            password,
+            users_file,
+        })
+    }
+}
+
+/// The console on the demo's stack, with the status the replica publishes.
+struct DemoConsole {
+    console: std::sync::Arc<crate::console::Console>,
+    status: Option<crate::status::StatusPublisher>,
+}
+
+impl DemoConsole {
+    async fn start(
+        settings: &crate::config::Settings,
+        running: &crate::pipeline::RunningPipeline,
+        state: AdminState,
+    ) -> anyhow::Result<DemoConsole> {
+        let status =
+            crate::status::StatusPublisher::start(settings, state, running.producer().clone());
+        let console = crate::console::Console::open(settings, running.control().cloned()).await?;
+        Ok(DemoConsole { console, status })
+    }
+
+    async fn stop(self) {
+        if let Some(status) = self.status {
+            status.stop().await;
+        }
+        let console = self.console;
+        let _ = tokio::task::spawn_blocking(move || console.close()).await;
+    }
 }

@@ -81,6 +81,7 @@ impl LocalStack {
         // made here, co-partitioned with the source.
         cluster.create_topic(&format!("{group}.ledger"), partitions, 1)?;
         cluster.create_topic(&format!("{group}.control"), 1, 1)?;
+        cluster.create_topic(&format!("{group}.status"), 1, 1)?;
         let emulator = Emulator::start("127.0.0.1:0".parse()?, gateway).await?;
         let mut settings = Settings::default();
         settings.kafka.bootstrap_servers = cluster.bootstrap_servers();
@@ -97,9 +98,6 @@ impl LocalStack {
         settings.delivery.backoff_max_ms = Duration::from_millis(1_000);
         settings.delivery.breaker_probe_interval_ms = Duration::from_millis(500);
         settings.log.level = "warn".to_owned();
-        if std::env::var("XLEDGER").is_ok() {
-            settings.ledger.mode = crate::config::LedgerMode::Off;
-        }
         Ok(LocalStack {
             cluster,
             emulator,

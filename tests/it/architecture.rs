@@ -308,6 +308,8 @@ const FLOORS: &[&[&str]] = &[
     &["dead_letter", "telemetry"],
     &["pipeline"],
     &["admin", "replay"],
+    &["status"],
+    &["console"],
     &["tools"],
     &["cli"],
 ];

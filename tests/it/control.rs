@@ -350,7 +350,8 @@ async fn a_guarded_raise_that_bans_follow_is_rolled_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_redrive_to_the_api_announces_itself_and_takes_its_share() {
     use paysync::control::{CallerKind, Pace};
-    use paysync::dead_letter::reader::{Filter, Redrive, Target, redrive};
+    use paysync::dead_letter::reader::Filter;
+    use paysync::dead_letter::redrive::{Redrive, Target, redrive};
     use paysync::pipeline::rate::tenancy::SharedRate;
     let records = crate::support::valid_events("redriven", 20);
     let harness = Harness::new(

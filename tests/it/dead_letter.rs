@@ -10,7 +10,8 @@ use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dlq_inspect_lists_dead_letters_and_redrive_moves_only_the_selected_ones_once() {
-    use paysync::dead_letter::reader::{Filter, Redrive, Target, inspect, redrive};
+    use paysync::dead_letter::reader::{Filter, inspect};
+    use paysync::dead_letter::redrive::{Redrive, Target, redrive};
     let harness = Harness::new(
         1,
         Faults {
@@ -126,7 +127,8 @@ async fn dlq_inspect_lists_dead_letters_and_redrive_moves_only_the_selected_ones
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_record_that_keeps_failing_is_held_back_after_max_redrives() {
-    use paysync::dead_letter::reader::{Filter, Redrive, redrive};
+    use paysync::dead_letter::reader::Filter;
+    use paysync::dead_letter::redrive::{Redrive, redrive};
     let harness = Harness::new(
         1,
         Faults {
@@ -214,10 +216,10 @@ async fn a_dead_letter_too_large_for_its_topic_is_written_without_its_value() {
 
     // Redrive reads the value back from the source record.
     let before = harness.end_offsets()[&0];
-    let report = paysync::dead_letter::reader::redrive(
+    let report = paysync::dead_letter::redrive::redrive(
         &harness.settings(),
         &paysync::dead_letter::reader::Filter::default(),
-        &paysync::dead_letter::reader::Redrive::default(),
+        &paysync::dead_letter::redrive::Redrive::default(),
     )
     .await
     .unwrap();

@@ -1,0 +1,87 @@
+//! `[console]`: the operator console (docs/console.md) and the group status
+//! every replica publishes for it — with their defaults.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::millis;
+
+/// `[console]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleSettings {
+    /// Serve the console under `/console` on the admin listener (`paysync
+    /// run`); `paysync console` serves it on its own whatever this says.
+    pub enabled: bool,
+    /// The users and their roles: a TOML file of `[[user]]` tables with
+    /// `name`, `role` (`viewer` or `operator`) and an argon2 `password_hash`
+    /// (`paysync console hash-password` makes one). Required when enabled.
+    pub users_file: Option<PathBuf>,
+    /// Where `paysync console` listens.
+    pub listen: String,
+    /// Serve peers that are not on this host. Off, a console on an address
+    /// that is not loopback is refused by check-config: put TLS in front
+    /// (an Ingress) and turn this on.
+    pub allow_remote: bool,
+    /// Mark the session cookie `Secure` (only sent over HTTPS). Defaults to
+    /// `allow_remote`: a remote console is reached through TLS.
+    pub secure_cookie: Option<bool>,
+    /// How long a login lasts.
+    #[serde(deserialize_with = "millis")]
+    pub session_ttl_ms: Duration,
+    /// Failed logins allowed per user name and per client address each minute.
+    pub login_attempts_per_minute: u32,
+    /// Show licence plates (`car_no`) to viewers masked (operators see them whole).
+    pub mask_car_no: bool,
+    /// A link to a trace in a tracing UI; `{trace_id}` is replaced, e.g.
+    /// `http://jaeger:16686/trace/{trace_id}`.
+    pub trace_url: Option<String>,
+    /// Every replica publishes its state (partitions and lag, rate, quota,
+    /// bans, breaker, halts, the last hour) to the status topic, whether or
+    /// not it serves the console, so any console draws the whole group.
+    pub publish_status: bool,
+    /// The compacted status topic (default `<kafka.group_id>.status`).
+    pub status_topic: Option<String>,
+    /// Create the status topic at start when it is missing.
+    pub create_status_topic: bool,
+    /// How often each replica publishes; one missing for three intervals
+    /// shows as gone.
+    #[serde(deserialize_with = "millis")]
+    pub status_interval_ms: Duration,
+}
+
+impl Default for ConsoleSettings {
+    fn default() -> Self {
+        ConsoleSettings {
+            enabled: false,
+            users_file: None,
+            listen: "127.0.0.1:9480".to_owned(),
+            allow_remote: false,
+            secure_cookie: None,
+            session_ttl_ms: Duration::from_millis(8 * 3_600_000),
+            login_attempts_per_minute: 5,
+            mask_car_no: true,
+            trace_url: None,
+            publish_status: true,
+            status_topic: None,
+            create_status_topic: true,
+            status_interval_ms: Duration::from_millis(5_000),
+        }
+    }
+}
+
+impl ConsoleSettings {
+    /// The status topic's name for `group`.
+    pub fn status_topic(&self, group: &str) -> String {
+        self.status_topic
+            .clone()
+            .unwrap_or_else(|| format!("{group}.status"))
+    }
+
+    /// Whether the session cookie is marked `Secure`.
+    pub fn secure_cookie(&self) -> bool {
+        self.secure_cookie.unwrap_or(self.allow_remote)
+    }
+}
