@@ -124,9 +124,24 @@ fn topic(settings: &Settings) -> CompactedTopic {
     }
 }
 
-/// Follows the status topic (a console's reader). Blocks.
-pub fn follow(settings: &Settings) -> Result<Followed<GroupView>, FollowError> {
-    Followed::start(
+/// Why a console cannot read the status topic.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusTopicError {
+    #[error(transparent)]
+    Topic(#[from] compacted::CompactedTopicError),
+    #[error(transparent)]
+    Follow(#[from] FollowError),
+}
+
+/// Makes sure of the status topic (a console may start before any replica
+/// made it) and follows it (a console's reader). `consumer` is connected,
+/// for metadata. Blocks.
+pub fn follow<C: rdkafka::consumer::ConsumerContext>(
+    settings: &Settings,
+    consumer: &impl rdkafka::consumer::Consumer<C>,
+) -> Result<Followed<GroupView>, StatusTopicError> {
+    compacted::ensure(settings, consumer, &topic(settings))?;
+    Ok(Followed::start(
         settings,
         Follow {
             what: "status",
@@ -135,7 +150,7 @@ pub fn follow(settings: &Settings) -> Result<Followed<GroupView>, FollowError> {
             fold: GroupView::apply,
             initial: GroupView::default(),
         },
-    )
+    )?)
 }
 
 /// A replica's publisher: every `console.status_interval_ms` it writes its
@@ -333,5 +348,53 @@ impl Writer {
 
     async fn withdraw(&self) {
         self.write(None).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(caller: &str, published_at: DateTime<Utc>) -> ReplicaStatus {
+        ReplicaStatus {
+            caller: caller.to_owned(),
+            host: "h".to_owned(),
+            version: "0".to_owned(),
+            started_at: published_at,
+            published_at,
+            interval_ms: 1_000,
+            state: "ready".to_owned(),
+            reasons: vec![],
+            breaker: "closed".to_owned(),
+            halted: None,
+            ban_remaining_s: 0.0,
+            partitions: vec![],
+            share_per_sec: 10.0,
+            group_per_sec: 20.0,
+            learned_per_sec: 0.0,
+            bans_total: 0,
+            delivered_total: 5,
+            dead_lettered_total: 0,
+            history: vec![],
+        }
+    }
+
+    #[test]
+    fn a_replica_appears_goes_when_it_stops_and_is_gone_when_it_goes_quiet() {
+        let now = Utc::now();
+        let mut view = GroupView::default();
+        let record = serde_json::to_vec(&status("a", now)).unwrap();
+        view.apply("replica/a", Some(&record));
+        view.apply("replica/b", Some(b"not json"));
+        view.apply("other/c", Some(&record));
+        assert_eq!(view.replicas.keys().collect::<Vec<_>>(), ["a"]);
+        let replica = &view.replicas["a"];
+        assert!(!replica.gone(now + chrono::Duration::milliseconds(4_000)));
+        assert!(replica.gone(now + chrono::Duration::milliseconds(5_500)));
+        view.apply("replica/a", None);
+        assert!(
+            view.replicas.is_empty(),
+            "a stopped replica withdraws its record"
+        );
     }
 }

@@ -31,6 +31,9 @@ mod ledger;
 #[path = "e2e/control.rs"]
 mod control;
 
+#[path = "e2e/console.rs"]
+mod console;
+
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};

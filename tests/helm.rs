@@ -173,7 +173,10 @@ fn the_probes_hit_the_admin_servers_routes_on_its_port() {
         }
         let service = of_kind(&objects, "Service")
             .into_iter()
-            .find(|s| s["spec"]["clusterIP"].as_str() != Some("None"))
+            .find(|s| {
+                s["spec"]["clusterIP"].as_str() != Some("None")
+                    && s["spec"]["ports"][0]["name"].as_str() == Some("admin")
+            })
             .expect("the metrics Service");
         assert_eq!(
             service["spec"]["ports"][0]["targetPort"].as_str(),
@@ -608,4 +611,78 @@ fn the_reconciliation_cronjob_reads_the_pods_configuration_and_secrets() {
         );
     }
     assert!(rendered > 0, "no value set enables reconcile.enabled");
+}
+
+#[test]
+fn the_console_pod_serves_the_console_with_its_users_from_the_secret() {
+    let objects = render(&Some(root().join("deploy/helm/ci/console-on.yaml")));
+    let deployment = one(&objects, "Deployment");
+    let console = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<&str> = console["args"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert_eq!(args, ["console", "--config", "/etc/paysync/paysync.toml"]);
+    let port = int(&named(&console["ports"], "console")["containerPort"]);
+    let listen = env_value(console, "PAYSYNC_CONSOLE__LISTEN").unwrap();
+    assert_eq!(listen, format!("0.0.0.0:{port}"));
+    for probe in ["livenessProbe", "readinessProbe"] {
+        assert_eq!(
+            console[probe]["httpGet"]["path"].as_str(),
+            Some(format!("{}/login", paysync::console::views::BASE).as_str())
+        );
+    }
+    // The users file is the Secret's key, mounted where the variable says.
+    let users = env_value(console, "PAYSYNC_CONSOLE__USERS_FILE").unwrap();
+    let pod = &deployment["spec"]["template"]["spec"];
+    let item = named(&pod["volumes"], "console-users")["secret"]["items"][0]["path"]
+        .as_str()
+        .unwrap();
+    let mount = named(&console["volumeMounts"], "console-users")["mountPath"]
+        .as_str()
+        .unwrap();
+    assert_eq!(users, format!("{mount}/{item}"));
+    // The configuration, with the pod's variables, passes paysync's checks.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("paysync.toml");
+    std::fs::write(&config, config_toml(&objects)).unwrap();
+    let secret = dir.path().join("app-secret");
+    std::fs::write(&secret, "not-a-real-secret\n").unwrap();
+    let settings = Settings::load_from(
+        Some(&config),
+        vec![
+            (
+                "PAYSYNC_TOP__APP_SECRET_FILE".to_owned(),
+                secret.display().to_string(),
+            ),
+            ("PAYSYNC_CONSOLE__LISTEN".to_owned(), listen.to_owned()),
+            (
+                "PAYSYNC_CONSOLE__ALLOW_REMOTE".to_owned(),
+                env_value(console, "PAYSYNC_CONSOLE__ALLOW_REMOTE")
+                    .unwrap()
+                    .to_owned(),
+            ),
+            ("PAYSYNC_CONSOLE__USERS_FILE".to_owned(), users.to_owned()),
+            (
+                "PAYSYNC_CONSOLE__TRACE_URL".to_owned(),
+                env_value(console, "PAYSYNC_CONSOLE__TRACE_URL")
+                    .unwrap()
+                    .to_owned(),
+            ),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(settings.console.secure_cookie(), "behind the Ingress's TLS");
+    // The Ingress sends /console to the console's Service.
+    let ingress = one(&objects, "Ingress");
+    let path = &ingress["spec"]["rules"][0]["http"]["paths"][0];
+    assert_eq!(path["path"].as_str(), Some(paysync::console::views::BASE));
+    assert_eq!(
+        path["backend"]["service"]["port"]["name"].as_str(),
+        Some("console")
+    );
+    // Off by default: no console pod.
+    assert!(of_kind(&render(&None), "Deployment").is_empty());
 }

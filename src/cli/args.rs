@@ -444,6 +444,10 @@ pub struct BenchArgs {
     /// its restore is timed and its memory reported.
     #[arg(long, default_value_t = 0)]
     pub ledger_entries: usize,
+    /// Serve the console in `paysync run` (broker mode) with one group page
+    /// open, loaded every 10 s as its own refresh does.
+    #[arg(long)]
+    pub console: bool,
 }
 
 #[derive(Debug, Args)]

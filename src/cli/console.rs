@@ -11,6 +11,12 @@ use super::exit::{EXIT_USAGE, failed, load_settings};
 use crate::admin::AdminServer;
 use crate::console::Console;
 
+/// How the console is served.
+enum Served {
+    Http(AdminServer),
+    Https(tokio::task::JoinHandle<()>),
+}
+
 pub(super) async fn console(args: ConsoleArgs) -> ExitCode {
     if args.hash_password {
         let mut password = String::new();
@@ -50,18 +56,38 @@ pub(super) async fn console(args: ConsoleArgs) -> ExitCode {
         Ok(console) => console,
         Err(error) => return failed("console", &error.into()),
     };
-    let server = match AdminServer::serve_router(listener, crate::console::router(&console)) {
-        Ok(server) => server,
-        Err(error) => return failed("console", &error.into()),
+    let router = crate::console::router(&console);
+    let address = listener.local_addr().ok();
+    let served = match (
+        &settings.console.tls_cert_file,
+        &settings.console.tls_key_file,
+    ) {
+        (Some(cert), Some(key)) => match crate::console::tls::server_config(cert, key) {
+            Ok(tls) => Served::Https(tokio::spawn(crate::console::tls::serve(
+                listener, router, tls,
+            ))),
+            Err(error) => return failed("console", &error.into()),
+        },
+        _ => match AdminServer::serve_router(listener, router) {
+            Ok(server) => Served::Http(server),
+            Err(error) => return failed("console", &error.into()),
+        },
     };
+    let scheme = match served {
+        Served::Https(_) => "https",
+        Served::Http(_) => "http",
+    };
+    let shown = address.map_or_else(|| listen.to_string(), |a| a.to_string());
     println!(
-        "paysync console: serving http://{}{}",
-        server.addr(),
+        "paysync console: serving {scheme}://{shown}{}",
         crate::console::views::BASE
     );
-    tracing::info!(address = %server.addr(), "The console is served.");
+    tracing::info!(address = %shown, scheme, "The console is served.");
     crate::shutdown::signal().await;
-    server.stop().await;
+    match served {
+        Served::Http(server) => server.stop().await,
+        Served::Https(task) => task.abort(),
+    }
     let _ = tokio::task::spawn_blocking(move || console.close()).await;
     ExitCode::SUCCESS
 }

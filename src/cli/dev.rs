@@ -79,6 +79,7 @@ pub(super) async fn bench(args: BenchArgs) -> ExitCode {
                 burst: args.burst,
                 settings: args.settings.clone(),
                 ledger_entries: args.ledger_entries,
+                console: args.console,
             })
             .await
         }

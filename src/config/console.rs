@@ -26,12 +26,18 @@ pub struct ConsoleSettings {
     /// (an Ingress) and turn this on.
     pub allow_remote: bool,
     /// Mark the session cookie `Secure` (only sent over HTTPS). Defaults to
-    /// `allow_remote`: a remote console is reached through TLS.
+    /// on when `allow_remote` (a remote console is reached through TLS) or
+    /// when `paysync console` serves HTTPS itself.
     pub secure_cookie: Option<bool>,
+    /// `paysync console` serves HTTPS with this PEM certificate chain…
+    pub tls_cert_file: Option<PathBuf>,
+    /// …and this PEM private key (both or neither).
+    pub tls_key_file: Option<PathBuf>,
     /// How long a login lasts.
     #[serde(deserialize_with = "millis")]
     pub session_ttl_ms: Duration,
-    /// Failed logins allowed per user name and per client address each minute.
+    /// Logins allowed per user name each minute (four times as many per
+    /// client address).
     pub login_attempts_per_minute: u32,
     /// Show licence plates (`car_no`) to viewers masked (operators see them whole).
     pub mask_car_no: bool,
@@ -60,6 +66,8 @@ impl Default for ConsoleSettings {
             listen: "127.0.0.1:9480".to_owned(),
             allow_remote: false,
             secure_cookie: None,
+            tls_cert_file: None,
+            tls_key_file: None,
             session_ttl_ms: Duration::from_millis(8 * 3_600_000),
             login_attempts_per_minute: 5,
             mask_car_no: true,
@@ -82,6 +90,7 @@ impl ConsoleSettings {
 
     /// Whether the session cookie is marked `Secure`.
     pub fn secure_cookie(&self) -> bool {
-        self.secure_cookie.unwrap_or(self.allow_remote)
+        self.secure_cookie
+            .unwrap_or(self.allow_remote || self.tls_cert_file.is_some())
     }
 }

@@ -511,6 +511,13 @@ impl Settings {
                 );
             }
         }
+        if console.tls_cert_file.is_some() != console.tls_key_file.is_some() {
+            problem(
+                "console.tls_key_file",
+                "console.tls_cert_file and console.tls_key_file go together: set both or neither"
+                    .into(),
+            );
+        }
         if console.status_interval_ms.is_zero() {
             problem("console.status_interval_ms", "must be above 0".into());
         }

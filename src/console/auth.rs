@@ -209,7 +209,9 @@ impl Sessions {
     }
 }
 
-/// Login attempts allowed per user name and per client address.
+/// Login attempts allowed per user name, and four times as many per client
+/// address (people behind one proxy share it; a guesser spraying names is
+/// still stopped).
 pub struct LoginThrottle {
     by_user: DefaultKeyedRateLimiter<String>,
     by_address: DefaultKeyedRateLimiter<IpAddr>,
@@ -217,10 +219,11 @@ pub struct LoginThrottle {
 
 impl LoginThrottle {
     pub fn new(per_minute: u32) -> LoginThrottle {
-        let quota = Quota::per_minute(NonZeroU32::new(per_minute.max(1)).expect("at least 1"));
+        let per_user = NonZeroU32::new(per_minute.max(1)).expect("at least 1");
+        let per_address = per_user.saturating_mul(NonZeroU32::new(4).expect("4 > 0"));
         LoginThrottle {
-            by_user: RateLimiter::keyed(quota),
-            by_address: RateLimiter::keyed(quota),
+            by_user: RateLimiter::keyed(Quota::per_minute(per_user)),
+            by_address: RateLimiter::keyed(Quota::per_minute(per_address)),
         }
     }
 
@@ -276,6 +279,10 @@ mod tests {
         }
         assert!(!throttle.allow("ana", elsewhere), "the name is throttled");
         assert!(throttle.allow("bob", elsewhere));
+        for name in ["c", "d", "e", "f", "g", "h", "i", "j", "k"] {
+            throttle.allow(name, here);
+        }
+        assert!(!throttle.allow("l", here), "the address is throttled");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -86,9 +86,7 @@ impl Console {
                 .map_err(anyhow::Error::from)?
                 .ok_or(ConsoleError::NoControl)?,
             };
-            // The status topic is made sure of by the replicas; a console
-            // follows what is there (nothing yet: an empty group).
-            let group = crate::status::follow(&settings).map_err(anyhow::Error::from)?;
+            let group = crate::status::follow(&settings, &offsets).map_err(anyhow::Error::from)?;
             Ok(Console {
                 sessions: Sessions::new(settings.console.session_ttl_ms),
                 throttle: LoginThrottle::new(settings.console.login_attempts_per_minute),
@@ -103,6 +101,11 @@ impl Console {
         .await
         .map_err(anyhow::Error::from)??;
         Ok(Arc::new(console))
+    }
+
+    /// The control topic as this console reads it.
+    pub fn control_view(&self) -> Arc<crate::control::ControlView> {
+        self.control.view()
     }
 
     /// Stops following the topics. Blocks.
@@ -202,9 +205,38 @@ impl Form {
         self.0.get(name).map(|v| v.trim()).unwrap_or_default()
     }
 
+    /// Why the operator acts, required for the audit.
+    pub(super) fn why(&self) -> Result<String, String> {
+        self.optional("why")
+            .ok_or_else(|| "why: say why, for the audit".to_owned())
+    }
+
     pub(super) fn optional(&self, name: &str) -> Option<String> {
         Some(self.get(name))
             .filter(|v| !v.is_empty())
             .map(str::to_owned)
+    }
+}
+
+/// An operator's POSTed form with its token checked: what every action takes.
+pub struct Action {
+    pub session: Session,
+    pub form: Form,
+}
+
+impl FromRequest<Arc<Console>> for Action {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, console: &Arc<Console>) -> Result<Action, Response> {
+        let (mut parts, body) = request.into_parts();
+        let Operator(session) = Operator::from_request_parts(&mut parts, console).await?;
+        let axum::Form(fields) = axum::Form::<HashMap<String, String>>::from_request(
+            Request::from_parts(parts, body),
+            console,
+        )
+        .await
+        .map_err(IntoResponse::into_response)?;
+        let form = Form::checked(&session, fields).map_err(IntoResponse::into_response)?;
+        Ok(Action { session, form })
     }
 }

@@ -20,8 +20,8 @@ use maud::{Markup, html};
 use serde_json::Value;
 
 use super::auth::Session;
-use super::context::{Console, Form, Operator, Viewer};
-use super::views::{BASE, csrf, operates, page, pill, time};
+use super::context::{Action, Console, Form, Viewer};
+use super::views::{BASE, csrf, operates, page, pill, respond, time};
 use crate::dead_letter::DeadLetterRecord;
 use crate::dead_letter::reader::{self, Filter};
 use crate::dead_letter::redrive::{
@@ -221,7 +221,7 @@ async fn list(
             }
         }
     };
-    Html(page(&session, "/dead-letters", "Dead letters", body).into_string()).into_response()
+    respond(&session, "/dead-letters", "Dead letters", body)
 }
 
 fn target_choice() -> Markup {
@@ -466,14 +466,9 @@ fn preview_summary(report: &RedriveReport) -> Markup {
 
 async fn preview_one(
     State(console): State<Arc<Console>>,
-    Operator(session): Operator,
     Path((partition, offset)): Path<(i32, i64)>,
-    axum::Form(fields): axum::Form<HashMap<String, String>>,
+    Action { session, form }: Action,
 ) -> Response {
-    let form = match Form::checked(&session, fields) {
-        Ok(form) => form,
-        Err(refused) => return refused.into_response(),
-    };
     let title = format!("Redrive dead letter {partition}@{offset}");
     let record = match read_one(&console, partition, offset).await {
         Ok(record) => record,
@@ -552,18 +547,13 @@ async fn preview_one(
             button type="submit" id="send" { "Send it " (if target == Target::Api { "to the API" } else { "back to the source topic" }) }
         }
     };
-    Html(page(&session, "/dead-letters", &title, body).into_string()).into_response()
+    respond(&session, "/dead-letters", &title, body)
 }
 
 async fn preview_filtered(
     State(console): State<Arc<Console>>,
-    Operator(session): Operator,
-    axum::Form(fields): axum::Form<HashMap<String, String>>,
+    Action { session, form }: Action,
 ) -> Response {
-    let form = match Form::checked(&session, fields) {
-        Ok(form) => form,
-        Err(refused) => return refused.into_response(),
-    };
     let filter = match filter_of(&form.0) {
         Ok(filter) => filter,
         Err(problem) => {
@@ -605,7 +595,7 @@ async fn preview_filtered(
             }
         }
     };
-    Html(page(&session, "/dead-letters", "Redrive: preview", body).into_string()).into_response()
+    respond(&session, "/dead-letters", "Redrive: preview", body)
 }
 
 #[cfg(test)]

@@ -8,13 +8,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::Response;
 use chrono::Utc;
 use maud::{Markup, html};
 use rdkafka::consumer::Consumer;
 
 use super::context::{Console, Viewer};
-use super::views::{chart, page, pill, time};
+use super::views::{callers, chart, pill, respond, time};
 use crate::kafka::queries;
 use crate::status::{GroupView, Sample};
 
@@ -97,7 +97,7 @@ pub(super) async fn show(State(console): State<Arc<Console>>, Viewer(session): V
         Err(error) => Err(error.to_string()),
     };
     let body = render(&console, &view, rows);
-    Html(page(&session, "", "Group", body).into_string()).into_response()
+    respond(&session, "", "Group", body)
 }
 
 fn render(console: &Console, view: &GroupView, rows: Result<Vec<PartitionRow>, String>) -> Markup {
@@ -115,6 +115,8 @@ fn render(console: &Console, view: &GroupView, rows: Result<Vec<PartitionRow>, S
         .ok()
         .map(|rows| rows.iter().map(|r| r.lag).sum());
     html! {
+        // An open page stays current without a script.
+        meta http-equiv="refresh" content="10";
         div.cards {
             div.card { div.label { "Replicas live" } div.figure id="replicas-live" { (live.len()) } }
             div.card { div.label { "Lag (messages)" } div.figure id="total-lag" { (total_lag.map_or("?".to_owned(), |l| l.to_string())) } }
@@ -184,21 +186,7 @@ fn render(console: &Console, view: &GroupView, rows: Result<Vec<PartitionRow>, S
             }
         }
         h2 { "Callers sharing the rate" }
-        div.scroll {
-            table {
-                thead { tr { th { "Caller" } th { "Kind" } th { "Weight" } th { "Wants" } } }
-                tbody {
-                    @for lease in control.live_leases(now_ms) {
-                        tr {
-                            td { code { (lease.caller) } }
-                            td { (lease.kind.as_str()) }
-                            td.num { (lease.weight) }
-                            td.num { (lease.demand_per_sec.map_or("all it gets".to_owned(), |d| format!("{d:.1}/s"))) }
-                        }
-                    }
-                }
-            }
-        }
+        (callers(&control, now_ms))
         h2 { "The last hour" }
         (chart("Delivered per minute", &history.iter().map(|s| s.delivered as f64).collect::<Vec<_>>()))
         (chart("Dead-lettered per minute", &history.iter().map(|s| s.dead_lettered as f64).collect::<Vec<_>>()))

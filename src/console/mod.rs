@@ -15,6 +15,7 @@
 //! * [`dead_letters`]: browsing dead letters, editing one, the previews.
 //! * [`runs`]: a redrive run, its progress and its audit.
 //! * [`operations`]: the ledger, control and audit pages.
+//! * [`tls`]: HTTPS for `paysync console` on its own.
 //!
 //! Every request passes [`guard`]: security headers on every answer, and a
 //! POST whose `Origin` or `Sec-Fetch-Site` is not this console refused
@@ -28,6 +29,7 @@ mod dead_letters;
 mod group;
 mod operations;
 mod runs;
+pub mod tls;
 pub mod views;
 
 use std::collections::HashMap;

@@ -15,8 +15,8 @@ use chrono::Utc;
 use maud::{Markup, html};
 
 use super::auth::Session;
-use super::context::{Console, Form, Operator, Viewer};
-use super::views::{BASE, csrf, operates, page, pill, time};
+use super::context::{Action, Console, Viewer};
+use super::views::{BASE, callers, csrf, operates, page, pill, respond, time};
 use crate::config::LedgerMode;
 use crate::control::{ops, tuning};
 use crate::ledger::report::{self, Resolution, Shown};
@@ -31,10 +31,6 @@ pub(super) fn routes() -> Router<Arc<Console>> {
         .route(&format!("{BASE}/control/resume"), post(pause))
         .route(&format!("{BASE}/control/set"), post(set))
         .route(&format!("{BASE}/audit"), get(audit))
-}
-
-fn html_page(session: &Session, here: &str, title: &str, body: Markup) -> Response {
-    Html(page(session, here, title, body).into_string()).into_response()
 }
 
 fn entries_table(entries: &[Shown]) -> Markup {
@@ -75,7 +71,7 @@ async fn ledger(
     Query(fields): Query<HashMap<String, String>>,
 ) -> Response {
     if let Some(off) = ledger_off(&console) {
-        return html_page(&session, "/ledger", "Ledger", off);
+        return respond(&session, "/ledger", "Ledger", off);
     }
     let order = fields
         .get("order")
@@ -105,12 +101,12 @@ async fn ledger(
             _ => { p.muted { "Find an order to see every outcome the ledger holds for it." } }
         }
     };
-    html_page(&session, "/ledger", "Ledger", body)
+    respond(&session, "/ledger", "Ledger", body)
 }
 
 async fn unknown(State(console): State<Arc<Console>>, Viewer(session): Viewer) -> Response {
     if let Some(off) = ledger_off(&console) {
-        return html_page(&session, "/ledger", "Unknown outcomes", off);
+        return respond(&session, "/ledger", "Unknown outcomes", off);
     }
     let body = match report::read(&console.settings).await {
         Err(error) => html! { p.problems { "Cannot read the ledger: " (format!("{error:#}")) } },
@@ -138,22 +134,17 @@ async fn unknown(State(console): State<Arc<Console>>, Viewer(session): Viewer) -
             }
         }
     };
-    html_page(&session, "/ledger", "Unknown outcomes", body)
+    respond(&session, "/ledger", "Unknown outcomes", body)
 }
 
 async fn resolve(
     State(console): State<Arc<Console>>,
-    Operator(session): Operator,
-    axum::Form(fields): axum::Form<HashMap<String, String>>,
+    Action { session, form }: Action,
 ) -> Response {
-    let form = match Form::checked(&session, fields) {
-        Ok(form) => form,
-        Err(refused) => return refused.into_response(),
+    let why = match form.why() {
+        Ok(why) => why,
+        Err(problem) => return (StatusCode::BAD_REQUEST, problem).into_response(),
     };
-    let why = form.get("why").to_owned();
-    if why.is_empty() {
-        return (StatusCode::BAD_REQUEST, "why: say why, for the audit").into_response();
-    }
     let orders: Vec<String> = form
         .get("orders")
         .split_whitespace()
@@ -197,7 +188,7 @@ async fn resolve(
         @if let Err(error) = audited { p.problems { "The audit record could not be written: " (error) } }
         p { a href={ (BASE) "/ledger/unknown" } { "Back to the unknown outcomes" } }
     };
-    html_page(&session, "/ledger", "Resolve", body)
+    respond(&session, "/ledger", "Resolve", body)
 }
 
 async fn control(State(console): State<Arc<Console>>, Viewer(session): Viewer) -> Response {
@@ -260,19 +251,9 @@ async fn control(State(console): State<Arc<Console>>, Viewer(session): Viewer) -
             }
         }
         h2 { "Callers" }
-        div.scroll {
-            table {
-                thead { tr { th { "Caller" } th { "Kind" } th { "Weight" } th { "Wants" } } }
-                tbody {
-                    @for lease in view.live_leases(now_ms) {
-                        tr { td { code { (lease.caller) } } td { (lease.kind.as_str()) } td.num { (lease.weight) }
-                             td.num { (lease.demand_per_sec.map_or("all it gets".to_owned(), |d| format!("{d:.1}/s"))) } }
-                    }
-                }
-            }
-        }
+        (callers(&view, now_ms))
     };
-    html_page(&session, "/control", "Control", body)
+    respond(&session, "/control", "Control", body)
 }
 
 fn change_result(session: &Session, result: Result<String, String>) -> Response {
@@ -296,19 +277,14 @@ fn change_result(session: &Session, result: Result<String, String>) -> Response 
 
 async fn pause(
     State(console): State<Arc<Console>>,
-    Operator(session): Operator,
     uri: axum::http::Uri,
-    axum::Form(fields): axum::Form<HashMap<String, String>>,
+    Action { session, form }: Action,
 ) -> Response {
-    let form = match Form::checked(&session, fields) {
-        Ok(form) => form,
-        Err(refused) => return refused.into_response(),
-    };
     let pausing = uri.path().ends_with("/pause");
-    let why = form.get("why").to_owned();
-    if why.is_empty() {
-        return change_result(&session, Err("why: say why, for the audit".to_owned()));
-    }
+    let why = match form.why() {
+        Ok(why) => why,
+        Err(problem) => return change_result(&session, Err(problem)),
+    };
     let target = match form.optional("key") {
         Some(key) => {
             crate::control::PauseTarget::of_key(key.strip_prefix("pause/").unwrap_or(&key))
@@ -332,19 +308,11 @@ async fn pause(
     change_result(&session, result)
 }
 
-async fn set(
-    State(console): State<Arc<Console>>,
-    Operator(session): Operator,
-    axum::Form(fields): axum::Form<HashMap<String, String>>,
-) -> Response {
-    let form = match Form::checked(&session, fields) {
-        Ok(form) => form,
-        Err(refused) => return refused.into_response(),
+async fn set(State(console): State<Arc<Console>>, Action { session, form }: Action) -> Response {
+    let why = match form.why() {
+        Ok(why) => why,
+        Err(problem) => return change_result(&session, Err(problem)),
     };
-    let why = form.get("why").to_owned();
-    if why.is_empty() {
-        return change_result(&session, Err("why: say why, for the audit".to_owned()));
-    }
     let guard = match form.optional("guard").map(|g| g.parse::<u64>()) {
         None => None,
         Some(Ok(secs)) => Some(std::time::Duration::from_secs(secs)),
@@ -391,5 +359,5 @@ async fn audit(State(console): State<Arc<Console>>, Viewer(session): Viewer) -> 
             }
         }
     };
-    html_page(&session, "/audit", "Audit", body)
+    respond(&session, "/audit", "Audit", body)
 }

@@ -5,23 +5,22 @@
 //! result per record. Every run is audited on the control topic when it
 //! starts and when it ends. One runs at a time on a console.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use maud::html;
 
-use super::context::{Console, Form, Operator, Viewer};
+use super::context::{Action, Console, Viewer};
 use super::dead_letters::{
     edited_fields, filter_of, problem_page, read_one, results_table, target_of,
 };
-use super::views::{BASE, page, pill, time};
+use super::views::{BASE, pill, respond, time};
 use crate::control::{CallerKind, Pace};
 use crate::dead_letter::reader::Filter;
 use crate::dead_letter::redrive::{self, RecordResult, Redrive, RedriveReport, Target};
@@ -92,23 +91,20 @@ fn summary(report: &RedriveReport) -> String {
 async fn start(
     State(console): State<Arc<Console>>,
     Extension(runs): Extension<Arc<Runs>>,
-    Operator(session): Operator,
-    axum::Form(fields): axum::Form<HashMap<String, String>>,
+    Action { session, form }: Action,
 ) -> Response {
-    let form = match Form::checked(&session, fields) {
-        Ok(form) => form,
-        Err(refused) => return refused.into_response(),
+    let why = match form.why() {
+        Ok(why) => why,
+        Err(problem) => {
+            return problem_page(
+                &session,
+                "/redrives",
+                "Redrive",
+                StatusCode::BAD_REQUEST,
+                &problem,
+            );
+        }
     };
-    let why = form.get("why").to_owned();
-    if why.is_empty() {
-        return problem_page(
-            &session,
-            "/redrives",
-            "Redrive",
-            StatusCode::BAD_REQUEST,
-            "why: say why you redrive, for the audit",
-        );
-    }
     if runs.running() {
         return problem_page(
             &session,
@@ -319,7 +315,7 @@ async fn runs(Extension(runs): Extension<Arc<Runs>>, Viewer(session): Viewer) ->
             }
         }
     };
-    Html(page(&session, "/redrives", "Redrives", body).into_string()).into_response()
+    respond(&session, "/redrives", "Redrives", body)
 }
 
 async fn run(
@@ -364,5 +360,5 @@ async fn run(
         }
         (results_table(&results))
     };
-    Html(page(&session, "/redrives", &format!("Redrive #{id}"), body).into_string()).into_response()
+    respond(&session, "/redrives", &format!("Redrive #{id}"), body)
 }

@@ -5,10 +5,12 @@
 //! become markup. The console runs no script at all, so its Content
 //! Security Policy allows none.
 
+use axum::response::{Html, IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use maud::{DOCTYPE, Markup, html};
 
 use super::auth::{Role, Session};
+use crate::control::ControlView;
 
 /// Where the console lives on its server.
 pub const BASE: &str = "/console";
@@ -23,17 +25,29 @@ const NAVIGATION: &[(&str, &str)] = &[
     ("/audit", "Audit"),
 ];
 
+/// Every page's head: readable on a phone, the one stylesheet.
+fn head(title: &str) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            title { (title) " · paysync console" }
+            link rel="stylesheet" href={ (BASE) "/static/console.css" };
+        }
+    }
+}
+
+/// A page as the answer (200).
+pub fn respond(session: &Session, here: &str, title: &str, body: Markup) -> Response {
+    Html(page(session, here, title, body).into_string()).into_response()
+}
+
 /// A whole page for a logged-in user. `here` is the navigation entry.
 pub fn page(session: &Session, here: &str, title: &str, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · paysync console" }
-                link rel="stylesheet" href={ (BASE) "/static/console.css" };
-            }
+            (head(title))
             body {
                 header {
                     a.brand href=(BASE) { "paysync" }
@@ -61,12 +75,7 @@ pub fn login(error: Option<&str>) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { "Log in · paysync console" }
-                link rel="stylesheet" href={ (BASE) "/static/console.css" };
-            }
+            (head("Log in"))
             body {
                 main.login {
                     h1 { "paysync console" }
@@ -102,12 +111,33 @@ pub fn time(at: DateTime<Utc>) -> String {
 /// A state in colour: ready and accepted are good, halts and failures bad.
 pub fn pill(state: &str) -> Markup {
     let class = match state {
-        "ready" | "closed" | "sent" | "accepted" | "would_send" => "ok",
+        "ready" | "closed" | "sent" | "accepted" | "would_send" | "finished" => "ok",
         "degraded" | "half_open" | "starting" | "held_back" | "skipped_delivered" | "gone"
         | "running" => "warn",
         _ => "bad",
     };
     html! { span class={ "pill " (class) } { (state) } }
+}
+
+/// The callers sharing the rate, from their leases.
+pub fn callers(view: &ControlView, now_ms: i64) -> Markup {
+    html! {
+        div.scroll {
+            table id="callers" {
+                thead { tr { th { "Caller" } th { "Kind" } th { "Weight" } th { "Wants" } } }
+                tbody {
+                    @for lease in view.live_leases(now_ms) {
+                        tr {
+                            td { code { (lease.caller) } }
+                            td { (lease.kind.as_str()) }
+                            td.num { (lease.weight) }
+                            td.num { (lease.demand_per_sec.map_or("all it gets".to_owned(), |d| format!("{d:.1}/s"))) }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// A line chart of `points` (oldest first), scaled to its own maximum.

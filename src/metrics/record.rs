@@ -171,14 +171,7 @@ impl Metrics {
             .iter()
             .flat_map(|family| family.get_metric())
             .map(|metric| {
-                let label = |name: &str| {
-                    metric
-                        .get_label()
-                        .iter()
-                        .find(|l| l.name() == name)
-                        .map(|l| l.value().to_owned())
-                        .unwrap_or_default()
-                };
+                let label = |name| label_of(metric, name).unwrap_or_default();
                 (
                     label("class"),
                     label("reason"),
@@ -197,19 +190,21 @@ impl Metrics {
             .iter()
             .flat_map(|family| family.get_metric())
             .filter_map(|metric| {
-                let label = |name: &str| {
-                    metric
-                        .get_label()
-                        .iter()
-                        .find(|l| l.name() == name)
-                        .map(|l| l.value().to_owned())
-                };
-                let partition = label("partition")?.parse().ok()?;
+                let partition = label_of(metric, "partition")?.parse().ok()?;
                 Some((
-                    PartitionId::new(&label("topic")?, partition),
+                    PartitionId::new(&label_of(metric, "topic")?, partition),
                     metric.get_gauge().get_value() as i64,
                 ))
             })
             .collect()
     }
+}
+
+/// A series' value of one label.
+fn label_of(metric: &prometheus::proto::Metric, name: &str) -> Option<String> {
+    metric
+        .get_label()
+        .iter()
+        .find(|l| l.name() == name)
+        .map(|l| l.value().to_owned())
 }

@@ -547,10 +547,12 @@ impl Deliverer {
             return true;
         };
         let id = &job.source.id;
-        let mut changes = control.changes();
-        if !changes.borrow_and_update().holds(id, Some(park)) {
+        // Most events are not held: read the current view, and subscribe to
+        // its changes only when one is (`wait_for` looks at the view first).
+        if !control.view().holds(id, Some(park)) {
             return true;
         }
+        let mut changes = control.changes();
         self.metrics.events_held.inc();
         job.watch.held();
         let released = tokio::select! {

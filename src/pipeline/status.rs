@@ -24,8 +24,9 @@ pub struct Health {
     dead_letters: OnceLock<(std::sync::Arc<StalledWrites>, Duration)>,
     /// A fatal error of the Kafka client: the pipeline stopped on it.
     failed: OnceLock<String>,
-    /// The tuned settings and pauses in force (with the control topic on).
-    control: std::sync::Mutex<Option<ControlStatus>>,
+    /// The tuned settings and pauses in force (with the control topic on),
+    /// and the view they were read from.
+    control: std::sync::Mutex<Option<(ControlStatus, std::sync::Arc<crate::control::ControlView>)>>,
 }
 
 /// The tuned settings and pauses in force, for the readiness detail.
@@ -56,18 +57,27 @@ impl Health {
         self.assigned.store(count, Ordering::Relaxed);
     }
 
-    /// The control topic's view, as readiness and the pause gauge show it.
-    pub(super) fn publish_control(&self, view: &crate::control::ControlView, metrics: &Metrics) {
+    /// The control topic's view, as readiness and the pause gauge show it;
+    /// read again only when the view changed (it is called every tick).
+    pub(super) fn publish_control(
+        &self,
+        view: &std::sync::Arc<crate::control::ControlView>,
+        metrics: &Metrics,
+    ) {
+        let mut current = self.control.lock().unwrap_or_else(|p| p.into_inner());
+        if current
+            .as_ref()
+            .is_some_and(|(_, seen)| std::sync::Arc::ptr_eq(seen, view))
+        {
+            return;
+        }
         metrics.control_pauses.set(view.pauses.len() as i64);
         let status = ControlStatus {
             version: view.tuning.version,
             tuned: view.tuning.values.clone(),
             pauses: view.pauses.keys().map(|target| target.describe()).collect(),
         };
-        let mut current = self.control.lock().unwrap_or_else(|p| p.into_inner());
-        if current.as_ref() != Some(&status) {
-            *current = Some(status);
-        }
+        *current = Some((status, view.clone()));
     }
 
     /// The tuned settings and pauses in force (`None`: no control topic).
@@ -75,7 +85,8 @@ impl Health {
         self.control
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .as_ref()
+            .map(|(status, _)| status.clone())
     }
 
     /// Time since the main loop last turned (None before it started).

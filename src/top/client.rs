@@ -88,12 +88,17 @@ pub enum ClientBuildError {
 /// built-in roots. reqwest's own default needs a process-wide TLS provider,
 /// which paysync never installs.
 pub fn loopback_client() -> Result<reqwest::Client, ClientBuildError> {
-    let tls = egress::TlsTrust::default().client_config()?;
-    reqwest::Client::builder()
-        .no_proxy()
-        .use_preconfigured_tls((*tls).clone())
+    loopback_builder()?
         .build()
         .map_err(|error| ClientBuildError::Http(error_chain(&error)))
+}
+
+/// [`loopback_client`]'s builder, to change before building.
+pub fn loopback_builder() -> Result<reqwest::ClientBuilder, ClientBuildError> {
+    let tls = egress::TlsTrust::default().client_config()?;
+    Ok(reqwest::Client::builder()
+        .no_proxy()
+        .use_preconfigured_tls((*tls).clone()))
 }
 
 /// How calls leave the host: the proxy decision and the trusted roots.

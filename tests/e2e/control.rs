@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use paysync::tools::emulator::{Emulator, Faults, RateLimit};
 use rdkafka::admin::{NewTopic, TopicReplication};
 
-use super::support::{Kafka, Process, SECRET, wait_accepted};
+use super::support::{Kafka, Process, SECRET, event_in, wait_accepted};
 use super::{PARTITIONS, SERIAL, Scenario, paysync_command, wait_owned};
 
 const QUOTA: u32 = 300;
@@ -26,14 +26,6 @@ fn quota() -> Faults {
         }),
         ..Faults::default()
     }
-}
-
-/// A payment of `order_id` in `park`, stamped with when it was produced.
-fn payment(park: &str, order_id: &str, order_type: u8) -> Vec<u8> {
-    format!(
-        r#"{{"car_no":"浙A888888","order_id":"{order_id}","park_id":"{park}","pay_time":"2020-10-10 20:00:00","order_type":{order_type},"pay_fee":1000}}"#
-    )
-    .into_bytes()
 }
 
 fn now_ms() -> i64 {
@@ -59,7 +51,7 @@ fn produce_paced(
                 for _ in 0..*per_tick {
                     let id = format!("{park}~{n}~{}", now_ms());
                     n += 1;
-                    batch.push((id.clone(), payment(park, &id, 1)));
+                    batch.push((id.clone(), event_in(park, &id, 1)));
                 }
             }
             produced += batch.len();
@@ -148,7 +140,7 @@ async fn a_backfill_takes_what_live_traffic_leaves_and_a_killed_one_gives_it_bac
     let records: Vec<(String, Vec<u8>)> = (0..BACKFILL)
         .map(|i| {
             let id = format!("backfill~{i}~0");
-            (id.clone(), payment("archive", &id, 1))
+            (id.clone(), event_in("archive", &id, 1))
         })
         .collect();
     scenario.kafka.produce(&backfill, &records).await;
@@ -281,7 +273,7 @@ async fn a_hot_park_waits_for_its_share_and_the_quiet_parks_do_not() {
                             let park = format!("quiet{}", n % 10);
                             let id = format!("{park}~{n}~{}", now_ms());
                             n += 1;
-                            (id.clone(), payment(&park, &id, 1))
+                            (id.clone(), event_in(&park, &id, 1))
                         })
                         .collect();
                     produced += batch.len();
@@ -404,11 +396,11 @@ async fn tuning_and_a_park_pause_take_effect_in_place_and_survive_a_restart() {
     let mut records = Vec::new();
     for i in 0..600 {
         let id = format!("flows-{i}");
-        records.push((id.clone(), payment("flows", &id, 1)));
+        records.push((id.clone(), event_in("flows", &id, 1)));
         if i % 10 == 0 {
             let id = format!("held-{i}");
-            records.push((id.clone(), payment("held", &id, 1)));
-            records.push((id.clone(), payment("held", &id, 2)));
+            records.push((id.clone(), event_in("held", &id, 1)));
+            records.push((id.clone(), event_in("held", &id, 2)));
         }
     }
     scenario.kafka.produce(&scenario.topic, &records).await;

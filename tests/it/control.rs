@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use paysync::config::Settings;
 use paysync::control::record::{self, SETTINGS_KEY};
-use paysync::control::{Control, Pause, PauseTarget, Tuning};
+use paysync::control::{Control, PauseTarget, Tuning, ops};
 use paysync::tools::emulator::Faults;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::BaseConsumer;
 
 use crate::harness::{Harness, Running};
-use crate::support::wait_until;
+use crate::support::{event_in, wait_until};
 
 /// The operator's connection to the harness's control topic.
 async fn operator(settings: &Settings) -> Arc<Control> {
@@ -52,14 +52,6 @@ async fn tune(control: &Control, version: u64, values: &[(&str, &str)]) {
         )
         .await
         .unwrap();
-}
-
-/// `order_id`'s payment or refund in `park`.
-fn event_in(park: &str, order_id: &str, order_type: u8) -> Vec<u8> {
-    format!(
-        r#"{{"car_no":"浙A888888","order_id":"{order_id}","park_id":"{park}","pay_time":"2020-10-10 20:00:00","order_type":{order_type},"pay_fee":1000}}"#
-    )
-    .into_bytes()
 }
 
 fn rebalances(running: &Running) -> u64 {
@@ -125,20 +117,8 @@ async fn a_paused_park_is_held_across_a_restart_while_other_parks_flow() {
     let harness = Harness::new(1, Faults::default()).await;
     let settings = harness.settings();
     let control = operator(&settings).await;
-    let pause = Pause {
-        by: "test".into(),
-        at: chrono::Utc::now(),
-        why: "wrong data".into(),
-    };
     let held_park = PauseTarget::Park("held".into());
-    control
-        .change(
-            &held_park.key(),
-            Some(record::encode(&pause)),
-            "test",
-            "paused park held".into(),
-            "wrong data",
-        )
+    ops::pause(&control, &held_park, true, "test", "wrong data")
         .await
         .unwrap();
     // Interleaved in one partition: 5 held orders (payment then refund) and 20 flowing.
@@ -191,14 +171,7 @@ async fn a_paused_park_is_held_across_a_restart_while_other_parks_flow() {
     .await;
     assert!(!accepted().iter().any(|id| id.starts_with("held")));
 
-    control
-        .change(
-            &held_park.key(),
-            None,
-            "test",
-            "resumed park held".into(),
-            "fixed",
-        )
+    ops::pause(&control, &held_park, false, "test", "fixed")
         .await
         .unwrap();
     wait_until("everything delivered", || accepted().len() == 30).await;

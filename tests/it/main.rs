@@ -4,6 +4,7 @@
 //!
 //! * [`delivery`], [`admin`], [`replay`], [`dead_letter`], [`logs`]: the
 //!   pipeline and its tools on librdkafka's mock cluster ([`harness`]).
+//! * [`console`]: the console's security over HTTP: sessions, CSRF, roles, inert records.
 //! * [`control`]: the control topic — tuning in place, pauses, a replay's share.
 //! * [`emulator_client`]: the TOP client against the emulator.
 //! * [`egress`]: the client over HTTPS with a run-time CA, and through a refusing proxy.
@@ -16,6 +17,7 @@
 mod admin;
 mod architecture;
 mod cli;
+mod console;
 mod control;
 mod dead_letter;
 mod delivery;

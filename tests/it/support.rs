@@ -81,8 +81,13 @@ pub async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 
 /// A valid event value.
 pub fn event(order_id: &str, order_type: u8) -> Vec<u8> {
+    event_in("p1", order_id, order_type)
+}
+
+/// A valid payment of `order_id` in car park `park`.
+pub fn event_in(park: &str, order_id: &str, order_type: u8) -> Vec<u8> {
     format!(
-        r#"{{"car_no":"浙A888888","order_id":"{order_id}","park_id":"p1","pay_time":"2020-10-10 20:00:00","order_type":{order_type},"pay_fee":1000}}"#
+        r#"{{"car_no":"浙A888888","order_id":"{order_id}","park_id":"{park}","pay_time":"2020-10-10 20:00:00","order_type":{order_type},"pay_fee":1000}}"#
     )
     .into_bytes()
 }

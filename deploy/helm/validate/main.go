@@ -18,6 +18,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
@@ -36,6 +37,10 @@ func object(apiVersion, kind string) (any, bool) {
 		return &corev1.Secret{}, true
 	case "apps/v1/StatefulSet":
 		return &appsv1.StatefulSet{}, true
+	case "apps/v1/Deployment":
+		return &appsv1.Deployment{}, true
+	case "networking.k8s.io/v1/Ingress":
+		return &networkingv1.Ingress{}, true
 	case "batch/v1/CronJob":
 		return &batchv1.CronJob{}, true
 	case "policy/v1/PodDisruptionBudget":

@@ -11,6 +11,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
@@ -53,7 +55,13 @@ pub struct BrokerBenchOptions {
     /// Ledger entries written before the child starts (0: none): the
     /// child's restore of them is timed.
     pub ledger_entries: usize,
+    /// Serve the console in the child, with one group page open (loaded
+    /// every [`PAGE_REFRESH`], as the page's own refresh does).
+    pub console: bool,
 }
+
+/// How often an open group page reloads itself.
+const PAGE_REFRESH: Duration = Duration::from_secs(10);
 
 /// Runs the benchmark; the child is the binary running this one.
 pub async fn run(options: BrokerBenchOptions) -> anyhow::Result<BenchReport> {
@@ -133,12 +141,34 @@ async fn measure(
     let admin_port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let config = child_config(options, topic, dlq, &emulator.url(), admin_port)?;
     let dir = std::env::temp_dir().join(format!("paysync-bench-{}", rand::random::<u32>()));
     std::fs::create_dir_all(&dir)?;
+    let mut options = options.clone();
+    let password = crate::console::auth::random_token();
+    if options.console {
+        let users = dir.join("users.toml");
+        std::fs::write(
+            &users,
+            format!(
+                "[[user]]\nname = \"bench\"\nrole = \"viewer\"\npassword_hash = \"{}\"\n",
+                crate::console::auth::hash_password(&password)
+            ),
+        )?;
+        options.settings.push("console.enabled = true".to_owned());
+        options.settings.push(format!(
+            "console.users_file = {:?}",
+            users.display().to_string()
+        ));
+    }
+    let options = &options;
+    let config = child_config(options, topic, dlq, &emulator.url(), admin_port)?;
     let config_path = dir.join("paysync.toml");
     std::fs::write(&config_path, config)?;
     let child = Child::start(&config_path, &dir)?;
+    let page_loads = Arc::new(AtomicUsize::new(0));
+    let page = options
+        .console
+        .then(|| tokio::spawn(open_page(admin_port, password, page_loads.clone())));
     let ledger = if options.ledger_entries > 0 {
         Some(ledger_restored(&child, admin_port, &dir).await?)
     } else {
@@ -169,6 +199,13 @@ async fn measure(
     };
     let cpu_seconds = child.cpu_seconds()?;
     let peak_rss_mb = child.peak_rss_mb()?;
+    if let Some(page) = page {
+        page.abort();
+        tracing::warn!(
+            page_loads = page_loads.load(Ordering::Relaxed),
+            "The console's group page was open during the run."
+        );
+    }
     let committed_to_end =
         wait_committed_to_end(&options.bootstrap, topic, options.partitions).await?;
     let metrics = get_text(&format!("http://127.0.0.1:{admin_port}/metrics")).await?;
@@ -409,6 +446,54 @@ fn child_config(
         merge(&mut config, extra);
     }
     Ok(config.to_string())
+}
+
+/// One operator with the group page open: logs in once, then loads the
+/// page every [`PAGE_REFRESH`] until aborted, counting the loads.
+async fn open_page(admin_port: u16, password: String, loads: Arc<AtomicUsize>) {
+    let base = format!("http://127.0.0.1:{admin_port}/console");
+    let http = match crate::top::client::loopback_builder()
+        .ok()
+        .and_then(|builder| {
+            builder
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .ok()
+        }) {
+        Some(http) => http,
+        None => return,
+    };
+    let mut cookie = None;
+    loop {
+        match &cookie {
+            None => {
+                let answer = http
+                    .post(format!("{base}/login"))
+                    .form(&[("user", "bench"), ("password", password.as_str())])
+                    .send()
+                    .await;
+                cookie = answer.ok().and_then(|answer| {
+                    let line = answer.headers().get("set-cookie")?.to_str().ok()?;
+                    Some(line.split(';').next()?.to_owned())
+                });
+                if cookie.is_none() {
+                    // Not serving yet.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            }
+            Some(cookie) => {
+                let loaded = http.get(&base).header("cookie", cookie).send().await;
+                if let Ok(answer) = loaded
+                    && answer.status().is_success()
+                    && answer.text().await.is_ok()
+                {
+                    loads.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::time::sleep(PAGE_REFRESH).await;
+            }
+        }
+    }
 }
 
 /// Merges `extra` into `base`, table by table; `extra`'s values win.
