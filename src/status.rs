@@ -219,6 +219,8 @@ impl StatusPublisher {
                 last_totals: None,
             };
             let mut tick = tokio::time::interval(writer.interval);
+            // A write that waited on a slow broker is not followed by a burst.
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = tick.tick() => writer.publish().await,

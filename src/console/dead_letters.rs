@@ -13,7 +13,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use maud::{Markup, html};
@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use super::auth::Session;
 use super::context::{Action, Console, Form, Viewer};
-use super::views::{BASE, csrf, operates, page, pill, respond, time};
+use super::views::{BASE, csrf, operates, pill, respond, respond_with, time};
 use crate::dead_letter::DeadLetterRecord;
 use crate::dead_letter::reader::{self, Filter};
 use crate::dead_letter::redrive::{
@@ -154,8 +154,13 @@ pub(super) fn problem_page(
     status: StatusCode,
     text: &str,
 ) -> Response {
-    let body = html! { p.problems { (text) } };
-    (status, Html(page(session, here, title, body).into_string())).into_response()
+    respond_with(
+        status,
+        session,
+        here,
+        title,
+        html! { p.problems { (text) } },
+    )
 }
 
 async fn list(
@@ -255,16 +260,8 @@ async fn record(
     match read_one(&console, partition, offset).await {
         Ok(record) => {
             let body = record_body(&console, &session, &record, None, &[]);
-            Html(
-                page(
-                    &session,
-                    "/dead-letters",
-                    &format!("Dead letter {partition}@{offset}"),
-                    body,
-                )
-                .into_string(),
-            )
-            .into_response()
+            let title = format!("Dead letter {partition}@{offset}");
+            respond(&session, "/dead-letters", &title, body)
         }
         Err(problem) => problem_page(
             &session,
@@ -497,19 +494,14 @@ async fn preview_one(
             .map(|p| format!("{}: {}", p.field, p.reason))
             .collect();
         let body = record_body(&console, &session, &record, Some(&value), &problems);
-        return (
+        let title = format!("Dead letter {partition}@{offset}");
+        return respond_with(
             StatusCode::UNPROCESSABLE_ENTITY,
-            Html(
-                page(
-                    &session,
-                    "/dead-letters",
-                    &format!("Dead letter {partition}@{offset}"),
-                    body,
-                )
-                .into_string(),
-            ),
-        )
-            .into_response();
+            &session,
+            "/dead-letters",
+            &title,
+            body,
+        );
     }
     let mut replacements = HashMap::new();
     if edited {

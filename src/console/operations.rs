@@ -9,14 +9,14 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::Utc;
 use maud::{Markup, html};
 
 use super::auth::Session;
 use super::context::{Action, Console, Viewer};
-use super::views::{BASE, callers, csrf, operates, page, pill, respond, time};
+use super::views::{BASE, callers, csrf, operates, pill, respond, respond_with, time};
 use crate::config::LedgerMode;
 use crate::control::{ops, tuning};
 use crate::ledger::report::{self, Resolution, Shown};
@@ -268,11 +268,7 @@ fn change_result(session: &Session, result: Result<String, String>) -> Response 
         ),
     };
     let body = html! { (body) p { a href={ (BASE) "/control" } { "Back to control" } } };
-    (
-        status,
-        Html(page(session, "/control", "Control", body).into_string()),
-    )
-        .into_response()
+    respond_with(status, session, "/control", "Control", body)
 }
 
 async fn pause(

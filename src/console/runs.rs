@@ -26,6 +26,11 @@ use crate::dead_letter::reader::Filter;
 use crate::dead_letter::redrive::{self, RecordResult, Redrive, RedriveReport, Target};
 use crate::pipeline::rate::tenancy::SharedRate;
 
+/// A redrive refused before it started, and why.
+fn refuse(session: &super::auth::Session, status: StatusCode, why: &str) -> Response {
+    problem_page(session, "/redrives", "Redrive", status, why)
+}
+
 /// Runs a console remembers.
 const RUNS_KEPT: usize = 20;
 
@@ -47,6 +52,15 @@ struct Run {
     finished: Mutex<Option<Result<RedriveReport, String>>>,
 }
 
+impl Run {
+    fn running(&self) -> bool {
+        self.finished
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
+    }
+}
+
 /// The console's runs, newest last; one runs at a time.
 #[derive(Default)]
 pub(super) struct Runs {
@@ -55,17 +69,25 @@ pub(super) struct Runs {
 }
 
 impl Runs {
+    /// Adds `run` unless another is running (checked and added under one lock).
+    fn admit(&self, run: Arc<Run>) -> bool {
+        let mut list = self.list.lock().unwrap_or_else(|p| p.into_inner());
+        if list.iter().any(|other| other.running()) {
+            return false;
+        }
+        list.push(run);
+        if list.len() > RUNS_KEPT {
+            list.remove(0);
+        }
+        true
+    }
+
     fn running(&self) -> bool {
         self.list
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .any(|run| {
-                run.finished
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .is_none()
-            })
+            .any(|run| run.running())
     }
 
     fn get(&self, id: u64) -> Option<Arc<Run>> {
@@ -96,20 +118,12 @@ async fn start(
     let why = match form.why() {
         Ok(why) => why,
         Err(problem) => {
-            return problem_page(
-                &session,
-                "/redrives",
-                "Redrive",
-                StatusCode::BAD_REQUEST,
-                &problem,
-            );
+            return refuse(&session, StatusCode::BAD_REQUEST, &problem);
         }
     };
     if runs.running() {
-        return problem_page(
+        return refuse(
             &session,
-            "/redrives",
-            "Redrive",
             StatusCode::CONFLICT,
             "A redrive is running on this console: wait for it to end.",
         );
@@ -124,10 +138,8 @@ async fn start(
             .split_once('@')
             .and_then(|(p, o)| Some((p.parse::<i32>().ok()?, o.parse::<i64>().ok()?)))
         else {
-            return problem_page(
+            return refuse(
                 &session,
-                "/redrives",
-                "Redrive",
                 StatusCode::BAD_REQUEST,
                 "record: not PARTITION@OFFSET",
             );
@@ -138,10 +150,8 @@ async fn start(
             if let Err(invalid) =
                 crate::event::decode(Some(value.as_bytes()), &console.settings.event.limits())
             {
-                return problem_page(
+                return refuse(
                     &session,
-                    "/redrives",
-                    "Redrive",
                     StatusCode::UNPROCESSABLE_ENTITY,
                     &format!("value: {invalid}"),
                 );
@@ -149,13 +159,7 @@ async fn start(
             let original = match read_one(&console, partition, offset).await {
                 Ok(record) => record,
                 Err(problem) => {
-                    return problem_page(
-                        &session,
-                        "/redrives",
-                        "Redrive",
-                        StatusCode::NOT_FOUND,
-                        &problem,
-                    );
+                    return refuse(&session, StatusCode::NOT_FOUND, &problem);
                 }
             };
             what.push_str(&format!(
@@ -172,13 +176,7 @@ async fn start(
         let filter = match filter_of(&form.0) {
             Ok(filter) => filter,
             Err(problem) => {
-                return problem_page(
-                    &session,
-                    "/redrives",
-                    "Redrive",
-                    StatusCode::BAD_REQUEST,
-                    &problem,
-                );
+                return refuse(&session, StatusCode::BAD_REQUEST, &problem);
             }
         };
         let what = format!("redrive of the dead letters matching {filter:?} ");
@@ -201,12 +199,12 @@ async fn start(
         results: Mutex::new(Vec::new()),
         finished: Mutex::new(None),
     });
-    {
-        let mut list = runs.list.lock().unwrap_or_else(|p| p.into_inner());
-        list.push(run.clone());
-        if list.len() > RUNS_KEPT {
-            list.remove(0);
-        }
+    if !runs.admit(run.clone()) {
+        return refuse(
+            &session,
+            StatusCode::CONFLICT,
+            "A redrive is running on this console: wait for it to end.",
+        );
     }
     if let Err(error) = console
         .control
@@ -302,7 +300,7 @@ async fn runs(Extension(runs): Extension<Arc<Runs>>, Viewer(session): Viewer) ->
                 thead { tr { th { "Run" } th { "Started" } th { "By" } th { "What" } th { "State" } } }
                 tbody {
                     @for run in list.iter().rev() {
-                        @let done = run.finished.lock().unwrap_or_else(|p| p.into_inner()).is_some();
+                        @let done = !run.running();
                         tr {
                             td { a href={ (BASE) "/redrives/" (run.id) } { "#" (run.id) } }
                             td { (time(run.started)) }
@@ -324,10 +322,8 @@ async fn run(
     Path(id): Path<u64>,
 ) -> Response {
     let Some(run) = runs.get(id) else {
-        return problem_page(
+        return refuse(
             &session,
-            "/redrives",
-            "Redrive",
             StatusCode::NOT_FOUND,
             "no such run on this console",
         );

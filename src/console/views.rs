@@ -5,6 +5,7 @@
 //! become markup. The console runs no script at all, so its Content
 //! Security Policy allows none.
 
+use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use maud::{DOCTYPE, Markup, html};
@@ -39,7 +40,18 @@ fn head(title: &str) -> Markup {
 
 /// A page as the answer (200).
 pub fn respond(session: &Session, here: &str, title: &str, body: Markup) -> Response {
-    Html(page(session, here, title, body).into_string()).into_response()
+    respond_with(StatusCode::OK, session, here, title, body)
+}
+
+/// A page as the answer, with its status.
+pub fn respond_with(
+    status: StatusCode,
+    session: &Session,
+    here: &str,
+    title: &str,
+    body: Markup,
+) -> Response {
+    (status, Html(page(session, here, title, body).into_string())).into_response()
 }
 
 /// A whole page for a logged-in user. `here` is the navigation entry.

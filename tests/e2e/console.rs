@@ -432,6 +432,26 @@ async fn an_operator_fixes_and_redrives_a_dead_letter_in_a_real_browser() {
         "the plate is masked"
     );
     shoot(&client, "12-viewer").await;
+
+    // On a phone's width the group page fits: wide tables scroll inside
+    // their own box, the page itself does not.
+    client.set_window_size(390, 844).await.unwrap();
+    client.goto(&base).await.unwrap();
+    shown(&client, "#replicas").await;
+    let widths = client
+        .execute(
+            "return [document.documentElement.scrollWidth, window.innerWidth]",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let (page_width, viewport) = (widths[0].as_f64().unwrap(), widths[1].as_f64().unwrap());
+    assert!(
+        page_width <= viewport,
+        "the page is {page_width} px wide on a {viewport} px screen"
+    );
+    shoot(&client, "13-phone-group").await;
+    client.set_window_size(1280, 1000).await.unwrap();
     let cookie = client.get_named_cookie("paysync_console").await.unwrap();
     let token = seen
         .split("name=\"csrf\" value=\"")
