@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::millis;
+use super::{Settings, millis};
 
 /// `[console]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -92,5 +92,85 @@ impl ConsoleSettings {
     pub fn secure_cookie(&self) -> bool {
         self.secure_cookie
             .unwrap_or(self.allow_remote || self.tls_cert_file.is_some())
+    }
+}
+
+impl Settings {
+    /// `[console]`: a console needs users, and stays on this host unless
+    /// `console.allow_remote` says it is reached through TLS.
+    pub(super) fn validate_console(&self, problem: &mut impl FnMut(&str, String)) {
+        let console = &self.console;
+        let loopback = |address: &str| {
+            address
+                .parse::<std::net::SocketAddr>()
+                .map(|address| address.ip().is_loopback())
+        };
+        match loopback(&console.listen) {
+            Err(_) => problem(
+                "console.listen",
+                format!(
+                    "is not an address like 127.0.0.1:9480: {:?}",
+                    console.listen
+                ),
+            ),
+            Ok(false) if !console.allow_remote => problem(
+                "console.listen",
+                format!(
+                    "{} is not a loopback address: put TLS in front and set console.allow_remote = true",
+                    console.listen
+                ),
+            ),
+            Ok(_) => {}
+        }
+        if console.enabled {
+            if !self.control.enabled {
+                problem(
+                    "console.enabled",
+                    "needs control.enabled: the console's audit log, pauses and tuning live in the control topic".into(),
+                );
+            }
+            if console.users_file.is_none() {
+                problem(
+                    "console.users_file",
+                    "is required when console.enabled: the console has no open mode".into(),
+                );
+            }
+            if loopback(&self.admin.listen) == Ok(false) && !console.allow_remote {
+                problem(
+                    "console.allow_remote",
+                    format!(
+                        "must be true to serve the console on admin.listen {}, which is not a loopback address (put TLS in front)",
+                        self.admin.listen
+                    ),
+                );
+            }
+        }
+        if console.tls_cert_file.is_some() != console.tls_key_file.is_some() {
+            problem(
+                "console.tls_key_file",
+                "console.tls_cert_file and console.tls_key_file go together: set both or neither"
+                    .into(),
+            );
+        }
+        if console.status_interval_ms.is_zero() {
+            problem("console.status_interval_ms", "must be above 0".into());
+        }
+        if console.session_ttl_ms.is_zero() {
+            problem("console.session_ttl_ms", "must be above 0".into());
+        }
+        if console.login_attempts_per_minute == 0 {
+            problem(
+                "console.login_attempts_per_minute",
+                "must be at least 1".into(),
+            );
+        }
+        if let Some(url) = &console.trace_url
+            && !url.contains("{trace_id}")
+        {
+            problem(
+                "console.trace_url",
+                format!("{url:?} has no {{trace_id}} to replace"),
+            );
+        }
     }
 }

@@ -12,7 +12,8 @@
 //! * [`views`]: the page frame and shared pieces (maud; no scripts).
 //! * [`group`]: the group's page.
 //! * [`context`]: the console's state and the handlers' extractors.
-//! * [`dead_letters`]: browsing dead letters, editing one, the previews.
+//! * [`dead_letters`]: browsing dead letters and one record's page.
+//! * [`preview`]: a redrive's dry run, an edit's check and its diff.
 //! * [`runs`]: a redrive run, its progress and its audit.
 //! * [`operations`]: the ledger, control and audit pages.
 //! * [`tls`]: HTTPS for `paysync console` on its own.
@@ -28,6 +29,7 @@ mod context;
 mod dead_letters;
 mod group;
 mod operations;
+mod preview;
 mod runs;
 pub mod tls;
 pub mod views;
@@ -56,6 +58,7 @@ pub fn router(console: &Arc<Console>) -> Router {
         .route(&format!("{BASE}/login"), get(login_page).post(login))
         .route(&format!("{BASE}/logout"), post(logout))
         .merge(dead_letters::routes())
+        .merge(preview::routes())
         .merge(operations::routes())
         .merge(runs::routes())
         .layer(axum::Extension(Arc::new(runs::Runs::default())))

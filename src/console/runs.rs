@@ -17,9 +17,8 @@ use chrono::{DateTime, Utc};
 use maud::html;
 
 use super::context::{Action, Console, Viewer};
-use super::dead_letters::{
-    edited_fields, filter_of, problem_page, read_one, results_table, target_of,
-};
+use super::dead_letters::{filter_of, problem_page, read_one};
+use super::preview::{edited_fields, results_table, target_of};
 use super::views::{BASE, pill, respond, time};
 use crate::control::{CallerKind, Pace};
 use crate::dead_letter::reader::Filter;

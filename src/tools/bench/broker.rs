@@ -56,12 +56,9 @@ pub struct BrokerBenchOptions {
     /// child's restore of them is timed.
     pub ledger_entries: usize,
     /// Serve the console in the child, with one group page open (loaded
-    /// every [`PAGE_REFRESH`], as the page's own refresh does).
+    /// as often as the page's own refresh does).
     pub console: bool,
 }
-
-/// How often an open group page reloads itself.
-const PAGE_REFRESH: Duration = Duration::from_secs(10);
 
 /// Runs the benchmark; the child is the binary running this one.
 pub async fn run(options: BrokerBenchOptions) -> anyhow::Result<BenchReport> {
@@ -166,9 +163,13 @@ async fn measure(
     std::fs::write(&config_path, config)?;
     let child = Child::start(&config_path, &dir)?;
     let page_loads = Arc::new(AtomicUsize::new(0));
-    let page = options
-        .console
-        .then(|| tokio::spawn(open_page(admin_port, password, page_loads.clone())));
+    let page = options.console.then(|| {
+        tokio::spawn(super::open_page::open_page(
+            admin_port,
+            password,
+            page_loads.clone(),
+        ))
+    });
     let ledger = if options.ledger_entries > 0 {
         Some(ledger_restored(&child, admin_port, &dir).await?)
     } else {
@@ -446,54 +447,6 @@ fn child_config(
         merge(&mut config, extra);
     }
     Ok(config.to_string())
-}
-
-/// One operator with the group page open: logs in once, then loads the
-/// page every [`PAGE_REFRESH`] until aborted, counting the loads.
-async fn open_page(admin_port: u16, password: String, loads: Arc<AtomicUsize>) {
-    let base = format!("http://127.0.0.1:{admin_port}/console");
-    let http = match crate::top::client::loopback_builder()
-        .ok()
-        .and_then(|builder| {
-            builder
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .ok()
-        }) {
-        Some(http) => http,
-        None => return,
-    };
-    let mut cookie = None;
-    loop {
-        match &cookie {
-            None => {
-                let answer = http
-                    .post(format!("{base}/login"))
-                    .form(&[("user", "bench"), ("password", password.as_str())])
-                    .send()
-                    .await;
-                cookie = answer.ok().and_then(|answer| {
-                    let line = answer.headers().get("set-cookie")?.to_str().ok()?;
-                    Some(line.split(';').next()?.to_owned())
-                });
-                if cookie.is_none() {
-                    // Not serving yet.
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-            }
-            Some(cookie) => {
-                let loaded = http.get(&base).header("cookie", cookie).send().await;
-                if let Ok(answer) = loaded
-                    && answer.status().is_success()
-                    && answer.text().await.is_ok()
-                {
-                    loads.fetch_add(1, Ordering::Relaxed);
-                }
-                tokio::time::sleep(PAGE_REFRESH).await;
-            }
-        }
-    }
 }
 
 /// Merges `extra` into `base`, table by table; `extra`'s values win.

@@ -5,7 +5,9 @@
 //! * [`broker`]: `paysync run` as a child process against a real broker, with
 //!   its own CPU seconds and memory.
 //! * [`report`]: the report both return and the arithmetic behind it.
+//! * `open_page`: the console page a `--console` run keeps open.
 
 pub mod broker;
 pub mod in_process;
+mod open_page;
 pub mod report;
