@@ -300,22 +300,32 @@ async fn a_hot_park_waits_for_its_share_and_the_quiet_parks_do_not() {
         }
         let (_, quiet_waits) = waits(&scenario.emulator, "quiet", from);
         let (hot_count, hot_waits) = waits(&scenario.emulator, "hot", from);
+        let (quiet_p99, hot_p99) = (p99(quiet_waits.clone()), p99(hot_waits));
         wait_accepted(&scenario.emulator, produced).await;
         println!(
             "e2e {name}: quiet parks' p99 wait {:.3} s over {} events; hot park {} events accepted, p99 wait {:.3} s; ban episodes {}",
-            p99(quiet_waits.clone()),
+            quiet_p99,
             quiet_waits.len(),
             hot_count,
-            p99(hot_waits),
+            hot_p99,
             ban_episodes(&scenario.emulator)
         );
-        figures.push(p99(quiet_waits));
+        figures.push((quiet_p99, hot_p99));
     }
-    let (alone, beside_hot) = (figures[0], figures[1]);
-    // 10 ms of slack: the clocks read in milliseconds.
+    let ((alone, _), (beside_hot, hot)) = (figures[0], figures[1]);
+    // The hot park must have built a backlog, or the scenario proves nothing.
     assert!(
-        beside_hot <= 2.0 * alone + 0.01,
-        "the quiet parks waited {beside_hot:.3} s at p99 beside the hot park, {alone:.3} s without it"
+        hot >= 0.5,
+        "the hot park's p99 wait was {hot:.3} s: no backlog to queue behind"
+    );
+    // Queued behind the hot park's backlog, a quiet event would wait as long
+    // as the hot park's own events. Beside it, the quiet parks may wait a
+    // little more than alone, by the busier producer and fetches: their p99
+    // alone ranges 16–105 ms from run to run on this machine, so the bound
+    // is alone plus that spread, and far below the hot park's wait.
+    assert!(
+        beside_hot <= alone + 0.15 && beside_hot <= hot / 4.0,
+        "the quiet parks waited {beside_hot:.3} s at p99 beside the hot park (whose own p99 was {hot:.3} s), {alone:.3} s without it"
     );
 }
 
