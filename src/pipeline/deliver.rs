@@ -408,7 +408,11 @@ impl Deliverer {
             let call = job.watch.sending();
             // Boxed: a task waiting for its turn stays small (see docs/performance.md).
             let report = Box::pin(self.client.send(&dto)).await;
-            drop(permit);
+            // Strict mode keeps the call slot until the call's outcome is
+            // written, so a replica never has more intents without an
+            // outcome than call slots: a crash leaves at most
+            // `delivery.max_in_flight` unknown outcomes.
+            let slot = strict.then_some(permit);
             calls += 1;
             let now = Utc::now();
             first_attempt.get_or_insert(now);
@@ -506,6 +510,7 @@ impl Deliverer {
                                 .await;
                         }
                         NextAttempt::After(delay) => {
+                            drop(slot);
                             job.watch.backing_off(delay);
                             tokio::select! {
                                 _ = tokio::time::sleep(delay) => {}
