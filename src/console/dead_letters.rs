@@ -175,12 +175,14 @@ async fn list(
     let settings = console.settings.clone();
     let read = {
         let filter = filter.clone();
-        blocking(move || reader::inspect(&settings, &filter)).await
+        blocking(move || reader::newest(&settings, &filter, LISTED)).await
     };
     let body = match read {
         Err(error) => html! { p.problems { "Cannot read the dead-letter topic: " (error) } },
-        Ok(records) => {
-            let total = records.len();
+        Ok(reader::Newest {
+            matching: total,
+            records,
+        }) => {
             html! {
                 form.filters method="get" action={ (BASE) "/dead-letters" } {
                     @for (name, hint) in [("class", "rejected"), ("reason", "business_rejected"), ("code", "41"), ("sub_code", "isv.…"), ("park", "park_id"), ("order", "order_id"), ("since", "2026-12-06T00:00:00Z"), ("until", "")] {
@@ -200,7 +202,7 @@ async fn list(
                     table id="dead-letters" {
                         thead { tr { th { "Record" } th { "Dead-lettered" } th { "Class" } th { "Reason" } th { "Code" } th { "Park" } th { "Order" } th { "Message" } } }
                         tbody {
-                            @for r in records.iter().rev().take(LISTED) {
+                            @for r in &records {
                                 tr.dead-letter {
                                     td { a href={ (BASE) "/dead-letters/" (r.partition) "/" (r.offset) } { (r.partition) "@" (r.offset) } }
                                     td { (r.dead_lettered_at.map_or("—".to_owned(), time)) }

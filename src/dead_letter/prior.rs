@@ -112,15 +112,15 @@ fn copies_since(
             _ => (e.partition(), i64::MAX),
         })
         .collect();
-    let copies = reader::read_from(&consumer, topic, &starts)?
-        .into_iter()
-        .filter(|r| {
-            r.source_topic == source.topic
-                && r.source_partition == Some(source.partition)
-                && r.consumer_group.as_deref() == Some(group.as_str())
-        })
-        .filter_map(|r| r.source_offset)
-        .collect::<HashSet<i64>>();
+    let copies = reader::read_matching(&consumer, topic, &starts, |r| {
+        r.source_topic == source.topic
+            && r.source_partition == Some(source.partition)
+            && r.consumer_group.as_deref() == Some(group.as_str())
+    })?
+    .records
+    .into_iter()
+    .filter_map(|r| r.source_offset)
+    .collect::<HashSet<i64>>();
     tracing::info!(partition = %source, copies = copies.len(), "Read the dead-letter topic for copies written before the takeover.");
     Ok(copies)
 }

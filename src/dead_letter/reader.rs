@@ -114,13 +114,50 @@ pub(super) fn consumer(settings: &Settings, group: &str) -> anyhow::Result<BaseC
         .context("cannot create a Kafka client")
 }
 
+/// What a read of the dead-letter topic kept, and how far it read.
+pub(super) struct Scanned {
+    /// The records kept, in partition and offset order.
+    pub records: Vec<DeadLetterRecord>,
+    /// How many records were read, kept or not.
+    pub examined: usize,
+    /// The end each partition was read to (its high watermark when the
+    /// read began); partitions with nothing to read are absent.
+    pub ends: HashMap<i32, i64>,
+}
+
 /// Reads the dead-letter topic from each partition's `start` (or its
-/// beginning) to the high watermark, in partition and offset order. Blocks.
-pub(super) fn read_from(
+/// beginning) to the high watermark it had when the read began and keeps the
+/// records `keep` selects, so memory holds what the caller wants rather than
+/// the whole topic. Blocks.
+pub(super) fn read_matching(
     consumer: &BaseConsumer,
     topic: &str,
     starts: &HashMap<i32, i64>,
-) -> anyhow::Result<Vec<DeadLetterRecord>> {
+    mut keep: impl FnMut(&DeadLetterRecord) -> bool,
+) -> anyhow::Result<Scanned> {
+    let mut records = Vec::new();
+    let (examined, ends) = scan(consumer, topic, starts, |record| {
+        if keep(&record) {
+            records.push(record);
+        }
+    })?;
+    records.sort_by_key(|r| (r.partition, r.offset));
+    Ok(Scanned {
+        records,
+        examined,
+        ends,
+    })
+}
+
+/// Hands every record from each partition's `start` (or its beginning) to
+/// its end when the read began to `visit`, each partition in offset order;
+/// returns how many it read and the ends. Blocks.
+fn scan(
+    consumer: &BaseConsumer,
+    topic: &str,
+    starts: &HashMap<i32, i64>,
+    mut visit: impl FnMut(DeadLetterRecord),
+) -> anyhow::Result<(usize, HashMap<i32, i64>)> {
     let Some(partitions) = kafka::queries::topic_partitions(consumer, topic)? else {
         bail!("the dead-letter topic {topic:?} does not exist");
     };
@@ -135,13 +172,14 @@ pub(super) fn read_from(
             ends.insert(partition, high);
         }
     }
-    let mut records = Vec::new();
+    let mut examined = 0;
     if ends.is_empty() {
-        return Ok(records);
+        return Ok((examined, ends));
     }
     consumer.assign(&tpl)?;
+    let mut unread = ends.clone();
     let deadline = std::time::Instant::now() + Duration::from_secs(300);
-    while !ends.is_empty() {
+    while !unread.is_empty() {
         anyhow::ensure!(
             std::time::Instant::now() < deadline,
             "reading the dead-letter topic timed out"
@@ -150,19 +188,19 @@ pub(super) fn read_from(
             continue;
         };
         let message = message?;
-        let Some(end) = ends.get(&message.partition()).copied() else {
+        let Some(end) = unread.get(&message.partition()).copied() else {
             continue;
         };
         if message.offset() >= end {
             continue;
         }
-        records.push(DeadLetterRecord::decode(&message));
+        examined += 1;
+        visit(DeadLetterRecord::decode(&message));
         if message.offset() + 1 >= end {
-            ends.remove(&message.partition());
+            unread.remove(&message.partition());
         }
     }
-    records.sort_by_key(|r| (r.partition, r.offset));
-    Ok(records)
+    Ok((examined, ends))
 }
 
 /// A text field of an event's JSON by its snake_case name, or the
@@ -188,18 +226,67 @@ pub fn event_field<'a>(value: &'a serde_json::Value, snake: &str) -> Option<&'a 
         .and_then(|v| v.as_str())
 }
 
-/// Every dead letter matching `filter`. Blocks: run it on a blocking thread.
-pub fn inspect(settings: &Settings, filter: &Filter) -> anyhow::Result<Vec<DeadLetterRecord>> {
-    let consumer = consumer(
+fn inspect_consumer(settings: &Settings) -> anyhow::Result<BaseConsumer> {
+    consumer(
         settings,
         &format!("{}.dlq-inspect", settings.kafka.group_id),
-    )?;
-    Ok(
-        read_from(&consumer, &settings.kafka.dlq_topic, &HashMap::new())?
-            .into_iter()
-            .filter(|r| filter.matches(r))
-            .collect(),
     )
+}
+
+/// Every dead letter matching `filter`. Blocks: run it on a blocking thread.
+pub fn inspect(settings: &Settings, filter: &Filter) -> anyhow::Result<Vec<DeadLetterRecord>> {
+    let consumer = inspect_consumer(settings)?;
+    let scanned = read_matching(&consumer, &settings.kafka.dlq_topic, &HashMap::new(), |r| {
+        filter.matches(r)
+    })?;
+    Ok(scanned.records)
+}
+
+/// How many dead letters match a filter, and the newest of them.
+#[derive(Default)]
+pub struct Newest {
+    pub matching: usize,
+    /// At most the number asked for, newest dead-lettered first.
+    pub records: Vec<DeadLetterRecord>,
+}
+
+impl Newest {
+    /// Counts a match and keeps it while it may be among the `keep` newest,
+    /// holding at most twice `keep` records at any time.
+    fn offer(&mut self, record: DeadLetterRecord, keep: usize) {
+        self.matching += 1;
+        self.records.push(record);
+        if self.records.len() >= 2 * keep.max(1) {
+            self.trim(keep);
+        }
+    }
+
+    /// Newest first, `keep` of them.
+    fn trim(&mut self, keep: usize) {
+        self.records.sort_by(|a, b| {
+            (b.dead_lettered_at, b.partition, b.offset).cmp(&(
+                a.dead_lettered_at,
+                a.partition,
+                a.offset,
+            ))
+        });
+        self.records.truncate(keep);
+    }
+}
+
+/// The `keep` most recently dead-lettered records matching `filter`, and
+/// how many match in all; memory holds at most twice `keep` records
+/// whatever the topic's size. Blocks: run it on a blocking thread.
+pub fn newest(settings: &Settings, filter: &Filter, keep: usize) -> anyhow::Result<Newest> {
+    let consumer = inspect_consumer(settings)?;
+    let mut newest = Newest::default();
+    scan(&consumer, &settings.kafka.dlq_topic, &HashMap::new(), |r| {
+        if filter.matches(&r) {
+            newest.offer(r, keep);
+        }
+    })?;
+    newest.trim(keep);
+    Ok(newest)
 }
 
 /// A table for people.
@@ -290,4 +377,54 @@ pub fn read_dead_letter(
         read_at(settings, &settings.kafka.dlq_topic, partition, offset)?
             .map(|message| DeadLetterRecord::decode(&message)),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::Timestamp;
+    use rdkafka::message::{Header, OwnedHeaders};
+
+    use super::*;
+    use crate::dead_letter::header;
+
+    fn dead_letter(partition: i32, offset: i64, at_secs: i64) -> DeadLetterRecord {
+        let at = DateTime::from_timestamp(at_secs, 0).unwrap().to_rfc3339();
+        let headers = OwnedHeaders::new().insert(Header {
+            key: header::DEAD_LETTERED_AT,
+            value: Some(at.as_str()),
+        });
+        let message = OwnedMessage::new(
+            Some(b"{}".to_vec()),
+            None,
+            "payments.dlq".into(),
+            Timestamp::NotAvailable,
+            partition,
+            offset,
+            Some(headers),
+        );
+        DeadLetterRecord::decode(&message)
+    }
+
+    #[test]
+    fn the_newest_are_kept_newest_first_and_the_rest_only_counted() {
+        let mut newest = Newest::default();
+        let mut most_held = 0;
+        // Three partitions whose times interleave, as a topic's do.
+        for offset in 0..1_000_i64 {
+            for partition in 0..3 {
+                let at = offset * 3 + i64::from((partition * 2) % 3);
+                newest.offer(dead_letter(partition, offset, at), 10);
+                most_held = most_held.max(newest.records.len());
+            }
+        }
+        newest.trim(10);
+        assert_eq!(newest.matching, 3_000);
+        assert!(most_held <= 20, "held {most_held} records at once");
+        let times: Vec<i64> = newest
+            .records
+            .iter()
+            .map(|r| r.dead_lettered_at.unwrap().timestamp())
+            .collect();
+        assert_eq!(times, (2_990..3_000).rev().collect::<Vec<_>>());
+    }
 }

@@ -21,7 +21,7 @@ use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
-use super::reader::{Filter, consumer, read_dead_letter, read_from, read_source};
+use super::reader::{Filter, Scanned, consumer, read_dead_letter, read_matching, read_source};
 use super::{DeadLetterRecord, Payload, header};
 use crate::config::{LedgerMode, Settings};
 use crate::control::Pace;
@@ -155,11 +155,13 @@ impl RedriveReport {
     }
 }
 
-/// The redrive's consumer and what it found after its cursor. Blocks.
+/// The redrive's consumer and the records after its cursor that `filter`
+/// selects. Blocks.
 fn read_after_cursor(
     settings: &Settings,
     group: &str,
-) -> anyhow::Result<(BaseConsumer, Vec<DeadLetterRecord>)> {
+    filter: &Filter,
+) -> anyhow::Result<(BaseConsumer, Scanned)> {
     let topic = &settings.kafka.dlq_topic;
     let consumer = consumer(settings, group)?;
     let partitions = kafka::queries::topic_partitions(&consumer, topic)?.unwrap_or_default();
@@ -168,8 +170,27 @@ fn read_after_cursor(
             .into_iter()
             .filter_map(|(partition, offset)| Some((partition, offset?)))
             .collect();
-    let records = read_from(&consumer, topic, &starts)?;
-    Ok((consumer, records))
+    let scanned = read_matching(&consumer, topic, &starts, |r| filter.matches(r))?;
+    Ok((consumer, scanned))
+}
+
+/// Moves the redrive's cursor to `positions` (partition, next offset). Blocks.
+async fn move_cursor(
+    consumer: &Arc<BaseConsumer>,
+    topic: &str,
+    positions: impl IntoIterator<Item = (i32, i64)>,
+) -> anyhow::Result<()> {
+    let mut list = TopicPartitionList::new();
+    for (partition, next) in positions {
+        list.add_partition_offset(topic, partition, Offset::Offset(next))?;
+    }
+    if list.count() == 0 {
+        return Ok(());
+    }
+    let consumer = consumer.clone();
+    tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync))
+        .await?
+        .context("cannot save the redrive's progress")
 }
 
 /// The chosen records, each read on its own. Blocks.
@@ -198,51 +219,54 @@ pub async fn redrive(
 ) -> anyhow::Result<RedriveReport> {
     let dry_run = options.dry_run;
     let topic = settings.kafka.dlq_topic.clone();
-    let (cursor, records, group) = match &options.records {
+    let (cursor, records, examined, group) = match &options.records {
         Some(chosen) => {
             let (settings, chosen) = (settings.clone(), chosen.clone());
             let records =
                 tokio::task::spawn_blocking(move || read_chosen(&settings, &chosen)).await??;
-            (None, records, String::new())
+            let examined = records.len();
+            (None, records, examined, String::new())
         }
         None => {
             let group = options
                 .group
                 .clone()
                 .unwrap_or_else(|| filter.default_group(settings));
-            let (settings, for_read) = (settings.clone(), group.clone());
-            let (consumer, records) =
-                tokio::task::spawn_blocking(move || read_after_cursor(&settings, &for_read))
-                    .await??;
-            (Some(Arc::new(consumer)), records, group)
+            let (settings, for_read, filter) = (settings.clone(), group.clone(), filter.clone());
+            let (consumer, scanned) = tokio::task::spawn_blocking(move || {
+                read_after_cursor(&settings, &for_read, &filter)
+            })
+            .await??;
+            let Scanned {
+                records,
+                examined,
+                ends,
+            } = scanned;
+            (Some((Arc::new(consumer), ends)), records, examined, group)
         }
     };
     let mut report = RedriveReport {
         group,
-        examined: records.len(),
+        examined,
         dry_run,
         ..RedriveReport::default()
     };
     let mut sender = Sender::new(settings, options).await?;
     for record in &records {
-        if filter.matches(record) {
-            report.selected += 1;
-            let result = sender.redrive(settings, record).await?;
-            report.record(result, options.progress.as_ref());
+        if !filter.matches(record) {
+            continue;
         }
-        if let (Some(consumer), false) = (&cursor, dry_run) {
-            // The cursor moves past every examined record, redriven or not selected.
-            let mut position = TopicPartitionList::new();
-            position.add_partition_offset(
-                &topic,
-                record.partition,
-                Offset::Offset(record.offset + 1),
-            )?;
-            let consumer = consumer.clone();
-            tokio::task::spawn_blocking(move || consumer.commit(&position, CommitMode::Sync))
-                .await?
-                .context("cannot save the redrive's progress")?;
+        report.selected += 1;
+        let result = sender.redrive(settings, record).await?;
+        report.record(result, options.progress.as_ref());
+        if let (Some((consumer, _)), false) = (&cursor, dry_run) {
+            // Past this record and every unselected one before it.
+            move_cursor(consumer, &topic, [(record.partition, record.offset + 1)]).await?;
         }
+    }
+    if let (Some((consumer, ends)), false) = (&cursor, dry_run) {
+        // Past the unselected records after the last selected one.
+        move_cursor(consumer, &topic, ends.iter().map(|(p, end)| (*p, *end))).await?;
     }
     Ok(report)
 }

@@ -111,18 +111,18 @@ async fn dlq_inspect_lists_dead_letters_and_redrive_moves_only_the_selected_ones
         class: Some("invalid_event".into()),
         ..Filter::default()
     };
-    let api = redrive(
-        &settings,
-        &invalid_only,
-        &Redrive {
-            target: Target::Api,
-            ..Redrive::default()
-        },
-    )
-    .await
-    .unwrap();
+    let to_api = Redrive {
+        target: Target::Api,
+        ..Redrive::default()
+    };
+    let api = redrive(&settings, &invalid_only, &to_api).await.unwrap();
     assert_ne!(api.group, done.group);
     assert_eq!((api.selected, api.redriven, api.failed.len()), (1, 0, 1));
+    // Each filter's cursor passed the unselected record after its selected
+    // one as well (whichever of the two was dead-lettered first): nothing
+    // is examined again.
+    let again = redrive(&settings, &invalid_only, &to_api).await.unwrap();
+    assert_eq!((again.examined, again.selected), (0, 0), "{again:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
