@@ -220,8 +220,12 @@ async fn a_backfill_takes_what_live_traffic_leaves_and_a_killed_one_gives_it_bac
         p99(live_beside.clone()),
         returned.as_secs_f64()
     );
+    // What the live group leaves is about 64/s (300 - 200 × 1.15 - 2 %),
+    // less while its measured need runs above 200/s: runs here gave 44 to
+    // 60. A starved backfill would get a few per second; one crowding the
+    // live group, more than 100.
     assert!(
-        (40.0..=140.0).contains(&beside_rate),
+        (25.0..=140.0).contains(&beside_rate),
         "beside 200/s of live traffic the backfill should get what the live group leaves (300 - 200 × 1.15 - 2 %), got {beside_rate:.0}"
     );
     assert!(
