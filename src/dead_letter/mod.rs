@@ -13,6 +13,7 @@ pub(crate) mod prior;
 pub(crate) mod producer;
 pub mod reader;
 pub mod redrive;
+mod redrive_ledger;
 
 use std::collections::HashMap;
 

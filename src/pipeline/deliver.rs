@@ -7,28 +7,28 @@
 //! rate-limiter token (slots and tokens fair between parks,
 //! [`super::fair`]) and is signed at send time. The answer is classified by
 //! the one table ([`crate::top::classify`]); transient failures the gate
-//! charges to the event spend its [`RetryBudget`], and an exhausted budget
+//! charges to the event spend its [`RetryBudget`](super::retry::RetryBudget), and an exhausted budget
 //! dead-letters the event as `retries_exhausted`.
 
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 use super::fair::{FairQueue, ParkPolicy, ParkWaits};
-
+use super::filing::{Filed, path_of, resend_asked, withdraw};
 use super::gate::{Gate, Pass, RetryCharge};
 use super::ordering::Predecessor;
 use super::rate::RateBudget;
+use super::retry::{NextAttempt, RetryBudget};
 use super::watch::{EventEnd, EventWatch};
-use crate::backoff::backoff;
 use crate::config::{DeliverySettings, LedgerMode};
 use crate::control::Control;
 use crate::dead_letter::prior::PriorCopies;
 use crate::dead_letter::{DeadLetterClass, DeadLetterProducer, Failure, SourceRecord, Written};
 use crate::event::{InvalidEvent, PaymentEvent};
-use crate::ledger::entry::{Entry, LedgerKey, Outcome, Path, dto_hash};
+use crate::ledger::entry::{Entry, Outcome, dto_hash};
 use crate::ledger::{self, Admit, Ledger};
 use crate::metrics::Metrics;
 use crate::top::classify::{Classifier, Disposition};
@@ -48,62 +48,6 @@ pub enum TaskEnd {
     /// It gave up on revoke or shutdown; its offset stays unfinished, so the
     /// next owner (or the next run) sends it.
     Abandoned,
-}
-
-/// One event's allowance of transient failures: attempts and time.
-#[derive(Debug, Clone)]
-pub struct RetryBudget {
-    max_attempts: u32,
-    max_elapsed: Duration,
-    backoff_initial: Duration,
-    backoff_max: Duration,
-    failures: u32,
-    spent: Duration,
-}
-
-/// What to do after a charged failure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NextAttempt {
-    /// Try again after this delay.
-    After(Duration),
-    /// The budget is spent: dead-letter the event.
-    Exhausted,
-}
-
-impl RetryBudget {
-    pub fn new(settings: &DeliverySettings) -> RetryBudget {
-        RetryBudget {
-            max_attempts: settings.max_attempts,
-            max_elapsed: settings.max_retry_elapsed_ms,
-            backoff_initial: settings.backoff_initial_ms,
-            backoff_max: settings.backoff_max_ms,
-            failures: 0,
-            spent: Duration::ZERO,
-        }
-    }
-
-    /// Takes tuned limits (`paysync control set`): an event already
-    /// retrying is judged by them from its next failure on.
-    pub fn retune(&mut self, settings: &DeliverySettings) {
-        self.max_attempts = settings.max_attempts;
-        self.max_elapsed = settings.max_retry_elapsed_ms;
-        self.backoff_initial = settings.backoff_initial_ms;
-        self.backoff_max = settings.backoff_max_ms;
-    }
-
-    /// Charges a failed call that took `call` and asked to wait `wait` (a
-    /// `Retry-After`, say); the delay before the next attempt counts too.
-    pub fn charge(&mut self, call: Duration, wait: Option<Duration>) -> NextAttempt {
-        self.failures += 1;
-        self.spent += call;
-        if self.failures >= self.max_attempts || self.spent >= self.max_elapsed {
-            return NextAttempt::Exhausted;
-        }
-        let delay = wait
-            .unwrap_or_else(|| backoff(self.failures - 1, self.backoff_initial, self.backoff_max));
-        self.spent += delay;
-        NextAttempt::After(delay)
-    }
 }
 
 /// What a task needs to deliver or dead-letter one event.
@@ -128,48 +72,6 @@ pub(super) struct Deliverer {
     pub(super) replay: bool,
     /// `paysync replay --resend-delivered`: keys accepted before are sent too.
     pub(super) resend_delivered: bool,
-}
-
-/// An event's place in the ledger while its task runs.
-struct Filed<'a> {
-    ledger: &'a Ledger,
-    key: LedgerKey,
-    /// The entry as first written; each outcome is made from it.
-    entry: Entry,
-}
-
-impl Filed<'_> {
-    /// Writes the event's `outcome`; false when cancelled first.
-    async fn write(
-        &self,
-        job: &Job,
-        outcome: Outcome,
-        fill: impl FnOnce(&mut Entry),
-        cancel: &CancellationToken,
-    ) -> bool {
-        let mut entry = self.entry.becomes(outcome, self.entry.path);
-        fill(&mut entry);
-        self.ledger
-            .write(&job.source.id, &self.key, &entry, cancel)
-            .await
-    }
-}
-
-/// Strict mode: withdraws the standing intent of a call the platform
-/// refused (`failed`: it was not accepted), so a crash before the next
-/// attempt leaves no unknown outcome. False when the write was cancelled.
-async fn withdraw(
-    filed: &Option<Filed<'_>>,
-    job: &Job,
-    intent_standing: &mut bool,
-    after_call: &CancellationToken,
-) -> bool {
-    let Some(filed) = filed.as_ref().filter(|_| *intent_standing) else {
-        return true;
-    };
-    let written = filed.write(job, Outcome::Failed, |_| {}, after_call).await;
-    *intent_standing = !written;
-    written
 }
 
 /// One message, detached from the consumer.
@@ -249,91 +151,6 @@ impl Deliverer {
         }
     }
 
-    /// Judges the event by the ledger: `Ok` to send it (filed under its
-    /// key), or how its task ends without a call.
-    async fn file<'l>(
-        &self,
-        ledger: &'l Ledger,
-        job: &Job,
-        event: &PaymentEvent,
-        dto: &str,
-        cancel: &CancellationToken,
-    ) -> Result<Filed<'l>, EventEnd> {
-        let key = ledger.key(event);
-        let path = path_of(self.replay, &job.source);
-        let resend = self.resend_delivered || resend_asked(&job.source);
-        let admitted = ledger
-            .admit(&job.source, &key, dto_hash(dto), resend, cancel)
-            .await;
-        let park = |outcome| Entry::of(outcome, event, dto, ledger::position_of(&job.source), path);
-        match admitted {
-            Admit::Cancelled => Err(EventEnd::Abandoned),
-            Admit::Duplicate { earlier_offset } => Err(EventEnd::Duplicate {
-                path,
-                earlier: format!("{}@{earlier_offset}", job.source.id),
-            }),
-            Admit::AlreadyParked { outcome } => Err(EventEnd::Parked {
-                outcome,
-                why: "parked already".into(),
-            }),
-            Admit::Park { outcome, behind } => {
-                let mut entry = park(outcome);
-                let why = match &behind {
-                    Some(behind) => format!("behind the unknown outcome of {behind}"),
-                    None => "a call went out before a crash and its answer was never read".into(),
-                };
-                entry.behind = behind;
-                entry.reason = Some(why.clone());
-                if ledger.write(&job.source.id, &key, &entry, cancel).await {
-                    Err(EventEnd::Parked { outcome, why })
-                } else {
-                    Err(EventEnd::Abandoned)
-                }
-            }
-            Admit::Send { correction } => {
-                if correction {
-                    job.watch.correction(path);
-                }
-                // The template keeps the DTO only where strict mode may park it.
-                let template = match ledger.mode() {
-                    LedgerMode::Strict => Outcome::Intent,
-                    _ => Outcome::Accepted,
-                };
-                Ok(Filed {
-                    ledger,
-                    key,
-                    entry: park(template),
-                })
-            }
-        }
-    }
-
-    /// Dead-letters the event, then records it in the ledger.
-    async fn dead_letter_filed(
-        &self,
-        job: &Job,
-        failure: Failure,
-        filed: Option<&Filed<'_>>,
-        cancel: &CancellationToken,
-        after_call: &CancellationToken,
-    ) -> EventEnd {
-        let class = failure.class;
-        let end = self.dead_letter(job, failure, cancel).await;
-        if let Some(filed) = filed
-            && matches!(
-                end,
-                EventEnd::DeadLettered { .. } | EventEnd::DeadLetteredBefore { .. }
-            )
-        {
-            let fill = |entry: &mut Entry| entry.class = Some(class.as_str().to_owned());
-            // The dead-letter topic holds the event whatever happens here.
-            let _written = filed
-                .write(job, Outcome::DeadLettered, fill, after_call)
-                .await;
-        }
-        end
-    }
-
     async fn deliver(
         &self,
         job: &Job,
@@ -398,7 +215,10 @@ impl Deliverer {
                 && !intent_standing
                 && let Some(filed) = &filed
             {
-                if !filed.write(job, Outcome::Intent, |_| {}, cancel).await {
+                if !filed
+                    .write(&job.source, Outcome::Intent, |_| {}, cancel)
+                    .await
+                {
                     self.gate.release(pass);
                     return EventEnd::Abandoned;
                 }
@@ -445,7 +265,10 @@ impl Deliverer {
                             entry.request_id = request_id;
                             entry.trace_id = trace_id;
                         };
-                        if !filed.write(job, Outcome::Accepted, fill, &after_call).await {
+                        if !filed
+                            .write(&job.source, Outcome::Accepted, fill, &after_call)
+                            .await
+                        {
                             return EventEnd::Abandoned;
                         }
                     }
@@ -459,7 +282,7 @@ impl Deliverer {
                 }
                 Disposition::Halt { cause } => {
                     // Refused for the configuration, not accepted.
-                    if !withdraw(&filed, job, &mut intent_standing, &after_call).await {
+                    if !withdraw(&filed, &job.source, &mut intent_standing, &after_call).await {
                         return EventEnd::Abandoned;
                     }
                     // The gate is now halted; the loop waits there for a probe.
@@ -479,7 +302,10 @@ impl Deliverer {
                         let why = format!("no answer read ({})", cause.as_str());
                         let reason = why.clone();
                         let fill = |entry: &mut Entry| entry.reason = Some(reason);
-                        if !filed.write(job, Outcome::Unknown, fill, &after_call).await {
+                        if !filed
+                            .write(&job.source, Outcome::Unknown, fill, &after_call)
+                            .await
+                        {
                             return EventEnd::Abandoned;
                         }
                         return EventEnd::Parked {
@@ -488,7 +314,7 @@ impl Deliverer {
                         };
                     }
                     // Refused, not accepted.
-                    if !withdraw(&filed, job, &mut intent_standing, &after_call).await {
+                    if !withdraw(&filed, &job.source, &mut intent_standing, &after_call).await {
                         return EventEnd::Abandoned;
                     }
                     if charge == RetryCharge::Free {
@@ -569,88 +395,89 @@ impl Deliverer {
     }
 }
 
-/// The path of an event by where it came from.
-fn path_of(replay: bool, source: &SourceRecord) -> Path {
-    if replay {
-        Path::Replay
-    } else if source
-        .payload
-        .headers
-        .iter()
-        .any(|(name, _)| name == crate::dead_letter::header::REDRIVEN_FROM)
-    {
-        Path::Redrive
-    } else {
-        Path::Live
-    }
-}
-
-/// Whether the record asks to be sent even if its key was accepted
-/// (`paysync dlq redrive --resend-delivered`).
-fn resend_asked(source: &SourceRecord) -> bool {
-    source
-        .payload
-        .headers
-        .iter()
-        .any(|(name, _)| name == crate::dead_letter::header::RESEND_DELIVERED)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn budget(max_attempts: u32, max_elapsed_ms: u64) -> RetryBudget {
-        RetryBudget::new(&DeliverySettings {
-            max_attempts,
-            max_retry_elapsed_ms: Duration::from_millis(max_elapsed_ms),
-            backoff_initial_ms: Duration::from_millis(100),
-            backoff_max_ms: Duration::from_millis(400),
-            ..DeliverySettings::default()
-        })
-    }
-
-    #[test]
-    fn the_budget_is_exhausted_at_max_attempts() {
-        let mut budget = budget(3, 600_000);
-        let call = Duration::from_millis(5);
-        assert!(matches!(budget.charge(call, None), NextAttempt::After(_)));
-        assert!(matches!(budget.charge(call, None), NextAttempt::After(_)));
-        assert_eq!(budget.charge(call, None), NextAttempt::Exhausted);
-    }
-
-    #[test]
-    fn the_budget_is_exhausted_by_time_spent_calling_and_waiting() {
-        let mut budget = budget(100, 1_000);
-        // A server-given wait is honoured, and counts as time spent.
-        assert_eq!(
-            budget.charge(Duration::from_millis(100), Some(Duration::from_millis(700))),
-            NextAttempt::After(Duration::from_millis(700))
-        );
-        assert_eq!(
-            budget.charge(Duration::from_millis(200), None),
-            NextAttempt::Exhausted,
-            "100 + 700 + 200 ms reach the 1 s budget"
-        );
-    }
-
-    #[test]
-    fn backoff_delays_grow_within_the_maximum() {
-        let mut budget = budget(100, 600_000);
-        for failure in 0..10u32 {
-            let NextAttempt::After(delay) = budget.charge(Duration::ZERO, None) else {
-                panic!("exhausted early");
-            };
-            let ceiling = Duration::from_millis(100 * 2u64.pow(failure.min(20)));
-            assert!(
-                delay <= ceiling.min(Duration::from_millis(400)),
-                "{delay:?}"
-            );
+impl Deliverer {
+    /// Judges the event by the ledger: `Ok` to send it (filed under its
+    /// key), or how its task ends without a call.
+    async fn file<'l>(
+        &self,
+        ledger: &'l Ledger,
+        job: &Job,
+        event: &PaymentEvent,
+        dto: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Filed<'l>, EventEnd> {
+        let key = ledger.key(event);
+        let path = path_of(self.replay, &job.source);
+        let resend = self.resend_delivered || resend_asked(&job.source);
+        let admitted = ledger
+            .admit(&job.source, &key, dto_hash(dto), resend, cancel)
+            .await;
+        let park = |outcome| Entry::of(outcome, event, dto, ledger::position_of(&job.source), path);
+        match admitted {
+            Admit::Cancelled => Err(EventEnd::Abandoned),
+            Admit::Duplicate { earlier_offset } => Err(EventEnd::Duplicate {
+                path,
+                earlier: format!("{}@{earlier_offset}", job.source.id),
+            }),
+            Admit::AlreadyParked { outcome } => Err(EventEnd::Parked {
+                outcome,
+                why: "parked already".into(),
+            }),
+            Admit::Park { outcome, behind } => {
+                let mut entry = park(outcome);
+                let why = match &behind {
+                    Some(behind) => format!("behind the unknown outcome of {behind}"),
+                    None => "a call went out before a crash and its answer was never read".into(),
+                };
+                entry.behind = behind;
+                entry.reason = Some(why.clone());
+                if ledger.write(&job.source.id, &key, &entry, cancel).await {
+                    Err(EventEnd::Parked { outcome, why })
+                } else {
+                    Err(EventEnd::Abandoned)
+                }
+            }
+            Admit::Send { correction } => {
+                if correction {
+                    job.watch.correction(path);
+                }
+                // The template keeps the DTO only where strict mode may park it.
+                let template = match ledger.mode() {
+                    LedgerMode::Strict => Outcome::Intent,
+                    _ => Outcome::Accepted,
+                };
+                Ok(Filed {
+                    ledger,
+                    key,
+                    entry: park(template),
+                })
+            }
         }
     }
 
-    #[test]
-    fn a_single_attempt_budget_dead_letters_the_first_failure() {
-        let mut budget = budget(1, 600_000);
-        assert_eq!(budget.charge(Duration::ZERO, None), NextAttempt::Exhausted);
+    /// Dead-letters the event, then records it in the ledger.
+    async fn dead_letter_filed(
+        &self,
+        job: &Job,
+        failure: Failure,
+        filed: Option<&Filed<'_>>,
+        cancel: &CancellationToken,
+        after_call: &CancellationToken,
+    ) -> EventEnd {
+        let class = failure.class;
+        let end = self.dead_letter(job, failure, cancel).await;
+        if let Some(filed) = filed
+            && matches!(
+                end,
+                EventEnd::DeadLettered { .. } | EventEnd::DeadLetteredBefore { .. }
+            )
+        {
+            let fill = |entry: &mut Entry| entry.class = Some(class.as_str().to_owned());
+            // The dead-letter topic holds the event whatever happens here.
+            let _written = filed
+                .write(&job.source, Outcome::DeadLettered, fill, after_call)
+                .await;
+        }
+        end
     }
 }
