@@ -10,8 +10,8 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::Utc;
 
-use super::args::{ControlAuditArgs, ControlCommand, ControlPauseArgs, ControlSetArgs};
 use super::exit::{EXIT_USAGE, failed, load_for_tool};
+use super::operator_args::{ControlAuditArgs, ControlCommand, ControlPauseArgs, ControlSetArgs};
 use crate::config::Settings;
 use crate::control::ops::{self, ChangeError};
 use crate::control::{Control, ControlView, process_name};

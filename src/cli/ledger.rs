@@ -3,8 +3,8 @@
 
 use std::process::ExitCode;
 
-use super::args::{LedgerCommand, ReconcileArgs};
 use super::exit::{failed, load_for_tool};
+use super::operator_args::{LedgerCommand, ReconcileArgs};
 use crate::control::{CallerKind, Pace};
 use crate::ledger::report::{self, Resolution, Shown};
 use crate::pipeline::rate::tenancy::SharedRate;

@@ -21,6 +21,7 @@ mod dev;
 mod exit;
 mod ledger;
 mod operator;
+mod operator_args;
 mod service;
 
 use std::process::ExitCode;
@@ -29,6 +30,7 @@ use clap::Parser;
 
 pub use args::*;
 pub use exit::{EXIT_DATA, EXIT_USAGE};
+pub use operator_args::*;
 
 /// Parses the command line and runs the command.
 pub fn main() -> ExitCode {

@@ -3,8 +3,9 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use super::args::{DlqCommand, ReplayArgs};
+use super::args::ReplayArgs;
 use super::exit::{failed, load_for_tool};
+use super::operator_args::DlqCommand;
 use crate::control::{CallerKind, Pace};
 use crate::dead_letter::redrive::Target;
 use crate::pipeline::rate::tenancy::SharedRate;
