@@ -7,7 +7,7 @@ use super::exit::{failed, load_for_tool};
 use super::operator_args::{LedgerCommand, ReconcileArgs};
 use crate::control::{CallerKind, Pace};
 use crate::ledger::report::{self, Resolution, Shown};
-use crate::pipeline::rate::tenancy::SharedRate;
+use crate::pipeline::rate::SharedRate;
 
 fn print_json(value: &impl serde::Serialize) {
     println!(

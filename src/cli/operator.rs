@@ -8,7 +8,7 @@ use super::exit::{failed, load_for_tool};
 use super::operator_args::DlqCommand;
 use crate::control::{CallerKind, Pace};
 use crate::dead_letter::redrive::Target;
-use crate::pipeline::rate::tenancy::SharedRate;
+use crate::pipeline::rate::SharedRate;
 
 pub(super) async fn dlq(command: DlqCommand) -> ExitCode {
     let config = match &command {

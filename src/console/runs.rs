@@ -23,7 +23,7 @@ use super::views::{BASE, pill, respond, time};
 use crate::control::{CallerKind, Pace};
 use crate::dead_letter::reader::Filter;
 use crate::dead_letter::redrive::{self, RecordResult, Redrive, RedriveReport, Target};
-use crate::pipeline::rate::tenancy::SharedRate;
+use crate::pipeline::rate::SharedRate;
 
 /// A redrive refused before it started, and why.
 fn refuse(session: &super::auth::Session, status: StatusCode, why: &str) -> Response {

@@ -624,7 +624,7 @@ const ENGINE_FLOORS: &[&[&str]] = &[
         "commit",
     ],
     &["deliver", "rate/tenancy"],
-    &["ownership"],
+    &["ownership", "rate/shared"],
     &["commit/committer"],
     &["context"],
     // The main loop's type (mod.rs), how it is built and its handle: one room.

@@ -325,7 +325,7 @@ async fn a_redrive_to_the_api_announces_itself_and_takes_its_share() {
     use paysync::control::{CallerKind, Pace};
     use paysync::dead_letter::reader::Filter;
     use paysync::dead_letter::redrive::{Redrive, Target, redrive};
-    use paysync::pipeline::rate::tenancy::SharedRate;
+    use paysync::pipeline::rate::SharedRate;
     let records = crate::support::valid_events("redriven", 20);
     let harness = Harness::new(
         1,

@@ -32,10 +32,13 @@
 //! ([`super::fair`]).
 
 pub mod controller;
+mod shared;
 #[cfg(test)]
 mod simulation;
 pub mod tenancy;
 pub mod topics;
+
+pub use shared::SharedRate;
 
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, MutexGuard};
